@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+
+import {DepositCollector} from "./DepositCollector.sol";
+import {IDepositCollector} from "../interfaces/IDepositCollector.sol";
+
+/// @title PermitDepositCollector
+/// @notice Deposits from an ERC-20 allowance given to this collector, either by an EIP-2612 `permit` carried in
+///         the same call (gasless for the payer) or by a prior `approve` (any ERC-20, no-bool tokens included).
+/// @dev An allowance alone binds no channel, so every deposit also carries the payer's EIP-712
+///      `DepositAuthorization(bytes32 channelId,uint256 amount,bytes32 nonce,uint256 deadline)` under this
+///      collector's domain ("Tollway Permit Deposit Collector", "1"); ERC-1271 payers are supported.
+///      collectorData = abi.encode(bytes32 nonce, uint256 deadline, bytes authorization,
+///                                 uint256 permitDeadline, uint8 v, bytes32 r, bytes32 s)
+///      with permitDeadline == 0 meaning "no permit, use the existing allowance".
+contract PermitDepositCollector is DepositCollector, EIP712 {
+    using SafeERC20 for IERC20;
+
+    /// @notice EIP-712 type hash of the payer's deposit authorization.
+    bytes32 public constant DEPOSIT_AUTHORIZATION_TYPEHASH =
+        keccak256("DepositAuthorization(bytes32 channelId,uint256 amount,bytes32 nonce,uint256 deadline)");
+
+    /// @notice Whether a payer's authorization nonce has been used.
+    mapping(address payer => mapping(bytes32 nonce => bool)) public authorizationUsed;
+
+    /// @notice The deposit authorization's deadline has passed.
+    error PermitDepositCollectorExpired(uint256 deadline, uint256 timestamp);
+    /// @notice The deposit authorization nonce was already used by this payer.
+    error PermitDepositCollectorNonceUsed(address payer, bytes32 nonce);
+    /// @notice The deposit authorization is not signed by the payer.
+    error PermitDepositCollectorInvalidSignature(address payer, bytes32 digest);
+
+    constructor(address escrow) DepositCollector(escrow) EIP712("Tollway Permit Deposit Collector", "1") {}
+
+    /// @notice EIP-712 digest the payer signs to authorize a deposit into `channelId`.
+    function getDepositAuthorizationDigest(bytes32 channelId, uint256 amount, bytes32 nonce, uint256 deadline)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(DEPOSIT_AUTHORIZATION_TYPEHASH, channelId, amount, nonce, deadline)));
+    }
+
+    /// @inheritdoc IDepositCollector
+    function collect(address payer, address token, uint256 amount, bytes32 channelId, bytes calldata collectorData)
+        external
+        override
+        onlyEscrow
+    {
+        (
+            bytes32 nonce,
+            uint256 deadline,
+            bytes memory authorization,
+            uint256 permitDeadline,
+            uint8 v,
+            bytes32 r,
+            bytes32 s
+        ) = abi.decode(collectorData, (bytes32, uint256, bytes, uint256, uint8, bytes32, bytes32));
+
+        if (block.timestamp > deadline) revert PermitDepositCollectorExpired(deadline, block.timestamp);
+        if (authorizationUsed[payer][nonce]) revert PermitDepositCollectorNonceUsed(payer, nonce);
+        bytes32 digest = getDepositAuthorizationDigest(channelId, amount, nonce, deadline);
+        if (!SignatureChecker.isValidSignatureNow(payer, digest, authorization)) {
+            revert PermitDepositCollectorInvalidSignature(payer, digest);
+        }
+        authorizationUsed[payer][nonce] = true;
+
+        if (permitDeadline != 0) {
+            // A permit can be front-run (someone submits it first); the allowance it granted is still there,
+            // so a failed permit is ignored and transferFrom decides.
+            try IERC20Permit(token).permit(payer, address(this), amount, permitDeadline, v, r, s) {} catch {}
+        }
+        IERC20(token).safeTransferFrom(payer, msg.sender, amount);
+    }
+}
