@@ -16,15 +16,25 @@ import {IDepositCollector} from "../interfaces/IDepositCollector.sol";
 /// @dev An allowance alone binds no channel, so every deposit also carries the payer's EIP-712
 ///      `DepositAuthorization(bytes32 channelId,uint256 amount,bytes32 nonce,uint256 deadline)` under this
 ///      collector's domain ("Tollway Permit Deposit Collector", "1"); ERC-1271 payers are supported.
-///      collectorData = abi.encode(bytes32 nonce, uint256 deadline, bytes authorization,
-///                                 uint256 permitDeadline, uint8 v, bytes32 r, bytes32 s)
-///      with permitDeadline == 0 meaning "no permit, use the existing allowance".
+///      collectorData = abi.encode(PermitDepositData), with permitDeadline == 0 meaning "no permit, use
+///      the existing allowance".
 contract PermitDepositCollector is DepositCollector, EIP712 {
     using SafeERC20 for IERC20;
 
     /// @notice EIP-712 type hash of the payer's deposit authorization.
     bytes32 public constant DEPOSIT_AUTHORIZATION_TYPEHASH =
         keccak256("DepositAuthorization(bytes32 channelId,uint256 amount,bytes32 nonce,uint256 deadline)");
+
+    /// @notice What collectorData carries.
+    struct PermitDepositData {
+        bytes32 nonce; // payer-chosen, single use
+        uint256 deadline; // of the deposit authorization
+        bytes authorization; // payer's signature of getDepositAuthorizationDigest(...)
+        uint256 permitDeadline; // 0 = no permit
+        uint8 v;
+        bytes32 r;
+        bytes32 s;
+    }
 
     /// @notice Whether a payer's authorization nonce has been used.
     mapping(address payer => mapping(bytes32 nonce => bool)) public authorizationUsed;
@@ -53,28 +63,19 @@ contract PermitDepositCollector is DepositCollector, EIP712 {
         override
         onlyEscrow
     {
-        (
-            bytes32 nonce,
-            uint256 deadline,
-            bytes memory authorization,
-            uint256 permitDeadline,
-            uint8 v,
-            bytes32 r,
-            bytes32 s
-        ) = abi.decode(collectorData, (bytes32, uint256, bytes, uint256, uint8, bytes32, bytes32));
-
-        if (block.timestamp > deadline) revert PermitDepositCollectorExpired(deadline, block.timestamp);
-        if (authorizationUsed[payer][nonce]) revert PermitDepositCollectorNonceUsed(payer, nonce);
-        bytes32 digest = getDepositAuthorizationDigest(channelId, amount, nonce, deadline);
-        if (!SignatureChecker.isValidSignatureNow(payer, digest, authorization)) {
+        PermitDepositData memory d = abi.decode(collectorData, (PermitDepositData));
+        if (block.timestamp > d.deadline) revert PermitDepositCollectorExpired(d.deadline, block.timestamp);
+        if (authorizationUsed[payer][d.nonce]) revert PermitDepositCollectorNonceUsed(payer, d.nonce);
+        bytes32 digest = getDepositAuthorizationDigest(channelId, amount, d.nonce, d.deadline);
+        if (!SignatureChecker.isValidSignatureNow(payer, digest, d.authorization)) {
             revert PermitDepositCollectorInvalidSignature(payer, digest);
         }
-        authorizationUsed[payer][nonce] = true;
+        authorizationUsed[payer][d.nonce] = true;
 
-        if (permitDeadline != 0) {
+        if (d.permitDeadline != 0) {
             // A permit can be front-run (someone submits it first); the allowance it granted is still there,
             // so a failed permit is ignored and transferFrom decides.
-            try IERC20Permit(token).permit(payer, address(this), amount, permitDeadline, v, r, s) {} catch {}
+            try IERC20Permit(token).permit(payer, address(this), amount, d.permitDeadline, d.v, d.r, d.s) {} catch {}
         }
         IERC20(token).safeTransferFrom(payer, msg.sender, amount);
     }
