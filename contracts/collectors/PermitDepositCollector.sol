@@ -15,7 +15,7 @@ import {IDepositCollector} from "../interfaces/IDepositCollector.sol";
 ///         the same call (gasless for the payer) or by a prior `approve` (any ERC-20, no-bool tokens included).
 /// @dev An allowance alone binds no channel, so every deposit also carries the payer's EIP-712
 ///      `DepositAuthorization(bytes32 channelId,uint256 amount,bytes32 nonce,uint256 deadline)` under this
-///      collector's domain ("Tollway Permit Deposit Collector", "1"); ERC-1271 payers are supported.
+///      collector's domain ("Tollway Permit Collector", "1"); ERC-1271 payers are supported.
 ///      collectorData = abi.encode(PermitDepositData), with permitDeadline == 0 meaning "no permit, use
 ///      the existing allowance".
 contract PermitDepositCollector is DepositCollector, EIP712 {
@@ -46,7 +46,7 @@ contract PermitDepositCollector is DepositCollector, EIP712 {
     /// @notice The deposit authorization is not signed by the payer.
     error PermitDepositCollectorInvalidSignature(address payer, bytes32 digest);
 
-    constructor(address escrow) DepositCollector(escrow) EIP712("Tollway Permit Deposit Collector", "1") {}
+    constructor(address escrow) DepositCollector(escrow) EIP712("Tollway Permit Collector", "1") {}
 
     /// @notice EIP-712 digest the payer signs to authorize a deposit into `channelId`.
     function getDepositAuthorizationDigest(bytes32 channelId, uint256 amount, bytes32 nonce, uint256 deadline)
