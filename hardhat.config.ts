@@ -42,7 +42,6 @@ const config: HardhatUserConfig = {
   },
   mocha: {
     timeout: 120_000,
-    spec: ["test/**/*.test.ts"],
   },
 };
 

@@ -1,7 +1,10 @@
 import { expect } from "chai";
 import { keccak256, pad, toHex, getAddress } from "viem";
 import * as x402evm from "@x402/evm";
-import { computeChannelId as x402ComputeChannelId } from "@x402/evm/batch-settlement/client";
+// The subpath ships ESM-style typings only; load it with require and type the one function used.
+const { computeChannelId: x402ComputeChannelId } = require("@x402/evm/batch-settlement/client") as {
+  computeChannelId: (config: unknown, chainId: number) => string;
+};
 import {
   BATCH_SETTLEMENT_DOMAIN,
   CANONICAL_ADDRESSES,

@@ -1,0 +1,130 @@
+/**
+ * Errors shared by every side. One base class (viem-style: shortMessage, metaMessages, cause) and a
+ * small subclass per failure. Callers branch on the class or on `code`, never on message text.
+ */
+
+/** Error codes of the x402 `batch-settlement` EVM scheme (exact spec strings) plus transport-level codes. */
+export const ErrorCodes = {
+  authorizerAddressMismatch: "invalid_batch_settlement_evm_authorizer_address_mismatch",
+  channelBusy: "invalid_batch_settlement_evm_channel_busy",
+  channelIdMismatch: "invalid_batch_settlement_evm_channel_id_mismatch",
+  channelNotFound: "invalid_batch_settlement_evm_channel_not_found",
+  channelStateReadFailed: "invalid_batch_settlement_evm_channel_state_read_failed",
+  chargeExceedsSignedCumulative: "invalid_batch_settlement_evm_charge_exceeds_signed_cumulative",
+  claimPayload: "invalid_batch_settlement_evm_claim_payload",
+  claimSimulationFailed: "invalid_batch_settlement_evm_claim_simulation_failed",
+  claimTransactionFailed: "invalid_batch_settlement_evm_claim_transaction_failed",
+  cumulativeAmountMismatch: "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+  cumulativeBelowClaimed: "invalid_batch_settlement_evm_cumulative_below_claimed",
+  cumulativeExceedsBalance: "invalid_batch_settlement_evm_cumulative_exceeds_balance",
+  depositPayload: "invalid_batch_settlement_evm_deposit_payload",
+  depositSimulationFailed: "invalid_batch_settlement_evm_deposit_simulation_failed",
+  depositTransactionFailed: "invalid_batch_settlement_evm_deposit_transaction_failed",
+  erc3009AuthorizationRequired: "invalid_batch_settlement_evm_erc3009_authorization_required",
+  insufficientBalance: "invalid_batch_settlement_evm_insufficient_balance",
+  missingChannel: "invalid_batch_settlement_evm_missing_channel",
+  missingEip712Domain: "invalid_batch_settlement_evm_missing_eip712_domain",
+  networkMismatch: "invalid_batch_settlement_evm_network_mismatch",
+  authorizationValidAfter: "invalid_batch_settlement_evm_payload_authorization_valid_after",
+  authorizationValidBefore: "invalid_batch_settlement_evm_payload_authorization_valid_before",
+  payloadType: "invalid_batch_settlement_evm_payload_type",
+  receiveAuthorizationSignature: "invalid_batch_settlement_evm_receive_authorization_signature",
+  receiverAuthorizerMismatch: "invalid_batch_settlement_evm_receiver_authorizer_mismatch",
+  receiverMismatch: "invalid_batch_settlement_evm_receiver_mismatch",
+  refundAmountInvalid: "invalid_batch_settlement_evm_refund_amount_invalid",
+  refundNoBalance: "invalid_batch_settlement_evm_refund_no_balance",
+  refundPayload: "invalid_batch_settlement_evm_refund_payload",
+  refundSimulationFailed: "invalid_batch_settlement_evm_refund_simulation_failed",
+  refundTransactionFailed: "invalid_batch_settlement_evm_refund_transaction_failed",
+  rpcReadFailed: "invalid_batch_settlement_evm_rpc_read_failed",
+  scheme: "invalid_batch_settlement_evm_scheme",
+  settlePayload: "invalid_batch_settlement_evm_settle_payload",
+  nothingToSettle: "invalid_batch_settlement_evm_nothing_to_settle",
+  settleSimulationFailed: "invalid_batch_settlement_evm_settle_simulation_failed",
+  settleTransactionFailed: "invalid_batch_settlement_evm_settle_transaction_failed",
+  tokenMismatch: "invalid_batch_settlement_evm_token_mismatch",
+  transactionReverted: "invalid_batch_settlement_evm_transaction_reverted",
+  unknownSettleAction: "invalid_batch_settlement_evm_unknown_settle_action",
+  voucherPayload: "invalid_batch_settlement_evm_voucher_payload",
+  voucherSignature: "invalid_batch_settlement_evm_voucher_signature",
+  waitForReceiptFailed: "invalid_batch_settlement_evm_wait_for_receipt_failed",
+  withdrawDelayMismatch: "invalid_batch_settlement_evm_withdraw_delay_mismatch",
+  withdrawDelayOutOfRange: "invalid_batch_settlement_evm_withdraw_delay_out_of_range",
+  // Transport level (x402 core): not scheme specific.
+  invalidPayment: "invalid_payment",
+  invalidX402Version: "invalid_x402_version",
+  paymentRequired: "payment_required",
+  headerTooLarge: "invalid_payment_header_too_large",
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export type TollwayErrorParameters = {
+  /** Extra lines for humans (values involved). */
+  metaMessages?: string[];
+  cause?: unknown;
+};
+
+/** Base of every Tollway error. */
+export class TollwayError extends Error {
+  override name = "TollwayError";
+  readonly shortMessage: string;
+  readonly metaMessages: string[];
+  constructor(shortMessage: string, params: TollwayErrorParameters = {}) {
+    const meta = params.metaMessages ?? [];
+    super([shortMessage, ...meta].join("\n"), params.cause !== undefined ? { cause: params.cause } : undefined);
+    this.shortMessage = shortMessage;
+    this.metaMessages = meta;
+  }
+}
+
+/**
+ * A payment was refused. `code` is the spec's error string, `status` the HTTP status to answer with
+ * (402 for payment problems the client can fix by paying differently, 400 for malformed input).
+ */
+export class PaymentError extends TollwayError {
+  override name = "PaymentError";
+  readonly code: ErrorCode;
+  readonly status: 400 | 402 | 409 | 503;
+  constructor(code: ErrorCode, shortMessage: string, params: TollwayErrorParameters & { status?: 400 | 402 | 409 | 503 } = {}) {
+    super(shortMessage, params);
+    this.code = code;
+    this.status = params.status ?? 402;
+  }
+}
+
+/** The client's cumulative amount does not match the server's state: answer with a corrective 402. */
+export class CumulativeMismatchError extends PaymentError {
+  override name = "CumulativeMismatchError";
+  constructor(
+    readonly expected: bigint,
+    readonly received: bigint,
+  ) {
+    super(ErrorCodes.cumulativeAmountMismatch, "Voucher cumulative amount does not match the channel state", {
+      metaMessages: [`expected maxClaimableAmount: ${expected}`, `received: ${received}`],
+    });
+  }
+}
+
+/** Malformed input on the wire (bad base64, JSON, missing or mistyped fields). */
+export class WireFormatError extends PaymentError {
+  override name = "WireFormatError";
+  constructor(code: ErrorCode, shortMessage: string, params: TollwayErrorParameters = {}) {
+    super(code, shortMessage, { ...params, status: 400 });
+  }
+}
+
+/** Configuration is invalid; thrown at setup, never per request. */
+export class ConfigError extends TollwayError {
+  override name = "ConfigError";
+}
+
+/** A chain interaction failed (RPC unreachable, transaction reverted, receipt timeout). */
+export class ChainError extends TollwayError {
+  override name = "ChainError";
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, shortMessage: string, params: TollwayErrorParameters = {}) {
+    super(shortMessage, params);
+    this.code = code;
+  }
+}

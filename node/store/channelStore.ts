@@ -1,0 +1,218 @@
+/**
+ * Durable payee state in LevelDB. Knows nothing of the chain or of HTTP.
+ *
+ * Key layout (all values JSON, bigints as decimal strings):
+ *   c:<channelId>                         ChannelRecord: config, charged cumulative, last voucher, mirror
+ *   l:<ms, 13 digits>:<boot>:<seq, 8>     LedgerRow: one per charged request (revenue reports)
+ *   h:<ms, 13 digits>:<boot>:<seq, 8>     HistoryEvent: deposits, claims, settles, refunds with tx hashes
+ *   m:<name>                              metadata (mirror checkpoint block, schema version)
+ *
+ * Durability: every write goes through one group-commit queue; a flush is a single `batch` with
+ * `sync: true` (fsync), and all writes that arrived while the previous flush ran share the next one.
+ * A caller's promise resolves only after its write is on disk.
+ */
+import { ClassicLevel } from "classic-level";
+import { randomBytes } from "node:crypto";
+import type { Hex } from "viem";
+import type { ChannelConfig } from "../protocol/typedData";
+
+export type ChannelRecord = {
+  channelId: Hex;
+  config: ChannelConfig;
+  /** What the server has charged on this channel so far (sum of committed charges). */
+  chargedCumulative: bigint;
+  /** maxClaimableAmount of the latest voucher the payer signed, and its signature. */
+  signedMaxClaimable: bigint;
+  signature: Hex;
+  /** Mirrored on-chain state and when it was read (ms since epoch). */
+  balance: bigint;
+  totalClaimed: bigint;
+  withdrawRequestedAt: number;
+  refundNonce: bigint;
+  syncedAt: number;
+  lastRequestAt: number;
+  createdAt: number;
+};
+
+export type LedgerRow = {
+  at: number;
+  channelId: Hex;
+  payer: Hex;
+  route: string;
+  resource: string;
+  amount: bigint;
+};
+
+export type HistoryEvent = {
+  at: number;
+  kind: "deposit" | "claim" | "settle" | "refund";
+  txHash: Hex;
+  channels: Hex[];
+  amount: bigint;
+  gasUsed: bigint;
+};
+
+type Op = { type: "put"; key: string; value: string } | { type: "del"; key: string };
+
+const BIGINT_FIELDS_CHANNEL = ["chargedCumulative", "signedMaxClaimable", "balance", "totalClaimed", "refundNonce"] as const;
+
+function encode(value: unknown): string {
+  return JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? v.toString() : v));
+}
+
+function decodeChannel(text: string): ChannelRecord {
+  const raw = JSON.parse(text);
+  for (const f of BIGINT_FIELDS_CHANNEL) raw[f] = BigInt(raw[f]);
+  return raw as ChannelRecord;
+}
+
+const pad = (n: number, width: number) => String(n).padStart(width, "0");
+
+export type StoreOptions = {
+  /** fsync every flush (default true). false only for benchmarks that measure what durability costs. */
+  sync?: boolean;
+  /** Channel records kept in memory (LRU-ish; default 100,000). */
+  cacheSize?: number;
+};
+
+export class ChannelStore {
+  private readonly cache = new Map<string, ChannelRecord>();
+  private pending: Op[] = [];
+  private waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
+  private flushing = false;
+  private readonly boot = randomBytes(3).toString("hex");
+  private seq = 0;
+  private closed = false;
+  /** Number of fsync'd batches written (for metrics and the group-commit benchmark). */
+  flushCount = 0;
+
+  private constructor(
+    private readonly db: ClassicLevel<string, string>,
+    private readonly sync: boolean,
+    private readonly cacheSize: number,
+  ) {}
+
+  /** Opens (creating if needed) the store at `location`. */
+  static async open(location: string, opts: StoreOptions = {}): Promise<ChannelStore> {
+    const db = new ClassicLevel<string, string>(location, { valueEncoding: "utf8" });
+    await db.open();
+    return new ChannelStore(db, opts.sync ?? true, opts.cacheSize ?? 100_000);
+  }
+
+  /** The channel record, from memory or disk. */
+  async getChannel(channelId: Hex): Promise<ChannelRecord | undefined> {
+    const hit = this.cache.get(channelId);
+    if (hit) return hit;
+    const text = await this.db.get(`c:${channelId}`);
+    if (text === undefined) return undefined;
+    const rec = decodeChannel(text);
+    this.remember(rec);
+    return rec;
+  }
+
+  /** Synchronous cache lookup (hot path); undefined when not cached. */
+  cachedChannel(channelId: Hex): ChannelRecord | undefined {
+    return this.cache.get(channelId);
+  }
+
+  /** Durably writes a channel record (and optional ledger row) before resolving. */
+  putChannel(rec: ChannelRecord, ledger?: LedgerRow): Promise<void> {
+    const ops: Op[] = [{ type: "put", key: `c:${rec.channelId}`, value: encode(rec) }];
+    if (ledger) ops.push({ type: "put", key: `l:${pad(ledger.at, 13)}:${this.boot}:${pad(this.seq++, 8)}`, value: encode(ledger) });
+    // The cache changes only once the write is on disk: a failed fsync leaves memory as it was.
+    return this.enqueue(ops).then(() => this.remember(rec));
+  }
+
+  /** Removes a channel record (after a full cooperative refund). */
+  deleteChannel(channelId: Hex): Promise<void> {
+    return this.enqueue([{ type: "del", key: `c:${channelId}` }]).then(() => void this.cache.delete(channelId));
+  }
+
+  /** Appends a history event (claims, settles, refunds, deposits). */
+  appendHistory(ev: HistoryEvent): Promise<void> {
+    return this.enqueue([{ type: "put", key: `h:${pad(ev.at, 13)}:${this.boot}:${pad(this.seq++, 8)}`, value: encode(ev) }]);
+  }
+
+  async getMeta(name: string): Promise<string | undefined> {
+    return this.db.get(`m:${name}`);
+  }
+
+  putMeta(name: string, value: string): Promise<void> {
+    return this.enqueue([{ type: "put", key: `m:${name}`, value }]);
+  }
+
+  /** Every channel record, in key order. */
+  async *channels(): AsyncGenerator<ChannelRecord> {
+    for await (const [key, value] of this.db.iterator({ gte: "c:", lt: "c;" })) {
+      const cached = this.cache.get(key.slice(2));
+      yield cached ?? decodeChannel(value);
+    }
+  }
+
+  /** Ledger rows between two times (ms, inclusive start, exclusive end). */
+  async *ledger(from = 0, to = 9_999_999_999_999): AsyncGenerator<LedgerRow> {
+    for await (const value of this.db.values({ gte: `l:${pad(from, 13)}`, lt: `l:${pad(to, 13)}` })) {
+      const raw = JSON.parse(value);
+      raw.amount = BigInt(raw.amount);
+      yield raw as LedgerRow;
+    }
+  }
+
+  /** History events between two times. */
+  async *history(from = 0, to = 9_999_999_999_999): AsyncGenerator<HistoryEvent> {
+    for await (const value of this.db.values({ gte: `h:${pad(from, 13)}`, lt: `h:${pad(to, 13)}` })) {
+      const raw = JSON.parse(value);
+      raw.amount = BigInt(raw.amount);
+      raw.gasUsed = BigInt(raw.gasUsed);
+      yield raw as HistoryEvent;
+    }
+  }
+
+  /** Waits for queued writes, then closes the database. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    while (this.flushing || this.pending.length > 0) {
+      await new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    }
+    this.closed = true;
+    await this.db.close();
+  }
+
+  private remember(rec: ChannelRecord) {
+    if (this.cache.size >= this.cacheSize && !this.cache.has(rec.channelId)) {
+      const oldest = this.cache.keys().next().value;
+      if (oldest !== undefined) this.cache.delete(oldest);
+    }
+    this.cache.set(rec.channelId, rec);
+  }
+
+  private enqueue(ops: Op[]): Promise<void> {
+    if (this.closed) return Promise.reject(new Error("store is closed"));
+    for (const op of ops) this.pending.push(op);
+    const done = new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    if (!this.flushing) {
+      this.flushing = true;
+      setImmediate(() => void this.flush());
+    }
+    return done;
+  }
+
+  private async flush(): Promise<void> {
+    while (this.pending.length > 0 || this.waiters.length > 0) {
+      const ops = this.pending;
+      const waiters = this.waiters;
+      this.pending = [];
+      this.waiters = [];
+      try {
+        if (ops.length > 0) {
+          await this.db.batch(ops, { sync: this.sync });
+          this.flushCount++;
+        }
+        for (const w of waiters) w.resolve();
+      } catch (err) {
+        for (const w of waiters) w.reject(err);
+      }
+    }
+    this.flushing = false;
+  }
+}
