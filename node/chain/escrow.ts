@@ -1,0 +1,39 @@
+/** Typed reads of the escrow. */
+import type { Address, Chain, Hex, PublicClient, Transport } from "viem";
+import { batchSettlementAbi } from "./abi";
+
+export type OnchainChannel = {
+  balance: bigint;
+  totalClaimed: bigint;
+  withdrawAmount: bigint;
+  /** Unix seconds, 0 when no withdrawal is pending. */
+  withdrawRequestedAt: number;
+  refundNonce: bigint;
+};
+
+/** Reads a channel's on-chain state (at `blockNumber`, default latest). */
+export async function readChannel(
+  client: PublicClient<Transport, Chain>,
+  escrow: Address,
+  channelId: Hex,
+  blockNumber?: bigint,
+): Promise<OnchainChannel> {
+  const opts = blockNumber !== undefined ? { blockNumber } : {};
+  const [[balance, totalClaimed], [withdrawAmount, initiatedAt], refundNonce] = await Promise.all([
+    client.readContract({ address: escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId], ...opts }),
+    client.readContract({ address: escrow, abi: batchSettlementAbi, functionName: "pendingWithdrawals", args: [channelId], ...opts }),
+    client.readContract({ address: escrow, abi: batchSettlementAbi, functionName: "refundNonce", args: [channelId], ...opts }),
+  ]);
+  return { balance, totalClaimed, withdrawAmount, withdrawRequestedAt: Number(initiatedAt), refundNonce };
+}
+
+/** Claimed and settled totals of (receiver, token). */
+export async function readReceiver(client: PublicClient<Transport, Chain>, escrow: Address, receiver: Address, token: Address) {
+  const [totalClaimed, totalSettled] = await client.readContract({
+    address: escrow,
+    abi: batchSettlementAbi,
+    functionName: "receivers",
+    args: [receiver, token],
+  });
+  return { totalClaimed, totalSettled };
+}

@@ -1,0 +1,132 @@
+/**
+ * Serialized transaction submission for one key. Hardhat automine rejects nonce gaps and concurrent
+ * sends from one key collide, so every transaction of a key goes through one queue: simulate, send
+ * with an explicit nonce, wait for the receipt (and confirmations); retry transient failures with
+ * backoff. A transaction counts as done only with a successful receipt.
+ */
+import {
+  type Abi,
+  type Account,
+  type Chain,
+  type ContractFunctionArgs,
+  type ContractFunctionName,
+  type Hex,
+  type PublicClient,
+  type TransactionReceipt,
+  type Transport,
+  type WalletClient,
+  BaseError,
+  ContractFunctionRevertedError,
+} from "viem";
+import { ChainError, ErrorCodes, type ErrorCode } from "../protocol/errors";
+
+export type SendParameters<abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">> = {
+  address: Hex;
+  abi: abi;
+  functionName: fn;
+  args: ContractFunctionArgs<abi, "nonpayable" | "payable", fn>;
+  /** Error codes to use when simulation fails / the transaction fails. */
+  simulationError?: ErrorCode;
+  transactionError?: ErrorCode;
+  gas?: bigint;
+};
+
+export type SendResult = { hash: Hex; receipt: TransactionReceipt };
+
+/** Name and args of a decoded contract revert, if the error is one. */
+export function decodeRevert(err: unknown): { errorName: string; args: readonly unknown[] } | undefined {
+  if (err instanceof BaseError) {
+    const revert = err.walk((e) => e instanceof ContractFunctionRevertedError);
+    if (revert instanceof ContractFunctionRevertedError && revert.data) {
+      return { errorName: revert.data.errorName, args: revert.data.args ?? [] };
+    }
+  }
+  return undefined;
+}
+
+export class TxSender {
+  private queue: Promise<unknown> = Promise.resolve();
+  private nonce: number | undefined;
+  /** Transactions sent (for metrics). */
+  sent = 0;
+
+  constructor(
+    readonly publicClient: PublicClient<Transport, Chain>,
+    readonly walletClient: WalletClient<Transport, Chain, Account>,
+    private readonly confirmations = 0,
+    private readonly retries = 3,
+  ) {}
+
+  get address(): Hex {
+    return this.walletClient.account.address;
+  }
+
+  /** Simulates the call (throws ChainError with the decoded revert) without sending. */
+  async simulate<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(p: SendParameters<abi, fn>): Promise<void> {
+    try {
+      await this.publicClient.simulateContract({
+        account: this.walletClient.account,
+        address: p.address,
+        abi: p.abi as Abi,
+        functionName: p.functionName as string,
+        args: p.args as readonly unknown[],
+      });
+    } catch (cause) {
+      const rev = decodeRevert(cause);
+      throw new ChainError(p.simulationError ?? ErrorCodes.transactionReverted, `simulation of ${String(p.functionName)} failed${rev ? `: ${rev.errorName}` : ""}`, {
+        cause,
+        metaMessages: rev ? [`args: ${rev.args.map(String).join(", ")}`] : [],
+      });
+    }
+  }
+
+  /** Queues, simulates, sends and waits for the receipt of one contract call. */
+  send<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(p: SendParameters<abi, fn>): Promise<SendResult> {
+    const job = this.queue.then(() => this.sendNow(p));
+    this.queue = job.catch(() => undefined);
+    return job;
+  }
+
+  private async sendNow<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(p: SendParameters<abi, fn>): Promise<SendResult> {
+    await this.simulate(p);
+    let lastError: unknown;
+    for (let attempt = 0; attempt <= this.retries; attempt++) {
+      try {
+        if (this.nonce === undefined) {
+          this.nonce = await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" });
+        }
+        const hash = await this.walletClient.writeContract({
+          address: p.address,
+          abi: p.abi as Abi,
+          functionName: p.functionName as string,
+          args: p.args as readonly unknown[],
+          nonce: this.nonce,
+          gas: p.gas,
+          chain: this.walletClient.chain,
+          account: this.walletClient.account,
+        });
+        this.nonce++;
+        this.sent++;
+        const receipt = await this.publicClient.waitForTransactionReceipt({
+          hash,
+          confirmations: Math.max(1, this.confirmations + 1),
+          timeout: 120_000,
+        });
+        if (receipt.status !== "success") {
+          throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} reverted`, {
+            metaMessages: [`tx: ${hash}`],
+          });
+        }
+        return { hash, receipt };
+      } catch (err) {
+        lastError = err;
+        if (err instanceof ChainError) throw err;
+        this.nonce = undefined; // re-read the nonce after any send failure
+        if (attempt < this.retries) await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
+      }
+    }
+    throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed after ${this.retries + 1} attempts`, {
+      cause: lastError,
+    });
+  }
+}

@@ -1,0 +1,586 @@
+/**
+ * The payee: verifies batch-settlement payments, holds per-channel state, commits charges durably,
+ * relays deposits and performs cooperative refunds. HTTP-agnostic (the express middleware, the reverse
+ * proxy and the facilitator API are fronts over it).
+ */
+import {
+  type Address,
+  type Chain,
+  type Hex,
+  type PublicClient,
+  type Transport,
+  encodeAbiParameters,
+  encodeFunctionData,
+  getAddress,
+  zeroAddress,
+} from "viem";
+import type { Logger } from "pino";
+import { batchSettlementAbi } from "../chain/abi";
+import { readChannel, type OnchainChannel } from "../chain/escrow";
+import type { TxSender } from "../chain/sender";
+import { ChainError, CumulativeMismatchError, ErrorCodes, PaymentError } from "../protocol/errors";
+import { createDigester, type Digester } from "../protocol/fastDigest";
+import {
+  BATCH_SETTLEMENT_SCHEME,
+  MAX_WITHDRAW_DELAY,
+  MIN_WITHDRAW_DELAY,
+  type ChannelConfig,
+  escrowDomain,
+} from "../protocol/typedData";
+import type {
+  ChannelStateWire,
+  DepositPayload,
+  PaymentPayload,
+  PaymentRequirements,
+  RefundPayload,
+  SchemePayload,
+} from "../protocol/wire";
+import type { ChannelRecord, ChannelStore } from "../store/channelStore";
+import { ChannelLocks } from "./lock";
+import { recoverSigner } from "./recover";
+
+export type AssetInfo = { address: Address; name: string; version: string; decimals: number; symbol?: string };
+
+export type PayeeOptions = {
+  store: ChannelStore;
+  publicClient: PublicClient<Transport, Chain>;
+  /** Sends deposits, claims, refunds. Its account is the receiverAuthorizer (or the receiver). */
+  sender: TxSender;
+  chainId: number;
+  escrow: Address;
+  erc3009Collector: Address;
+  /** payTo: where settled funds go. */
+  receiver: Address;
+  /** Signs claim batches and refunds; defaults to the sender's address. */
+  receiverAuthorizer?: Address;
+  asset: AssetInfo;
+  withdrawDelay?: number;
+  maxTimeoutSeconds?: number;
+  /** Keep serving known channels while the chain view is at most this old (ms). Default 5 min. */
+  riskWindowMs?: number;
+  /** Refuse vouchers on a channel whose withdrawal finalizes within this margin (s). Default 300. */
+  withdrawalSafetyMarginS?: number;
+  /** Wait this long for a busy channel before answering channel_busy (ms). */
+  lockTimeoutMs?: number;
+  logger?: Logger;
+  /** Clock (ms), replaceable in tests. */
+  now?: () => number;
+  /** Called after a charge is durably committed. */
+  onCharge?: (rec: ChannelRecord, amount: bigint, route: string) => void;
+};
+
+/** A verified payment holding its channel's lock until commit or release. */
+export type Reservation = {
+  readonly channelId: Hex;
+  readonly payer: Address;
+  /** Most the request may be charged (the requirement's amount). */
+  readonly maxCharge: bigint;
+  readonly voucherMax: bigint;
+  readonly signature: Hex;
+  /** Deposit made for this request (tx hash, amount), if any. */
+  readonly deposit?: { txHash: Hex; amount: bigint };
+  settled: boolean;
+};
+
+type InternalReservation = Reservation & { release: () => void };
+
+/** SettleResponse (PAYMENT-RESPONSE) for a paid request. */
+export type PaymentResponseBody = {
+  success: true;
+  transaction: string;
+  network: string;
+  payer: Address;
+  amount: string;
+  extra: { chargedAmount?: string; channelState: ChannelStateWire };
+};
+
+export class Payee {
+  readonly locks = new ChannelLocks();
+  readonly digester: Digester;
+  readonly network: string;
+  readonly receiverAuthorizer: Address;
+  readonly withdrawDelay: number;
+  /** Last time the chain view was confirmed current (ms); set by the mirror. */
+  chainSyncedAt: number;
+  private readonly erc1271Cache = new Map<string, boolean>();
+  private readonly now: () => number;
+
+  constructor(readonly opts: PayeeOptions) {
+    this.digester = createDigester(escrowDomain(opts.chainId, opts.escrow));
+    this.network = `eip155:${opts.chainId}`;
+    this.receiverAuthorizer = getAddress(opts.receiverAuthorizer ?? opts.sender.address);
+    this.withdrawDelay = opts.withdrawDelay ?? 900;
+    if (this.withdrawDelay < MIN_WITHDRAW_DELAY || this.withdrawDelay > MAX_WITHDRAW_DELAY) {
+      throw new PaymentError(ErrorCodes.withdrawDelayOutOfRange, `withdrawDelay ${this.withdrawDelay} is outside 900 s .. 30 days`);
+    }
+    this.now = opts.now ?? Date.now;
+    this.chainSyncedAt = this.now();
+  }
+
+  get store(): ChannelStore {
+    return this.opts.store;
+  }
+
+  /** Payment requirements for a price (atomic units). */
+  requirements(amount: bigint): PaymentRequirements {
+    return {
+      scheme: BATCH_SETTLEMENT_SCHEME,
+      network: this.network,
+      amount,
+      asset: this.opts.asset.address,
+      payTo: this.opts.receiver,
+      maxTimeoutSeconds: this.opts.maxTimeoutSeconds ?? 3600,
+      extra: {
+        receiverAuthorizer: this.receiverAuthorizer,
+        withdrawDelay: this.withdrawDelay,
+        name: this.opts.asset.name,
+        version: this.opts.asset.version,
+      },
+    };
+  }
+
+  /**
+   * Verifies a deposit or voucher payment for `required` and reserves its channel. For deposits the
+   * deposit is submitted and confirmed first. The caller must `commit` or `release` the reservation.
+   */
+  async authorize(payment: PaymentPayload, required: PaymentRequirements): Promise<Reservation> {
+    const p = payment.payload;
+    if (p.type === "refund") {
+      throw new PaymentError(ErrorCodes.payloadType, "a refund payload is not a payment for a resource", { status: 400 });
+    }
+    this.checkRequirements(payment.accepted, required);
+    this.checkConfig(p.channelConfig, required);
+    const channelId = this.checkChannelId(p);
+    await this.checkVoucherSignature(p.channelConfig, channelId, p.voucher.maxClaimableAmount, p.voucher.signature);
+    if (p.type === "deposit") this.checkDepositAuthorization(p);
+
+    const release = await this.locks.acquire(channelId, this.opts.lockTimeoutMs);
+    try {
+      let rec = await this.loadOrCreate(channelId, p.channelConfig, p.type === "deposit");
+      const expected = rec.chargedCumulative + required.amount;
+      if (p.voucher.maxClaimableAmount !== expected) {
+        throw new CumulativeMismatchError(expected, p.voucher.maxClaimableAmount);
+      }
+      let deposit: Reservation["deposit"];
+      if (p.type === "deposit") {
+        if (p.voucher.maxClaimableAmount > rec.balance + p.deposit.amount) {
+          throw new PaymentError(ErrorCodes.cumulativeExceedsBalance, "voucher exceeds balance plus deposit", {
+            metaMessages: [`max ${p.voucher.maxClaimableAmount}`, `balance ${rec.balance}`, `deposit ${p.deposit.amount}`],
+          });
+        }
+        const result = await this.submitDeposit(p, channelId);
+        deposit = result;
+        rec = (await this.store.getChannel(channelId))!;
+      }
+      this.checkChannelState(rec, p.voucher.maxClaimableAmount);
+      const reservation: InternalReservation = {
+        channelId,
+        payer: p.channelConfig.payer,
+        maxCharge: required.amount,
+        voucherMax: p.voucher.maxClaimableAmount,
+        signature: p.voucher.signature,
+        deposit,
+        settled: false,
+        release,
+      };
+      return reservation;
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  /**
+   * Commits `amount` (<= the reservation's max) durably, then releases the channel. Resolves only once
+   * the charge is fsync'd; returns the PAYMENT-RESPONSE body.
+   */
+  async commit(r: Reservation, amount: bigint, ctx: { route: string; resource: string }): Promise<PaymentResponseBody> {
+    const res = r as InternalReservation;
+    if (res.settled) throw new Error("reservation already settled");
+    try {
+      if (amount < 0n || amount > res.maxCharge) {
+        throw new PaymentError(ErrorCodes.chargeExceedsSignedCumulative, `charge ${amount} exceeds the signed maximum ${res.maxCharge}`);
+      }
+      const current = this.store.cachedChannel(res.channelId) ?? (await this.store.getChannel(res.channelId));
+      if (!current) throw new PaymentError(ErrorCodes.missingChannel, "channel record vanished");
+      const now = this.now();
+      const next: ChannelRecord = {
+        ...current,
+        chargedCumulative: current.chargedCumulative + amount,
+        signedMaxClaimable: res.voucherMax,
+        signature: res.signature,
+        lastRequestAt: now,
+      };
+      if (next.chargedCumulative > res.voucherMax) {
+        throw new PaymentError(ErrorCodes.chargeExceedsSignedCumulative, "charge would exceed the signed cumulative amount");
+      }
+      await this.store.putChannel(
+        next,
+        amount > 0n ? { at: now, channelId: res.channelId, payer: res.payer, route: ctx.route, resource: ctx.resource, amount } : undefined,
+      );
+      res.settled = true;
+      this.opts.onCharge?.(next, amount, ctx.route);
+      return {
+        success: true,
+        transaction: res.deposit?.txHash ?? "",
+        network: this.network,
+        payer: res.payer,
+        amount: res.deposit ? res.deposit.amount.toString() : "",
+        extra: { chargedAmount: amount.toString(), channelState: this.channelState(next) },
+      };
+    } finally {
+      res.settled = true;
+      res.release();
+    }
+  }
+
+  /** Releases a reservation without charging (the handler failed). */
+  release(r: Reservation): void {
+    const res = r as InternalReservation;
+    res.settled = true;
+    res.release();
+  }
+
+  /** Channel snapshot as the wire carries it. */
+  channelState(rec: ChannelRecord): ChannelStateWire {
+    return {
+      channelId: rec.channelId,
+      balance: rec.balance.toString(),
+      totalClaimed: rec.totalClaimed.toString(),
+      withdrawRequestedAt: rec.withdrawRequestedAt,
+      refundNonce: rec.refundNonce.toString(),
+      chargedCumulativeAmount: rec.chargedCumulative.toString(),
+    };
+  }
+
+  /**
+   * The corrective `extra` for a 402 after a cumulative mismatch: channel state plus the last voucher
+   * the payer signed, so the client can check it and resynchronise.
+   */
+  async correctiveExtra(channelId: Hex): Promise<Record<string, unknown> | undefined> {
+    const rec = await this.store.getChannel(channelId);
+    if (!rec) return undefined;
+    return {
+      channelState: this.channelState(rec),
+      voucherState: rec.signature !== "0x" ? { signedMaxClaimable: rec.signedMaxClaimable.toString(), signature: rec.signature } : undefined,
+    };
+  }
+
+  /** Cooperative refund: claim what was charged, refund the rest (or `amount`), in one transaction. */
+  async refund(payment: PaymentPayload, required: PaymentRequirements): Promise<PaymentResponseBody> {
+    const p = payment.payload as RefundPayload;
+    this.checkRequirements(payment.accepted, required, { ignoreAmount: true });
+    this.checkConfig(p.channelConfig, required);
+    const channelId = this.checkChannelId(p);
+    await this.checkVoucherSignature(p.channelConfig, channelId, p.voucher.maxClaimableAmount, p.voucher.signature);
+    let requested: bigint | undefined;
+    if (p.amount !== undefined) {
+      if (!/^[1-9]\d{0,38}$/.test(p.amount)) {
+        throw new PaymentError(ErrorCodes.refundAmountInvalid, `refund amount "${p.amount}" is not a positive integer`, { status: 400 });
+      }
+      requested = BigInt(p.amount);
+    }
+    return this.locks.with(
+      channelId,
+      async () => {
+        const rec = await this.loadOrCreate(channelId, p.channelConfig, false, true);
+        if (p.voucher.maxClaimableAmount !== rec.chargedCumulative) {
+          throw new CumulativeMismatchError(rec.chargedCumulative, p.voucher.maxClaimableAmount);
+        }
+        if (p.voucher.maxClaimableAmount < rec.totalClaimed) {
+          throw new PaymentError(ErrorCodes.cumulativeBelowClaimed, "refund voucher is below the claimed total");
+        }
+        const available = rec.balance - rec.chargedCumulative;
+        if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
+        const amount = requested === undefined || requested > available ? available : requested;
+
+        const calls: Hex[] = [];
+        if (rec.chargedCumulative > rec.totalClaimed) {
+          calls.push(
+            encodeFunctionData({
+              abi: batchSettlementAbi,
+              functionName: "claim",
+              args: [[{ voucher: { channel: p.channelConfig, maxClaimableAmount: p.voucher.maxClaimableAmount }, signature: p.voucher.signature, totalClaimed: rec.chargedCumulative }]],
+            }),
+          );
+        }
+        calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [p.channelConfig, amount] }));
+        const { hash, receipt } = await this.opts.sender.send({
+          address: this.opts.escrow,
+          abi: batchSettlementAbi,
+          functionName: "multicall",
+          args: [calls],
+          simulationError: ErrorCodes.refundSimulationFailed,
+          transactionError: ErrorCodes.refundTransactionFailed,
+        });
+        const chain = await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
+        const next = this.withChain(rec, chain);
+        await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [channelId], amount, gasUsed: receipt.gasUsed });
+        if (chain.balance === chain.totalClaimed) {
+          // Full refund: the record's job is done (charges are in the ledger, claims on chain).
+          await this.store.putChannel({ ...next, chargedCumulative: chain.totalClaimed });
+          await this.store.deleteChannel(channelId);
+        } else {
+          await this.store.putChannel(next);
+        }
+        return {
+          success: true as const,
+          transaction: hash,
+          network: this.network,
+          payer: p.channelConfig.payer,
+          amount: amount.toString(),
+          extra: { channelState: this.channelState(next) },
+        };
+      },
+      this.opts.lockTimeoutMs,
+    );
+  }
+
+  /** Updates a channel's mirrored chain fields under its lock (used by the mirror and claim engine). */
+  async syncChannel(channelId: Hex, chain?: OnchainChannel): Promise<ChannelRecord | undefined> {
+    return this.locks.with(channelId, async () => {
+      const rec = await this.store.getChannel(channelId);
+      if (!rec) return undefined;
+      const state = chain ?? (await readChannel(this.opts.publicClient, this.opts.escrow, channelId));
+      const next = this.withChain(rec, state);
+      await this.store.putChannel(next);
+      return next;
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // checks
+  // -------------------------------------------------------------------------------------------
+
+  private checkRequirements(accepted: PaymentRequirements, required: PaymentRequirements, o: { ignoreAmount?: boolean } = {}) {
+    if (accepted.scheme !== BATCH_SETTLEMENT_SCHEME) {
+      throw new PaymentError(ErrorCodes.scheme, `scheme "${accepted.scheme}" is not batch-settlement`);
+    }
+    if (accepted.network !== required.network) {
+      throw new PaymentError(ErrorCodes.networkMismatch, `network ${accepted.network} is not ${required.network}`);
+    }
+    if (accepted.asset !== required.asset) {
+      throw new PaymentError(ErrorCodes.tokenMismatch, `asset ${accepted.asset} is not ${required.asset}`);
+    }
+    if (accepted.payTo !== required.payTo) {
+      throw new PaymentError(ErrorCodes.receiverMismatch, `payTo ${accepted.payTo} is not ${required.payTo}`);
+    }
+    if (accepted.extra.receiverAuthorizer !== required.extra.receiverAuthorizer) {
+      throw new PaymentError(ErrorCodes.receiverAuthorizerMismatch, `receiverAuthorizer ${accepted.extra.receiverAuthorizer} is not ${required.extra.receiverAuthorizer}`);
+    }
+    if (accepted.extra.withdrawDelay !== required.extra.withdrawDelay) {
+      throw new PaymentError(ErrorCodes.withdrawDelayMismatch, `withdrawDelay ${accepted.extra.withdrawDelay} is not ${required.extra.withdrawDelay}`);
+    }
+    if (!o.ignoreAmount && accepted.amount !== required.amount) {
+      // The price changed (or the client is stale): a fresh 402 carries the current price.
+      throw new PaymentError(ErrorCodes.paymentRequired, `accepted amount ${accepted.amount} is not the current price ${required.amount}`);
+    }
+  }
+
+  private checkConfig(c: ChannelConfig, required: PaymentRequirements) {
+    if (c.token !== required.asset) throw new PaymentError(ErrorCodes.tokenMismatch, `channel token ${c.token} is not ${required.asset}`);
+    if (c.receiver !== required.payTo) throw new PaymentError(ErrorCodes.receiverMismatch, `channel receiver ${c.receiver} is not ${required.payTo}`);
+    if (c.receiverAuthorizer !== required.extra.receiverAuthorizer) {
+      throw new PaymentError(ErrorCodes.receiverAuthorizerMismatch, `channel receiverAuthorizer ${c.receiverAuthorizer} is not ${required.extra.receiverAuthorizer}`);
+    }
+    if (c.withdrawDelay < MIN_WITHDRAW_DELAY || c.withdrawDelay > MAX_WITHDRAW_DELAY) {
+      throw new PaymentError(ErrorCodes.withdrawDelayOutOfRange, `withdrawDelay ${c.withdrawDelay} is outside 900 s .. 30 days`);
+    }
+    if (c.withdrawDelay !== required.extra.withdrawDelay) {
+      throw new PaymentError(ErrorCodes.withdrawDelayMismatch, `channel withdrawDelay ${c.withdrawDelay} is not ${required.extra.withdrawDelay}`);
+    }
+    if (c.payer === zeroAddress) throw new PaymentError(ErrorCodes.voucherPayload, "payer is the zero address", { status: 400 });
+  }
+
+  /** The config must hash to the claimed id; a cached record with the identical config skips the hash. */
+  private checkChannelId(p: SchemePayload): Hex {
+    const claimed = p.voucher.channelId;
+    const cached = this.store.cachedChannel(claimed);
+    if (cached && sameConfig(cached.config, p.channelConfig)) return claimed;
+    const id = this.digester.channelId(p.channelConfig);
+    if (id !== claimed) {
+      throw new PaymentError(ErrorCodes.channelIdMismatch, "channel config does not hash to the voucher's channelId", {
+        metaMessages: [`computed ${id}`, `claimed ${claimed}`],
+      });
+    }
+    return id;
+  }
+
+  private async checkVoucherSignature(c: ChannelConfig, channelId: Hex, max: bigint, signature: Hex) {
+    const digest = this.digester.voucherDigest(channelId, max);
+    if (c.payerAuthorizer !== zeroAddress) {
+      const signer = recoverSigner(digest, signature);
+      if (signer !== c.payerAuthorizer.toLowerCase()) {
+        throw new PaymentError(ErrorCodes.voucherSignature, "voucher signature does not recover to the payerAuthorizer (ECDSA, 65 bytes, low s)");
+      }
+      return;
+    }
+    // payerAuthorizer = 0: the payer signs, as an EOA or an ERC-1271 smart wallet.
+    const key = `${channelId}:${max}:${signature}`;
+    const cached = this.erc1271Cache.get(key);
+    if (cached === true) return;
+    let ok: boolean;
+    const signer = recoverSigner(digest, signature);
+    if (signer === c.payer.toLowerCase()) {
+      ok = true;
+    } else {
+      const code = await this.opts.publicClient.getCode({ address: c.payer }).catch(() => undefined);
+      if (!code || code === "0x") {
+        ok = false;
+      } else {
+        ok = await this.opts.publicClient
+          .readContract({
+            address: c.payer,
+            abi: erc1271Abi,
+            functionName: "isValidSignature",
+            args: [`0x${Buffer.from(digest).toString("hex")}`, signature],
+          })
+          .then((magic) => magic === "0x1626ba7e")
+          .catch(() => false);
+      }
+    }
+    if (!ok) throw new PaymentError(ErrorCodes.voucherSignature, "voucher signature is not valid for the payer (EOA or ERC-1271)");
+    if (this.erc1271Cache.size > 10_000) this.erc1271Cache.clear();
+    this.erc1271Cache.set(key, true);
+  }
+
+  private checkDepositAuthorization(p: DepositPayload) {
+    const auth = p.deposit.authorization.erc3009Authorization;
+    if (!auth) {
+      throw new PaymentError(ErrorCodes.erc3009AuthorizationRequired, "deposit needs an erc3009Authorization (permit2 is not supported by this node)");
+    }
+    const nowS = BigInt(Math.floor(this.now() / 1000));
+    if (auth.validAfter > nowS) throw new PaymentError(ErrorCodes.authorizationValidAfter, "authorization is not valid yet");
+    if (auth.validBefore <= nowS + 5n) throw new PaymentError(ErrorCodes.authorizationValidBefore, "authorization has expired");
+  }
+
+  private checkChannelState(rec: ChannelRecord, max: bigint) {
+    if (rec.balance === 0n) throw new PaymentError(ErrorCodes.channelNotFound, "channel has no balance");
+    if (max <= rec.totalClaimed) {
+      throw new PaymentError(ErrorCodes.cumulativeBelowClaimed, `voucher ${max} is not above the claimed total ${rec.totalClaimed}`);
+    }
+    if (max > rec.balance) {
+      throw new PaymentError(ErrorCodes.cumulativeExceedsBalance, `voucher ${max} exceeds the channel balance ${rec.balance}`);
+    }
+    if (rec.withdrawRequestedAt !== 0) {
+      const finalizeAt = (rec.withdrawRequestedAt + rec.config.withdrawDelay) * 1000;
+      const margin = (this.opts.withdrawalSafetyMarginS ?? 300) * 1000;
+      if (this.now() > finalizeAt - margin) {
+        throw new PaymentError(ErrorCodes.channelNotFound, "channel is closing: its withdrawal finalizes too soon to accept vouchers");
+      }
+    }
+    const age = this.now() - this.chainSyncedAt;
+    if (age > (this.opts.riskWindowMs ?? 300_000)) {
+      throw new PaymentError(ErrorCodes.channelStateReadFailed, `chain view is ${Math.round(age / 1000)} s old (beyond the risk window); refusing new charges`, { status: 503 });
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // state
+  // -------------------------------------------------------------------------------------------
+
+  private async loadOrCreate(channelId: Hex, config: ChannelConfig, forDeposit: boolean, forRefund = false): Promise<ChannelRecord> {
+    const existing = await this.store.getChannel(channelId);
+    if (existing) return existing;
+    let chain: OnchainChannel;
+    try {
+      chain = await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
+    } catch (cause) {
+      throw new PaymentError(ErrorCodes.channelStateReadFailed, "could not read the channel from the chain", { cause, status: 503 });
+    }
+    if (chain.balance === 0n && !forDeposit) {
+      throw new PaymentError(forRefund ? ErrorCodes.missingChannel : ErrorCodes.channelNotFound, "no channel with a positive balance for this id");
+    }
+    const now = this.now();
+    // Server state loss / first sight: the claimed total is the baseline; unclaimed history is forfeited.
+    const rec: ChannelRecord = {
+      channelId,
+      config,
+      chargedCumulative: chain.totalClaimed,
+      signedMaxClaimable: chain.totalClaimed,
+      signature: "0x",
+      balance: chain.balance,
+      totalClaimed: chain.totalClaimed,
+      withdrawRequestedAt: chain.withdrawRequestedAt,
+      refundNonce: chain.refundNonce,
+      syncedAt: now,
+      lastRequestAt: 0,
+      createdAt: now,
+    };
+    await this.store.putChannel(rec);
+    return rec;
+  }
+
+  private withChain(rec: ChannelRecord, chain: OnchainChannel): ChannelRecord {
+    return {
+      ...rec,
+      balance: chain.balance,
+      totalClaimed: chain.totalClaimed,
+      withdrawRequestedAt: chain.withdrawRequestedAt,
+      refundNonce: chain.refundNonce,
+      syncedAt: this.now(),
+    };
+  }
+
+  private async submitDeposit(p: DepositPayload, channelId: Hex): Promise<{ txHash: Hex; amount: bigint }> {
+    const auth = p.deposit.authorization.erc3009Authorization!;
+    const collectorData = encodeAbiParameters(
+      [{ type: "uint256" }, { type: "uint256" }, { type: "uint256" }, { type: "bytes" }],
+      [auth.validAfter, auth.validBefore, BigInt(auth.salt), auth.signature],
+    );
+    let result;
+    try {
+      result = await this.opts.sender.send({
+        address: this.opts.escrow,
+        abi: batchSettlementAbi,
+        functionName: "deposit",
+        args: [p.channelConfig, p.deposit.amount, this.opts.erc3009Collector, collectorData],
+        simulationError: ErrorCodes.depositSimulationFailed,
+        transactionError: ErrorCodes.depositTransactionFailed,
+      });
+    } catch (err) {
+      if (err instanceof ChainError) {
+        throw new PaymentError(err.code, err.shortMessage, { cause: err, metaMessages: err.metaMessages });
+      }
+      throw err;
+    }
+    const chain = await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
+    const rec = (await this.store.getChannel(channelId))!;
+    await this.store.putChannel(this.withChain(rec, chain));
+    await this.store.appendHistory({
+      at: this.now(),
+      kind: "deposit",
+      txHash: result.hash,
+      channels: [channelId],
+      amount: p.deposit.amount,
+      gasUsed: result.receipt.gasUsed,
+    });
+    this.opts.logger?.info({ channelId, amount: p.deposit.amount.toString(), tx: result.hash }, "deposit relayed");
+    return { txHash: result.hash, amount: p.deposit.amount };
+  }
+}
+
+function sameConfig(a: ChannelConfig, b: ChannelConfig): boolean {
+  return (
+    a.payer === b.payer &&
+    a.payerAuthorizer === b.payerAuthorizer &&
+    a.receiver === b.receiver &&
+    a.receiverAuthorizer === b.receiverAuthorizer &&
+    a.token === b.token &&
+    a.withdrawDelay === b.withdrawDelay &&
+    a.salt === b.salt
+  );
+}
+
+const erc1271Abi = [
+  {
+    type: "function",
+    name: "isValidSignature",
+    stateMutability: "view",
+    inputs: [
+      { name: "hash", type: "bytes32" },
+      { name: "signature", type: "bytes" },
+    ],
+    outputs: [{ name: "", type: "bytes4" }],
+  },
+] as const;
