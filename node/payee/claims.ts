@@ -1,0 +1,208 @@
+/**
+ * The claim engine: turns charged-but-unclaimed vouchers into on-chain claims, in batches, and sweeps
+ * claimed funds with `settle`. One bad row never blocks a batch: each batch is simulated first and
+ * failing rows are isolated by bisection, claimed around, and reported as an alert.
+ */
+import type { Hex } from "viem";
+import type { Logger } from "pino";
+import { batchSettlementAbi } from "../chain/abi";
+import { readReceiver } from "../chain/escrow";
+import { ErrorCodes } from "../protocol/errors";
+import type { VoucherClaim } from "../protocol/typedData";
+import type { ChannelRecord } from "../store/channelStore";
+import type { Payee } from "./payee";
+
+export type ClaimStrategy = {
+  /** Claim when a channel's unclaimed charges exceed this (atomic units). */
+  threshold?: bigint;
+  /** Claim everything every N ms. */
+  intervalMs?: number;
+  /** Rows per claim transaction (default 100). */
+  batchSize?: number;
+  /** Claim and settle on stop() (default true). */
+  onShutdown?: boolean;
+};
+
+export type ClaimTransaction = { hash: Hex; gasUsed: bigint; channels: Hex[]; amount: bigint };
+export type ClaimReport = {
+  transactions: ClaimTransaction[];
+  /** Channels that could not be claimed, with the revert that isolated them. */
+  failed: Array<{ channelId: Hex; reason: string }>;
+  claimedChannels: number;
+};
+
+export type ClaimEngineOptions = ClaimStrategy & {
+  logger?: Logger;
+  /** Called for every row that cannot be claimed (alerting). */
+  onAlert?: (channelId: Hex, reason: string) => void;
+  /** Progress callback for batch commands. */
+  onProgress?: (done: number, total: number) => void;
+};
+
+/** A channel's unclaimed exposure: charged but not yet claimed on chain. */
+export function exposure(rec: ChannelRecord): bigint {
+  return rec.chargedCumulative > rec.totalClaimed ? rec.chargedCumulative - rec.totalClaimed : 0n;
+}
+
+export class ClaimEngine {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<ClaimReport> | undefined;
+  /** Channels flagged for a prompt claim (threshold crossed, withdrawal seen). */
+  private readonly urgent = new Set<Hex>();
+
+  constructor(
+    readonly payee: Payee,
+    readonly opts: ClaimEngineOptions = {},
+  ) {}
+
+  /** Records with something to claim (and a voucher to claim it with). */
+  async pending(filter?: (r: ChannelRecord) => boolean): Promise<ChannelRecord[]> {
+    const out: ChannelRecord[] = [];
+    for await (const rec of this.payee.store.channels()) {
+      if (exposure(rec) > 0n && rec.signature !== "0x" && (!filter || filter(rec))) out.push(rec);
+    }
+    return out;
+  }
+
+  /** Claims all pending channels, or those listed. Concurrent calls share one run. */
+  claim(select: { channels?: Hex[] } = {}): Promise<ClaimReport> {
+    const previous = this.running ?? Promise.resolve(undefined);
+    const run = previous.catch(() => undefined).then(() => this.claimNow(select));
+    this.running = run;
+    return run;
+  }
+
+  private async claimNow(select: { channels?: Hex[] }): Promise<ClaimReport> {
+    const wanted = select.channels ? new Set(select.channels.map((c) => c.toLowerCase())) : undefined;
+    const recs = await this.pending(wanted ? (r) => wanted.has(r.channelId.toLowerCase()) : undefined);
+    const report: ClaimReport = { transactions: [], failed: [], claimedChannels: 0 };
+    const size = this.opts.batchSize ?? 100;
+    let done = 0;
+    for (let i = 0; i < recs.length; i += size) {
+      const batch = recs.slice(i, i + size);
+      const rows = batch.map(toClaimRow);
+      const { good, bad } = await this.isolate(rows, batch);
+      for (const b of bad) {
+        report.failed.push(b);
+        this.opts.logger?.error({ alert: "claim_failed", channelId: b.channelId, reason: b.reason }, "channel cannot be claimed");
+        this.opts.onAlert?.(b.channelId, b.reason);
+      }
+      if (good.length > 0) {
+        const { hash, receipt } = await this.payee.opts.sender.send({
+          address: this.payee.opts.escrow,
+          abi: batchSettlementAbi,
+          functionName: "claim",
+          args: [good.map((g) => g.row)],
+          simulationError: ErrorCodes.claimSimulationFailed,
+          transactionError: ErrorCodes.claimTransactionFailed,
+        });
+        const ids = good.map((g) => g.rec.channelId);
+        let amount = 0n;
+        for (const g of good) {
+          amount += g.row.totalClaimed - g.rec.totalClaimed;
+          await this.payee.syncChannel(g.rec.channelId);
+          this.urgent.delete(g.rec.channelId);
+        }
+        await this.payee.store.appendHistory({ at: Date.now(), kind: "claim", txHash: hash, channels: ids, amount, gasUsed: receipt.gasUsed });
+        report.transactions.push({ hash, gasUsed: receipt.gasUsed, channels: ids, amount });
+        report.claimedChannels += good.length;
+        this.opts.logger?.info({ tx: hash, channels: ids.length, amount: amount.toString(), gasUsed: receipt.gasUsed.toString() }, "claimed");
+      }
+      done += batch.length;
+      this.opts.onProgress?.(done, recs.length);
+    }
+    return report;
+  }
+
+  /** Simulates the batch; on failure bisects down to the failing rows. */
+  private async isolate(
+    rows: VoucherClaim[],
+    recs: ChannelRecord[],
+  ): Promise<{ good: Array<{ row: VoucherClaim; rec: ChannelRecord }>; bad: Array<{ channelId: Hex; reason: string }> }> {
+    try {
+      await this.payee.opts.sender.simulate({
+        address: this.payee.opts.escrow,
+        abi: batchSettlementAbi,
+        functionName: "claim",
+        args: [rows],
+      });
+      return { good: rows.map((row, i) => ({ row, rec: recs[i]! })), bad: [] };
+    } catch (err) {
+      if (rows.length === 1) {
+        return { good: [], bad: [{ channelId: recs[0]!.channelId, reason: (err as Error).message.split("\n")[0]! }] };
+      }
+      const mid = rows.length >> 1;
+      const a = await this.isolate(rows.slice(0, mid), recs.slice(0, mid));
+      const b = await this.isolate(rows.slice(mid), recs.slice(mid));
+      return { good: [...a.good, ...b.good], bad: [...a.bad, ...b.bad] };
+    }
+  }
+
+  /** Transfers everything claimed but unsettled to the receiver (one transaction, or none). */
+  async settle(): Promise<{ hash?: Hex; amount: bigint; gasUsed?: bigint }> {
+    const { escrow, receiver, asset } = this.payee.opts;
+    const r = await readReceiver(this.payee.opts.publicClient, escrow, receiver, asset.address);
+    const amount = r.totalClaimed - r.totalSettled;
+    if (amount === 0n) return { amount };
+    const { hash, receipt } = await this.payee.opts.sender.send({
+      address: escrow,
+      abi: batchSettlementAbi,
+      functionName: "settle",
+      args: [receiver, asset.address],
+      simulationError: ErrorCodes.settleSimulationFailed,
+      transactionError: ErrorCodes.settleTransactionFailed,
+    });
+    await this.payee.store.appendHistory({ at: Date.now(), kind: "settle", txHash: hash, channels: [], amount, gasUsed: receipt.gasUsed });
+    this.opts.logger?.info({ tx: hash, amount: amount.toString() }, "settled");
+    return { hash, amount, gasUsed: receipt.gasUsed };
+  }
+
+  /** Marks a channel for a prompt claim (threshold crossed or withdrawal seen) and claims it. */
+  async claimUrgently(channelId: Hex): Promise<ClaimReport> {
+    this.urgent.add(channelId);
+    return this.claim({ channels: [channelId] });
+  }
+
+  /** Threshold strategy: call after each committed charge. */
+  noteCharge(rec: ChannelRecord): void {
+    const t = this.opts.threshold;
+    if (t !== undefined && exposure(rec) > t && !this.urgent.has(rec.channelId)) {
+      this.urgent.add(rec.channelId);
+      void this.claim({ channels: [rec.channelId] }).catch((err) =>
+        this.opts.logger?.error({ alert: "claim_failed", err: (err as Error).message }, "threshold claim failed"),
+      );
+    }
+  }
+
+  /** Starts the periodic strategy. */
+  start(): void {
+    if (this.opts.intervalMs && !this.timer) {
+      this.timer = setInterval(() => {
+        void this.claim()
+          .then(() => this.settle())
+          .catch((err) => this.opts.logger?.error({ alert: "claim_failed", err: (err as Error).message }, "periodic claim failed"));
+      }, this.opts.intervalMs);
+      this.timer.unref();
+    }
+  }
+
+  /** Stops timers; with onShutdown (default) claims and settles everything first. */
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    if (this.opts.onShutdown ?? true) {
+      await this.claim().catch(() => undefined);
+      await this.settle().catch(() => undefined);
+    } else {
+      await this.running?.catch(() => undefined);
+    }
+  }
+}
+
+function toClaimRow(rec: ChannelRecord): VoucherClaim {
+  return {
+    voucher: { channel: rec.config, maxClaimableAmount: rec.signedMaxClaimable },
+    signature: rec.signature,
+    totalClaimed: rec.chargedCumulative,
+  };
+}

@@ -1,0 +1,120 @@
+/**
+ * A minimal hand-rolled payer for node tests: builds PAYMENT-SIGNATURE headers (deposit, voucher,
+ * refund) from a 402's requirements with viem signatures, using node/protocol's typed data.
+ */
+import { type Hex, type LocalAccount, encodeAbiParameters, keccak256, pad, toHex } from "viem";
+import {
+  type ChannelConfig,
+  computeChannelId,
+  escrowDomain,
+  receiveWithAuthorizationTypes,
+  voucherTypes,
+  CANONICAL_ADDRESSES,
+} from "../../node/protocol/typedData";
+import { HEADERS, decodeBase64Json, encodeBase64Json } from "../../node/protocol/wire";
+
+export type Accept = {
+  scheme: string;
+  network: string;
+  amount: string;
+  asset: Hex;
+  payTo: Hex;
+  maxTimeoutSeconds: number;
+  extra: { receiverAuthorizer: Hex; withdrawDelay: number; name: string; version: string; [k: string]: unknown };
+};
+
+export async function fetchRequirements(url: string): Promise<{ accept: Accept; body: any }> {
+  const res = await fetch(url);
+  if (res.status !== 402) throw new Error(`expected 402, got ${res.status}`);
+  const body = decodeBase64Json(res.headers.get(HEADERS.paymentRequired)!, "PAYMENT-REQUIRED") as any;
+  return { accept: body.accepts[0], body };
+}
+
+export class WirePayer {
+  readonly domain = escrowDomain(31337, CANONICAL_ADDRESSES.batchSettlement);
+  constructor(
+    readonly account: LocalAccount,
+    readonly sessionKey: LocalAccount = account,
+    readonly salt: Hex = pad("0x01", { size: 32 }),
+  ) {}
+
+  config(accept: Accept): ChannelConfig {
+    return {
+      payer: this.account.address,
+      payerAuthorizer: this.sessionKey.address,
+      receiver: accept.payTo,
+      receiverAuthorizer: accept.extra.receiverAuthorizer,
+      token: accept.asset,
+      withdrawDelay: accept.extra.withdrawDelay,
+      salt: this.salt,
+    };
+  }
+
+  channelId(accept: Accept): Hex {
+    return computeChannelId(this.domain, this.config(accept));
+  }
+
+  async voucher(accept: Accept, max: bigint) {
+    const channelId = this.channelId(accept);
+    const signature = await this.sessionKey.signTypedData({
+      domain: this.domain,
+      types: voucherTypes,
+      primaryType: "Voucher",
+      message: { channelId, maxClaimableAmount: max },
+    });
+    return { channelId, maxClaimableAmount: max.toString(), signature };
+  }
+
+  envelope(accept: Accept, payload: unknown): string {
+    return encodeBase64Json({ x402Version: 2, accepted: accept, payload });
+  }
+
+  async voucherHeader(accept: Accept, max: bigint): Promise<string> {
+    return this.envelope(accept, { type: "voucher", channelConfig: this.config(accept), voucher: await this.voucher(accept, max) });
+  }
+
+  async depositHeader(accept: Accept, depositAmount: bigint, max: bigint, collector: Hex = CANONICAL_ADDRESSES.erc3009DepositCollector): Promise<string> {
+    const config = this.config(accept);
+    const channelId = this.channelId(accept);
+    const salt = keccak256(toHex(`${channelId}-${depositAmount}-${Date.now()}-${Math.random()}`));
+    const nonce = keccak256(encodeAbiParameters([{ type: "bytes32" }, { type: "uint256" }], [channelId, BigInt(salt)]));
+    const validBefore = BigInt(Math.floor(Date.now() / 1000) + 3600 * 24);
+    const signature = await this.account.signTypedData({
+      domain: { name: accept.extra.name, version: accept.extra.version, chainId: 31337, verifyingContract: accept.asset },
+      types: receiveWithAuthorizationTypes,
+      primaryType: "ReceiveWithAuthorization",
+      message: { from: config.payer, to: collector, value: depositAmount, validAfter: 0n, validBefore, nonce },
+    });
+    return this.envelope(accept, {
+      type: "deposit",
+      channelConfig: config,
+      voucher: await this.voucher(accept, max),
+      deposit: {
+        amount: depositAmount.toString(),
+        authorization: { erc3009Authorization: { validAfter: "0", validBefore: validBefore.toString(), salt, signature } },
+      },
+    });
+  }
+
+  async refundHeader(accept: Accept, charged: bigint, amount?: bigint): Promise<string> {
+    return this.envelope(accept, {
+      type: "refund",
+      channelConfig: this.config(accept),
+      voucher: await this.voucher(accept, charged),
+      ...(amount !== undefined ? { amount: amount.toString() } : {}),
+    });
+  }
+}
+
+export async function payWith(url: string, header: string, init: RequestInit = {}) {
+  const res = await fetch(url, { ...init, headers: { ...(init.headers as Record<string, string>), [HEADERS.paymentSignature]: header } });
+  const pr = res.headers.get(HEADERS.paymentResponse);
+  const req = res.headers.get(HEADERS.paymentRequired);
+  return {
+    res,
+    status: res.status,
+    text: await res.text(),
+    paymentResponse: pr ? (decodeBase64Json(pr, "PAYMENT-RESPONSE") as any) : undefined,
+    paymentRequired: req ? (decodeBase64Json(req, "PAYMENT-REQUIRED") as any) : undefined,
+  };
+}

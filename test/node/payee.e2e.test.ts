@@ -1,0 +1,213 @@
+import { expect } from "chai";
+import type { LocalAccount } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { keccak256, toHex, pad } from "viem";
+import { batchSettlementAbi } from "../../node/chain/abi";
+import { readChannel } from "../../node/chain/escrow";
+import { ClaimEngine } from "../../node/payee/claims";
+import { ChainWatcher } from "../../node/payee/watcher";
+import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
+import { clientsFor } from "../helpers/chainNode";
+import { startChain, startPayee } from "../helpers/payeeHarness";
+import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
+
+const PRICE = 10_000n; // $0.01
+const routes = { "GET /articles/:id": { price: "$0.01" }, "GET /fail": "$0.01", "GET /metered": "$0.05" } as const;
+function install(app: import("express").Express) {
+  app.get("/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
+  app.get("/fail", (_req, res) => void res.status(500).send("boom"));
+  app.get("/metered", (_req, res) => {
+    res.locals.tollway.charge(12_345n);
+    res.send("metered");
+  });
+}
+
+describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", function () {
+  this.timeout(240_000);
+  let ctx: Awaited<ReturnType<typeof startChain>>;
+  let node: Awaited<ReturnType<typeof startPayee>>;
+  let accept: Accept;
+
+  before(async () => {
+    ctx = await startChain();
+    node = await startPayee(ctx, routes as never, install);
+    accept = (await fetchRequirements(`${node.url}/articles/1`)).accept;
+  });
+  after(async () => {
+    await node?.stop();
+    await ctx?.chain.stop();
+  });
+
+  it("answers 402 with PAYMENT-REQUIRED (header and body) and exposes the headers to browsers", async () => {
+    const res = await fetch(`${node.url}/articles/1`);
+    expect(res.status).to.equal(402);
+    expect(res.headers.get("access-control-expose-headers")).to.include("PAYMENT-REQUIRED");
+    const body = await res.json();
+    expect(body.x402Version).to.equal(2);
+    expect(body.accepts[0]).to.include({ scheme: "batch-settlement", network: "eip155:31337", amount: "10000" });
+    expect(body.accepts[0].extra.receiverAuthorizer).to.equal(node.payeeAccount.address);
+  });
+
+  it("refuses an x402 v1 X-PAYMENT envelope with a clear error", async () => {
+    const res = await fetch(`${node.url}/articles/1`, { headers: { "X-PAYMENT": "e30=" } });
+    expect(res.status).to.equal(400);
+    expect((await res.json()).error).to.equal("invalid_x402_version");
+  });
+
+  it("gasless deposit, 100 paid requests, metered and failing handlers, claim, settle, cooperative refund", async () => {
+    const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-a"))));
+    let charged = 0n;
+    const dep = await payWith(`${node.url}/articles/0`, await payer.depositHeader(accept, 2_000_000n, PRICE));
+    expect(dep.status, dep.text).to.equal(200);
+    expect(dep.paymentResponse.transaction).to.match(/^0x[0-9a-f]{64}$/);
+    expect(dep.paymentResponse.amount).to.equal("2000000");
+    charged += PRICE;
+    for (let i = 1; i < 100; i++) {
+      const r = await payWith(`${node.url}/articles/${i}`, await payer.voucherHeader(accept, charged + PRICE));
+      expect(r.status, r.text).to.equal(200);
+      expect(r.text).to.equal(`article ${i}`);
+      expect(r.paymentResponse.extra.chargedAmount).to.equal("10000");
+      charged += PRICE;
+      expect(r.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal(charged.toString());
+    }
+    // a failing handler charges nothing; the same voucher then still pays for the next request
+    const fail = await payWith(`${node.url}/fail`, await payer.voucherHeader(accept, charged + PRICE));
+    expect(fail.status).to.equal(500);
+    expect(fail.paymentResponse).to.equal(undefined);
+    // replaying an acknowledged voucher is refused with a corrective 402
+    const replay = await payWith(`${node.url}/articles/5`, await payer.voucherHeader(accept, charged));
+    expect(replay.status).to.equal(402);
+    expect(replay.paymentRequired.error).to.equal("invalid_batch_settlement_evm_cumulative_amount_mismatch");
+    expect(replay.paymentRequired.accepts[0].extra.channelState.chargedCumulativeAmount).to.equal(charged.toString());
+    expect(replay.paymentRequired.accepts[0].extra.voucherState.signedMaxClaimable).to.equal(charged.toString());
+    // metered: signed 0.05, charged 0.012345
+    const meteredAccept = (await fetchRequirements(`${node.url}/metered`)).accept;
+    const metered = await payWith(`${node.url}/metered`, await payer.voucherHeader(meteredAccept, charged + 50_000n));
+    expect(metered.status).to.equal(200);
+    expect(metered.paymentResponse.extra.chargedAmount).to.equal("12345");
+    charged += 12_345n;
+
+    const claims = new ClaimEngine(node.payee, { onShutdown: false });
+    const report = await claims.claim();
+    expect(report.failed).to.deep.equal([]);
+    expect(report.claimedChannels).to.equal(1);
+    const id = payer.channelId(accept);
+    const onchain = await readChannel(node.payee.opts.publicClient, CANONICAL_ADDRESSES.batchSettlement, id);
+    expect(onchain.totalClaimed).to.equal(charged);
+    const before = await balanceOf(node.payeeAccount.address);
+    const s = await claims.settle();
+    expect(s.amount).to.equal(charged);
+    expect((await balanceOf(node.payeeAccount.address)) - before).to.equal(charged);
+
+    const payerBefore = await balanceOf(payer.account.address);
+    const refund = await payWith(`${node.url}/articles/0`, await payer.refundHeader(accept, charged));
+    expect(refund.status, refund.text).to.equal(200);
+    expect(refund.paymentResponse.amount).to.equal((2_000_000n - charged).toString());
+    expect((await balanceOf(payer.account.address)) - payerBefore).to.equal(2_000_000n - charged);
+    expect(await node.store.getChannel(id)).to.equal(undefined);
+    let ledger = 0n;
+    for await (const row of node.store.ledger()) if (row.channelId === id) ledger += row.amount;
+    expect(ledger).to.equal(charged);
+  });
+
+  it("100 parallel requests on one channel: each served request charged exactly once", async () => {
+    const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-b"))));
+    const dep = await payWith(`${node.url}/articles/x`, await payer.depositHeader(accept, 5_000_000n, PRICE));
+    expect(dep.status).to.equal(200);
+    let known = PRICE;
+    let served = 0;
+    let attempts = 0;
+    await Promise.all(
+      Array.from({ length: 100 }, async (_, i) => {
+        for (;;) {
+          attempts++;
+          const r = await payWith(`${node.url}/articles/${i}`, await payer.voucherHeader(accept, known + PRICE));
+          if (r.status === 200) {
+            served++;
+            const c = BigInt(r.paymentResponse.extra.channelState.chargedCumulativeAmount);
+            if (c > known) known = c;
+            return;
+          }
+          expect(r.status).to.equal(402);
+          const c = BigInt(r.paymentRequired.accepts[0].extra.channelState.chargedCumulativeAmount);
+          if (c > known) known = c;
+        }
+      }),
+    );
+    expect(served).to.equal(100);
+    const rec = await node.store.getChannel(payer.channelId(accept));
+    expect(rec!.chargedCumulative).to.equal(101n * PRICE);
+    let rows = 0;
+    for await (const row of node.store.ledger()) if (row.channelId === rec!.channelId) rows++;
+    expect(rows).to.equal(101);
+    expect(attempts).to.be.greaterThan(100);
+    expect(node.payee.locks.size).to.equal(0);
+  });
+
+  it("restart mid-run: the node resumes where it was, a paid voucher is never accepted twice", async () => {
+    const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-c"))));
+    expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 1_000_000n, PRICE))).status).to.equal(200);
+    const v2 = await payer.voucherHeader(accept, 2n * PRICE);
+    expect((await payWith(`${node.url}/articles/b`, v2)).status).to.equal(200);
+    const dir = node.dir;
+    await node.stop();
+    node = await startPayee(ctx, routes as never, install, { dir });
+    const replay = await payWith(`${node.url}/articles/b`, v2);
+    expect(replay.status).to.equal(402);
+    expect(replay.paymentRequired.error).to.equal("invalid_batch_settlement_evm_cumulative_amount_mismatch");
+    const next = await payWith(`${node.url}/articles/c`, await payer.voucherHeader(accept, 3n * PRICE));
+    expect(next.status).to.equal(200);
+  });
+
+  it("client state loss: the corrective 402's voucher lets the client resynchronise", async () => {
+    const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-d"))));
+    expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 1_000_000n, PRICE))).status).to.equal(200);
+    expect((await payWith(`${node.url}/articles/b`, await payer.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
+    // the client forgot everything: on-chain totalClaimed is 0, so it signs 0 + price
+    const stale = await payWith(`${node.url}/articles/c`, await payer.voucherHeader(accept, PRICE));
+    expect(stale.status).to.equal(402);
+    const state = stale.paymentRequired.accepts[0].extra;
+    expect(state.channelState.chargedCumulativeAmount).to.equal((2n * PRICE).toString());
+    // the voucher proof is the payer's own signature over the server's claimed cumulative
+    const expectedSig = (await payer.voucher(accept, 2n * PRICE)).signature;
+    expect(state.voucherState.signature).to.equal(expectedSig.toLowerCase());
+    const ok = await payWith(`${node.url}/articles/c`, await payer.voucherHeader(accept, 3n * PRICE));
+    expect(ok.status).to.equal(200);
+  });
+
+  it("watcher: a payer's withdrawal is claimed against before finalize; the payer gets only the rest", async () => {
+    const session = privateKeyToAccount(keccak256(toHex("session-e")));
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, session);
+    expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 1_000_000n, PRICE))).status).to.equal(200);
+    expect((await payWith(`${node.url}/articles/b`, await payer.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
+    const claims = new ClaimEngine(node.payee, { onShutdown: false });
+    const watcher = new ChainWatcher(node.payee, claims, { logger: require("pino")({ level: process.env.DEBUG_WATCHER ? "debug" : "silent" }) });
+    await watcher.poll(); // checkpoint
+    const config = payer.config(accept);
+    const { walletClient, publicClient, testClient } = clientsFor(ctx.chain.url, payer.account);
+    const id = payer.channelId(accept);
+    const hash = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [config, 1_000_000n] });
+    await publicClient.waitForTransactionReceipt({ hash });
+    await watcher.poll();
+    const onchain = await readChannel(publicClient as never, CANONICAL_ADDRESSES.batchSettlement, id);
+    expect(onchain.totalClaimed).to.equal(2n * PRICE);
+    expect(onchain.withdrawRequestedAt).to.be.greaterThan(0);
+    // vouchers are refused once the withdrawal is close to final
+    await testClient.increaseTime({ seconds: 900 });
+    await testClient.mine({ blocks: 1 });
+    const before = await balanceOf(payer.account.address);
+    const fin = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "finalizeWithdraw", args: [config] });
+    await publicClient.waitForTransactionReceipt({ hash: fin });
+    expect((await balanceOf(payer.account.address)) - before).to.equal(1_000_000n - 2n * PRICE);
+  });
+
+  async function balanceOf(a: `0x${string}`): Promise<bigint> {
+    return node.payee.opts.publicClient.readContract({
+      address: ctx.deployment.token!,
+      abi: [{ type: "function", name: "balanceOf", stateMutability: "view", inputs: [{ name: "a", type: "address" }], outputs: [{ name: "", type: "uint256" }] }] as const,
+      functionName: "balanceOf",
+      args: [a],
+    });
+  }
+});
+void pad;
