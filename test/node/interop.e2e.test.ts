@@ -1,10 +1,14 @@
 import { expect } from "chai";
-import { x402Client, wrapFetchWithPayment } from "@x402/fetch";
 import { toClientEvmSigner } from "@x402/evm";
 import { HEADERS, decodeBase64Json } from "../../node/protocol/wire";
 import { startHarness, type Harness } from "../helpers/payeeHarness";
 import type { LocalAccount } from "viem";
 
+// @x402/fetch ships ESM-style typings only under this moduleResolution; type the two exports used.
+const { x402Client, wrapFetchWithPayment } = require("@x402/fetch") as {
+  x402Client: new () => any;
+  wrapFetchWithPayment: (f: typeof fetch, c: unknown) => typeof fetch;
+};
 const { BatchSettlementEvmScheme } = require("@x402/evm/batch-settlement/client") as {
   BatchSettlementEvmScheme: new (signer: unknown, opts?: unknown) => { refund(url: string, o?: unknown): Promise<any> };
 };
