@@ -144,15 +144,18 @@ contract BatchSettlement is IBatchSettlement, EIP712, Multicall, ReentrancyGuard
     /// @inheritdoc IBatchSettlement
     function settle(address receiver, address token) external nonReentrant {
         ReceiverState storage rs = receivers[receiver][token];
-        uint128 claimed = rs.totalClaimed;
-        // Cannot underflow: totalSettled is only ever set to totalClaimed, which never decreases.
         uint128 amount;
-        unchecked {
-            amount = claimed - rs.totalSettled;
+        // One read and one full-slot write of the packed (totalClaimed, totalSettled) word.
+        // Cannot underflow: totalSettled is only ever set to totalClaimed, which never decreases.
+        assembly ("memory-safe") {
+            let slot := rs.slot
+            let word := sload(slot)
+            let claimed := and(word, 0xffffffffffffffffffffffffffffffff)
+            amount := sub(claimed, shr(128, word))
+            if amount { sstore(slot, or(claimed, shl(128, claimed))) }
         }
         if (amount == 0) return;
 
-        rs.totalSettled = claimed;
         emit Settled(receiver, token, msg.sender, amount);
         _payout(token, receiver, amount);
     }
@@ -199,7 +202,8 @@ contract BatchSettlement is IBatchSettlement, EIP712, Multicall, ReentrancyGuard
         uint128 amount = requested > available ? available : requested;
 
         delete pendingWithdrawals[channelId];
-        uint128 newBalance = _debit(ch, amount);
+        uint128 newBalance = ch.balance - amount;
+        ch.balance = newBalance;
         emit WithdrawFinalized(channelId, msg.sender, amount);
         if (newBalance == 0) emit ChannelClosed(channelId, config);
 
@@ -339,12 +343,18 @@ contract BatchSettlement is IBatchSettlement, EIP712, Multicall, ReentrancyGuard
             ++refundNonce[channelId];
         }
 
-        ChannelState storage ch = channels[channelId];
-        uint128 available = _unclaimed(ch);
-        uint128 refunded = amount > available ? available : amount;
-        if (refunded == 0) return;
-
-        uint128 newBalance = _debit(ch, refunded);
+        ChannelState memory ch = channels[channelId];
+        // Cannot underflow: balance >= totalClaimed is kept by every path.
+        uint128 refunded;
+        uint128 newBalance;
+        unchecked {
+            uint128 available = ch.balance - ch.totalClaimed;
+            refunded = amount > available ? available : amount;
+            if (refunded == 0) return;
+            newBalance = ch.balance - refunded;
+        }
+        // One full-slot write.
+        channels[channelId] = ChannelState({balance: newBalance, totalClaimed: ch.totalClaimed});
 
         WithdrawalState storage ws = pendingWithdrawals[channelId];
         if (ws.initiatedAt != 0) {
@@ -370,12 +380,6 @@ contract BatchSettlement is IBatchSettlement, EIP712, Multicall, ReentrancyGuard
         unchecked {
             available = ch.balance - ch.totalClaimed;
         }
-    }
-
-    /// @dev Lowers a channel balance by at most its unclaimed escrow; returns the new balance.
-    function _debit(ChannelState storage ch, uint128 amount) private returns (uint128 newBalance) {
-        newBalance = ch.balance - amount;
-        ch.balance = newBalance;
     }
 
     /// @dev The one path by which tokens leave the escrow. Callers update state before calling it.

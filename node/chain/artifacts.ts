@@ -5,27 +5,17 @@
 import fs from "node:fs";
 import path from "node:path";
 import type { Abi, Hex } from "viem";
+import { TollwayError, type TollwayErrorParameters } from "../protocol/errors";
 
 /** Base of the errors thrown while loading artifacts and deploying. Branch on the class or on `code`. */
-export class ChainSetupError extends Error {
+export class ChainSetupError extends TollwayError {
   override name = "ChainSetupError";
   /** Stable machine-readable code; never parse `message`. */
   readonly code: string;
-  /** One-line description without the details. */
-  readonly shortMessage: string;
-  /** Extra lines (what was looked at, how to fix it). */
-  readonly metaMessages: readonly string[];
 
-  constructor(
-    code: string,
-    shortMessage: string,
-    opts: { metaMessages?: readonly string[]; cause?: unknown } = {},
-  ) {
-    const metaMessages = opts.metaMessages ?? [];
-    super([shortMessage, ...metaMessages].join("\n"), opts.cause === undefined ? undefined : { cause: opts.cause });
+  constructor(code: string, shortMessage: string, params: TollwayErrorParameters = {}) {
+    super(shortMessage, params);
     this.code = code;
-    this.shortMessage = shortMessage;
-    this.metaMessages = metaMessages;
   }
 }
 

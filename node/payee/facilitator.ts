@@ -1,0 +1,246 @@
+/**
+ * x402 facilitator API for the batch-settlement scheme (POST /verify, POST /settle, GET /supported), so
+ * any x402 resource server (any language) can use a Tollway node as its facilitator. The node's sender
+ * key is the facilitator's receiverAuthorizer and relayer. Bearer-token protected.
+ */
+import express, { type Request, type Response, type Router } from "express";
+import { timingSafeEqual } from "node:crypto";
+import { type Hex, encodeAbiParameters, encodeFunctionData, zeroAddress } from "viem";
+import { batchSettlementAbi } from "../chain/abi";
+import { readChannel, readReceiver } from "../chain/escrow";
+import { ChainError, ErrorCodes, PaymentError, TollwayError } from "../protocol/errors";
+import { BATCH_SETTLEMENT_SCHEME, type ChannelConfig, type VoucherClaim } from "../protocol/typedData";
+import {
+  addressSchema,
+  channelConfigSchema,
+  paymentRequirementsSchema,
+  parseSchemePayload,
+  signatureSchema,
+  uint128Schema,
+  type PaymentRequirements,
+  type SchemePayload,
+} from "../protocol/wire";
+import { z } from "zod";
+import type { Payee } from "./payee";
+import { recoverSigner } from "./recover";
+
+/** Express middleware: requires `Authorization: Bearer <token>`. */
+export function requireBearer(token: string) {
+  const expected = Buffer.from(token);
+  return function tollwayBearerAuth(req: Request, res: Response, next: () => void) {
+    const header = req.headers.authorization ?? "";
+    const given = Buffer.from(header.startsWith("Bearer ") ? header.slice(7) : "");
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+      res.status(401).set("WWW-Authenticate", "Bearer").json({ error: "unauthorized", message: "a valid bearer token is required" });
+      return;
+    }
+    next();
+  };
+}
+
+const claimRowSchema = z.object({
+  voucher: z.object({ channel: channelConfigSchema, maxClaimableAmount: uint128Schema }),
+  signature: signatureSchema,
+  totalClaimed: uint128Schema,
+});
+const claimPayloadSchema = z.object({
+  type: z.literal("claim"),
+  claims: z.array(claimRowSchema).min(1).max(500),
+  claimAuthorizerSignature: signatureSchema.optional(),
+});
+const settlePayloadSchema = z.object({ type: z.literal("settle"), receiver: addressSchema, token: addressSchema });
+
+type Snapshot = { channelId: Hex; balance: string; totalClaimed: string; withdrawRequestedAt: number; refundNonce: string };
+
+export class Facilitator {
+  constructor(readonly payee: Payee) {}
+
+  supported() {
+    return {
+      kinds: [
+        {
+          x402Version: 2,
+          scheme: BATCH_SETTLEMENT_SCHEME,
+          network: this.payee.network,
+          extra: { receiverAuthorizer: this.payee.receiverAuthorizer },
+        },
+      ],
+      extensions: [],
+      signers: { "eip155:*": [this.payee.opts.sender.address] },
+    };
+  }
+
+  /** Stateless verification of a deposit / voucher / refund payload against on-chain state. */
+  async verify(payload: SchemePayload, req: PaymentRequirements): Promise<{ payer: Hex; extra: Snapshot }> {
+    const c = payload.channelConfig;
+    if (req.scheme !== BATCH_SETTLEMENT_SCHEME) throw new PaymentError(ErrorCodes.scheme, "scheme is not batch-settlement");
+    if (req.network !== this.payee.network) throw new PaymentError(ErrorCodes.networkMismatch, `network is not ${this.payee.network}`);
+    if (c.token !== req.asset) throw new PaymentError(ErrorCodes.tokenMismatch, "channel token does not match the asset");
+    if (c.receiver !== req.payTo) throw new PaymentError(ErrorCodes.receiverMismatch, "channel receiver does not match payTo");
+    if (c.receiverAuthorizer !== req.extra.receiverAuthorizer) {
+      throw new PaymentError(ErrorCodes.receiverAuthorizerMismatch, "channel receiverAuthorizer does not match extra.receiverAuthorizer");
+    }
+    if (c.withdrawDelay !== req.extra.withdrawDelay) throw new PaymentError(ErrorCodes.withdrawDelayMismatch, "withdrawDelay mismatch");
+    const channelId = this.payee.digester.channelId(c);
+    if (channelId !== payload.voucher.channelId) throw new PaymentError(ErrorCodes.channelIdMismatch, "config does not hash to channelId");
+    await this.checkVoucher(c, channelId, payload.voucher.maxClaimableAmount, payload.voucher.signature);
+    let chain;
+    try {
+      chain = await readChannel(this.payee.opts.publicClient, this.payee.opts.escrow, channelId);
+    } catch (cause) {
+      throw new PaymentError(ErrorCodes.channelStateReadFailed, "could not read the channel", { cause, status: 503 });
+    }
+    const max = payload.voucher.maxClaimableAmount;
+    const effective = chain.balance + (payload.type === "deposit" ? payload.deposit.amount : 0n);
+    if (payload.type !== "deposit" && chain.balance === 0n) throw new PaymentError(ErrorCodes.channelNotFound, "no channel with a positive balance");
+    if (max > effective) throw new PaymentError(ErrorCodes.cumulativeExceedsBalance, "voucher exceeds the balance");
+    if (payload.type === "voucher" ? max <= chain.totalClaimed : max < chain.totalClaimed) {
+      throw new PaymentError(ErrorCodes.cumulativeBelowClaimed, "voucher is below the claimed total");
+    }
+    return { payer: c.payer, extra: snapshot(channelId, chain) };
+  }
+
+  async settle(raw: unknown, req?: PaymentRequirements): Promise<Record<string, unknown>> {
+    const type = (raw as { type?: unknown } | null)?.type;
+    const network = this.payee.network;
+    const { escrow } = this.payee.opts;
+    const sender = this.payee.opts.sender;
+    if (type === "claim") {
+      const p = claimPayloadSchema.safeParse(raw);
+      if (!p.success) throw new PaymentError(ErrorCodes.claimPayload, "claim payload is malformed", { status: 400 });
+      const claims: VoucherClaim[] = p.data.claims;
+      const { hash } = p.data.claimAuthorizerSignature
+        ? await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "claimWithSignature", args: [claims, p.data.claimAuthorizerSignature], simulationError: ErrorCodes.claimSimulationFailed, transactionError: ErrorCodes.claimTransactionFailed })
+        : await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "claim", args: [claims], simulationError: ErrorCodes.claimSimulationFailed, transactionError: ErrorCodes.claimTransactionFailed });
+      return { success: true, transaction: hash, network, amount: "" };
+    }
+    if (type === "settle") {
+      const p = settlePayloadSchema.safeParse(raw);
+      if (!p.success) throw new PaymentError(ErrorCodes.settlePayload, "settle payload is malformed", { status: 400 });
+      const r = await readReceiver(this.payee.opts.publicClient, escrow, p.data.receiver, p.data.token);
+      const amount = r.totalClaimed - r.totalSettled;
+      if (amount === 0n) return { success: true, transaction: "", network, amount: "0" };
+      const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "settle", args: [p.data.receiver, p.data.token], simulationError: ErrorCodes.settleSimulationFailed, transactionError: ErrorCodes.settleTransactionFailed });
+      return { success: true, transaction: hash, network, amount: amount.toString() };
+    }
+    const payload = parseSchemePayload(raw);
+    if (!req) throw new PaymentError(ErrorCodes.payloadType, "paymentRequirements are required for this payload type", { status: 400 });
+    const verified = await this.verify(payload, req);
+    const c = payload.channelConfig;
+    if (payload.type === "deposit") {
+      const auth = payload.deposit.authorization.erc3009Authorization;
+      if (!auth) throw new PaymentError(ErrorCodes.erc3009AuthorizationRequired, "erc3009Authorization is required");
+      const data = encodeAbiParameters(
+        [{ type: "uint256" }, { type: "uint256" }, { type: "uint256" }, { type: "bytes" }],
+        [auth.validAfter, auth.validBefore, BigInt(auth.salt), auth.signature],
+      );
+      const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "deposit", args: [c, payload.deposit.amount, this.payee.opts.erc3009Collector, data], simulationError: ErrorCodes.depositSimulationFailed, transactionError: ErrorCodes.depositTransactionFailed });
+      const chain = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
+      return { success: true, transaction: hash, network, payer: c.payer, amount: payload.deposit.amount.toString(), asset: c.token, extra: { channelState: snapshot(verified.extra.channelId, chain) } };
+    }
+    if (payload.type === "refund") {
+      const enriched = z
+        .object({ claims: z.array(claimRowSchema).optional(), amount: uint128Schema.optional() })
+        .passthrough()
+        .safeParse(raw);
+      if (!enriched.success) throw new PaymentError(ErrorCodes.refundPayload, "refund payload is malformed", { status: 400 });
+      const chain = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
+      const claimed = enriched.data.claims?.reduce((m, r) => (r.totalClaimed > m ? r.totalClaimed : m), chain.totalClaimed) ?? chain.totalClaimed;
+      const available = chain.balance - claimed;
+      if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
+      const amount = enriched.data.amount === undefined || enriched.data.amount > available ? available : enriched.data.amount;
+      const calls: Hex[] = [];
+      if (enriched.data.claims?.length) calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "claim", args: [enriched.data.claims] }));
+      calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [c, amount] }));
+      const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
+      const after = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
+      return { success: true, transaction: hash, network, payer: c.payer, amount: amount.toString(), extra: { channelState: snapshot(verified.extra.channelId, after) } };
+    }
+    throw new PaymentError(ErrorCodes.unknownSettleAction, `unknown settle action "${String(type)}"`, { status: 400 });
+  }
+
+  private async checkVoucher(c: ChannelConfig, channelId: Hex, max: bigint, signature: Hex) {
+    const digest = this.payee.digester.voucherDigest(channelId, max);
+    const signer = recoverSigner(digest, signature);
+    const expected = c.payerAuthorizer !== zeroAddress ? c.payerAuthorizer : c.payer;
+    if (signer === expected.toLowerCase()) return;
+    if (c.payerAuthorizer === zeroAddress) {
+      const ok = await this.payee.opts.publicClient
+        .readContract({
+          address: c.payer,
+          abi: [{ type: "function", name: "isValidSignature", stateMutability: "view", inputs: [{ name: "h", type: "bytes32" }, { name: "s", type: "bytes" }], outputs: [{ name: "", type: "bytes4" }] }] as const,
+          functionName: "isValidSignature",
+          args: [`0x${Buffer.from(digest).toString("hex")}`, signature],
+        })
+        .then((m) => m === "0x1626ba7e")
+        .catch(() => false);
+      if (ok) return;
+    }
+    throw new PaymentError(ErrorCodes.voucherSignature, "voucher signature does not recover to the expected signer");
+  }
+}
+
+function snapshot(channelId: Hex, chain: { balance: bigint; totalClaimed: bigint; withdrawRequestedAt: number; refundNonce: bigint }): Snapshot {
+  return {
+    channelId,
+    balance: chain.balance.toString(),
+    totalClaimed: chain.totalClaimed.toString(),
+    withdrawRequestedAt: chain.withdrawRequestedAt,
+    refundNonce: chain.refundNonce.toString(),
+  };
+}
+
+const requestSchema = z.object({
+  x402Version: z.number().optional(),
+  paymentPayload: z.object({ x402Version: z.literal(2), accepted: z.unknown().optional(), payload: z.unknown() }).passthrough(),
+  paymentRequirements: z.unknown().optional(),
+});
+
+/** The facilitator's express router (mount it behind `requireBearer`). */
+export function facilitatorRouter(facilitator: Facilitator): Router {
+  const router = express.Router();
+  router.use(express.json({ limit: "256kb" }));
+  router.get("/supported", (_req, res) => void res.json(facilitator.supported()));
+
+  const parse = (body: unknown) => {
+    const r = requestSchema.safeParse(body);
+    if (!r.success) throw new PaymentError(ErrorCodes.invalidPayment, "request must be {paymentPayload, paymentRequirements}", { status: 400 });
+    let req: PaymentRequirements | undefined;
+    if (r.data.paymentRequirements !== undefined) {
+      const pr = paymentRequirementsSchema.safeParse(r.data.paymentRequirements);
+      if (!pr.success) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are malformed", { status: 400 });
+      req = pr.data;
+    }
+    return { payload: r.data.paymentPayload.payload, req };
+  };
+
+  router.post("/verify", async (req, res) => {
+    try {
+      const { payload, req: requirements } = parse(req.body);
+      if (!requirements) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are required", { status: 400 });
+      const v = await facilitator.verify(parseSchemePayload(payload), requirements);
+      res.json({ isValid: true, payer: v.payer, extra: v.extra });
+    } catch (err) {
+      const e = toPaymentError(err);
+      res.status(e.status === 400 ? 400 : 200).json({ isValid: false, invalidReason: e.code, invalidMessage: e.shortMessage });
+    }
+  });
+
+  router.post("/settle", async (req, res) => {
+    try {
+      const { payload, req: requirements } = parse(req.body);
+      res.json(await facilitator.settle(payload, requirements));
+    } catch (err) {
+      const e = toPaymentError(err);
+      res.status(e.status === 400 ? 400 : 200).json({ success: false, errorReason: e.code, errorMessage: e.shortMessage, transaction: "", network: facilitator.payee.network });
+    }
+  });
+  return router;
+}
+
+function toPaymentError(err: unknown): PaymentError {
+  if (err instanceof PaymentError) return err;
+  if (err instanceof ChainError) return new PaymentError(err.code, err.shortMessage, { cause: err });
+  if (err instanceof TollwayError) return new PaymentError(ErrorCodes.invalidPayment, err.shortMessage, { cause: err });
+  return new PaymentError(ErrorCodes.rpcReadFailed, (err as Error).message.split("\n")[0] ?? "internal error", { cause: err });
+}
