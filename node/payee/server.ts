@@ -1,0 +1,205 @@
+/**
+ * Assembles a payee node from configuration: store, chain clients, sender, payee, claim engine, watcher,
+ * and the HTTP surface (paid routes, reverse proxy, facilitator, /health, /metrics). Binds 127.0.0.1
+ * unless configured otherwise; admin, metrics and facilitator endpoints need the bearer token.
+ */
+import express, { type Express, type Request, type Response } from "express";
+import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import fs from "node:fs";
+import pino, { type Logger } from "pino";
+import client from "prom-client";
+import { privateKeyToAccount } from "viem/accounts";
+import { createChainClients } from "../chain/clients";
+import { TxSender } from "../chain/sender";
+import { parsePrice } from "../protocol/amounts";
+import { ChannelStore } from "../store/channelStore";
+import { ClaimEngine, exposure } from "./claims";
+import type { NodeConfig } from "./config";
+import { Facilitator, facilitatorRouter, requireBearer } from "./facilitator";
+import { paymentMiddleware, type RoutesConfig } from "./middleware";
+import { Payee } from "./payee";
+import { recoveryBackend } from "./recover";
+import { ChainWatcher } from "./watcher";
+
+export type PayeeNode = {
+  app: Express;
+  payee: Payee;
+  claims: ClaimEngine;
+  watcher: ChainWatcher;
+  store: ChannelStore;
+  logger: Logger;
+  metrics: client.Registry;
+  url: string;
+  server: Server;
+  stop(): Promise<void>;
+};
+
+export type StartOptions = {
+  key: `0x${string}`;
+  /** Installs the paid route handlers (for `routes` in the config). */
+  install?: (app: Express) => void;
+  logger?: Logger;
+};
+
+/** Starts a payee node; resolves once it listens. */
+export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Promise<PayeeNode> {
+  const logger = opts.logger ?? pino({ level: config.logLevel, redact: ["key", "*.key", "privateKey", "authorization"] });
+  const account = privateKeyToAccount(opts.key);
+  fs.mkdirSync(config.storePath, { recursive: true });
+  const store = await ChannelStore.open(config.storePath);
+  const { publicClient, walletClient } = createChainClients({ rpcUrl: config.rpcUrl, chainId: config.chainId }, account);
+  const sender = new TxSender(publicClient, walletClient!, config.confirmations);
+
+  const registry = new client.Registry();
+  const paid = new client.Counter({ name: "tollway_paid_requests_total", help: "Paid requests committed", labelNames: ["route"], registers: [registry] });
+  const revenue = new client.Counter({ name: "tollway_revenue_atomic_total", help: "Revenue in atomic token units", labelNames: ["route"], registers: [registry] });
+  const refused = new client.Counter({ name: "tollway_refused_payments_total", help: "Refused payments by error code", labelNames: ["code"], registers: [registry] });
+  const latency = new client.Histogram({
+    name: "tollway_payment_latency_seconds",
+    help: "Time from request to committed charge",
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1],
+    registers: [registry],
+  });
+  const claimFailures = new client.Counter({ name: "tollway_claim_failures_total", help: "Channels that could not be claimed", registers: [registry] });
+  const exposureGauge = new client.Gauge({
+    name: "tollway_unclaimed_exposure_atomic",
+    help: "Charged but unclaimed amount over all channels",
+    registers: [registry],
+    async collect() {
+      let sum = 0n;
+      for await (const rec of store.channels()) sum += exposure(rec);
+      this.set(Number(sum));
+    },
+  });
+  void exposureGauge;
+
+  const payee = new Payee({
+    store,
+    publicClient,
+    sender,
+    chainId: config.chainId,
+    escrow: config.escrow,
+    erc3009Collector: config.erc3009Collector,
+    receiver: config.receiver ?? account.address,
+    asset: config.asset,
+    withdrawDelay: config.withdrawDelay,
+    riskWindowMs: config.riskWindowMs,
+    logger,
+    onCharge: (rec) => claims.noteCharge(rec),
+  });
+  const claims = new ClaimEngine(payee, {
+    threshold: config.claims.threshold !== undefined ? parsePrice(config.claims.threshold, config.asset.decimals) : undefined,
+    intervalMs: config.claims.intervalMs,
+    batchSize: config.claims.batchSize,
+    onShutdown: config.claims.onShutdown,
+    logger,
+    onAlert: () => claimFailures.inc(),
+  });
+  const watcher = new ChainWatcher(payee, claims, { confirmations: config.confirmations, logger, onAlert: () => claimFailures.inc() });
+
+  const app = express();
+  app.disable("x-powered-by");
+  const adminToken = config.adminToken;
+  const admin = adminToken ? requireBearer(adminToken) : (_req: Request, res: Response) => void res.status(403).json({ error: "admin endpoints are disabled: set adminToken" });
+
+  app.get("/health", async (_req, res) => {
+    const head = await publicClient.getBlockNumber({ cacheTime: 0 }).catch(() => undefined);
+    const lagMs = Date.now() - payee.chainSyncedAt;
+    res.status(head === undefined ? 503 : 200).json({
+      ok: head !== undefined,
+      chainHead: head?.toString(),
+      chainViewAgeMs: lagMs,
+      watcherFailures: watcher.failures,
+      recovery: recoveryBackend(),
+    });
+  });
+  app.get("/metrics", admin, async (_req, res) => {
+    res.set("Content-Type", registry.contentType).send(await registry.metrics());
+  });
+  if (config.facilitator) {
+    app.use("/facilitator", admin, facilitatorRouter(new Facilitator(payee)));
+  }
+
+  const routes: RoutesConfig = { ...(config.routes as RoutesConfig) };
+  for (const [key, p] of Object.entries(config.proxy)) routes[key] = { price: p.price, description: p.description, mimeType: p.mimeType };
+  app.use(
+    paymentMiddleware(routes, payee, {
+      onPaid: (route, amount, us) => {
+        paid.inc({ route });
+        revenue.inc({ route }, Number(amount));
+        latency.observe(us / 1e6);
+      },
+      onError: (_route, err) => refused.inc({ code: (err as { code?: string }).code ?? "internal" }),
+    }),
+  );
+  for (const [key, p] of Object.entries(config.proxy)) {
+    const [method, path] = key.includes(" ") ? key.split(/\s+/, 2) : ["GET", key];
+    const pathRe = new RegExp(`^${path!.replace(/:[^/]+/g, "[^/]+").replace(/\*/g, ".*")}/?$`);
+    app.use(async (req, res, next) => {
+      if (req.method !== method || !pathRe.test(req.path)) return next();
+      await proxyTo(p.upstream, req, res).catch(next);
+    });
+  }
+  opts.install?.(app);
+
+  const server: Server = await new Promise((resolve, reject) => {
+    const s = app.listen(config.listen.port, config.listen.host, () => resolve(s));
+    s.once("error", reject);
+  });
+  const addr = server.address() as AddressInfo;
+  const url = `http://${addr.address}:${addr.port}`;
+  watcher.start();
+  claims.start();
+  await watcher.poll();
+  logger.info({ url, receiver: payee.opts.receiver, receiverAuthorizer: payee.receiverAuthorizer, recovery: recoveryBackend() }, "tollway payee node listening");
+
+  return {
+    app,
+    payee,
+    claims,
+    watcher,
+    store,
+    logger,
+    metrics: registry,
+    url,
+    server,
+    async stop() {
+      server.closeAllConnections?.();
+      await new Promise<void>((r) => server.close(() => r()));
+      await watcher.stop();
+      await claims.stop();
+      await store.close();
+    },
+  };
+}
+
+/**
+ * Streams the request to `upstream` and the answer back. The payment middleware defers the response's
+ * first write, so the charge commits only when the upstream answered < 400 — before any byte leaves.
+ */
+async function proxyTo(upstream: string, req: Request, res: Response): Promise<void> {
+  const target = new URL(req.originalUrl, upstream);
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (typeof v !== "string" || k === "host" || k === "payment-signature" || k === "connection") continue;
+    headers[k] = v;
+  }
+  const body = req.method === "GET" || req.method === "HEAD" ? undefined : (req as unknown as ReadableStream);
+  const up = await fetch(target, { method: req.method, headers, body, duplex: "half" } as RequestInit);
+  res.status(up.status);
+  up.headers.forEach((v, k) => {
+    if (k !== "content-encoding" && k !== "transfer-encoding" && k !== "connection") res.setHeader(k, v);
+  });
+  if (!up.body) {
+    res.end();
+    return;
+  }
+  const reader = up.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    res.write(Buffer.from(value));
+  }
+  res.end();
+}

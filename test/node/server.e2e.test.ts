@@ -1,0 +1,136 @@
+import { expect } from "chai";
+import express from "express";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Writable } from "node:stream";
+import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import pino from "pino";
+import { keccak256, toHex, type LocalAccount } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { parseNodeConfig } from "../../node/payee/config";
+import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
+import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
+import { startChain } from "../helpers/payeeHarness";
+import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
+
+// Hardhat's well-known test account #1 (public test key, local chains only), derived from the test mnemonic.
+import { hardhatTestAccount } from "../helpers/chainNode";
+
+describe("payee node server: config, proxy, facilitator, metrics, access", function () {
+  this.timeout(180_000);
+  let ctx: Awaited<ReturnType<typeof startChain>>;
+  let node: PayeeNode;
+  let upstream: Server;
+  let logText = "";
+  const TOKEN = "test-admin-token-0123456789";
+  const nodeKey = keccak256(toHex("tollway-test-node-key")); // a fresh local key, funded below
+
+  before(async () => {
+    ctx = await startChain();
+    const up = express();
+    up.get("/api/ok/:id", (req, res) => void res.json({ id: req.params.id, from: "upstream" }));
+    up.get("/api/broken", (_req, res) => void res.status(502).send("bad gateway"));
+    upstream = await new Promise((r) => {
+      const s = up.listen(0, "127.0.0.1", () => r(s));
+    });
+    const upUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+    const nodeAccount = privateKeyToAccount(nodeKey);
+    await ctx.testClient.setBalance({ address: nodeAccount.address, value: 10n ** 20n });
+    const config = parseNodeConfig(
+      {
+        rpcUrl: ctx.chain.url,
+        escrow: ctx.deployment.escrow,
+        erc3009Collector: ctx.deployment.erc3009Collector,
+        asset: { address: ctx.deployment.token },
+        listen: { port: 0 },
+        storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-server-")),
+        adminToken: TOKEN,
+        routes: { "GET /paid/:id": "$0.01" },
+        proxy: { "GET /api/*": { upstream: upUrl, price: "$0.02" } },
+        claims: { onShutdown: true },
+      },
+      {},
+    );
+    const sink = new Writable({ write(chunk, _e, cb) { logText += String(chunk); cb(); } });
+    node = await startPayeeNode(config, {
+      key: nodeKey,
+      logger: pino({ level: "debug" }, sink),
+      install: (app) => app.get("/paid/:id", (req, res) => void res.send(`paid ${req.params.id}`)),
+    });
+  });
+  after(async () => {
+    await node?.stop();
+    upstream?.close();
+    await ctx?.chain.stop();
+  });
+
+  it("binds 127.0.0.1 by default and reports health", async () => {
+    expect(node.url).to.match(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const h = await (await fetch(`${node.url}/health`)).json();
+    expect(h.ok).to.equal(true);
+    expect(h.recovery).to.equal("native");
+  });
+
+  it("admin, metrics and facilitator endpoints refuse requests without the token", async () => {
+    for (const p of ["/metrics", "/facilitator/supported"]) {
+      expect((await fetch(`${node.url}${p}`)).status, p).to.equal(401);
+      expect((await fetch(`${node.url}${p}`, { headers: { Authorization: "Bearer wrong-token-wrong-token" } })).status, p).to.equal(401);
+    }
+    const sup = await (await fetch(`${node.url}/facilitator/supported`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
+    expect(sup.kinds[0]).to.deep.include({ x402Version: 2, scheme: "batch-settlement", network: "eip155:31337" });
+    expect(sup.kinds[0].extra.receiverAuthorizer).to.equal(node.payee.receiverAuthorizer);
+  });
+
+  it("reverse proxy: charges only when the upstream answers < 400, streams its body", async () => {
+    const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session"))));
+    const accept = (await fetchRequirements(`${node.url}/api/ok/1`)).accept;
+    expect(accept.amount).to.equal("20000");
+    const first = await payWith(`${node.url}/api/ok/1`, await payer.depositHeader(accept, 1_000_000n, 20_000n));
+    expect(first.status, first.text).to.equal(200);
+    expect(JSON.parse(first.text)).to.deep.equal({ id: "1", from: "upstream" });
+    const broken = await payWith(`${node.url}/api/broken`, await payer.voucherHeader(accept, 40_000n));
+    expect(broken.status).to.equal(502);
+    expect(broken.paymentResponse).to.equal(undefined);
+    const again = await payWith(`${node.url}/api/ok/2`, await payer.voucherHeader(accept, 40_000n));
+    expect(again.status).to.equal(200);
+    expect(again.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+  });
+
+  it("facilitator /verify checks a voucher against the chain; /settle claims and settles", async () => {
+    const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session"))));
+    const accept = (await fetchRequirements(`${node.url}/api/ok/1`)).accept;
+    const auth = { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" };
+    const voucher = await payer.voucher(accept, 40_000n);
+    const payload = { type: "voucher", channelConfig: payer.config(accept), voucher };
+    const ok = await (await fetch(`${node.url}/facilitator/verify`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: accept, payload }, paymentRequirements: accept }) })).json();
+    expect(ok.isValid).to.equal(true);
+    expect(ok.extra.balance).to.equal("1000000");
+    const forged = { ...payload, voucher: { ...voucher, maxClaimableAmount: "50000" } };
+    const bad = await (await fetch(`${node.url}/facilitator/verify`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: accept, payload: forged }, paymentRequirements: accept }) })).json();
+    expect(bad).to.include({ isValid: false, invalidReason: "invalid_batch_settlement_evm_voucher_signature" });
+    const claim = { type: "claim", claims: [{ voucher: { channel: payer.config(accept), maxClaimableAmount: "40000" }, signature: voucher.signature, totalClaimed: "40000" }] };
+    const claimed = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, payload: claim } }) })).json();
+    expect(claimed.success, JSON.stringify(claimed)).to.equal(true);
+    const settle = { type: "settle", receiver: node.payee.opts.receiver, token: ctx.deployment.token };
+    const settled = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, payload: settle } }) })).json();
+    expect(settled).to.include({ success: true, amount: "40000" });
+    void CANONICAL_ADDRESSES;
+  });
+
+  it("exports Prometheus metrics and never logs the node key", async () => {
+    const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-2"))));
+    const accept = (await fetchRequirements(`${node.url}/paid/1`)).accept;
+    expect((await payWith(`${node.url}/paid/1`, await payer.depositHeader(accept, 100_000n, 10_000n))).status).to.equal(200);
+    const m = await (await fetch(`${node.url}/metrics`, { headers: { Authorization: `Bearer ${TOKEN}` } })).text();
+    expect(m).to.match(/tollway_paid_requests_total\{route="GET \/paid\/:id"\} 1/);
+    expect(m).to.include("tollway_payment_latency_seconds_bucket");
+    const exposure = Number(/tollway_unclaimed_exposure_atomic (\d+)/.exec(m)?.[1]);
+    expect(exposure).to.be.at.least(10_000);
+    expect(logText.length).to.be.greaterThan(0);
+    expect(logText).to.not.include(nodeKey.slice(2));
+    expect(logText.toLowerCase()).to.not.include(nodeKey.slice(2).toLowerCase());
+    void hardhatTestAccount;
+  });
+});
