@@ -82,7 +82,7 @@ export type Reservation = {
   settled: boolean;
 };
 
-type InternalReservation = Reservation & { release: () => void };
+type InternalReservation = Reservation & { release: () => void; record: ChannelRecord };
 
 /** SettleResponse (PAYMENT-RESPONSE) for a paid request. */
 export type PaymentResponseBody = {
@@ -168,9 +168,9 @@ export class Payee {
             metaMessages: [`max ${p.voucher.maxClaimableAmount}`, `balance ${rec.balance}`, `deposit ${p.deposit.amount}`],
           });
         }
-        const result = await this.submitDeposit(p, channelId);
+        const result = await this.submitDeposit(p, channelId, rec);
         deposit = result;
-        rec = (await this.store.getChannel(channelId))!;
+        rec = result.record;
       }
       this.checkChannelState(rec, p.voucher.maxClaimableAmount);
       const reservation: InternalReservation = {
@@ -179,9 +179,10 @@ export class Payee {
         maxCharge: required.amount,
         voucherMax: p.voucher.maxClaimableAmount,
         signature: p.voucher.signature,
-        deposit,
+        deposit: deposit ? { txHash: deposit.txHash, amount: deposit.amount } : undefined,
         settled: false,
         release,
+        record: rec,
       };
       return reservation;
     } catch (err) {
@@ -201,8 +202,8 @@ export class Payee {
       if (amount < 0n || amount > res.maxCharge) {
         throw new PaymentError(ErrorCodes.chargeExceedsSignedCumulative, `charge ${amount} exceeds the signed maximum ${res.maxCharge}`);
       }
-      const current = this.store.cachedChannel(res.channelId) ?? (await this.store.getChannel(res.channelId));
-      if (!current) throw new PaymentError(ErrorCodes.missingChannel, "channel record vanished");
+      // A channel first seen by this request is persisted only now, with its first charge.
+      const current = this.store.cachedChannel(res.channelId) ?? (await this.store.getChannel(res.channelId)) ?? res.record;
       const now = this.now();
       const next: ChannelRecord = {
         ...current,
@@ -318,7 +319,6 @@ export class Payee {
         await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [channelId], amount, gasUsed: receipt.gasUsed });
         if (chain.balance === chain.totalClaimed) {
           // Full refund: the record's job is done (charges are in the ledger, claims on chain).
-          await this.store.putChannel({ ...next, chargedCumulative: chain.totalClaimed });
           await this.store.deleteChannel(channelId);
         } else {
           await this.store.putChannel(next);
@@ -507,7 +507,8 @@ export class Payee {
       lastRequestAt: 0,
       createdAt: now,
     };
-    await this.store.putChannel(rec);
+    // Not persisted here: bad input must leave the store unchanged. The record is written with the
+    // first committed charge, or right after a successful deposit.
     return rec;
   }
 
@@ -522,7 +523,7 @@ export class Payee {
     };
   }
 
-  private async submitDeposit(p: DepositPayload, channelId: Hex): Promise<{ txHash: Hex; amount: bigint }> {
+  private async submitDeposit(p: DepositPayload, channelId: Hex, rec: ChannelRecord): Promise<{ txHash: Hex; amount: bigint; record: ChannelRecord }> {
     const auth = p.deposit.authorization.erc3009Authorization!;
     const collectorData = encodeAbiParameters(
       [{ type: "uint256" }, { type: "uint256" }, { type: "uint256" }, { type: "bytes" }],
@@ -545,8 +546,8 @@ export class Payee {
       throw err;
     }
     const chain = await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
-    const rec = (await this.store.getChannel(channelId))!;
-    await this.store.putChannel(this.withChain(rec, chain));
+    const record = this.withChain(rec, chain);
+    await this.store.putChannel(record);
     await this.store.appendHistory({
       at: this.now(),
       kind: "deposit",
@@ -556,7 +557,7 @@ export class Payee {
       gasUsed: result.receipt.gasUsed,
     });
     this.opts.logger?.info({ channelId, amount: p.deposit.amount.toString(), tx: result.hash }, "deposit relayed");
-    return { txHash: result.hash, amount: p.deposit.amount };
+    return { txHash: result.hash, amount: p.deposit.amount, record };
   }
 }
 

@@ -42,9 +42,11 @@ export const uint128Schema = z
   .regex(/^(0|[1-9]\d{0,38})$/, "expected a decimal integer string")
   .transform((s) => BigInt(s))
   .refine((v) => v <= UINT128_MAX, "out of uint128 range");
+const UINT256_MAX = (1n << 256n) - 1n;
 export const uint256Schema = z
-  .union([z.string().regex(/^(0|[1-9]\d{0,77})$/), z.number().int().nonnegative()])
-  .transform((s) => BigInt(s));
+  .union([z.string().regex(/^(0|[1-9]\d{0,77})$/), z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER)])
+  .transform((s) => BigInt(s))
+  .refine((v) => v <= UINT256_MAX, "out of uint256 range");
 
 export const channelConfigSchema = z.object({
   payer: addressSchema,
