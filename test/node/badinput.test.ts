@@ -463,19 +463,12 @@ describe("payee node: hostile requests are refused with the spec code and leave 
     },
     // validBefore passes the wire regex (78 digits) and the expiry check but does not fit the uint256 the
     // collector data is ABI-encoded as; it must be refused as a malformed deposit payload.
-    // BUG: both cases answer 500 (express's default HTML error page, with the stack trace): wire.ts
-    // uint256Schema accepts up to 78 digits / any JSON integer (no <= 2^256-1 bound), and Payee.submitDeposit
-    // calls encodeAbiParameters outside its try, so viem's IntegerOutOfRangeError (not a TollwayError) reaches
-    // the middleware's refuse(), which hands it to next(err). Store stays unchanged and the lock is released.
+    // (Regression: these once answered 500 before uint256Schema was bounded to 2^256-1.)
     { name: "deposit: validBefore = 2^256 (78 digits, > uint256)", build: depA((e) => void (e.payload.deposit.authorization.erc3009Authorization.validBefore = (UINT256_MAX + 1n).toString())), expectStatus: 400, expectError: E.depositPayload },
     { name: "deposit: validBefore as JSON number 1e300", build: async () => { const e = await depositEnv(payerA, { amount: 5_000n, max: chargedA + PRICE }); const t = JSON.stringify(e).replace(/"validBefore":"\d+"/, '"validBefore":1e300'); return { headers: { [PS]: b64text(t) } }; }, expectStatus: 400, expectError: E.depositPayload },
     // fresh (never funded) channels: nothing may be persisted for a deposit that does not happen
-    // BUG: the next four cases (all but the expired one) answer the right status and code but write a
-    // zero-balance ChannelRecord `c:<channelId>` to LevelDB: Payee.authorize calls loadOrCreate(..., forDeposit
-    // = true), which putChannel()s a record for a channel with balance 0 *before* the cumulative check, the
-    // balance check and the deposit simulation. Nothing is needed to trigger it but a self-chosen
-    // payerAuthorizer key (the 3009 signature is only checked by the simulation), so any client can grow the
-    // store without bound, one record per fresh salt.
+    // (Regression: a refused deposit on a fresh channel once wrote a zero-balance record; new channels are
+    // now persisted only after a successful deposit or with their first charge.)
     { name: "deposit on a fresh channel with a bad 3009 signature", build: depFresh(() => ({ amount: 20_000n, signer: privateKeyToAccount(keccak256(toHex("stranger"))) })), expectStatus: 402, expectError: E.depositSimulationFailed },
     {
       name: "deposit on a fresh channel of a tokenless stranger (garbage 3009 signature)",
