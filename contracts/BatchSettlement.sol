@@ -62,8 +62,9 @@ contract BatchSettlement is IBatchSettlement, EIP712, Multicall, ReentrancyGuard
         external
         nonReentrant
     {
-        _requireValidConfig(config);
+        // The id first: it rejects dirty calldata with BatchSettlementMalformedConfig before any field is read.
         bytes32 channelId = _channelId(config);
+        _requireValidConfig(config);
         if (amount == 0) revert BatchSettlementZeroDeposit(channelId);
         if (collector == address(0)) revert BatchSettlementInvalidCollector(collector);
 
@@ -125,8 +126,8 @@ contract BatchSettlement is IBatchSettlement, EIP712, Multicall, ReentrancyGuard
         uint256 n = voucherClaims.length;
         if (n == 0) revert BatchSettlementEmptyBatch();
 
-        address authorizer = voucherClaims[0].voucher.channel.receiverAuthorizer;
         (bytes32 digest, bytes32[] memory ids) = _claimBatchDigest(voucherClaims);
+        address authorizer = voucherClaims[0].voucher.channel.receiverAuthorizer;
         if (!SignatureChecker.isValidSignatureNowCalldata(authorizer, digest, authorizerSignature)) {
             revert BatchSettlementInvalidAuthorizerSignature(authorizer, digest);
         }
