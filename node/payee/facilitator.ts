@@ -5,7 +5,8 @@
  */
 import express, { type Request, type Response, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
-import { type Hex, encodeAbiParameters, encodeFunctionData, zeroAddress } from "viem";
+import { type Hex, encodeFunctionData, zeroAddress } from "viem";
+import { ERC1271_MAGIC_VALUE, encodeErc3009CollectorData, erc1271Abi } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { readChannel, readReceiver } from "../chain/escrow";
 import { ChainError, ErrorCodes, PaymentError, TollwayError } from "../protocol/errors";
@@ -130,10 +131,7 @@ export class Facilitator {
     if (payload.type === "deposit") {
       const auth = payload.deposit.authorization.erc3009Authorization;
       if (!auth) throw new PaymentError(ErrorCodes.erc3009AuthorizationRequired, "erc3009Authorization is required");
-      const data = encodeAbiParameters(
-        [{ type: "uint256" }, { type: "uint256" }, { type: "uint256" }, { type: "bytes" }],
-        [auth.validAfter, auth.validBefore, BigInt(auth.salt), auth.signature],
-      );
+      const data = encodeErc3009CollectorData(auth);
       const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "deposit", args: [c, payload.deposit.amount, this.payee.opts.erc3009Collector, data], simulationError: ErrorCodes.depositSimulationFailed, transactionError: ErrorCodes.depositTransactionFailed });
       const chain = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
       return { success: true, transaction: hash, network, payer: c.payer, amount: payload.deposit.amount.toString(), asset: c.token, extra: { channelState: snapshot(verified.extra.channelId, chain) } };
@@ -168,11 +166,11 @@ export class Facilitator {
       const ok = await this.payee.opts.publicClient
         .readContract({
           address: c.payer,
-          abi: [{ type: "function", name: "isValidSignature", stateMutability: "view", inputs: [{ name: "h", type: "bytes32" }, { name: "s", type: "bytes" }], outputs: [{ name: "", type: "bytes4" }] }] as const,
+          abi: erc1271Abi,
           functionName: "isValidSignature",
           args: [`0x${Buffer.from(digest).toString("hex")}`, signature],
         })
-        .then((m) => m === "0x1626ba7e")
+        .then((m) => m === ERC1271_MAGIC_VALUE)
         .catch(() => false);
       if (ok) return;
     }

@@ -9,7 +9,6 @@ import {
   type Hex,
   type PublicClient,
   type Transport,
-  encodeAbiParameters,
   encodeFunctionData,
   getAddress,
   zeroAddress,
@@ -19,6 +18,7 @@ import { batchSettlementAbi } from "../chain/abi";
 import { readChannel, type OnchainChannel } from "../chain/escrow";
 import type { TxSender } from "../chain/sender";
 import { ChainError, CumulativeMismatchError, ErrorCodes, PaymentError } from "../protocol/errors";
+import { ERC1271_MAGIC_VALUE, encodeErc3009CollectorData, erc1271Abi } from "../protocol/collectorData";
 import { createDigester, type Digester } from "../protocol/fastDigest";
 import {
   BATCH_SETTLEMENT_SCHEME,
@@ -435,7 +435,7 @@ export class Payee {
             functionName: "isValidSignature",
             args: [`0x${Buffer.from(digest).toString("hex")}`, signature],
           })
-          .then((magic) => magic === "0x1626ba7e")
+          .then((magic) => magic === ERC1271_MAGIC_VALUE)
           .catch(() => false);
       }
     }
@@ -525,10 +525,7 @@ export class Payee {
 
   private async submitDeposit(p: DepositPayload, channelId: Hex, rec: ChannelRecord): Promise<{ txHash: Hex; amount: bigint; record: ChannelRecord }> {
     const auth = p.deposit.authorization.erc3009Authorization!;
-    const collectorData = encodeAbiParameters(
-      [{ type: "uint256" }, { type: "uint256" }, { type: "uint256" }, { type: "bytes" }],
-      [auth.validAfter, auth.validBefore, BigInt(auth.salt), auth.signature],
-    );
+    const collectorData = encodeErc3009CollectorData(auth);
     let result;
     try {
       result = await this.opts.sender.send({
@@ -572,16 +569,3 @@ function sameConfig(a: ChannelConfig, b: ChannelConfig): boolean {
     a.salt === b.salt
   );
 }
-
-const erc1271Abi = [
-  {
-    type: "function",
-    name: "isValidSignature",
-    stateMutability: "view",
-    inputs: [
-      { name: "hash", type: "bytes32" },
-      { name: "signature", type: "bytes" },
-    ],
-    outputs: [{ name: "", type: "bytes4" }],
-  },
-] as const;
