@@ -27,7 +27,6 @@ import {
   type Hash,
   type Hex,
   type TypedDataDefinition,
-  encodeAbiParameters,
   encodeFunctionData,
   keccak256,
   pad,
@@ -50,7 +49,7 @@ import {
   refundTypes,
   voucherTypes,
 } from "../node/protocol/typedData";
-import { permitDepositDataAbi } from "../test/helpers/fixture";
+import { encodeErc3009CollectorData, encodePermitCollectorData, erc3009DepositNonce } from "../node/protocol/collectorData";
 
 // -------------------------------------------------------------------------------------------------
 // Reference figures and goals
@@ -153,17 +152,14 @@ async function main() {
   const erc3009Data = async (payer: PrivateKeyAccount, config: ChannelConfig, amount: bigint, saltLabel: string): Promise<Hex> => {
     const channelId = computeChannelId(domain, config);
     const salt = BigInt(keccak256(toHex(`erc3009-salt-${saltLabel}`)));
-    const nonce = keccak256(encodeAbiParameters([{ type: "bytes32" }, { type: "uint256" }], [channelId, salt]));
+    const nonce = erc3009DepositNonce(channelId, salt);
     const signature = await payer.signTypedData({
       domain: tokenDomain,
       types: receiveWithAuthorizationTypes,
       primaryType: "ReceiveWithAuthorization",
       message: { from: payer.address, to: deployment.erc3009Collector, value: amount, validAfter: 0n, validBefore: VALID_BEFORE, nonce },
     });
-    return encodeAbiParameters(
-      [{ type: "uint256" }, { type: "uint256" }, { type: "uint256" }, { type: "bytes" }],
-      [0n, VALID_BEFORE, salt, signature],
-    );
+    return encodeErc3009CollectorData({ validAfter: 0n, validBefore: VALID_BEFORE, salt: toHex(salt, { size: 32 }), signature });
   };
 
   /** collectorData of the permit collector: deposit authorization, plus an EIP-2612 permit when `permit`. */
@@ -198,9 +194,7 @@ async function main() {
       ({ r, s } = parsed);
       v = Number(parsed.v ?? 27n + BigInt(parsed.yParity));
     }
-    return encodeAbiParameters(permitDepositDataAbi, [
-      { nonce, deadline: DEADLINE, authorization, permitDeadline: permit ? DEADLINE : 0n, v, r, s },
-    ]);
+    return encodePermitCollectorData({ nonce, deadline: DEADLINE, authorization, permit: permit ? { deadline: DEADLINE, v, r, s } : undefined });
   };
 
   const deposit = (config: ChannelConfig, amount: bigint, collector: Address, data: Hex) =>

@@ -6,6 +6,7 @@
  * hardhat_setCode at the canonical addresses would outlive this file on the shared in-process chain, so the
  * whole suite runs between evm_snapshot (before) and evm_revert (after).
  */
+import { erc3009DepositNonce } from "../../node/protocol/collectorData";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -155,7 +156,7 @@ describe("deployTollway: canonical placement on the in-process chain", function 
     // The payer signs ReceiveWithAuthorization to the canonical collector, as a stock x402 client does.
     const salt = 42n;
     const validBefore = 2n ** 40n;
-    const nonce = keccak256(encodeAbiParameters([{ type: "bytes32" }, { type: "uint256" }], [channelId, salt]));
+    const nonce = erc3009DepositNonce(channelId, salt);
     const signature = await payer.signTypedData({
       account: payer.account,
       domain: { name: "USDC", version: "2", chainId: 31337, verifyingContract: usdc.address },

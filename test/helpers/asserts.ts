@@ -35,7 +35,7 @@ import {
   permitTypes,
   receiveWithAuthorizationTypes,
 } from "../../node/protocol/typedData";
-import { permitDepositDataAbi } from "./fixture";
+import { encodePermitCollectorData, erc3009DepositNonce } from "../../node/protocol/collectorData";
 
 type AbiError = Extract<Abi[number], { type: "error" }>;
 
@@ -217,9 +217,7 @@ export function toCompact(signature: Hex): Hex {
 // -------------------------------------------------------------------------------------------------
 
 /** The ERC-3009 nonce the collector derives: keccak256(abi.encode(channelId, salt)). */
-export function erc3009Nonce(channelId: Hex, salt: bigint): Hex {
-  return keccak256(encodeAbiParameters([{ type: "bytes32" }, { type: "uint256" }], [channelId, salt]));
-}
+export const erc3009Nonce = erc3009DepositNonce;
 
 /**
  * collectorData for an ERC3009DepositCollector, signed by `signer` (the payer EOA, or the owner of an ERC-1271
@@ -301,25 +299,7 @@ export async function signPermit(p: {
 }
 
 /** Encodes PermitDepositCollector collectorData. */
-export function encodePermitDepositData(d: {
-  nonce: Hex;
-  deadline: bigint;
-  authorization: Hex;
-  permit?: { deadline: bigint; v: number; r: Hex; s: Hex };
-}): Hex {
-  const zero = pad("0x00", { size: 32 });
-  return encodeAbiParameters(permitDepositDataAbi, [
-    {
-      nonce: d.nonce,
-      deadline: d.deadline,
-      authorization: d.authorization,
-      permitDeadline: d.permit?.deadline ?? 0n,
-      v: d.permit?.v ?? 0,
-      r: d.permit?.r ?? zero,
-      s: d.permit?.s ?? zero,
-    },
-  ]);
-}
+export const encodePermitDepositData = encodePermitCollectorData;
 
 /** A random 32-byte value (nonces, salts). */
 export function randomBytes32(label = ""): Hex {

@@ -8,7 +8,6 @@ import {
   type Address,
   type Hex,
   type WalletClient,
-  encodeAbiParameters,
   keccak256,
   pad,
   toHex,
@@ -29,6 +28,12 @@ import {
   depositAuthorizationTypes,
   PERMIT_COLLECTOR_DOMAIN,
 } from "../../node/protocol/typedData";
+import {
+  encodeErc3009CollectorData,
+  encodePermitCollectorData,
+  erc3009DepositNonce,
+  permitDepositDataAbi,
+} from "../../node/protocol/collectorData";
 
 
 export async function deployEscrowFixture() {
@@ -128,7 +133,7 @@ export async function erc3009CollectorData(
   const salt = opts.salt ?? BigInt(keccak256(toHex(`${channelId}-${amount}-${Math.random()}`)));
   const validAfter = opts.validAfter ?? 0n;
   const validBefore = opts.validBefore ?? 2n ** 40n;
-  const nonce = keccak256(encodeAbiParameters([{ type: "bytes32" }, { type: "uint256" }], [channelId, salt]));
+  const nonce = erc3009DepositNonce(channelId, salt);
   const signature = await payerWallet.signTypedData({
     account: payerWallet.account!,
     domain: { name: opts.tokenName ?? "USDC", version: opts.tokenVersion ?? "2", chainId: f.chainId, verifyingContract: opts.token ?? config.token },
@@ -136,26 +141,10 @@ export async function erc3009CollectorData(
     primaryType: "ReceiveWithAuthorization",
     message: { from: config.payer, to: f.erc3009Collector.address, value: amount, validAfter, validBefore, nonce },
   });
-  return encodeAbiParameters(
-    [{ type: "uint256" }, { type: "uint256" }, { type: "uint256" }, { type: "bytes" }],
-    [validAfter, validBefore, salt, signature],
-  );
+  return encodeErc3009CollectorData({ validAfter, validBefore, salt: toHex(salt, { size: 32 }), signature });
 }
 
-export const permitDepositDataAbi = [
-  {
-    type: "tuple",
-    components: [
-      { name: "nonce", type: "bytes32" },
-      { name: "deadline", type: "uint256" },
-      { name: "authorization", type: "bytes" },
-      { name: "permitDeadline", type: "uint256" },
-      { name: "v", type: "uint8" },
-      { name: "r", type: "bytes32" },
-      { name: "s", type: "bytes32" },
-    ],
-  },
-] as const;
+export { permitDepositDataAbi };
 
 /** collectorData for the permit collector using an existing allowance (no permit). */
 export async function allowanceCollectorData(
@@ -174,9 +163,7 @@ export async function allowanceCollectorData(
     primaryType: "DepositAuthorization",
     message: { channelId, amount, nonce, deadline },
   });
-  return encodeAbiParameters(permitDepositDataAbi, [
-    { nonce, deadline, authorization, permitDeadline: 0n, v: 0, r: pad("0x00", { size: 32 }), s: pad("0x00", { size: 32 }) },
-  ]);
+  return encodePermitCollectorData({ nonce, deadline, authorization });
 }
 
 /** Deposits through the ERC-3009 collector, relayed by `relayer` (gasless for the payer). */

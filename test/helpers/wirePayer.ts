@@ -2,7 +2,8 @@
  * A minimal hand-rolled payer for node tests: builds PAYMENT-SIGNATURE headers (deposit, voucher,
  * refund) from a 402's requirements with viem signatures, using node/protocol's typed data.
  */
-import { type Hex, type LocalAccount, encodeAbiParameters, keccak256, pad, toHex } from "viem";
+import { type Hex, type LocalAccount, keccak256, pad, toHex } from "viem";
+import { erc3009DepositNonce } from "../../node/protocol/collectorData";
 import {
   type ChannelConfig,
   computeChannelId,
@@ -77,7 +78,7 @@ export class WirePayer {
     const config = this.config(accept);
     const channelId = this.channelId(accept);
     const salt = keccak256(toHex(`${channelId}-${depositAmount}-${Date.now()}-${Math.random()}`));
-    const nonce = keccak256(encodeAbiParameters([{ type: "bytes32" }, { type: "uint256" }], [channelId, BigInt(salt)]));
+    const nonce = erc3009DepositNonce(channelId, BigInt(salt));
     const validBefore = BigInt(Math.floor(Date.now() / 1000) + 3600 * 24);
     const signature = await this.account.signTypedData({
       domain: { name: accept.extra.name, version: accept.extra.version, chainId: 31337, verifyingContract: accept.asset },
