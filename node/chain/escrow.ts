@@ -1,5 +1,6 @@
 /** Typed reads of the escrow. */
-import type { Address, Chain, Hex, PublicClient, Transport } from "viem";
+import { type Address, type Chain, type Hex, type PublicClient, type Transport, encodeFunctionData } from "viem";
+import type { ChannelConfig, VoucherClaim } from "../protocol/typedData";
 import { batchSettlementAbi } from "./abi";
 
 export type OnchainChannel = {
@@ -36,4 +37,12 @@ export async function readReceiver(client: PublicClient<Transport, Chain>, escro
     args: [receiver, token],
   });
   return { totalClaimed, totalSettled };
+}
+
+/** The `multicall` payload of a cooperative close: claim the given rows (if any), then refund `amount`. */
+export function claimAndRefundCalls(config: ChannelConfig, claims: readonly VoucherClaim[], amount: bigint): Hex[] {
+  const calls: Hex[] = [];
+  if (claims.length > 0) calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "claim", args: [claims] }));
+  calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [config, amount] }));
+  return calls;
 }

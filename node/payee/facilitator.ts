@@ -5,12 +5,12 @@
  */
 import express, { type Request, type Response, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
-import { type Hex, encodeFunctionData, zeroAddress } from "viem";
-import { ERC1271_MAGIC_VALUE, encodeErc3009CollectorData, erc1271Abi } from "../protocol/collectorData";
+import type { Hex } from "viem";
+import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
-import { readChannel, readReceiver } from "../chain/escrow";
+import { claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
 import { ChainError, ErrorCodes, PaymentError, TollwayError } from "../protocol/errors";
-import { BATCH_SETTLEMENT_SCHEME, type ChannelConfig, type VoucherClaim } from "../protocol/typedData";
+import { BATCH_SETTLEMENT_SCHEME, type VoucherClaim } from "../protocol/typedData";
 import {
   addressSchema,
   channelConfigSchema,
@@ -23,7 +23,6 @@ import {
 } from "../protocol/wire";
 import { z } from "zod";
 import type { Payee } from "./payee";
-import { recoverSigner } from "./recover";
 
 /** Express middleware: requires `Authorization: Bearer <token>`. */
 export function requireBearer(token: string) {
@@ -76,15 +75,10 @@ export class Facilitator {
     const c = payload.channelConfig;
     if (req.scheme !== BATCH_SETTLEMENT_SCHEME) throw new PaymentError(ErrorCodes.scheme, "scheme is not batch-settlement");
     if (req.network !== this.payee.network) throw new PaymentError(ErrorCodes.networkMismatch, `network is not ${this.payee.network}`);
-    if (c.token !== req.asset) throw new PaymentError(ErrorCodes.tokenMismatch, "channel token does not match the asset");
-    if (c.receiver !== req.payTo) throw new PaymentError(ErrorCodes.receiverMismatch, "channel receiver does not match payTo");
-    if (c.receiverAuthorizer !== req.extra.receiverAuthorizer) {
-      throw new PaymentError(ErrorCodes.receiverAuthorizerMismatch, "channel receiverAuthorizer does not match extra.receiverAuthorizer");
-    }
-    if (c.withdrawDelay !== req.extra.withdrawDelay) throw new PaymentError(ErrorCodes.withdrawDelayMismatch, "withdrawDelay mismatch");
+    this.payee.checkConfig(c, req);
     const channelId = this.payee.digester.channelId(c);
     if (channelId !== payload.voucher.channelId) throw new PaymentError(ErrorCodes.channelIdMismatch, "config does not hash to channelId");
-    await this.checkVoucher(c, channelId, payload.voucher.maxClaimableAmount, payload.voucher.signature);
+    await this.payee.checkVoucherSignature(c, channelId, payload.voucher.maxClaimableAmount, payload.voucher.signature);
     let chain;
     try {
       chain = await readChannel(this.payee.opts.publicClient, this.payee.opts.escrow, channelId);
@@ -147,34 +141,12 @@ export class Facilitator {
       const available = chain.balance - claimed;
       if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
       const amount = enriched.data.amount === undefined || enriched.data.amount > available ? available : enriched.data.amount;
-      const calls: Hex[] = [];
-      if (enriched.data.claims?.length) calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "claim", args: [enriched.data.claims] }));
-      calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [c, amount] }));
+      const calls = claimAndRefundCalls(c, enriched.data.claims ?? [], amount);
       const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
       const after = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
       return { success: true, transaction: hash, network, payer: c.payer, amount: amount.toString(), extra: { channelState: snapshot(verified.extra.channelId, after) } };
     }
     throw new PaymentError(ErrorCodes.unknownSettleAction, `unknown settle action "${String(type)}"`, { status: 400 });
-  }
-
-  private async checkVoucher(c: ChannelConfig, channelId: Hex, max: bigint, signature: Hex) {
-    const digest = this.payee.digester.voucherDigest(channelId, max);
-    const signer = recoverSigner(digest, signature);
-    const expected = c.payerAuthorizer !== zeroAddress ? c.payerAuthorizer : c.payer;
-    if (signer === expected.toLowerCase()) return;
-    if (c.payerAuthorizer === zeroAddress) {
-      const ok = await this.payee.opts.publicClient
-        .readContract({
-          address: c.payer,
-          abi: erc1271Abi,
-          functionName: "isValidSignature",
-          args: [`0x${Buffer.from(digest).toString("hex")}`, signature],
-        })
-        .then((m) => m === ERC1271_MAGIC_VALUE)
-        .catch(() => false);
-      if (ok) return;
-    }
-    throw new PaymentError(ErrorCodes.voucherSignature, "voucher signature does not recover to the expected signer");
   }
 }
 

@@ -9,13 +9,12 @@ import {
   type Hex,
   type PublicClient,
   type Transport,
-  encodeFunctionData,
   getAddress,
   zeroAddress,
 } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
-import { readChannel, type OnchainChannel } from "../chain/escrow";
+import { claimAndRefundCalls, readChannel, type OnchainChannel } from "../chain/escrow";
 import type { TxSender } from "../chain/sender";
 import { ChainError, CumulativeMismatchError, ErrorCodes, PaymentError } from "../protocol/errors";
 import { ERC1271_MAGIC_VALUE, encodeErc3009CollectorData, erc1271Abi } from "../protocol/collectorData";
@@ -295,17 +294,11 @@ export class Payee {
         if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
         const amount = requested === undefined || requested > available ? available : requested;
 
-        const calls: Hex[] = [];
-        if (rec.chargedCumulative > rec.totalClaimed) {
-          calls.push(
-            encodeFunctionData({
-              abi: batchSettlementAbi,
-              functionName: "claim",
-              args: [[{ voucher: { channel: p.channelConfig, maxClaimableAmount: p.voucher.maxClaimableAmount }, signature: p.voucher.signature, totalClaimed: rec.chargedCumulative }]],
-            }),
-          );
-        }
-        calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [p.channelConfig, amount] }));
+        const claims =
+          rec.chargedCumulative > rec.totalClaimed
+            ? [{ voucher: { channel: p.channelConfig, maxClaimableAmount: p.voucher.maxClaimableAmount }, signature: p.voucher.signature, totalClaimed: rec.chargedCumulative }]
+            : [];
+        const calls = claimAndRefundCalls(p.channelConfig, claims, amount);
         const { hash, receipt } = await this.opts.sender.send({
           address: this.opts.escrow,
           abi: batchSettlementAbi,
@@ -377,7 +370,8 @@ export class Payee {
     }
   }
 
-  private checkConfig(c: ChannelConfig, required: PaymentRequirements) {
+  /** The config must match the requirements (token, receiver, receiverAuthorizer, withdrawDelay). */
+  checkConfig(c: ChannelConfig, required: PaymentRequirements) {
     if (c.token !== required.asset) throw new PaymentError(ErrorCodes.tokenMismatch, `channel token ${c.token} is not ${required.asset}`);
     if (c.receiver !== required.payTo) throw new PaymentError(ErrorCodes.receiverMismatch, `channel receiver ${c.receiver} is not ${required.payTo}`);
     if (c.receiverAuthorizer !== required.extra.receiverAuthorizer) {
@@ -406,7 +400,8 @@ export class Payee {
     return id;
   }
 
-  private async checkVoucherSignature(c: ChannelConfig, channelId: Hex, max: bigint, signature: Hex) {
+  /** The voucher must be signed by the payerAuthorizer (ECDSA) or, when that is zero, the payer (EOA or ERC-1271). */
+  async checkVoucherSignature(c: ChannelConfig, channelId: Hex, max: bigint, signature: Hex) {
     const digest = this.digester.voucherDigest(channelId, max);
     if (c.payerAuthorizer !== zeroAddress) {
       const signer = recoverSigner(digest, signature);
