@@ -124,7 +124,8 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
     if (!route) return next();
     const started = process.hrtime.bigint();
     res.setHeader("Access-Control-Expose-Headers", EXPOSED_HEADERS);
-    const resourceUrl = `${req.protocol}://${req.get("host") ?? "localhost"}${req.originalUrl}`;
+    // Only 402 answers carry the URL: build it on demand, not on every paid request.
+    const resourceUrl = () => `${req.protocol}://${req.get("host") ?? "localhost"}${req.originalUrl}`;
 
     let required: PaymentRequirements;
     try {
@@ -137,10 +138,10 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
     const header = req.headers["payment-signature"];
     if (typeof header !== "string" || header.length === 0) {
       if (req.headers["x-payment"] !== undefined) {
-        return sendPaymentRequired(res, resourceUrl, route, required, ErrorCodes.invalidX402Version, undefined, 400,
+        return sendPaymentRequired(res, resourceUrl(), route, required, ErrorCodes.invalidX402Version, undefined, 400,
           "X-PAYMENT (x402 v1) is not accepted: batch-settlement is an x402 v2 scheme; send PAYMENT-SIGNATURE");
       }
-      return sendPaymentRequired(res, resourceUrl, route, required);
+      return sendPaymentRequired(res, resourceUrl(), route, required);
     }
 
     let payment: PaymentPayload;
@@ -206,11 +207,11 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
           extra = await payee.correctiveExtra(p.payload.voucher.channelId).catch(() => undefined);
         }
         options.onError?.(route!.key, err);
-        return sendPaymentRequired(res, resourceUrl, route!, required, err.code, extra, err.status, err.shortMessage);
+        return sendPaymentRequired(res, resourceUrl(), route!, required, err.code, extra, err.status, err.shortMessage);
       }
       options.onError?.(route!.key, err);
       if (err instanceof TollwayError) {
-        return sendPaymentRequired(res, resourceUrl, route!, required, ErrorCodes.invalidPayment, undefined, 503, err.shortMessage);
+        return sendPaymentRequired(res, resourceUrl(), route!, required, ErrorCodes.invalidPayment, undefined, 503, err.shortMessage);
       }
       return next(err);
     }

@@ -36,7 +36,7 @@ import type {
 } from "../protocol/wire";
 import type { ChannelRecord, ChannelStore } from "../store/channelStore";
 import { ChannelLocks } from "./lock";
-import { recoverSigner } from "./recover";
+import { keccak256Fast, recoverSigner } from "./recover";
 
 export type AssetInfo = { address: Address; name: string; version: string; decimals: number; symbol?: string };
 
@@ -105,7 +105,7 @@ export class Payee {
   private readonly now: () => number;
 
   constructor(readonly opts: PayeeOptions) {
-    this.digester = createDigester(escrowDomain(opts.chainId, opts.escrow));
+    this.digester = createDigester(escrowDomain(opts.chainId, opts.escrow), keccak256Fast);
     this.network = `eip155:${opts.chainId}`;
     this.receiverAuthorizer = getAddress(opts.receiverAuthorizer ?? opts.sender.address);
     this.withdrawDelay = opts.withdrawDelay ?? 900;
@@ -120,9 +120,13 @@ export class Payee {
     return this.opts.store;
   }
 
-  /** Payment requirements for a price (atomic units). */
+  private readonly requirementsCache = new Map<bigint, PaymentRequirements>();
+
+  /** Payment requirements for a price (atomic units); one frozen object per price. */
   requirements(amount: bigint): PaymentRequirements {
-    return {
+    const hit = this.requirementsCache.get(amount);
+    if (hit) return hit;
+    const r: PaymentRequirements = {
       scheme: BATCH_SETTLEMENT_SCHEME,
       network: this.network,
       amount,
@@ -136,6 +140,10 @@ export class Payee {
         version: this.opts.asset.version,
       },
     };
+    Object.freeze(r.extra);
+    Object.freeze(r);
+    if (this.requirementsCache.size < 1_000) this.requirementsCache.set(amount, r);
+    return r;
   }
 
   /**

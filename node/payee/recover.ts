@@ -8,10 +8,37 @@ import type { Hex } from "viem";
 
 const N = 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141n;
 const HALF_N = N >> 1n;
+const N_BYTES = Buffer.from(N.toString(16).padStart(64, "0"), "hex");
+const HALF_N_BYTES = Buffer.from(HALF_N.toString(16).padStart(64, "0"), "hex");
+const ZERO32 = Buffer.alloc(32);
 
 type NativeSecp = {
   ecdsaRecover(sig: Uint8Array, recid: number, msg32: Uint8Array, compressed: boolean, output?: Uint8Array): Uint8Array;
 };
+
+type Hasher = { init(): unknown; update(d: Uint8Array): unknown; digest(f: "binary"): Uint8Array };
+let hasher: Hasher | undefined;
+
+/**
+ * keccak-256 for the hot path: hash-wasm's WebAssembly keccak (~1 us for a struct hash) once loaded,
+ * noble's pure-JS keccak (~10 us) until then. `keccakReady` resolves when the fast one is in place.
+ */
+export function keccak256Fast(data: Uint8Array): Uint8Array {
+  if (hasher === undefined) return keccak_256(data);
+  hasher.init();
+  hasher.update(data);
+  return hasher.digest("binary");
+}
+
+export const keccakReady: Promise<void> = (require("hash-wasm") as { createKeccak(bits: 256): Promise<Hasher> })
+  .createKeccak(256)
+  .then((h) => {
+    hasher = h;
+  })
+  .catch((err: Error) => {
+    // eslint-disable-next-line no-console
+    console.warn(`[tollway] WebAssembly keccak unavailable (${err.message}); using noble's`);
+  });
 
 let native: NativeSecp | undefined;
 let backend: "native" | "noble" = "noble";
@@ -38,14 +65,16 @@ export function checkSignatureShape(sig: Uint8Array): SignatureProblem | undefin
   if (sig.length !== 65) return "length";
   const v = sig[64]!;
   if (v !== 27 && v !== 28) return "v";
-  const r = BigInt("0x" + Buffer.from(sig.subarray(0, 32)).toString("hex"));
-  const s = BigInt("0x" + Buffer.from(sig.subarray(32, 64)).toString("hex"));
-  if (r === 0n || r >= N || s === 0n) return "range";
-  if (s > HALF_N) return "high-s";
+  const r = Buffer.from(sig.buffer, sig.byteOffset, 32);
+  const s = Buffer.from(sig.buffer, sig.byteOffset + 32, 32);
+  if (r.equals(ZERO32) || r.compare(N_BYTES) >= 0 || s.equals(ZERO32)) return "range";
+  if (s.compare(HALF_N_BYTES) > 0) return "high-s";
   return undefined;
 }
 
 const pubOut = new Uint8Array(65);
+/** Recovered public key (hex) -> address. Payers reuse one session key, so this skips a keccak per request. */
+const addressOfPubkey = new Map<string, Hex>();
 
 /**
  * Recovers the signer of a 32-byte digest from a 65-byte signature, as a lowercase 0x address (no
@@ -68,6 +97,12 @@ export function recoverSigner(digest: Uint8Array, signature: Hex | Uint8Array): 
   } catch {
     return undefined;
   }
-  const hash = keccak_256(pub.subarray(1));
-  return `0x${Buffer.from(hash.subarray(12)).toString("hex")}`;
+  const pubHex = Buffer.from(pub.buffer, pub.byteOffset, pub.byteLength).toString("hex");
+  let address = addressOfPubkey.get(pubHex);
+  if (address === undefined) {
+    address = `0x${Buffer.from(keccak256Fast(pub.subarray(1)).subarray(12)).toString("hex")}`;
+    if (addressOfPubkey.size >= 50_000) addressOfPubkey.clear();
+    addressOfPubkey.set(pubHex, address);
+  }
+  return address;
 }

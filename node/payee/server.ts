@@ -19,7 +19,7 @@ import type { NodeConfig } from "./config";
 import { Facilitator, facilitatorRouter, requireBearer } from "./facilitator";
 import { paymentMiddleware, type RoutesConfig } from "./middleware";
 import { Payee } from "./payee";
-import { recoveryBackend } from "./recover";
+import { keccakReady, recoveryBackend } from "./recover";
 import { ChainWatcher } from "./watcher";
 
 export type PayeeNode = {
@@ -46,6 +46,7 @@ export type StartOptions = {
 export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Promise<PayeeNode> {
   const logger = opts.logger ?? pino({ level: config.logLevel, redact: ["key", "*.key", "privateKey", "authorization"] });
   const account = privateKeyToAccount(opts.key);
+  await keccakReady;
   fs.mkdirSync(config.storePath, { recursive: true });
   const store = await ChannelStore.open(config.storePath);
   const { publicClient, walletClient } = createChainClients({ rpcUrl: config.rpcUrl, chainId: config.chainId }, account);

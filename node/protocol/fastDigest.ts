@@ -26,15 +26,17 @@ function writeHex(buf: Uint8Array, offset: number, hex: string, bytes: number) {
 }
 
 function writeUint(buf: Uint8Array, offset: number, value: bigint) {
-  let v = value;
-  for (let i = 31; i >= 0; i--) {
-    buf[offset + i] = Number(v & 0xffn);
-    v >>= 8n;
-  }
+  buf.set(Buffer.from(value.toString(16).padStart(64, "0"), "hex"), offset);
 }
 
-/** Builds a digester for one escrow domain (one chain, one contract). */
-export function createDigester(domain: EscrowDomain): Digester {
+/** A keccak-256 implementation (bytes in, 32 bytes out). */
+export type Keccak256 = (data: Uint8Array) => Uint8Array;
+
+/**
+ * Builds a digester for one escrow domain (one chain, one contract). `keccak` defaults to noble's
+ * pure-JS keccak; a server passes a native one (see node/payee/recover.ts).
+ */
+export function createDigester(domain: EscrowDomain, keccak: Keccak256 = keccak_256): Digester {
   const domainSeparator = keccak256(
     encodeAbiParameters(
       [{ type: "bytes32" }, { type: "bytes32" }, { type: "bytes32" }, { type: "uint256" }, { type: "address" }],
@@ -64,8 +66,8 @@ export function createDigester(domain: EscrowDomain): Digester {
     voucherDigest(channelId, maxClaimableAmount) {
       writeHex(voucherStruct, 32, channelId, 32);
       writeUint(voucherStruct, 64, maxClaimableAmount);
-      outer.set(keccak_256(voucherStruct), 34);
-      return keccak_256(outer);
+      outer.set(keccak(voucherStruct), 34);
+      return keccak(outer);
     },
     channelId(c) {
       configStruct.fill(0, 32);
@@ -76,8 +78,8 @@ export function createDigester(domain: EscrowDomain): Digester {
       writeHex(configStruct, 160 + 12, c.token, 20);
       writeUint(configStruct, 192, BigInt(c.withdrawDelay));
       writeHex(configStruct, 224, c.salt, 32);
-      outer.set(keccak_256(configStruct), 34);
-      return bytesToHex(keccak_256(outer));
+      outer.set(keccak(configStruct), 34);
+      return bytesToHex(keccak(outer));
     },
   };
 }

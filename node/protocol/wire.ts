@@ -189,6 +189,11 @@ export function decodePaymentSignature(header: string): PaymentPayload {
     throw new WireFormatError(ErrorCodes.headerTooLarge, `PAYMENT-SIGNATURE is larger than ${MAX_HEADER_BYTES} bytes`);
   }
   const raw = decodeBase64Json(header, "PAYMENT-SIGNATURE");
+  return fastVoucherEnvelope(raw) ?? parsePaymentPayload(raw);
+}
+
+/** Validates a decoded payment payload with the zod schemas (the reference path; errors are typed). */
+export function parsePaymentPayload(raw: unknown): PaymentPayload {
   const env = envelopeSchema.safeParse(raw);
   if (!env.success) {
     throw new WireFormatError(ErrorCodes.invalidPayment, "PAYMENT-SIGNATURE is not an x402 payment payload", {
@@ -263,4 +268,104 @@ export function requirementsToWire(r: PaymentRequirements, extra: Record<string,
 
 export function isPaymentError(e: unknown): e is PaymentError {
   return e instanceof PaymentError;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Hot path: a hand-written check of the most common envelope (a voucher payment). It accepts a strict
+// subset of what the zod schemas above accept and builds the same result; anything it does not accept
+// goes through zod, which also produces the error messages. test/node/wire.test.ts holds the two
+// together on valid and invalid inputs.
+// -------------------------------------------------------------------------------------------------
+
+const ADDRESS_RE = /^0x[0-9a-fA-F]{40}$/;
+const BYTES32_RE = /^0x[0-9a-fA-F]{64}$/;
+const UINT128_RE = /^(0|[1-9]\d{0,38})$/;
+const SIG_RE = /^0x(?:[0-9a-fA-F]{2}){0,2048}$/;
+const NETWORK_RE = /^[-a-z0-9]{3,8}:[-_a-zA-Z0-9*]{1,32}$/;
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+/** Checksummed form of addresses seen recently (the same few payers and payees repeat on every request). */
+const checksummed = new Map<string, Address>();
+function addr(v: unknown): Address | undefined {
+  if (typeof v !== "string") return undefined;
+  const hit = checksummed.get(v);
+  if (hit !== undefined) return hit;
+  if (!ADDRESS_RE.test(v)) return undefined;
+  const a = getAddress(v) as Address;
+  if (checksummed.size >= 10_000) checksummed.clear();
+  checksummed.set(v, a);
+  return a;
+}
+function u128(v: unknown): bigint | undefined {
+  if (typeof v !== "string" || !UINT128_RE.test(v)) return undefined;
+  const n = BigInt(v);
+  return n <= UINT128_MAX ? n : undefined;
+}
+function isInt(v: unknown, max: number): v is number {
+  return typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= max;
+}
+
+/** The voucher envelope, validated by hand, or undefined to fall back to the zod path. */
+export function fastVoucherEnvelope(raw: unknown): PaymentPayload | undefined {
+  if (!isObject(raw) || raw.x402Version !== 2) return undefined;
+  const { accepted: a, payload: p, resource, extensions } = raw;
+  if (resource !== undefined && resource !== null) return undefined;
+  if (extensions !== undefined && extensions !== null && !isObject(extensions)) return undefined;
+  if (!isObject(a) || !isObject(p) || p.type !== "voucher") return undefined;
+  if (typeof a.scheme !== "string" || a.scheme.length === 0) return undefined;
+  if (typeof a.network !== "string" || !NETWORK_RE.test(a.network)) return undefined;
+  if (typeof a.maxTimeoutSeconds !== "number" || !(a.maxTimeoutSeconds > 0)) return undefined;
+  const amount = u128(a.amount);
+  const asset = addr(a.asset);
+  const payTo = addr(a.payTo);
+  const x = a.extra;
+  if (amount === undefined || !asset || !payTo || !isObject(x)) return undefined;
+  const receiverAuthorizer = addr(x.receiverAuthorizer);
+  if (!receiverAuthorizer || !isInt(x.withdrawDelay, Number.MAX_SAFE_INTEGER)) return undefined;
+  for (const k of ["name", "version", "assetTransferMethod"] as const) {
+    if (x[k] !== undefined && typeof x[k] !== "string") return undefined;
+  }
+  const c = p.channelConfig;
+  const v = p.voucher;
+  if (!isObject(c) || !isObject(v)) return undefined;
+  const payer = addr(c.payer);
+  const payerAuthorizer = addr(c.payerAuthorizer);
+  const receiver = addr(c.receiver);
+  const cReceiverAuthorizer = addr(c.receiverAuthorizer);
+  const token = addr(c.token);
+  if (!payer || !payerAuthorizer || !receiver || !cReceiverAuthorizer || !token) return undefined;
+  if (!isInt(c.withdrawDelay, 2 ** 40 - 1)) return undefined;
+  if (typeof c.salt !== "string" || !BYTES32_RE.test(c.salt)) return undefined;
+  if (typeof v.channelId !== "string" || !BYTES32_RE.test(v.channelId)) return undefined;
+  const max = u128(v.maxClaimableAmount);
+  if (max === undefined || typeof v.signature !== "string" || !SIG_RE.test(v.signature)) return undefined;
+  return {
+    x402Version: 2,
+    resource: undefined,
+    accepted: {
+      scheme: a.scheme,
+      network: a.network,
+      amount,
+      asset,
+      payTo,
+      maxTimeoutSeconds: a.maxTimeoutSeconds,
+      extra: { ...x, receiverAuthorizer, withdrawDelay: x.withdrawDelay } as PaymentRequirements["extra"],
+    },
+    payload: {
+      type: "voucher",
+      channelConfig: {
+        payer,
+        payerAuthorizer,
+        receiver,
+        receiverAuthorizer: cReceiverAuthorizer,
+        token,
+        withdrawDelay: c.withdrawDelay,
+        salt: c.salt.toLowerCase() as Hex,
+      },
+      voucher: { channelId: v.channelId.toLowerCase() as Hex, maxClaimableAmount: max, signature: v.signature.toLowerCase() as Hex },
+    },
+    extensions: (extensions as Record<string, unknown> | null | undefined) ?? undefined,
+  };
 }

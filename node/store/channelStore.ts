@@ -60,6 +60,28 @@ function encode(value: unknown): string {
   return JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? v.toString() : v));
 }
 
+/** Channel records are written on every paid request: encode them without a replacer callback. */
+function encodeChannel(r: ChannelRecord): string {
+  return JSON.stringify({
+    channelId: r.channelId,
+    config: r.config,
+    chargedCumulative: r.chargedCumulative.toString(),
+    signedMaxClaimable: r.signedMaxClaimable.toString(),
+    signature: r.signature,
+    balance: r.balance.toString(),
+    totalClaimed: r.totalClaimed.toString(),
+    withdrawRequestedAt: r.withdrawRequestedAt,
+    refundNonce: r.refundNonce.toString(),
+    syncedAt: r.syncedAt,
+    lastRequestAt: r.lastRequestAt,
+    createdAt: r.createdAt,
+  });
+}
+
+function encodeLedger(l: LedgerRow): string {
+  return JSON.stringify({ at: l.at, channelId: l.channelId, payer: l.payer, route: l.route, resource: l.resource, amount: l.amount.toString() });
+}
+
 function decodeChannel(text: string): ChannelRecord {
   const raw = JSON.parse(text);
   for (const f of BIGINT_FIELDS_CHANNEL) raw[f] = BigInt(raw[f]);
@@ -117,8 +139,8 @@ export class ChannelStore {
 
   /** Durably writes a channel record (and optional ledger row) before resolving. */
   putChannel(rec: ChannelRecord, ledger?: LedgerRow): Promise<void> {
-    const ops: Op[] = [{ type: "put", key: `c:${rec.channelId}`, value: encode(rec) }];
-    if (ledger) ops.push({ type: "put", key: `l:${pad(ledger.at, 13)}:${this.boot}:${pad(this.seq++, 8)}`, value: encode(ledger) });
+    const ops: Op[] = [{ type: "put", key: `c:${rec.channelId}`, value: encodeChannel(rec) }];
+    if (ledger) ops.push({ type: "put", key: `l:${pad(ledger.at, 13)}:${this.boot}:${pad(this.seq++, 8)}`, value: encodeLedger(ledger) });
     // The cache changes only once the write is on disk: a failed fsync leaves memory as it was.
     return this.enqueue(ops).then(() => this.remember(rec));
   }

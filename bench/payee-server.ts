@@ -1,0 +1,61 @@
+/**
+ * The server side of bench/payments.ts, in its own process: one express app with a paid route
+ * (GET /paid, protected by paymentMiddleware) and an unpaid twin (GET /free), trivial handlers.
+ * Configured by TOLLWAY_BENCH (JSON); prints "READY <port>" when listening.
+ */
+import express from "express";
+import type { AddressInfo } from "node:net";
+import type { Address, Hex } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { createChainClients } from "../node/chain/clients";
+import { TxSender } from "../node/chain/sender";
+import { paymentMiddleware } from "../node/payee/middleware";
+import { Payee } from "../node/payee/payee";
+import { keccakReady } from "../node/payee/recover";
+import { ChannelStore } from "../node/store/channelStore";
+
+type BenchServerConfig = {
+  rpcUrl: string;
+  escrow: Address;
+  erc3009Collector: Address;
+  token: Address;
+  storePath: string;
+  sync: boolean;
+  price: string;
+  key: Hex;
+};
+
+async function main() {
+  await keccakReady;
+  const cfg = JSON.parse(process.env.TOLLWAY_BENCH ?? "{}") as BenchServerConfig;
+  const account = privateKeyToAccount(cfg.key);
+  const { publicClient, walletClient } = createChainClients({ rpcUrl: cfg.rpcUrl, chainId: 31337 }, account);
+  const store = await ChannelStore.open(cfg.storePath, { sync: cfg.sync });
+  const payee = new Payee({
+    store,
+    publicClient,
+    sender: new TxSender(publicClient, walletClient!),
+    chainId: 31337,
+    escrow: cfg.escrow,
+    erc3009Collector: cfg.erc3009Collector,
+    receiver: account.address,
+    asset: { address: cfg.token, name: "USDC", version: "2", decimals: 6 },
+  });
+  const app = express();
+  app.disable("x-powered-by");
+  app.disable("etag");
+  app.use(paymentMiddleware({ "GET /paid": cfg.price }, payee));
+  app.get("/paid", (_req, res) => void res.send("ok"));
+  app.get("/free", (_req, res) => void res.send("ok"));
+  const server = app.listen(0, "127.0.0.1", () => {
+    process.stdout.write(`READY ${(server.address() as AddressInfo).port} ${store.flushCount}\n`);
+  });
+  process.on("SIGTERM", async () => {
+    server.close();
+    await store.close();
+    process.stdout.write(`FLUSHES ${store.flushCount}\n`);
+    process.exit(0);
+  });
+}
+
+void main();

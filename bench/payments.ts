@@ -1,0 +1,333 @@
+/**
+ * Payment benchmarks (not part of `npm test`): every figure is a ratio against a baseline measured in
+ * the same run, because the machine is shared and noisy.
+ *
+ *   1. paid vs unpaid: the same express app and trivial handler, autocannon, 10 connections on
+ *      loopback. Vouchers are pre-signed per channel before the timed part; a connection checks out a
+ *      channel per request, so each channel sees one sequential stream.      goal >= 0.45
+ *   2. latency added by payment at half of the paid maximum rate (p50 / p99). goal p99 <= 2 ms
+ *   3. durable (fsync'd group commit) vs non-durable commit, paid route.     goal >= 0.9
+ *   4. verification path (digest + native recover + compare) vs a bare native ecdsaRecover loop. goal >= 0.8
+ *
+ * Run: npm run bench:payments   (TOLLWAY_BENCH_SECONDS=5 per run by default)
+ */
+import autocannon from "autocannon";
+import { spawn, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { keccak256, toHex, type Hex, type Address, hexToBytes } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { batchSettlementAbi } from "../node/chain/abi";
+import { deployTollway } from "../node/chain/deploy";
+import { encodeErc3009CollectorData, erc3009DepositNonce } from "../node/protocol/collectorData";
+import { createDigester } from "../node/protocol/fastDigest";
+import {
+  CANONICAL_ADDRESSES,
+  type ChannelConfig,
+  computeChannelId,
+  escrowDomain,
+  receiveWithAuthorizationTypes,
+} from "../node/protocol/typedData";
+import { HEADERS, encodeBase64Json } from "../node/protocol/wire";
+import { keccak256Fast, keccakReady, recoverSigner } from "../node/payee/recover";
+import { clientsFor, hardhatTestAccount, startChainNode } from "../test/helpers/chainNode";
+
+const secp = require("secp256k1/bindings") as {
+  ecdsaSign(msg: Uint8Array, key: Uint8Array): { signature: Uint8Array; recid: number };
+  ecdsaRecover(sig: Uint8Array, recid: number, msg: Uint8Array, compressed: boolean, out?: Uint8Array): Uint8Array;
+};
+
+const SECONDS = Number(process.env.TOLLWAY_BENCH_SECONDS ?? 5);
+const CONNECTIONS = 10;
+const CHANNELS = 16;
+const PRICE = 1_000n; // $0.001
+const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 11_000);
+
+type Channel = { id: Hex; headers: string[]; next: number; accept: Record<string, unknown>; busy: boolean };
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function startServer(env: Record<string, unknown>): Promise<{ proc: ChildProcess; port: number; stop(): Promise<string> }> {
+  const prof = process.env.TOLLWAY_BENCH_PROF ? ["--cpu-prof", "--cpu-prof-dir", process.env.TOLLWAY_BENCH_PROF] : [];
+  const proc = spawn(process.execPath, [...prof, "-r", "ts-node/register/transpile-only", path.join(__dirname, "payee-server.ts")], {
+    env: { ...process.env, TOLLWAY_BENCH: JSON.stringify(env) },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  children.push(proc);
+  let out = "";
+  const port = await new Promise<number>((resolve, reject) => {
+    proc.stdout!.on("data", (d) => {
+      out += String(d);
+      const m = /READY (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    proc.once("exit", (code) => reject(new Error(`bench server exited (${code})`)));
+  });
+  return {
+    proc,
+    port,
+    stop: () =>
+      new Promise((resolve) => {
+        proc.once("exit", () => resolve(out));
+        proc.kill("SIGTERM");
+      }),
+  };
+}
+
+type RunResult = { rps: number; p50: number; p99: number; non2xx: number; errors: number; total: number };
+
+async function run(url: string, channels: Channel[] | undefined, rate?: number): Promise<RunResult> {
+  // One request in flight per channel: a connection takes a free channel for each request.
+  for (const c of channels ?? []) c.busy = false;
+  const take = () => {
+    const ch = channels!.find((c) => !c.busy) ?? channels![0]!;
+    ch.busy = true;
+    return ch;
+  };
+  const result = await autocannon({
+    url,
+    connections: CONNECTIONS,
+    duration: SECONDS,
+    pipelining: 1,
+    ...(rate ? { overallRate: rate } : {}),
+    requests: [
+      channels
+        ? {
+            method: "GET",
+            setupRequest: (req: any, context: any) => {
+              // Never throw inside autocannon: an exhausted channel repeats its last voucher and the
+              // resulting 402s show up in non-2xx.
+              const ch = take();
+              context.ch = ch;
+              const header = ch.headers[Math.min(ch.next, ch.headers.length - 1)]!;
+              req.headers = { [HEADERS.paymentSignature]: header };
+              return req;
+            },
+            onResponse: (status: number, body: string, context: any) => {
+              const ch = context.ch as Channel;
+              if (status === 200) ch.next++;
+              else if (status === 402) {
+                // resynchronise from the corrective 402 (should not happen in a clean run)
+                try {
+                  const c = BigInt(JSON.parse(body).accepts[0].extra.channelState.chargedCumulativeAmount);
+                  ch.next = Number(c / PRICE);
+                } catch {
+                  /* keep */
+                }
+              }
+              ch.busy = false;
+            },
+          }
+        : { method: "GET" },
+    ],
+  } as autocannon.Options);
+  return {
+    rps: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    non2xx: result.non2xx,
+    errors: result.errors,
+    total: result.requests.total,
+  };
+}
+
+async function main() {
+  const t0 = Date.now();
+  await keccakReady;
+  const chain = await startChainNode();
+  children.push(chain.proc);
+  const deployer = hardhatTestAccount(0);
+  // A fresh local key for the payee (it sends no transaction in this benchmark).
+  const payeeKey = keccak256(toHex("tollway-bench-payee"));
+  const payeeAccount = privateKeyToAccount(payeeKey);
+  const relayer = hardhatTestAccount(2);
+  const { publicClient, walletClient } = clientsFor(chain.url, deployer);
+  const payers = Array.from({ length: CHANNELS }, (_, i) => privateKeyToAccount(keccak256(toHex(`bench-payer-${i}`))));
+  const deposit = PRICE * BigInt(VOUCHERS_PER_CHANNEL + 10);
+  const deployment = await deployTollway({
+    walletClient,
+    publicClient: publicClient as never,
+    canonical: true,
+    mintTestToken: { to: payers.map((p) => p.address), amount: deposit },
+  });
+  const domain = escrowDomain(31337, CANONICAL_ADDRESSES.batchSettlement);
+  const digester = createDigester(domain, keccak256Fast);
+  const token = deployment.token!;
+  const accept = {
+    scheme: "batch-settlement",
+    network: "eip155:31337",
+    amount: PRICE.toString(),
+    asset: token,
+    payTo: payeeAccount.address,
+    maxTimeoutSeconds: 3600,
+    extra: { receiverAuthorizer: payeeAccount.address, withdrawDelay: 900, name: "USDC", version: "2" },
+  };
+
+  // Deposits (gasless, relayed) and pre-signed vouchers, outside the timed part.
+  const relay = clientsFor(chain.url, relayer);
+  const channels: Channel[] = [];
+  for (let i = 0; i < CHANNELS; i++) {
+    const payer = payers[i]!;
+    const sessionKey = keccak256(toHex(`bench-session-${i}`));
+    const session = privateKeyToAccount(sessionKey);
+    const config: ChannelConfig = {
+      payer: payer.address,
+      payerAuthorizer: session.address,
+      receiver: payeeAccount.address,
+      receiverAuthorizer: payeeAccount.address,
+      token,
+      withdrawDelay: 900,
+      salt: toHex(i, { size: 32 }),
+    };
+    const id = computeChannelId(domain, config);
+    const salt = BigInt(keccak256(toHex(`bench-deposit-${i}`)));
+    const signature = await payer.signTypedData({
+      domain: { name: "USDC", version: "2", chainId: 31337, verifyingContract: token },
+      types: receiveWithAuthorizationTypes,
+      primaryType: "ReceiveWithAuthorization",
+      message: { from: payer.address, to: CANONICAL_ADDRESSES.erc3009DepositCollector, value: deposit, validAfter: 0n, validBefore: 2n ** 40n, nonce: erc3009DepositNonce(id, salt) },
+    });
+    const hash = await relay.walletClient.writeContract({
+      address: CANONICAL_ADDRESSES.batchSettlement,
+      abi: batchSettlementAbi,
+      functionName: "deposit",
+      args: [config, deposit, CANONICAL_ADDRESSES.erc3009DepositCollector, encodeErc3009CollectorData({ validAfter: 0n, validBefore: 2n ** 40n, salt: toHex(salt, { size: 32 }), signature })],
+    });
+    await relay.publicClient.waitForTransactionReceipt({ hash });
+    const key = hexToBytes(sessionKey);
+    const headers: string[] = [];
+    for (let k = 1; k <= VOUCHERS_PER_CHANNEL; k++) {
+      const max = PRICE * BigInt(k);
+      const { signature: sig, recid } = secp.ecdsaSign(digester.voucherDigest(id, max), key);
+      const sigHex = `0x${Buffer.from(sig).toString("hex")}${(recid + 27).toString(16)}`;
+      headers.push(encodeBase64Json({ x402Version: 2, accepted: accept, payload: { type: "voucher", channelConfig: config, voucher: { channelId: id, maxClaimableAmount: max.toString(), signature: sigHex } } }));
+    }
+    channels.push({ id, headers, next: 0, accept, busy: false });
+  }
+  const setupS = (Date.now() - t0) / 1000;
+
+  const storePath = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-bench-"));
+  const serverEnv = {
+    rpcUrl: chain.url,
+    escrow: deployment.escrow,
+    erc3009Collector: deployment.erc3009Collector,
+    token,
+    storePath,
+    price: "$0.001",
+    key: payeeKey,
+  };
+
+  // 1 + 2: durable server
+  let server = await startServer({ ...serverEnv, sync: true });
+  const base = `http://127.0.0.1:${server.port}`;
+  await run(`${base}/free`, undefined); // warm-up
+  const unpaid: RunResult[] = [];
+  const paid: RunResult[] = [];
+  for (let i = 0; i < 2; i++) {
+    unpaid.push(await run(`${base}/free`, undefined));
+    paid.push(await run(`${base}/paid`, channels));
+  }
+  const unpaidRps = median(unpaid.map((r) => r.rps));
+  const paidRps = median(paid.map((r) => r.rps));
+  const half = Math.max(1, Math.floor(paidRps / 2));
+  const unpaidHalf = await run(`${base}/free`, undefined, half);
+  const paidHalf = await run(`${base}/paid`, channels, half);
+  const durableOut = await server.stop();
+
+  // 3: non-durable server on the same store (the counters continue)
+  server = await startServer({ ...serverEnv, sync: false });
+  const nondurable = await run(`http://127.0.0.1:${server.port}/paid`, channels);
+  const nondurableHalf = await run(`http://127.0.0.1:${server.port}/paid`, channels, half);
+  await server.stop();
+  server = await startServer({ ...serverEnv, sync: true });
+  const durable2 = await run(`http://127.0.0.1:${server.port}/paid`, channels);
+  await server.stop();
+
+  // 4: verification microbench (in this process)
+  const n = 20_000;
+  const ch = channels[0]!;
+  const samples = ch.headers.slice(0, 1000).map((h) => JSON.parse(Buffer.from(h, "base64").toString()).payload.voucher);
+  const digests = samples.map((v: any) => digester.voucherDigest(v.channelId, BigInt(v.maxClaimableAmount)).slice());
+  const sigs = samples.map((v: any) => Buffer.from(v.signature.slice(2), "hex"));
+  const out = new Uint8Array(65);
+  const expected = (JSON.parse(Buffer.from(ch.headers[0]!, "base64").toString()).payload.channelConfig.payerAuthorizer as Address).toLowerCase();
+  let t = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) {
+    const j = i % 1000;
+    secp.ecdsaRecover(sigs[j]!.subarray(0, 64), sigs[j]![64]! - 27, digests[j]!, false, out);
+  }
+  const bareNs = Number(process.hrtime.bigint() - t) / n;
+  t = process.hrtime.bigint();
+  let ok = 0;
+  for (let i = 0; i < n; i++) {
+    const v = samples[i % 1000];
+    const signer = recoverSigner(digester.voucherDigest(v.channelId, BigInt(v.maxClaimableAmount)), v.signature);
+    if (signer === expected) ok++;
+  }
+  const pathNs = Number(process.hrtime.bigint() - t) / n;
+  if (ok !== n) throw new Error(`verification path rejected ${n - ok} valid vouchers`);
+
+  // 5: the disk's own fsync latency (context for the latency figures): 400 x (append 200 bytes + fdatasync)
+  const fsyncMs: number[] = [];
+  const fd = fs.openSync(path.join(storePath, "fsync-probe"), "a");
+  for (let i = 0; i < 400; i++) {
+    const a = process.hrtime.bigint();
+    fs.writeSync(fd, Buffer.alloc(200, i));
+    fs.fdatasyncSync(fd);
+    fsyncMs.push(Number(process.hrtime.bigint() - a) / 1e6);
+  }
+  fs.closeSync(fd);
+  fsyncMs.sort((a, b) => a - b);
+
+  await chain.stop();
+  fs.rmSync(storePath, { recursive: true, force: true });
+
+  const fmt = (x: number, d = 0) => x.toFixed(d);
+  const flushes = /FLUSHES (\d+)/.exec(durableOut)?.[1];
+  const paidTotal = paid.reduce((a, r) => a + r.total, 0) + paidHalf.total;
+  const lines = [
+    `Tollway payment benchmarks (${CONNECTIONS} connections, ${SECONDS} s per run, loopback; setup ${fmt(setupS, 1)} s)`,
+    ``,
+    `1. paid vs unpaid (median of 2 runs each)`,
+    `   unpaid GET /free   ${fmt(unpaidRps)} req/s   (runs: ${unpaid.map((r) => fmt(r.rps)).join(", ")})`,
+    `   paid   GET /paid   ${fmt(paidRps)} req/s   (runs: ${paid.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${paid.reduce((a, r) => a + r.non2xx, 0)}, errors ${paid.reduce((a, r) => a + r.errors, 0)})`,
+    `   ratio paid/unpaid  ${(paidRps / unpaidRps).toFixed(3)}   goal >= 0.45  ${paidRps / unpaidRps >= 0.45 ? "MET" : "NOT MET"}`,
+    ``,
+    `2. latency at half of the paid maximum (${half} req/s)`,
+    `   unpaid p50 ${unpaidHalf.p50} ms  p99 ${unpaidHalf.p99} ms`,
+    `   paid   p50 ${paidHalf.p50} ms  p99 ${paidHalf.p99} ms   (non-2xx ${paidHalf.non2xx})`,
+    `   paid, non-durable store: p50 ${nondurableHalf.p50} ms  p99 ${nondurableHalf.p99} ms`,
+    `   added  p50 ${(paidHalf.p50 - unpaidHalf.p50).toFixed(2)} ms  p99 ${(paidHalf.p99 - unpaidHalf.p99).toFixed(2)} ms   goal p99 <= 2 ms  ${paidHalf.p99 - unpaidHalf.p99 <= 2 ? "MET" : "NOT MET"}`,
+    ``,
+    `3. durable (fsync group commit) vs non-durable, paid route`,
+    `   non-durable ${fmt(nondurable.rps)} req/s   durable ${fmt(durable2.rps)} req/s (non-2xx ${nondurable.non2xx + durable2.non2xx})`,
+    `   ratio durable/non-durable ${(durable2.rps / nondurable.rps).toFixed(3)}   goal >= 0.9  ${durable2.rps / nondurable.rps >= 0.9 ? "MET" : "NOT MET"}`,
+    `   group commit: ${flushes ?? "?"} fsync'd batches for ${paidTotal} paid requests in the first server`,
+    ``,
+    `4. verification path vs bare native ecdsaRecover (${n} vouchers)`,
+    `   bare recover ${fmt(bareNs / 1000, 2)} us   verification path ${fmt(pathNs / 1000, 2)} us`,
+    `   ratio (bare/path throughput) ${(bareNs / pathNs).toFixed(3)}   goal >= 0.8  ${bareNs / pathNs >= 0.8 ? "MET" : "NOT MET"}`,
+    ``,
+    `5. this disk's fdatasync latency (append 200 B + fdatasync, 400 times): p50 ${fsyncMs[200]!.toFixed(2)} ms  p99 ${fsyncMs[396]!.toFixed(2)} ms`,
+  ];
+  console.log(lines.join("\n"));
+}
+
+const children: ChildProcess[] = [];
+process.on("exit", () => {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+});
+// A benchmark must stop by itself.
+setTimeout(() => {
+  console.error("benchmark exceeded 15 minutes; aborting");
+  process.exit(2);
+}, 15 * 60_000).unref();
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
