@@ -128,3 +128,40 @@ export class ChainError extends TollwayError {
     this.code = code;
   }
 }
+
+/** Why a payer refused to sign. */
+export type PolicyViolation =
+  | "no_matching_requirement"
+  | "max_per_request"
+  | "max_deposit"
+  | "budget"
+  | "pay_to_not_allowed"
+  | "asset_not_allowed"
+  | "channel_halted";
+
+/** The payer's policy forbids this payment; nothing was signed. */
+export class PolicyError extends TollwayError {
+  override name = "PolicyError";
+  constructor(
+    readonly violation: PolicyViolation,
+    shortMessage: string,
+    params: TollwayErrorParameters = {},
+  ) {
+    super(shortMessage, params);
+  }
+}
+
+/**
+ * The server broke a client verification rule of the scheme (overcharge, discontinuous cumulative,
+ * wrong channel, forged corrective voucher). The payer stops signing for that channel.
+ */
+export class ServerMisbehaviorError extends TollwayError {
+  override name = "ServerMisbehaviorError";
+  constructor(
+    readonly channelId: string,
+    shortMessage: string,
+    params: TollwayErrorParameters = {},
+  ) {
+    super(shortMessage, params);
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * wrapFetch: the x402 fetch-wrapper shape, paying batch-settlement requirements with a Payer.
+ *
+ * One round trip per paid request: the requirements accepted for a route (method + origin + path) are
+ * remembered, and later requests to it carry the payment up-front. The 402 exchange happens only on the
+ * first request, when the server's terms change, or after a corrective 402.
+ */
+import { ErrorCodes, PolicyError, TollwayError } from "../protocol/errors";
+import { HEADERS, decodeBase64Json, paymentRequirementsSchema, type PaymentRequirements } from "../protocol/wire";
+import type { Payer, PreparedPayment, SettleResponseBody } from "./payer";
+
+export type PaymentInfo = { channelId: string; charged: bigint; balance: bigint; kind: "deposit" | "voucher"; requirements: PaymentRequirements };
+
+export type WrapFetchOptions = {
+  /** Called after every verified paid response. */
+  onPayment?: (info: PaymentInfo, response: Response) => void;
+};
+
+type PaymentRequiredBody = { x402Version?: number; error?: string; accepts?: unknown[] };
+
+function routeKey(req: Request): string {
+  const u = new URL(req.url);
+  return `${req.method} ${u.origin}${u.pathname}`;
+}
+
+/**
+ * The "collection" a path belongs to (`GET http://host/articles/` for `/articles/42`): siblings usually
+ * share a price, so a request to an unseen article still pays up-front. If the guess is wrong the server
+ * answers 402 with its terms and nothing is charged; the voucher it saw is bounded by the policy.
+ */
+function collectionKey(req: Request): string {
+  const u = new URL(req.url);
+  return `${req.method} ${u.origin}${u.pathname.replace(/[^/]*$/, "")}`;
+}
+
+async function readPaymentRequired(res: Response): Promise<PaymentRequiredBody | undefined> {
+  const header = res.headers.get(HEADERS.paymentRequired);
+  try {
+    if (header) return decodeBase64Json(header, "PAYMENT-REQUIRED") as PaymentRequiredBody;
+    return (await res.clone().json()) as PaymentRequiredBody;
+  } catch {
+    return undefined;
+  }
+}
+
+function parseAccepts(body: PaymentRequiredBody): PaymentRequirements[] {
+  const out: PaymentRequirements[] = [];
+  for (const a of body.accepts ?? []) {
+    const r = paymentRequirementsSchema.safeParse(a);
+    if (r.success) out.push(r.data);
+  }
+  return out;
+}
+
+/**
+ * Wraps `fetch` so that 402 answers of batch-settlement servers are paid by `payer`, within its policy.
+ * @example const pay = wrapFetch(fetch, payer); const res = await pay("http://127.0.0.1:4020/articles/1")
+ */
+export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFetchOptions = {}): typeof fetch {
+  return async function tollwayFetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
+    const original = new Request(input, init);
+    const key = routeKey(original);
+    const collection = collectionKey(original);
+    const send = (header?: string) => {
+      const r = original.clone();
+      const headers = new Headers(r.headers);
+      if (header) headers.set(HEADERS.paymentSignature, header);
+      return fetchImpl(new Request(r, { headers }));
+    };
+
+    const payAndSend = async (requirements: PaymentRequirements): Promise<{ res: Response; prepared: PreparedPayment }> => {
+      const prepared = await payer.prepare(requirements);
+      let res: Response;
+      try {
+        res = await send(prepared.header);
+      } catch (e) {
+        prepared.release();
+        throw e;
+      }
+      return { res, prepared };
+    };
+
+    const finish = async (res: Response, prepared: PreparedPayment): Promise<Response | undefined> => {
+      const pr = res.headers.get(HEADERS.paymentResponse);
+      if (res.ok && pr) {
+        const body = decodeBase64Json(pr, "PAYMENT-RESPONSE") as SettleResponseBody;
+        const { charged, balance } = await payer.complete(prepared, body);
+        await payer.store.putRoute({ key, requirements: prepared.requirements, at: Date.now() });
+        await payer.store.putRoute({ key: collection, requirements: prepared.requirements, at: Date.now() });
+        options.onPayment?.({ channelId: prepared.channelId, charged, balance, kind: prepared.kind, requirements: prepared.requirements }, res);
+        return res;
+      }
+      prepared.release();
+      if (res.status !== 402) return res; // the handler failed: nothing was charged
+      return undefined; // a 402: the caller decides (corrective or changed terms)
+    };
+
+    // 1. Known route: pay up-front (one round trip).
+    let challenge: Response | undefined;
+    const memo = (await payer.store.getRoute(key)) ?? (await payer.store.getRoute(collection));
+    if (memo) {
+      const { res, prepared } = await payAndSend(memo.requirements);
+      const done = await finish(res, prepared);
+      if (done) return done;
+      challenge = res;
+      const body = await readPaymentRequired(res);
+      if (body?.error === ErrorCodes.cumulativeAmountMismatch) {
+        const extra = (body.accepts?.[0] as { extra?: Record<string, unknown> } | undefined)?.extra;
+        if (extra) await payer.correct(memo.requirements, extra);
+      } else {
+        await payer.store.deleteRoute(memo.key); // terms changed: fall back to the 402's requirements
+      }
+    } else {
+      challenge = await send();
+      if (challenge.status !== 402) return challenge;
+    }
+
+    // 2. The 402 exchange (at most two paid attempts: a corrective 402 resynchronises once).
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const body = await readPaymentRequired(challenge);
+      if (!body) return challenge;
+      const accepts = parseAccepts(body);
+      if (accepts.length === 0) return challenge;
+      const requirements = payer.select(accepts);
+      if (body.error === ErrorCodes.cumulativeAmountMismatch && requirements.extra.channelState) {
+        await payer.correct(requirements, requirements.extra as Record<string, unknown>);
+      }
+      const { res, prepared } = await payAndSend(stripCorrective(requirements));
+      const done = await finish(res, prepared);
+      if (done) return done;
+      challenge = res;
+    }
+    return challenge;
+  };
+}
+
+/** Requirements without the corrective-only fields, as remembered and echoed in `accepted`. */
+function stripCorrective(r: PaymentRequirements): PaymentRequirements {
+  const { channelState: _c, voucherState: _v, ...extra } = r.extra as Record<string, unknown>;
+  return { ...r, extra: extra as PaymentRequirements["extra"] };
+}
+
+export { PolicyError, TollwayError };
+
+/**
+ * Cooperative close: asks the payee behind `url` to refund the channel's unclaimed balance (all of it,
+ * or `amount`). Returns the refunded amount.
+ */
+export async function requestRefund(fetchImpl: typeof fetch, payer: Payer, url: string, amount?: bigint): Promise<bigint> {
+  const challenge = await fetchImpl(url);
+  const body = await readPaymentRequired(challenge);
+  if (challenge.status !== 402 || !body) throw new TollwayError(`expected a 402 from ${url}, got ${challenge.status}`);
+  const requirements = stripCorrective(payer.select(parseAccepts(body)));
+  const { header, channelId } = await payer.refundHeader(requirements, amount);
+  const res = await fetchImpl(url, { headers: { [HEADERS.paymentSignature]: header } });
+  const pr = res.headers.get(HEADERS.paymentResponse);
+  if (!res.ok || !pr) {
+    const err = (await readPaymentRequired(res))?.error;
+    throw new TollwayError(`refund refused (${res.status}${err ? `: ${err}` : ""})`);
+  }
+  const settled = decodeBase64Json(pr, "PAYMENT-RESPONSE") as SettleResponseBody;
+  await payer.refunded(channelId, settled);
+  return BigInt(settled.amount ?? "0");
+}

@@ -1,0 +1,432 @@
+/**
+ * The payer: opens channels and signs cumulative vouchers for x402 `batch-settlement`.
+ *
+ * Concurrency: requests through one payer on the same channel are serialized (a per-channel queue held
+ * from signing a voucher until its response is verified), because a cumulative voucher is only valid
+ * for the charge that immediately follows the previous one. Parallel requests to different payees run
+ * in parallel. A caller that needs parallelism towards one payee creates payers with different salts
+ * (one channel each).
+ */
+import {
+  type Account,
+  type Address,
+  type Chain,
+  type Hex,
+  type PublicClient,
+  type Transport,
+  type WalletClient,
+  keccak256,
+  recoverTypedDataAddress,
+  toHex,
+  zeroAddress,
+  getAddress,
+} from "viem";
+import { batchSettlementAbi } from "../chain/abi";
+import { PolicyError, ServerMisbehaviorError, TollwayError } from "../protocol/errors";
+import { erc3009DepositNonce } from "../protocol/collectorData";
+import {
+  BATCH_SETTLEMENT_SCHEME,
+  CANONICAL_ADDRESSES,
+  type ChannelConfig,
+  computeChannelId,
+  escrowDomain,
+  receiveWithAuthorizationTypes,
+  voucherTypes,
+  type EscrowDomain,
+} from "../protocol/typedData";
+import { encodeBase64Json, requirementsToWire, type PaymentRequirements } from "../protocol/wire";
+import type { PayerChannel, PayerStore } from "./store";
+
+/** Anything that signs EIP-712 typed data: a viem LocalAccount or a wallet client (EIP-1193 in browsers). */
+export type TypedDataSigner =
+  | { address: Address; signTypedData: (args: any) => Promise<Hex> }
+  | WalletClient<Transport, Chain | undefined, Account>;
+
+export type PayerPolicy = {
+  /** Most one request may cost (atomic units). */
+  maxPerRequest?: bigint;
+  /** Largest single deposit. */
+  maxDeposit?: bigint;
+  /** A new deposit covers this many requests at the current price (default 50). */
+  depositMultiplier?: number;
+  /** Most this payer pays in total over all channels (atomic units). */
+  budget?: bigint;
+  allowedPayTo?: readonly Address[];
+  allowedAssets?: readonly Address[];
+};
+
+export type CreatePayerParameters = {
+  /** Owns the funds: signs deposits (ERC-3009) and, without a session key, vouchers. */
+  account: TypedDataSigner;
+  /** The channel's payer when it is not `account` (an ERC-1271 smart wallet that `account` controls). */
+  payerAddress?: Address;
+  /** A hot key that becomes the channel's payerAuthorizer and signs vouchers silently. */
+  sessionKey?: { address: Address; signTypedData: (args: any) => Promise<Hex> };
+  store: PayerStore;
+  chainId: number;
+  escrow?: Address;
+  erc3009Collector?: Address;
+  /** Reads the chain for recovery after state loss (optional). */
+  publicClient?: PublicClient<Transport, Chain>;
+  /** Sends initiateWithdraw / finalizeWithdraw (the payer's own transactions). */
+  walletClient?: WalletClient<Transport, Chain, Account>;
+  /** Distinguishes this payer's channels from its others with the same payee (default 0). */
+  salt?: Hex;
+  policy?: PayerPolicy;
+};
+
+export type PreparedPayment = {
+  header: string;
+  channelId: Hex;
+  requirements: PaymentRequirements;
+  kind: "deposit" | "voucher";
+  max: bigint;
+  deposit?: bigint;
+  /** Releases the channel without recording a charge. */
+  release(): void;
+};
+
+/** The PAYMENT-RESPONSE (settle response) a payer checks. */
+export type SettleResponseBody = {
+  success: boolean;
+  transaction?: string;
+  amount?: string;
+  extra?: { chargedAmount?: string; channelState?: { channelId: string; balance: string; totalClaimed?: string; chargedCumulativeAmount?: string } };
+};
+
+class Queue {
+  private tails = new Map<string, Promise<void>>();
+  async acquire(key: string): Promise<() => void> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const tail = prev.then(() => mine);
+    this.tails.set(key, tail);
+    await prev;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      release();
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    };
+  }
+}
+
+async function signTyped(signer: TypedDataSigner, args: any): Promise<Hex> {
+  if ("transport" in signer) return signer.signTypedData({ account: signer.account!, ...args });
+  return signer.signTypedData(args);
+}
+
+function signerAddress(signer: TypedDataSigner): Address {
+  return "transport" in signer ? signer.account!.address : signer.address;
+}
+
+export class Payer {
+  readonly payer: Address;
+  readonly payerAuthorizer: Address;
+  readonly domain: EscrowDomain;
+  readonly network: string;
+  readonly policy: PayerPolicy;
+  private readonly queue = new Queue();
+  private readonly escrow: Address;
+  private readonly collector: Address;
+  private readonly salt: Hex;
+
+  constructor(readonly params: CreatePayerParameters) {
+    this.escrow = params.escrow ?? CANONICAL_ADDRESSES.batchSettlement;
+    this.collector = params.erc3009Collector ?? CANONICAL_ADDRESSES.erc3009DepositCollector;
+    this.domain = escrowDomain(params.chainId, this.escrow);
+    this.network = `eip155:${params.chainId}`;
+    const owner = signerAddress(params.account);
+    this.payer = getAddress(params.payerAddress ?? owner);
+    this.payerAuthorizer = params.sessionKey
+      ? getAddress(params.sessionKey.address)
+      : params.payerAddress && getAddress(params.payerAddress) !== getAddress(owner)
+        ? zeroAddress // smart wallet: vouchers are checked by ERC-1271 on the payer
+        : this.payer;
+    this.salt = params.salt ?? toHex(0, { size: 32 });
+    this.policy = params.policy ?? {};
+  }
+
+  get store(): PayerStore {
+    return this.params.store;
+  }
+
+  /** The channel config this payer uses with a payee's requirements. */
+  configFor(r: PaymentRequirements): ChannelConfig {
+    return {
+      payer: this.payer,
+      payerAuthorizer: this.payerAuthorizer,
+      receiver: r.payTo,
+      receiverAuthorizer: r.extra.receiverAuthorizer,
+      token: r.asset,
+      withdrawDelay: r.extra.withdrawDelay,
+      salt: this.salt,
+    };
+  }
+
+  channelIdFor(r: PaymentRequirements): Hex {
+    return computeChannelId(this.domain, this.configFor(r));
+  }
+
+  /** Picks the batch-settlement requirement on this payer's network that its policy allows. */
+  select(accepts: readonly PaymentRequirements[]): PaymentRequirements {
+    const p = this.policy;
+    const candidates = accepts.filter((a) => a.scheme === BATCH_SETTLEMENT_SCHEME && a.network === this.network);
+    if (candidates.length === 0) {
+      throw new PolicyError("no_matching_requirement", `no batch-settlement requirement on ${this.network}`);
+    }
+    let lastError: PolicyError | undefined;
+    for (const a of candidates) {
+      try {
+        this.checkPolicy(a);
+        return a;
+      } catch (e) {
+        lastError = e as PolicyError;
+      }
+    }
+    throw lastError!;
+  }
+
+  private checkPolicy(a: PaymentRequirements) {
+    const p = this.policy;
+    if (p.allowedPayTo && !p.allowedPayTo.some((x) => getAddress(x) === a.payTo)) {
+      throw new PolicyError("pay_to_not_allowed", `payTo ${a.payTo} is not in the allowed list`);
+    }
+    if (p.allowedAssets && !p.allowedAssets.some((x) => getAddress(x) === a.asset)) {
+      throw new PolicyError("asset_not_allowed", `asset ${a.asset} is not in the allowed list`);
+    }
+    if (p.maxPerRequest !== undefined && a.amount > p.maxPerRequest) {
+      throw new PolicyError("max_per_request", `price ${a.amount} exceeds the maximum per request ${p.maxPerRequest}`);
+    }
+  }
+
+  /**
+   * Signs the payment for one request under `r` (a voucher, or a deposit plus voucher when the channel
+   * is missing or too low) and holds the channel until `complete` or `release`.
+   */
+  async prepare(r: PaymentRequirements): Promise<PreparedPayment> {
+    this.checkPolicy(r);
+    const config = this.configFor(r);
+    const channelId = computeChannelId(this.domain, config);
+    const release = await this.queue.acquire(channelId);
+    try {
+      const ch = await this.loadChannel(channelId, config);
+      if (ch.halted) throw new PolicyError("channel_halted", `channel ${channelId} is halted: ${ch.halted}`);
+      if (this.policy.budget !== undefined) {
+        const spent = (await this.store.channels()).reduce((s, c) => s + c.spent, 0n);
+        if (spent + r.amount > this.policy.budget) {
+          throw new PolicyError("budget", `paying ${r.amount} would exceed the budget ${this.policy.budget} (spent ${spent})`);
+        }
+      }
+      const max = ch.charged + r.amount;
+      let deposit: bigint | undefined;
+      if (max > ch.balance) {
+        const needed = max - ch.balance;
+        const target = r.amount * BigInt(this.policy.depositMultiplier ?? 50);
+        deposit = target > needed ? target : needed;
+        if (this.policy.maxDeposit !== undefined && deposit > this.policy.maxDeposit) {
+          if (needed > this.policy.maxDeposit) {
+            throw new PolicyError("max_deposit", `a deposit of at least ${needed} is needed; the maximum is ${this.policy.maxDeposit}`);
+          }
+          deposit = this.policy.maxDeposit;
+        }
+      }
+      const voucher = await this.signVoucher(channelId, max);
+      const payload = deposit
+        ? {
+            type: "deposit",
+            channelConfig: config,
+            voucher,
+            deposit: { amount: deposit.toString(), authorization: { erc3009Authorization: await this.signDeposit(r, config, channelId, deposit) } },
+          }
+        : { type: "voucher", channelConfig: config, voucher };
+      if (max > ch.signedMax) {
+        await this.store.putChannel({ ...ch, signedMax: max, updatedAt: Date.now() });
+      }
+      const header = encodeBase64Json({ x402Version: 2, accepted: requirementsToWire(r), payload });
+      return { header, channelId, requirements: r, kind: deposit ? "deposit" : "voucher", max, deposit, release };
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+
+  /**
+   * Applies the scheme's client verification rules to a paid response and records the charge; on a
+   * violation the channel is halted and ServerMisbehaviorError thrown. Releases the channel.
+   */
+  async complete(p: PreparedPayment, body: SettleResponseBody): Promise<{ charged: bigint; balance: bigint }> {
+    try {
+      const ch = (await this.store.getChannel(p.channelId))!;
+      const state = body.extra?.channelState;
+      const charged = body.extra?.chargedAmount !== undefined ? BigInt(body.extra.chargedAmount) : undefined;
+      const halt = async (why: string): Promise<never> => {
+        await this.store.putChannel({ ...ch, halted: why, updatedAt: Date.now() });
+        throw new ServerMisbehaviorError(p.channelId, why);
+      };
+      if (!body.success || charged === undefined || !state) return halt("paid response without chargedAmount and channelState");
+      if (charged > p.requirements.amount) return halt(`charged ${charged} exceeds the price ${p.requirements.amount}`);
+      if (state.channelId.toLowerCase() !== p.channelId.toLowerCase()) return halt(`response is for channel ${state.channelId}`);
+      const cumulative = BigInt(state.chargedCumulativeAmount ?? "-1");
+      if (cumulative !== ch.charged + charged) return halt(`cumulative ${cumulative} is not ${ch.charged} + ${charged}`);
+      const balance = BigInt(state.balance);
+      if (balance < cumulative) return halt(`balance ${balance} is below the charged ${cumulative}`);
+      if (p.deposit !== undefined && (body.amount !== p.deposit.toString() || !body.transaction)) {
+        return halt(`deposit of ${p.deposit} not confirmed by the response (amount ${body.amount})`);
+      }
+      await this.store.putChannel({ ...ch, charged: cumulative, balance, spent: ch.spent + charged, updatedAt: Date.now() });
+      return { charged, balance };
+    } finally {
+      p.release();
+    }
+  }
+
+  /**
+   * Adopts the server's state from a corrective 402, but only if its proof is the payer's own signature
+   * over the claimed cumulative amount (or the amount equals what is claimed on chain).
+   */
+  async correct(r: PaymentRequirements, extra: Record<string, any>): Promise<void> {
+    const config = this.configFor(r);
+    const channelId = computeChannelId(this.domain, config);
+    const release = await this.queue.acquire(channelId);
+    try {
+      const ch = await this.loadChannel(channelId, config);
+      const state = extra.channelState;
+      if (!state || String(state.channelId).toLowerCase() !== channelId.toLowerCase()) {
+        throw new ServerMisbehaviorError(channelId, "corrective 402 without this channel's state");
+      }
+      const claimed = BigInt(state.chargedCumulativeAmount);
+      const balance = BigInt(state.balance);
+      const onchainClaimed = BigInt(state.totalClaimed ?? "0");
+      const proof = extra.voucherState as { signedMaxClaimable?: string; signature?: Hex } | undefined;
+      let ok = false;
+      if (proof?.signature && proof.signedMaxClaimable !== undefined) {
+        const signedMax = BigInt(proof.signedMaxClaimable);
+        ok = claimed <= signedMax && (await this.isOwnVoucher(channelId, signedMax, proof.signature));
+      } else {
+        ok = claimed === onchainClaimed;
+      }
+      if (!ok) {
+        throw new ServerMisbehaviorError(channelId, `corrective 402 claims ${claimed} without a valid voucher of ours`);
+      }
+      await this.store.putChannel({ ...ch, charged: claimed, balance, signedMax: claimed > ch.signedMax ? claimed : ch.signedMax, updatedAt: Date.now() });
+    } finally {
+      release();
+    }
+  }
+
+  /** The refund payload (cooperative close) for the channel under `r`; `amount` omitted = full refund. */
+  async refundHeader(r: PaymentRequirements, amount?: bigint): Promise<{ header: string; channelId: Hex }> {
+    const config = this.configFor(r);
+    const channelId = computeChannelId(this.domain, config);
+    const ch = await this.loadChannel(channelId, config);
+    const voucher = await this.signVoucher(channelId, ch.charged);
+    const payload = { type: "refund", channelConfig: config, voucher, ...(amount !== undefined ? { amount: amount.toString() } : {}) };
+    return { header: encodeBase64Json({ x402Version: 2, accepted: requirementsToWire(r), payload }), channelId };
+  }
+
+  /** Records a completed refund (the server's post-refund channel state). */
+  async refunded(channelId: Hex, body: SettleResponseBody): Promise<void> {
+    const ch = await this.store.getChannel(channelId);
+    if (!ch || !body.success) return;
+    const balance = BigInt(body.extra?.channelState?.balance ?? ch.balance);
+    await this.store.putChannel({ ...ch, balance, updatedAt: Date.now() });
+  }
+
+  /** The timed withdrawal, for when the payee does not cooperate: initiate, then finalize after the delay. */
+  async initiateWithdraw(config: ChannelConfig, amount: bigint): Promise<Hex> {
+    const w = this.requireWallet();
+    const hash = await w.writeContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [config, amount], chain: w.chain, account: w.account });
+    await this.params.publicClient?.waitForTransactionReceipt({ hash });
+    return hash;
+  }
+
+  async finalizeWithdraw(config: ChannelConfig): Promise<Hex> {
+    const w = this.requireWallet();
+    const hash = await w.writeContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "finalizeWithdraw", args: [config], chain: w.chain, account: w.account });
+    await this.params.publicClient?.waitForTransactionReceipt({ hash });
+    const id = computeChannelId(this.domain, config);
+    const ch = await this.store.getChannel(id);
+    if (ch && this.params.publicClient) {
+      const [balance] = await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [id] });
+      await this.store.putChannel({ ...ch, balance, updatedAt: Date.now() });
+    }
+    return hash;
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  private requireWallet() {
+    if (!this.params.walletClient) throw new TollwayError("a walletClient is needed for on-chain withdrawals");
+    return this.params.walletClient;
+  }
+
+  private async loadChannel(channelId: Hex, config: ChannelConfig): Promise<PayerChannel> {
+    const known = await this.store.getChannel(channelId);
+    if (known) return known;
+    // Cold start: the channel id is deterministic; the chain says what is deposited and claimed.
+    let balance = 0n;
+    let totalClaimed = 0n;
+    if (this.params.publicClient) {
+      [balance, totalClaimed] = await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] });
+    }
+    const ch: PayerChannel = { channelId, config, network: this.network, charged: totalClaimed, signedMax: totalClaimed, balance, spent: 0n, updatedAt: Date.now() };
+    await this.store.putChannel(ch);
+    return ch;
+  }
+
+  private voucherSigner() {
+    return this.params.sessionKey ?? this.params.account;
+  }
+
+  private async signVoucher(channelId: Hex, max: bigint) {
+    const signature = await signTyped(this.voucherSigner(), {
+      domain: this.domain,
+      types: voucherTypes,
+      primaryType: "Voucher",
+      message: { channelId, maxClaimableAmount: max },
+    });
+    return { channelId, maxClaimableAmount: max.toString(), signature };
+  }
+
+  private async isOwnVoucher(channelId: Hex, max: bigint, signature: Hex): Promise<boolean> {
+    try {
+      const signer = await recoverTypedDataAddress({
+        domain: this.domain,
+        types: voucherTypes,
+        primaryType: "Voucher",
+        message: { channelId, maxClaimableAmount: max },
+        signature,
+      });
+      return getAddress(signer) === getAddress(signerAddress(this.voucherSigner()));
+    } catch {
+      return false;
+    }
+  }
+
+  private async signDeposit(r: PaymentRequirements, config: ChannelConfig, channelId: Hex, amount: bigint) {
+    if (!r.extra.name || !r.extra.version) {
+      throw new PolicyError("no_matching_requirement", "the requirement lacks the token's EIP-712 name and version");
+    }
+    const salt = keccak256(toHex(`${channelId}:${amount}:${Date.now()}:${Math.random()}`));
+    const now = Math.floor(Date.now() / 1000);
+    const validBefore = BigInt(now + Math.max(60, Math.min(r.maxTimeoutSeconds, 3600)));
+    const signature = await signTyped(this.params.account, {
+      domain: { name: r.extra.name, version: r.extra.version, chainId: this.params.chainId, verifyingContract: r.asset },
+      types: receiveWithAuthorizationTypes,
+      primaryType: "ReceiveWithAuthorization",
+      message: { from: config.payer, to: this.collector, value: amount, validAfter: 0n, validBefore, nonce: erc3009DepositNonce(channelId, BigInt(salt)) },
+    });
+    return { validAfter: "0", validBefore: validBefore.toString(), salt, signature };
+  }
+}
+
+/**
+ * Creates a payer.
+ * @example const payer = createPayer({ account, sessionKey, store: await openPayerStore(".tollway/payer"), chainId: 31337 })
+ */
+export function createPayer(params: CreatePayerParameters): Payer {
+  return new Payer(params);
+}

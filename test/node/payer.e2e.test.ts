@@ -1,0 +1,237 @@
+import { expect } from "chai";
+import express from "express";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { AddressInfo } from "node:net";
+import { keccak256, toHex, type LocalAccount, type Hex } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { createPayer, type Payer } from "../../node/payer/payer";
+import { openPayerStore, MemoryPayerStore, type PayerStore } from "../../node/payer/store";
+import { wrapFetch, requestRefund } from "../../node/payer/fetch";
+import { PolicyError, ServerMisbehaviorError } from "../../node/protocol/errors";
+import { HEADERS, encodeBase64Json } from "../../node/protocol/wire";
+import { clientsFor } from "../helpers/chainNode";
+import { startChain, startPayee } from "../helpers/payeeHarness";
+
+const PRICE = 10_000n;
+
+describe("payer: Tollway's client pays per request (real chain, real payee node, LevelDB)", function () {
+  this.timeout(240_000);
+  let ctx: Awaited<ReturnType<typeof startChain>>;
+  let node: Awaited<ReturnType<typeof startPayee>>;
+  const routes = { "GET /articles/:id": "$0.01", "GET /pricey": "$2" };
+
+  before(async () => {
+    ctx = await startChain();
+    node = await startPayee(ctx, routes, (app) => {
+      app.get("/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
+      app.get("/pricey", (_req, res) => void res.send("pricey"));
+    });
+  });
+  after(async () => {
+    await node?.stop();
+    await ctx?.chain.stop();
+  });
+
+  function counting() {
+    const calls: Array<{ url: string; paid: boolean }> = [];
+    const f: typeof fetch = async (input, init) => {
+      const req = new Request(input as RequestInfo, init);
+      calls.push({ url: req.url, paid: req.headers.has(HEADERS.paymentSignature) });
+      return fetch(req);
+    };
+    return { f, calls };
+  }
+
+  function makePayer(store: PayerStore, account: LocalAccount, session: string, policy = {}) {
+    const { publicClient, walletClient } = clientsFor(ctx.chain.url, account);
+    return createPayer({
+      account,
+      sessionKey: privateKeyToAccount(keccak256(toHex(session))),
+      store,
+      chainId: 31337,
+      publicClient: publicClient as never,
+      walletClient: walletClient as never,
+      policy: { maxPerRequest: 50_000n, maxDeposit: 5_000_000n, depositMultiplier: 300, ...policy },
+    });
+  }
+
+  async function tokenBalance(a: Hex) {
+    return node.payee.opts.publicClient.readContract({
+      address: ctx.deployment.token!,
+      abi: [{ type: "function", name: "balanceOf", stateMutability: "view", inputs: [{ name: "a", type: "address" }], outputs: [{ name: "", type: "uint256" }] }] as const,
+      functionName: "balanceOf",
+      args: [a],
+    });
+  }
+
+  it("open -> 200 paid requests (one round trip each) -> client restart -> continue without overpaying -> refund to the unit", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-payer-"));
+    const account = ctx.payers[0] as LocalAccount;
+    const before = await tokenBalance(account.address);
+    let store = await openPayerStore(dir);
+    let payer = makePayer(store, account, "payer-a");
+    const { f, calls } = counting();
+    let pay = wrapFetch(f, payer);
+    for (let i = 0; i < 120; i++) {
+      const res = await pay(`${node.url}/articles/${i}`);
+      expect(res.status).to.equal(200);
+      expect(await res.text()).to.equal(`article ${i}`);
+    }
+    // first request: unpaid + paid (402 exchange); every later one: a single paid request
+    expect(calls.length).to.equal(121);
+    expect(calls.filter((c) => !c.paid).length).to.equal(1);
+
+    // restart the client: a new process would reopen the same LevelDB
+    await store.close();
+    store = await openPayerStore(dir);
+    payer = makePayer(store, account, "payer-a");
+    pay = wrapFetch(f, payer);
+    for (let i = 120; i < 200; i++) expect((await pay(`${node.url}/articles/${i}`)).status).to.equal(200);
+    expect(calls.length).to.equal(201); // still one round trip each, no corrective needed
+    const [ch] = await store.channels();
+    expect(ch!.charged).to.equal(200n * PRICE);
+    expect(ch!.spent).to.equal(200n * PRICE);
+    const rec = await node.store.getChannel(ch!.channelId);
+    expect(rec!.chargedCumulative).to.equal(200n * PRICE);
+
+    const refunded = await requestRefund(fetch, payer, `${node.url}/articles/0`);
+    expect(refunded).to.equal(300n * PRICE - 200n * PRICE);
+    expect(before - (await tokenBalance(account.address))).to.equal(200n * PRICE);
+    await store.close();
+  });
+
+  it("parallel requests through one payer serialize on the channel: each charged exactly once", async () => {
+    const store = new MemoryPayerStore();
+    const payer = makePayer(store, ctx.payers[1] as LocalAccount, "payer-b");
+    const pay = wrapFetch(fetch, payer);
+    expect((await pay(`${node.url}/articles/first`)).status).to.equal(200);
+    const results = await Promise.all(Array.from({ length: 25 }, (_, i) => pay(`${node.url}/articles/p${i}`)));
+    expect(results.map((r) => r.status)).to.deep.equal(Array(25).fill(200));
+    const [ch] = await store.channels();
+    expect(ch!.charged).to.equal(26n * PRICE);
+    expect((await node.store.getChannel(ch!.channelId))!.chargedCumulative).to.equal(26n * PRICE);
+  });
+
+  it("after losing its state the client recovers from the chain and a verified corrective 402", async () => {
+    const account = ctx.payers[2] as LocalAccount;
+    const first = makePayer(new MemoryPayerStore(), account, "payer-c");
+    const pay1 = wrapFetch(fetch, first);
+    for (let i = 0; i < 3; i++) expect((await pay1(`${node.url}/articles/${i}`)).status).to.equal(200);
+    const amnesiac = makePayer(new MemoryPayerStore(), account, "payer-c"); // same keys, empty store
+    const { f, calls } = counting();
+    const res = await wrapFetch(f, amnesiac)(`${node.url}/articles/again`);
+    expect(res.status).to.equal(200);
+    expect(calls.map((c) => c.paid)).to.deep.equal([false, true, true]); // 402, corrective 402, paid
+    const [ch] = await amnesiac.store.channels();
+    expect(ch!.charged).to.equal(4n * PRICE); // not a unit more
+  });
+
+  it("policy: refuses a price above maxPerRequest and a deposit above maxDeposit, signing nothing", async () => {
+    const payer = makePayer(new MemoryPayerStore(), ctx.payers[3] as LocalAccount, "payer-d", { maxPerRequest: 1_000_000n, maxDeposit: 1_000_000n });
+    const { f, calls } = counting();
+    const pay = wrapFetch(f, payer);
+    try {
+      await pay(`${node.url}/pricey`);
+      expect.fail("should refuse");
+    } catch (e) {
+      expect(e).to.be.instanceOf(PolicyError);
+      expect((e as PolicyError).violation).to.equal("max_per_request");
+    }
+    expect(calls.every((c) => !c.paid)).to.equal(true);
+    const strict = makePayer(new MemoryPayerStore(), ctx.payers[3] as LocalAccount, "payer-d2", { maxPerRequest: 5_000_000n, maxDeposit: 1_000_000n });
+    const err = await wrapFetch(f, strict)(`${node.url}/pricey`).catch((e) => e);
+    expect(err).to.be.instanceOf(PolicyError);
+    expect(err.violation).to.equal("max_deposit");
+    expect(calls.every((c) => !c.paid)).to.equal(true);
+  });
+
+  it("the timed withdrawal returns the unclaimed rest when the payee does not cooperate", async () => {
+    const account = ctx.payers[4] as LocalAccount;
+    const payer = makePayer(new MemoryPayerStore(), account, "payer-e");
+    const pay = wrapFetch(fetch, payer);
+    for (let i = 0; i < 2; i++) expect((await pay(`${node.url}/articles/${i}`)).status).to.equal(200);
+    const [ch] = await payer.store.channels();
+    const before = await tokenBalance(account.address);
+    await payer.initiateWithdraw(ch!.config, ch!.balance); // nothing claimed yet: the whole balance
+    await ctx.testClient.increaseTime({ seconds: 901 });
+    await ctx.testClient.mine({ blocks: 1 });
+    await payer.finalizeWithdraw(ch!.config);
+    // the payee never claimed: the payer gets everything back (the payee bears unclaimed vouchers)
+    expect((await tokenBalance(account.address)) - before).to.equal(ch!.balance);
+  });
+});
+
+describe("payer: hostile 402s are refused with a typed error and nothing is signed", function () {
+  this.timeout(60_000);
+  let url: string;
+  let server: import("node:http").Server;
+  let respond: (req: express.Request, res: express.Response) => void = () => undefined;
+  const signedHeaders: string[] = [];
+  const token = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+  const payTo = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+  const base = { scheme: "batch-settlement", network: "eip155:31337", amount: "10000", asset: token, payTo, maxTimeoutSeconds: 60, extra: { receiverAuthorizer: payTo, withdrawDelay: 900, name: "USDC", version: "2" } };
+
+  before(async () => {
+    const app = express();
+    app.use((req, res) => {
+      const h = req.headers["payment-signature"];
+      if (typeof h === "string") signedHeaders.push(h);
+      respond(req, res);
+    });
+    server = await new Promise((r) => {
+      const s = app.listen(0, "127.0.0.1", () => r(s));
+    });
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/x`;
+  });
+  after(() => server?.close());
+
+  function payer(policy = {}): Payer {
+    return createPayer({
+      account: privateKeyToAccount(keccak256(toHex("hostile-owner"))),
+      sessionKey: privateKeyToAccount(keccak256(toHex("hostile-session"))),
+      store: new MemoryPayerStore(),
+      chainId: 31337,
+      policy: { maxPerRequest: 100_000n, allowedAssets: [token], allowedPayTo: [payTo], ...policy },
+    });
+  }
+  const send402 = (accepts: unknown[], error?: string) => (_req: express.Request, res: express.Response) => {
+    const body = { x402Version: 2, error, resource: { url }, accepts };
+    res.status(402).set(HEADERS.paymentRequired, encodeBase64Json(body)).json(body);
+  };
+
+  const cases: Array<[string, unknown[], string]> = [
+    ["asset outside policy", [{ ...base, asset: "0x0000000000000000000000000000000000000bad" }], "asset_not_allowed"],
+    ["payTo outside policy", [{ ...base, payTo: "0x0000000000000000000000000000000000000bad" }], "pay_to_not_allowed"],
+    ["price above max", [{ ...base, amount: "100001" }], "max_per_request"],
+    ["wrong network", [{ ...base, network: "eip155:1" }], "no_matching_requirement"],
+    ["another scheme", [{ ...base, scheme: "exact" }], "no_matching_requirement"],
+  ];
+  for (const [name, accepts, violation] of cases) {
+    it(`${name} -> PolicyError(${violation})`, async () => {
+      respond = send402(accepts);
+      const before = signedHeaders.length;
+      const err = await wrapFetch(fetch, payer())(url).catch((e) => e);
+      expect(err).to.be.instanceOf(PolicyError);
+      expect(err.violation).to.equal(violation);
+      expect(signedHeaders.length).to.equal(before);
+    });
+  }
+
+  it("a corrective 402 with a forged voucher proof -> ServerMisbehaviorError, no voucher for the claimed state", async () => {
+    const p = payer();
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    const forger = privateKeyToAccount(keccak256(toHex("forger")));
+    const forged = await forger.signTypedData({ domain: p.domain, types: { Voucher: [{ name: "channelId", type: "bytes32" }, { name: "maxClaimableAmount", type: "uint128" }] }, primaryType: "Voucher", message: { channelId, maxClaimableAmount: 900_000n } });
+    respond = send402(
+      [{ ...base, extra: { ...base.extra, channelState: { channelId, balance: "1000000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "900000" }, voucherState: { signedMaxClaimable: "900000", signature: forged } } }],
+      "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+    );
+    const before = signedHeaders.length;
+    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    expect(signedHeaders.length).to.equal(before);
+    expect((await p.store.channels())[0]?.charged ?? 0n).to.equal(0n);
+  });
+});
