@@ -168,7 +168,7 @@ export function decodeBase64Json(value: string, what: string): unknown {
   if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(compact) || compact.length === 0) {
     throw new WireFormatError(ErrorCodes.invalidPayment, `${what} is not valid base64`);
   }
-  const text = Buffer.from(compact, "base64").toString("utf8");
+  const text = base64ToUtf8(compact);
   try {
     return JSON.parse(text);
   } catch (cause) {
@@ -177,7 +177,27 @@ export function decodeBase64Json(value: string, what: string): unknown {
 }
 
 export function encodeBase64Json(value: unknown): string {
-  return Buffer.from(JSON.stringify(value), "utf8").toString("base64");
+  return utf8ToBase64(JSON.stringify(value));
+}
+
+// The codec runs in Node (Buffer, fast) and in browsers (atob / btoa over UTF-8 bytes).
+const NodeBuffer = (globalThis as { Buffer?: typeof Buffer }).Buffer;
+
+function utf8ToBase64(text: string): string {
+  if (NodeBuffer) return NodeBuffer.from(text, "utf8").toString("base64");
+  const bytes = new TextEncoder().encode(text);
+  let bin = "";
+  for (let i = 0; i < bytes.length; i++) bin += String.fromCharCode(bytes[i]!);
+  return btoa(bin);
+}
+
+function base64ToUtf8(b64: string): string {
+  if (NodeBuffer) return NodeBuffer.from(b64, "base64").toString("utf8");
+  const std = b64.replace(/-/g, "+").replace(/_/g, "/");
+  const bin = atob(std + "=".repeat((4 - (std.length % 4)) % 4));
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return new TextDecoder().decode(bytes);
 }
 
 /**
@@ -185,7 +205,8 @@ export function encodeBase64Json(value: unknown): string {
  * Throws WireFormatError (400) with the spec's error code for anything malformed.
  */
 export function decodePaymentSignature(header: string): PaymentPayload {
-  if (Buffer.byteLength(header, "utf8") > MAX_HEADER_BYTES) {
+  const bytes = NodeBuffer ? NodeBuffer.byteLength(header, "utf8") : new TextEncoder().encode(header).length;
+  if (bytes > MAX_HEADER_BYTES) {
     throw new WireFormatError(ErrorCodes.headerTooLarge, `PAYMENT-SIGNATURE is larger than ${MAX_HEADER_BYTES} bytes`);
   }
   const raw = decodeBase64Json(header, "PAYMENT-SIGNATURE");

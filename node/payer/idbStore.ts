@@ -1,0 +1,73 @@
+/**
+ * PayerStore on IndexedDB (browsers): channel state and remembered routes survive reloads, so a reader
+ * neither pays twice nor re-deposits after closing the tab. Also keeps the session key.
+ */
+import type { Hex } from "viem";
+import type { PayerChannel, PayerStore, RouteMemo } from "./store";
+
+const BIG = ["charged", "signedMax", "balance", "spent"] as const;
+
+function req<T>(r: IDBRequest<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+
+function toJson(v: unknown): string {
+  return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x));
+}
+
+/** Opens (creating) the IndexedDB database `name` with stores for channels, routes and keys. */
+export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<PayerStore & { getKey(id: string): Promise<string | undefined>; putKey(id: string, v: string): Promise<void> }> {
+  const open = indexedDB.open(name, 1);
+  open.onupgradeneeded = () => {
+    const db = open.result;
+    for (const s of ["channels", "routes", "keys"]) if (!db.objectStoreNames.contains(s)) db.createObjectStore(s);
+  };
+  const db = await req(open);
+  const get = async (store: string, key: string) => req(db.transaction(store, "readonly").objectStore(store).get(key)) as Promise<string | undefined>;
+  const put = (store: string, key: string, value: string) =>
+    new Promise<void>((resolve, reject) => {
+      const tx = db.transaction(store, "readwrite");
+      tx.objectStore(store).put(value, key);
+      tx.oncomplete = () => resolve();
+      tx.onerror = () => reject(tx.error);
+    });
+  const decodeChannel = (t: string): PayerChannel => {
+    const raw = JSON.parse(t);
+    for (const f of BIG) raw[f] = BigInt(raw[f]);
+    return raw;
+  };
+  return {
+    async getChannel(id: Hex) {
+      const t = await get("channels", id);
+      return t === undefined ? undefined : decodeChannel(t);
+    },
+    putChannel: (c) => put("channels", c.channelId, toJson(c)),
+    async channels() {
+      const all = (await req(db.transaction("channels", "readonly").objectStore("channels").getAll())) as string[];
+      return all.map(decodeChannel);
+    },
+    async getRoute(key) {
+      const t = await get("routes", key);
+      if (t === undefined) return undefined;
+      const m = JSON.parse(t) as RouteMemo;
+      m.requirements.amount = BigInt(m.requirements.amount as unknown as string);
+      return m;
+    },
+    putRoute: (m) => put("routes", m.key, toJson(m)),
+    deleteRoute: (key) =>
+      new Promise<void>((resolve, reject) => {
+        const tx = db.transaction("routes", "readwrite");
+        tx.objectStore("routes").delete(key);
+        tx.oncomplete = () => resolve();
+        tx.onerror = () => reject(tx.error);
+      }),
+    async close() {
+      db.close();
+    },
+    getKey: (id) => get("keys", id),
+    putKey: (id, v) => put("keys", id, v),
+  };
+}

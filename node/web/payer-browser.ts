@@ -1,0 +1,56 @@
+/**
+ * Browser build of the payer (bundled by scripts/build-web.js into dist/web/tollway-payer.js, global
+ * `Tollway`): an EIP-1193 injected wallet signs deposits — one prompt per deposit — and a session key
+ * kept in IndexedDB signs every voucher silently.
+ */
+import { createWalletClient, custom, type Address, type EIP1193Provider, type Hex } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { createPayer, type PayerPolicy } from "../payer/payer";
+import { wrapFetch, requestRefund } from "../payer/fetch";
+import { openIndexedDbPayerStore } from "../payer/idbStore";
+import { MemoryPayerStore } from "../payer/store";
+import { formatAmount } from "../protocol/amounts";
+
+export type BrowserPayerOptions = {
+  provider: EIP1193Provider;
+  chainId: number;
+  policy?: PayerPolicy;
+  /** IndexedDB database name (one per site/wallet). */
+  dbName?: string;
+};
+
+/**
+ * Connects to the injected wallet and returns a paying fetch plus helpers.
+ * @example const t = await Tollway.connect({ provider: window.ethereum, chainId: 31337 }); await t.fetch("/articles/1")
+ */
+export async function connect(opts: BrowserPayerOptions) {
+  const [address] = (await opts.provider.request({ method: "eth_requestAccounts" })) as Address[];
+  if (!address) throw new Error("the wallet returned no account");
+  const wallet = createWalletClient({ account: address, transport: custom(opts.provider) });
+  const store = await openIndexedDbPayerStore(opts.dbName ?? `tollway-payer-${address.toLowerCase()}`);
+  let key = (await store.getKey("session")) as Hex | undefined;
+  if (!key) {
+    key = generatePrivateKey();
+    await store.putKey("session", key);
+  }
+  const payer = createPayer({ account: wallet as never, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy: opts.policy });
+  const paidFetch = wrapFetch(fetch.bind(globalThis), payer);
+  return {
+    address,
+    payer,
+    fetch: paidFetch,
+    /** Channels with balance and charges, in token units. */
+    async channels(decimals = 6) {
+      return (await store.channels()).map((c) => ({
+        channelId: c.channelId,
+        payee: c.config.receiver,
+        balance: formatAmount(c.balance, decimals),
+        charged: formatAmount(c.charged, decimals),
+        remaining: formatAmount(c.balance - c.charged, decimals),
+      }));
+    },
+    refund: (url: string) => requestRefund(fetch.bind(globalThis), payer, url),
+  };
+}
+
+export { createPayer, wrapFetch, requestRefund, MemoryPayerStore, openIndexedDbPayerStore };

@@ -1,0 +1,90 @@
+import { expect } from "chai";
+import express from "express";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { Browser } from "playwright-core";
+import { keccak256, toHex, type LocalAccount } from "viem";
+import { startChain, startPayee } from "../helpers/payeeHarness";
+import { artifactPath, launchChromium } from "../helpers/browser";
+
+const { buildWeb } = require("../../scripts/build-web.js") as { buildWeb(outdir: string): Promise<string> };
+
+const PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Tollway browser payer test</title></head>
+<body><main><h1>Paid reading</h1><ol id="out"></ol></main>
+<script src="/tollway-payer.js"></script>
+<script>
+  // An injected EIP-1193 wallet stand-in: accounts from the page, signatures by the test's wallet.
+  window.ethereum = {
+    async request({ method, params }) {
+      if (method === "eth_requestAccounts" || method === "eth_accounts") return [window.__walletAddress];
+      if (method === "eth_chainId") return "0x7a69";
+      if (method === "eth_signTypedData_v4") return window.__walletSign(params[1]);
+      throw new Error("unsupported " + method);
+    },
+  };
+  window.payThree = async (start) => {
+    const t = await Tollway.connect({ provider: window.ethereum, chainId: 31337, policy: { maxPerRequest: 50000n, maxDeposit: 1000000n, depositMultiplier: 20 } });
+    const results = [];
+    for (let i = start; i < start + 3; i++) {
+      const res = await t.fetch("/articles/" + i);
+      const text = await res.text();
+      results.push({ status: res.status, text });
+      const li = document.createElement("li"); li.textContent = res.status + " " + text; document.getElementById("out").appendChild(li);
+    }
+    return { results, channels: await t.channels() };
+  };
+</script></body></html>`;
+
+describe("browser payer: headless Chromium pays for three resources (real node, real chain)", function () {
+  this.timeout(240_000);
+  let ctx: Awaited<ReturnType<typeof startChain>>;
+  let node: Awaited<ReturnType<typeof startPayee>>;
+  let browser: Browser;
+
+  before(async () => {
+    const outdir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-web-"));
+    const bundle = await buildWeb(outdir);
+    ctx = await startChain();
+    node = await startPayee(ctx, { "GET /articles/:id": "$0.01" }, (app) => {
+      app.get("/articles/:id", (req, res) => void res.type("text/plain").send(`article ${req.params.id}`));
+      app.get("/reader.html", (_req, res) => void res.type("html").send(PAGE));
+      app.use(express.static(path.dirname(bundle)));
+    });
+    browser = await launchChromium();
+  });
+  after(async () => {
+    await browser?.close();
+    await node?.stop();
+    await ctx?.chain.stop();
+  });
+
+  it("one wallet prompt for the deposit, none per paid request; state survives a reload", async () => {
+    const wallet = ctx.payers[0] as LocalAccount;
+    const page = await browser.newPage();
+    const prompts: string[] = [];
+    await page.exposeFunction("__walletSign", async (json: string) => {
+      const td = JSON.parse(json);
+      prompts.push(td.primaryType);
+      const { EIP712Domain: _d, ...types } = td.types;
+      return wallet.signTypedData({ domain: td.domain, types, primaryType: td.primaryType, message: td.message });
+    });
+    await page.addInitScript((a) => ((window as any).__walletAddress = a), wallet.address);
+    await page.goto(`${node.url}/reader.html`);
+    const first = await page.evaluate(() => (window as any).payThree(1));
+    expect(first.results).to.deep.equal([1, 2, 3].map((i) => ({ status: 200, text: `article ${i}` })));
+    expect(prompts).to.deep.equal(["ReceiveWithAuthorization"]); // the deposit; vouchers by the session key
+    expect(first.channels[0].charged).to.equal("0.03");
+    await page.screenshot({ path: artifactPath("browser-payer.png") });
+
+    await page.reload();
+    const second = await page.evaluate(() => (window as any).payThree(4));
+    expect(second.results.map((r: any) => r.status)).to.deep.equal([200, 200, 200]);
+    expect(prompts.length).to.equal(1); // IndexedDB kept the session key and the channel
+    expect(second.channels[0].charged).to.equal("0.06");
+    const rec = await node.store.getChannel(second.channels[0].channelId);
+    expect(rec!.chargedCumulative).to.equal(60_000n);
+    void keccak256;
+    void toHex;
+  });
+});
