@@ -14,6 +14,8 @@ export type PaymentInfo = { channelId: string; charged: bigint; balance: bigint;
 export type WrapFetchOptions = {
   /** Called after every verified paid response. */
   onPayment?: (info: PaymentInfo, response: Response) => void;
+  /** Deposit (top up) this much with the next paid request, whatever the balance (tollway deposit). */
+  deposit?: bigint;
 };
 
 type PaymentRequiredBody = { x402Version?: number; error?: string; accepts?: unknown[] };
@@ -69,7 +71,7 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
     };
 
     const payAndSend = async (requirements: PaymentRequirements): Promise<{ res: Response; prepared: PreparedPayment }> => {
-      const prepared = await payer.prepare(requirements);
+      const prepared = await payer.prepare(requirements, { deposit: options.deposit });
       let res: Response;
       try {
         res = await send(prepared.header);

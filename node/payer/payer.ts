@@ -206,7 +206,7 @@ export class Payer {
    * Signs the payment for one request under `r` (a voucher, or a deposit plus voucher when the channel
    * is missing or too low) and holds the channel until `complete` or `release`.
    */
-  async prepare(r: PaymentRequirements): Promise<PreparedPayment> {
+  async prepare(r: PaymentRequirements, opts: { deposit?: bigint } = {}): Promise<PreparedPayment> {
     this.checkPolicy(r);
     const config = this.configFor(r);
     const channelId = computeChannelId(this.domain, config);
@@ -221,8 +221,14 @@ export class Payer {
         }
       }
       const max = ch.charged + r.amount;
-      let deposit: bigint | undefined;
-      if (max > ch.balance) {
+      let deposit: bigint | undefined = opts.deposit;
+      if (deposit !== undefined && this.policy.maxDeposit !== undefined && deposit > this.policy.maxDeposit) {
+        throw new PolicyError("max_deposit", `a deposit of ${deposit} exceeds the maximum ${this.policy.maxDeposit}`);
+      }
+      if (deposit !== undefined && ch.balance + deposit < max) {
+        throw new PolicyError("max_deposit", `a deposit of ${deposit} does not cover the next charge (needs ${max - ch.balance})`);
+      }
+      if (deposit === undefined && max > ch.balance) {
         const needed = max - ch.balance;
         const target = r.amount * BigInt(this.policy.depositMultiplier ?? 50);
         deposit = target > needed ? target : needed;

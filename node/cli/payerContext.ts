@@ -1,0 +1,83 @@
+/**
+ * What the payer commands share: the key (TOLLWAY_PAYER_KEY or a 0600 key file), the LevelDB store,
+ * chain clients and token units. Private keys are never printed.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { type Address, type Hex, keccak256, toHex } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { createChainClients } from "../chain/clients";
+import { formatAmount, parsePrice } from "../protocol/amounts";
+import { createPayer, type Payer, type PayerPolicy } from "../payer/payer";
+import { openPayerStore, type PayerStore } from "../payer/store";
+import { ExitCodes, ExitError } from "./errors";
+
+export type PayerCliOptions = {
+  rpc: string;
+  chainId: string;
+  store?: string;
+  keyFile?: string;
+  json?: boolean;
+  max?: string;
+  budget?: string;
+  maxDeposit?: string;
+  decimals?: string;
+  symbol?: string;
+};
+
+export function readKey(keyFile: string | undefined, envName = "TOLLWAY_PAYER_KEY"): Hex {
+  let key = process.env[envName];
+  if (!key && keyFile) {
+    const st = fs.statSync(keyFile);
+    if ((st.mode & 0o077) !== 0) throw new ExitError(ExitCodes.usage, `key file ${keyFile} must be readable by its owner only (chmod 600)`);
+    key = fs.readFileSync(keyFile, "utf8").trim();
+  }
+  if (!key) throw new ExitError(ExitCodes.usage, `no key: set ${envName} or pass --key-file (mode 0600)`);
+  if (!/^0x[0-9a-fA-F]{64}$/.test(key)) throw new ExitError(ExitCodes.usage, "the key must be 32 bytes of 0x-prefixed hex");
+  return key as Hex;
+}
+
+export type PayerContext = {
+  payer: Payer;
+  store: PayerStore;
+  address: Address;
+  decimals: number;
+  symbol: string;
+  fmt(atomic: bigint): string;
+  parse(amount: string): bigint;
+  publicClient: ReturnType<typeof createChainClients>["publicClient"];
+  close(): Promise<void>;
+};
+
+export async function openPayerContext(o: PayerCliOptions): Promise<PayerContext> {
+  const key = readKey(o.keyFile);
+  const account = privateKeyToAccount(key);
+  const chainId = Number(o.chainId);
+  const { publicClient, walletClient } = createChainClients({ rpcUrl: o.rpc, chainId }, account);
+  const dir = o.store ?? path.join(os.homedir(), ".tollway", "payer", account.address.toLowerCase());
+  fs.mkdirSync(dir, { recursive: true });
+  const store = await openPayerStore(dir);
+  const decimals = Number(o.decimals ?? 6);
+  const symbol = o.symbol ?? "USDC";
+  const parse = (v: string) => parsePrice(v, decimals);
+  const policy: PayerPolicy = {
+    maxPerRequest: o.max ? parse(o.max) : undefined,
+    budget: o.budget ? parse(o.budget) : undefined,
+    maxDeposit: o.maxDeposit ? parse(o.maxDeposit) : undefined,
+  };
+  // The session key is derived from the wallet key: stable across runs, never stored or printed.
+  const sessionKey = privateKeyToAccount(keccak256(toHex(`tollway-session:${key}`)));
+  const payer = createPayer({ account, sessionKey, store, chainId, publicClient, walletClient, policy });
+  return {
+    payer,
+    store,
+    address: account.address,
+    decimals,
+    symbol,
+    fmt: (a) => `${formatAmount(a, decimals)} ${symbol}`,
+    parse,
+    publicClient,
+    close: () => store.close(),
+  };
+}
