@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
-import { keccak256, toHex, type LocalAccount, type Hex } from "viem";
+import { getAddress, keccak256, toHex, type LocalAccount, type Hex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createPayer, type Payer } from "../../node/payer/payer";
 import { openPayerStore, MemoryPayerStore, type PayerStore } from "../../node/payer/store";
@@ -147,6 +147,29 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     expect(calls.every((c) => !c.paid)).to.equal(true);
   });
 
+  it("a smart-wallet payer (ERC-1271, payerAuthorizer = 0) deposits and pays; its owner signs", async () => {
+    const owner = privateKeyToAccount(keccak256(toHex("smart-wallet-owner")));
+    const deployer = clientsFor(ctx.chain.url, ctx.payers[5] as LocalAccount);
+    const artifact = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "artifacts", "contracts", "test", "TestERC1271Wallet.sol", "TestERC1271Wallet.json"), "utf8"));
+    const hash = await deployer.walletClient.deployContract({ abi: artifact.abi, bytecode: artifact.bytecode, args: [owner.address] });
+    const wallet = getAddress((await deployer.publicClient.waitForTransactionReceipt({ hash })).contractAddress!);
+    const mint = await deployer.walletClient.writeContract({
+      address: ctx.deployment.token!,
+      abi: [{ type: "function", name: "mint", stateMutability: "nonpayable", inputs: [{ name: "to", type: "address" }, { name: "amount", type: "uint256" }], outputs: [] }] as const,
+      functionName: "mint",
+      args: [wallet, 1_000_000n],
+    });
+    await deployer.publicClient.waitForTransactionReceipt({ hash: mint });
+    const payer = createPayer({ account: owner, payerAddress: wallet, store: new MemoryPayerStore(), chainId: 31337, policy: { maxPerRequest: 50_000n, depositMultiplier: 10 } });
+    expect(payer.payerAuthorizer).to.equal("0x0000000000000000000000000000000000000000");
+    const pay = wrapFetch(fetch, payer);
+    for (let i = 0; i < 3; i++) expect((await pay(`${node.url}/articles/w${i}`)).status).to.equal(200);
+    const [ch] = await payer.store.channels();
+    expect(ch!.config.payer).to.equal(wallet);
+    expect((await node.store.getChannel(ch!.channelId))!.chargedCumulative).to.equal(3n * PRICE);
+    expect(await tokenBalance(wallet)).to.equal(1_000_000n - 10n * PRICE);
+  });
+
   it("the timed withdrawal returns the unclaimed rest when the payee does not cooperate", async () => {
     const account = ctx.payers[4] as LocalAccount;
     const payer = makePayer(new MemoryPayerStore(), account, "payer-e");
@@ -218,6 +241,29 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
       expect(signedHeaders.length).to.equal(before);
     });
   }
+
+  it("a server that overcharges -> ServerMisbehaviorError; the channel is halted and nothing more is signed", async () => {
+    const p = payer();
+    let paidOnce = false;
+    respond = (req, res) => {
+      if (!req.headers["payment-signature"]) return send402([base])(req, res);
+      paidOnce = true;
+      const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+      const body = { success: true, transaction: "0x" + "11".repeat(32), network: "eip155:31337", amount: "500000", extra: { chargedAmount: "20000", channelState: { channelId, balance: "500000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "20000" } } };
+      res.status(200).set(HEADERS.paymentResponse, encodeBase64Json(body)).send("ok");
+    };
+    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(paidOnce).to.equal(true);
+    expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    expect(err.shortMessage).to.match(/charged 20000 exceeds the price 10000/);
+    const [ch] = await p.store.channels();
+    expect(ch!.halted).to.match(/exceeds the price/);
+    const before = signedHeaders.length;
+    const again = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(again).to.be.instanceOf(PolicyError);
+    expect(again.violation).to.equal("channel_halted");
+    expect(signedHeaders.length).to.equal(before);
+  });
 
   it("a corrective 402 with a forged voucher proof -> ServerMisbehaviorError, no voucher for the claimed state", async () => {
     const p = payer();
