@@ -3,16 +3,19 @@
  * `Tollway`): an EIP-1193 injected wallet signs deposits — one prompt per deposit — and a session key
  * kept in IndexedDB signs every voucher silently.
  */
-import { createWalletClient, custom, type Address, type EIP1193Provider, type Hex } from "viem";
+import { createWalletClient, custom, type Address, type EIP1193Provider, type Hex, type LocalAccount } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
-import { createPayer, type PayerPolicy } from "../payer/payer";
+import { createPayer, type PayerPolicy, type TypedDataSigner } from "../payer/payer";
 import { wrapFetch, requestRefund } from "../payer/fetch";
 import { openIndexedDbPayerStore } from "../payer/idbStore";
 import { MemoryPayerStore } from "../payer/store";
 import { formatAmount } from "../protocol/amounts";
 
 export type BrowserPayerOptions = {
-  provider: EIP1193Provider;
+  /** An injected wallet (EIP-1193), or */
+  provider?: EIP1193Provider;
+  /** a local key's account (demo wallets, kiosks) signing deposits itself. */
+  account?: LocalAccount;
   chainId: number;
   policy?: PayerPolicy;
   /** IndexedDB database name (one per site/wallet). */
@@ -24,16 +27,26 @@ export type BrowserPayerOptions = {
  * @example const t = await Tollway.connect({ provider: window.ethereum, chainId: 31337 }); await t.fetch("/articles/1")
  */
 export async function connect(opts: BrowserPayerOptions) {
-  const [address] = (await opts.provider.request({ method: "eth_requestAccounts" })) as Address[];
-  if (!address) throw new Error("the wallet returned no account");
-  const wallet = createWalletClient({ account: address, transport: custom(opts.provider) });
+  let address: Address;
+  let wallet: TypedDataSigner;
+  if (opts.account) {
+    address = opts.account.address;
+    wallet = opts.account;
+  } else if (opts.provider) {
+    const [first] = (await opts.provider.request({ method: "eth_requestAccounts" })) as Address[];
+    if (!first) throw new Error("the wallet returned no account");
+    address = first;
+    wallet = createWalletClient({ account: first, transport: custom(opts.provider) }) as TypedDataSigner;
+  } else {
+    throw new Error("connect needs a provider (injected wallet) or an account (local key)");
+  }
   const store = await openIndexedDbPayerStore(opts.dbName ?? `tollway-payer-${address.toLowerCase()}`);
   let key = (await store.getKey("session")) as Hex | undefined;
   if (!key) {
     key = generatePrivateKey();
     await store.putKey("session", key);
   }
-  const payer = createPayer({ account: wallet as never, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy: opts.policy });
+  const payer = createPayer({ account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy: opts.policy });
   const paidFetch = wrapFetch(fetch.bind(globalThis), payer);
   return {
     address,
@@ -53,4 +66,4 @@ export async function connect(opts: BrowserPayerOptions) {
   };
 }
 
-export { createPayer, wrapFetch, requestRefund, MemoryPayerStore, openIndexedDbPayerStore };
+export { createPayer, wrapFetch, requestRefund, MemoryPayerStore, openIndexedDbPayerStore, privateKeyToAccount, generatePrivateKey };

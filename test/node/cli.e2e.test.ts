@@ -12,7 +12,9 @@ const BIN = path.join(__dirname, "..", "..", "bin", "tollway.js");
 
 function run(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const base = { ...process.env };
+    delete base.TOLLWAY_PAYER_KEY;
+    const p = spawn(process.execPath, [BIN, ...args], { env: { ...base, ...env }, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     p.stdout.on("data", (d) => (stdout += d));
@@ -75,6 +77,19 @@ describe("tollway CLI for wallet users: pay, channels, deposit, refund, withdraw
     expect(r.stderr.trim().split("\n")).to.have.length(1);
     expect(r.stderr).to.match(/^tollway: price 10000 exceeds the maximum per request 1000/);
     expect(r.stdout).to.equal("");
+  });
+
+  it("reads the key from a 0600 key file, and refuses a key file others can read", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-key-"));
+    const file = path.join(dir, "payer.key");
+    fs.writeFileSync(file, key, { mode: 0o600 });
+    const ok = await run(["channels", "--key-file", file, ...common], {});
+    expect(ok.code, ok.stderr).to.equal(0);
+    fs.chmodSync(file, 0o644);
+    const bad = await run(["channels", "--key-file", file, ...common], {});
+    expect(bad.code).to.equal(2);
+    expect(bad.stderr).to.match(/must be readable by its owner only/);
+    expect(bad.stderr + ok.stdout).to.not.include(key.slice(2));
   });
 
   it("deposit tops up, channels --json reports balance and charges, refund returns the rest", async () => {

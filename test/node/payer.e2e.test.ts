@@ -170,6 +170,19 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     expect(await tokenBalance(wallet)).to.equal(1_000_000n - 10n * PRICE);
   });
 
+  it("policy: the total budget stops payments once spent, before signing", async () => {
+    const payer = makePayer(new MemoryPayerStore(), ctx.payers[3] as LocalAccount, "payer-budget", { budget: 2n * PRICE });
+    const { f, calls } = counting();
+    const pay = wrapFetch(f, payer);
+    expect((await pay(`${node.url}/articles/b1`)).status).to.equal(200);
+    expect((await pay(`${node.url}/articles/b2`)).status).to.equal(200);
+    const paidBefore = calls.filter((c) => c.paid).length;
+    const err = await pay(`${node.url}/articles/b3`).catch((e) => e);
+    expect(err).to.be.instanceOf(PolicyError);
+    expect(err.violation).to.equal("budget");
+    expect(calls.filter((c) => c.paid).length).to.equal(paidBefore);
+  });
+
   it("the timed withdrawal returns the unclaimed rest when the payee does not cooperate", async () => {
     const account = ctx.payers[4] as LocalAccount;
     const payer = makePayer(new MemoryPayerStore(), account, "payer-e");
