@@ -16,6 +16,7 @@ import { parsePrice } from "../protocol/amounts";
 import { ChannelStore } from "../store/channelStore";
 import { ClaimEngine, exposure } from "./claims";
 import type { NodeConfig } from "./config";
+import { adminRouter } from "./adminApi";
 import { Facilitator, facilitatorRouter, requireBearer } from "./facilitator";
 import { paymentMiddleware, type RoutesConfig } from "./middleware";
 import { Payee } from "./payee";
@@ -121,6 +122,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   if (config.facilitator) {
     app.use("/facilitator", admin, facilitatorRouter(new Facilitator(payee)));
   }
+  app.use("/admin/api", admin, adminRouter(store, config.asset, payee.network));
 
   const routes: RoutesConfig = { ...(config.routes as RoutesConfig) };
   for (const [key, p] of Object.entries(config.proxy)) routes[key] = { price: p.price, description: p.description, mimeType: p.mimeType };

@@ -1,0 +1,93 @@
+/**
+ * Revenue insight from the ledger: revenue by resource, route, payer, day or hour; channel exposure
+ * ranked by risk; claim and settlement history. Used by `tollway report`, `tollway channels` and the
+ * operator dashboard.
+ */
+import type { Hex } from "viem";
+import type { ChannelRecord, ChannelStore, HistoryEvent } from "../store/channelStore";
+import { exposure } from "./claims";
+
+export type GroupBy = "resource" | "route" | "payer" | "day" | "hour" | "minute";
+
+export type RevenueRow = { key: string; revenue: bigint; requests: number; payers: number };
+
+function bucket(at: number, by: GroupBy): string {
+  const iso = new Date(at).toISOString();
+  if (by === "day") return iso.slice(0, 10);
+  if (by === "hour") return `${iso.slice(0, 13)}:00`;
+  return iso.slice(0, 16);
+}
+
+/** Revenue grouped by `by`, largest first (time buckets in time order). */
+export async function revenueBy(store: ChannelStore, by: GroupBy, range: { from?: number; to?: number } = {}): Promise<RevenueRow[]> {
+  const rows = new Map<string, { revenue: bigint; requests: number; payers: Set<string> }>();
+  for await (const l of store.ledger(range.from, range.to)) {
+    const key = by === "resource" ? l.resource : by === "route" ? l.route : by === "payer" ? l.payer : bucket(l.at, by);
+    const r = rows.get(key) ?? { revenue: 0n, requests: 0, payers: new Set<string>() };
+    r.revenue += l.amount;
+    r.requests++;
+    r.payers.add(l.payer);
+    rows.set(key, r);
+  }
+  const out = [...rows].map(([key, r]) => ({ key, revenue: r.revenue, requests: r.requests, payers: r.payers.size }));
+  if (by === "day" || by === "hour" || by === "minute") return out.sort((a, b) => a.key.localeCompare(b.key));
+  return out.sort((a, b) => (b.revenue > a.revenue ? 1 : b.revenue < a.revenue ? -1 : a.key.localeCompare(b.key)));
+}
+
+export type ChannelRisk = {
+  channelId: Hex;
+  payer: Hex;
+  balance: bigint;
+  charged: bigint;
+  claimed: bigint;
+  exposure: bigint;
+  /** Seconds until a pending withdrawal can be finalized (null when none). */
+  secondsToFinalize: number | null;
+};
+
+/**
+ * Every channel with its unclaimed exposure, riskiest first: channels in withdrawal by time left,
+ * then by exposure.
+ */
+export async function channelRisks(store: ChannelStore, now = Date.now()): Promise<ChannelRisk[]> {
+  const out: ChannelRisk[] = [];
+  for await (const r of store.channels()) out.push(toRisk(r, now));
+  return out.sort((a, b) => {
+    if (a.secondsToFinalize !== null || b.secondsToFinalize !== null) {
+      if (a.secondsToFinalize === null) return 1;
+      if (b.secondsToFinalize === null) return -1;
+      if (a.secondsToFinalize !== b.secondsToFinalize) return a.secondsToFinalize - b.secondsToFinalize;
+    }
+    return b.exposure > a.exposure ? 1 : b.exposure < a.exposure ? -1 : 0;
+  });
+}
+
+function toRisk(r: ChannelRecord, now: number): ChannelRisk {
+  return {
+    channelId: r.channelId,
+    payer: r.config.payer,
+    balance: r.balance,
+    charged: r.chargedCumulative,
+    claimed: r.totalClaimed,
+    exposure: exposure(r),
+    secondsToFinalize: r.withdrawRequestedAt === 0 ? null : Math.max(0, r.withdrawRequestedAt + r.config.withdrawDelay - Math.floor(now / 1000)),
+  };
+}
+
+/** Claims, settlements, deposits and refunds, newest first. */
+export async function history(store: ChannelStore, limit = 100): Promise<HistoryEvent[]> {
+  const all: HistoryEvent[] = [];
+  for await (const h of store.history()) all.push(h);
+  return all.reverse().slice(0, limit);
+}
+
+/** Rows as CSV (bigints as decimal strings). */
+export function toCsv(rows: Array<Record<string, unknown>>): string {
+  if (rows.length === 0) return "";
+  const cols = Object.keys(rows[0]!);
+  const esc = (v: unknown) => {
+    const s = v === null || v === undefined ? "" : String(v);
+    return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  };
+  return [cols.join(","), ...rows.map((r) => cols.map((c) => esc(r[c])).join(","))].join("\n") + "\n";
+}
