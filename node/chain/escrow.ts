@@ -39,10 +39,10 @@ export async function readReceiver(client: PublicClient<Transport, Chain>, escro
   return { totalClaimed, totalSettled };
 }
 
-/** The `multicall` payload of a cooperative close: claim the given rows (if any), then refund `amount`. */
+/** The `multicall` payload of a cooperative close: claim the given rows (if any), then refund `amount` (if any). */
 export function claimAndRefundCalls(config: ChannelConfig, claims: readonly VoucherClaim[], amount: bigint): Hex[] {
   const calls: Hex[] = [];
   if (claims.length > 0) calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "claim", args: [claims] }));
-  calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [config, amount] }));
+  if (amount > 0n) calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [config, amount] }));
   return calls;
 }

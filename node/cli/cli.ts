@@ -3,7 +3,7 @@
  * Errors: user errors print one line (no stack trace) and exit with a distinct code.
  */
 import { Command } from "commander";
-import { ExitCodes, describeError, exitCodeOf } from "./errors";
+import { ExitCodes, ExitError, describeError, exitCodeOf } from "./errors";
 
 const EXIT_HELP = `
 Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 refused by your policy, 4 the server broke the
@@ -16,6 +16,15 @@ function payerOptions(cmd: Command): Command {
     .option("--chain-id <id>", "chain id", process.env.TOLLWAY_CHAIN_ID ?? "31337")
     .option("--store <dir>", "payer state (LevelDB); default ~/.tollway/payer/<address>")
     .option("--key-file <file>", "file holding the payer key (mode 0600)")
+    .option("--decimals <n>", "token decimals for amounts", "6")
+    .option("--symbol <s>", "token symbol for display", "USDC")
+    .option("--json", "machine-readable output");
+}
+
+function operatorOptions(cmd: Command): Command {
+  return cmd
+    .option("--node <url>", "the payee node", process.env.TOLLWAY_NODE_URL ?? "http://127.0.0.1:4020")
+    .option("--token <token>", "admin bearer token (or TOLLWAY_ADMIN_TOKEN)")
     .option("--decimals <n>", "token decimals for amounts", "6")
     .option("--symbol <s>", "token symbol for display", "USDC")
     .option("--json", "machine-readable output");
@@ -39,9 +48,18 @@ export function buildProgram(): Command {
       .addHelpText("after", "\nExamples:\n  tollway pay http://127.0.0.1:4020/articles/1 --max 0.05\n  tollway pay -X POST -d '{\"q\":1}' -H 'Content-Type: application/json' http://127.0.0.1:4020/api"),
   ).action(async (url, o) => finish(await (await import("./commands/pay")).pay(url, o)));
 
-  payerOptions(program.command("channels").description("your channels: payee, balance, charged, claimed, withdrawal state").option("--escrow <address>", "escrow address (default: canonical)"))
-    .addHelpText("after", "\nExample:\n  tollway channels --json")
-    .action(async (o) => finish(await (await import("./commands/channels")).channels(o)));
+  payerOptions(
+    program
+      .command("channels")
+      .description("your channels as a payer; with --node, every channel of a payee node (receiver side, riskiest first)")
+      .option("--escrow <address>", "escrow address (default: canonical)")
+      .option("--node <url>", "list the receiver-side channels of this payee node")
+      .option("--token <token>", "admin bearer token for --node (or TOLLWAY_ADMIN_TOKEN)"),
+  )
+    .addHelpText("after", "\nExamples:\n  tollway channels --json\n  tollway channels --node http://127.0.0.1:4020 --token $TOLLWAY_ADMIN_TOKEN")
+    .action(async (o) =>
+      finish(o.node ? await (await import("./commands/operator")).receiverChannels(o) : await (await import("./commands/channels")).channels(o)),
+    );
 
   payerOptions(
     program
@@ -52,13 +70,69 @@ export function buildProgram(): Command {
     .addHelpText("after", "\nExample:\n  tollway deposit http://127.0.0.1:4020/articles/1 1.00")
     .action(async (url, amount, o) => finish(await (await import("./commands/pay")).pay(url, { ...o, deposit: amount }, process.stderr)));
 
-  payerOptions(program.command("refund <url>").description("ask the payee at <url> for a cooperative refund of the unclaimed balance").option("--amount <amount>", "partial refund"))
-    .addHelpText("after", "\nExample:\n  tollway refund http://127.0.0.1:4020/articles/1")
-    .action(async (url, o) => finish(await (await import("./commands/close")).refund(url, o)));
+  payerOptions(
+    program
+      .command("refund [url]")
+      .description("payer: ask the payee at <url> for a cooperative refund; operator (--all | --channel): claim and refund channels of --node")
+      .option("--amount <amount>", "partial refund (payer)")
+      .option("--all", "operator: every channel")
+      .option("--channel <id...>", "operator: these channels")
+      .option("--node <url>", "operator: the payee node", process.env.TOLLWAY_NODE_URL ?? "http://127.0.0.1:4020")
+      .option("--token <token>", "operator: admin bearer token (or TOLLWAY_ADMIN_TOKEN)"),
+  )
+    .addHelpText("after", "\nExamples:\n  tollway refund http://127.0.0.1:4020/articles/1\n  tollway refund --all --token $TOLLWAY_ADMIN_TOKEN")
+    .action(async (url, o) => {
+      if (o.all || o.channel) return finish(await (await import("./commands/operator")).operatorRefund(o));
+      if (!url) throw new ExitError(ExitCodes.usage, "refund needs a <url> (payer) or --all / --channel (operator)");
+      finish(await (await import("./commands/close")).refund(url, o));
+    });
 
   payerOptions(program.command("withdraw <url>").description("timed withdrawal from the channel to <url> (when the payee does not cooperate)").option("--finalize", "complete a withdrawal whose delay has passed").option("--escrow <address>", "escrow address"))
     .addHelpText("after", "\nExamples:\n  tollway withdraw http://127.0.0.1:4020/articles/1\n  tollway withdraw http://127.0.0.1:4020/articles/1 --finalize")
     .action(async (url, o) => finish(await (await import("./commands/close")).withdraw(url, o)));
+
+  // ---- operators --------------------------------------------------------------------------
+  program
+    .command("deploy")
+    .description("deploy the escrow and collectors to a network; writes deployments/<chainId>.json")
+    .option("--rpc <url>", "chain RPC URL", process.env.TOLLWAY_RPC_URL ?? "http://127.0.0.1:8545")
+    .option("--chain-id <id>", "chain id", process.env.TOLLWAY_CHAIN_ID ?? "31337")
+    .option("--key-file <file>", "deployer key file (mode 0600); or TOLLWAY_DEPLOYER_KEY")
+    .option("--canonical", "local chains only: place the contracts at the canonical x402 addresses")
+    .option("--test-token", "also deploy the test stablecoin")
+    .option("--out <dir>", "deployments folder", "deployments")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", "\nExample:\n  TOLLWAY_DEPLOYER_KEY=0x... tollway deploy --rpc https://sepolia.base.org --chain-id 84532")
+    .action(async (o) => finish(await (await import("./commands/node")).deploy(o)));
+
+  program
+    .command("serve")
+    .description("run a payee node from a config file (express routes or reverse-proxy upstreams)")
+    .requiredOption("--config <file>", "node config (JSON); TOLLWAY_* environment variables override it")
+    .addHelpText("after", "\nExample:\n  TOLLWAY_PAYEE_KEY=0x... tollway serve --config tollway.json")
+    .action(async (o) => finish(await (await import("./commands/node")).serve(o)));
+
+  operatorOptions(program.command("status").description("node health, chain head and lag, signer balance, pending claims"))
+    .addHelpText("after", "\nExample:\n  tollway status --token $TOLLWAY_ADMIN_TOKEN")
+    .action(async (o) => finish(await (await import("./commands/operator")).status(o)));
+
+  operatorOptions(
+    program.command("claim").description("claim charged vouchers on chain, in batches").option("--all", "every channel with unclaimed charges").option("--channel <id...>", "these channels").option("--batch <n>", "channels per transaction", "100"),
+  )
+    .addHelpText("after", "\nExamples:\n  tollway claim --all\n  tollway claim --channel 0xabc...")
+    .action(async (o) => finish(await (await import("./commands/operator")).claim(o)));
+
+  operatorOptions(program.command("settle").description("transfer claimed funds to the receiver (one transaction)"))
+    .addHelpText("after", "\nExample:\n  tollway settle")
+    .action(async (o) => finish(await (await import("./commands/operator")).settle(o)));
+
+  operatorOptions(program.command("close-all").description("claim, settle and refund every channel (shutting a service down)").option("--batch <n>", "channels per claim transaction", "100"))
+    .addHelpText("after", "\nExample:\n  tollway close-all --token $TOLLWAY_ADMIN_TOKEN")
+    .action(async (o) => finish(await (await import("./commands/operator")).closeAll(o)));
+
+  operatorOptions(program.command("report").description("revenue by resource, route, payer, day or hour").option("--by <grouping>", "resource | route | payer | day | hour", "resource").option("--csv", "CSV output"))
+    .addHelpText("after", "\nExamples:\n  tollway report --by payer\n  tollway report --by day --csv > revenue.csv")
+    .action(async (o) => finish(await (await import("./commands/operator")).revenueReport(o)));
 
   return program;
 }

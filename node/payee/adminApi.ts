@@ -5,7 +5,11 @@
 import express, { type Router } from "express";
 import { formatAmount } from "../protocol/amounts";
 import type { ChannelStore } from "../store/channelStore";
-import { channelRisks, history, revenueBy, type RevenueRow } from "./report";
+import { z } from "zod";
+import type { Hex } from "viem";
+import type { ClaimEngine } from "./claims";
+import type { Payee } from "./payee";
+import { channelRisks, history, revenueBy, type GroupBy, type RevenueRow } from "./report";
 
 const esc = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -41,8 +45,54 @@ export function timeChartSvg(title: string, rows: RevenueRow[], decimals: number
   return `<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="${esc(title)}" viewBox="0 0 ${w} 170" width="100%"><title>${esc(title)}</title><text x="0" y="14" font-size="14" font-weight="bold">${esc(title)} (${formatAmount(total, decimals)} ${symbol})</text><line x1="40" y1="150" x2="${w}" y2="150" stroke="#999"/>${cols}</svg>`;
 }
 
-export function adminRouter(store: ChannelStore, asset: { decimals: number; symbol?: string }, network: string): Router {
+export type AdminDeps = {
+  store: ChannelStore;
+  asset: { decimals: number; symbol?: string };
+  network: string;
+  claims: ClaimEngine;
+  payee: Payee;
+  status: () => Promise<Record<string, unknown>>;
+};
+
+const big = (v: unknown) => JSON.parse(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x)));
+const idsSchema = z.object({ channels: z.array(z.string().regex(/^0x[0-9a-fA-F]{64}$/)).max(10_000).optional() }).strict();
+
+export function adminRouter(deps: AdminDeps): Router {
+  const { store, asset, network, claims, payee } = deps;
   const router = express.Router();
+  router.use(express.json({ limit: "1mb" }));
+  const ids = (body: unknown): Hex[] | undefined => {
+    const p = idsSchema.safeParse(body ?? {});
+    if (!p.success) throw Object.assign(new Error("body must be {channels?: [channelId, ...]}"), { status: 400 });
+    return p.data.channels as Hex[] | undefined;
+  };
+  const wrap = (fn: (req: express.Request) => Promise<unknown>) => async (req: express.Request, res: express.Response) => {
+    try {
+      res.set("Cache-Control", "no-store").json(big(await fn(req)));
+    } catch (e) {
+      const status = (e as { status?: number }).status ?? 500;
+      res.status(status).json({ error: status === 400 ? "bad_request" : "operation_failed", message: (e as Error).message.split("\n")[0] });
+    }
+  };
+  router.get("/status", wrap(() => deps.status()));
+  router.get("/channels", wrap(() => channelRisks(store)));
+  router.get("/report", wrap(async (req) => {
+    const by = String(req.query.by ?? "resource");
+    if (!["resource", "route", "payer", "day", "hour", "minute"].includes(by)) throw Object.assign(new Error(`unknown grouping "${by}"`), { status: 400 });
+    return revenueBy(store, by as GroupBy);
+  }));
+  router.get("/history", wrap(() => history(store, 1000)));
+  router.post("/claim", wrap(async (req) => claims.claim({ channels: ids(req.body) })));
+  router.post("/settle", wrap(() => claims.settle()));
+  router.post("/refund", wrap(async (req) => {
+    const wanted = ids(req.body) ?? (await channelRisks(store)).map((c) => c.channelId);
+    const done = [];
+    for (const id of wanted) {
+      const r = await payee.closeChannel(id);
+      if (r) done.push({ channelId: id, ...r });
+    }
+    return { refunded: done };
+  }));
   const d = asset.decimals;
   const sym = asset.symbol ?? "";
   const money = (v: bigint) => formatAmount(v, d);

@@ -301,29 +301,8 @@ export class Payee {
         const available = rec.balance - rec.chargedCumulative;
         if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
         const amount = requested === undefined || requested > available ? available : requested;
-
-        const claims =
-          rec.chargedCumulative > rec.totalClaimed
-            ? [{ voucher: { channel: p.channelConfig, maxClaimableAmount: p.voucher.maxClaimableAmount }, signature: p.voucher.signature, totalClaimed: rec.chargedCumulative }]
-            : [];
-        const calls = claimAndRefundCalls(p.channelConfig, claims, amount);
-        const { hash, receipt } = await this.opts.sender.send({
-          address: this.opts.escrow,
-          abi: batchSettlementAbi,
-          functionName: "multicall",
-          args: [calls],
-          simulationError: ErrorCodes.refundSimulationFailed,
-          transactionError: ErrorCodes.refundTransactionFailed,
-        });
-        const chain = await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
-        const next = this.withChain(rec, chain);
-        await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [channelId], amount, gasUsed: receipt.gasUsed });
-        if (chain.balance === chain.totalClaimed) {
-          // Full refund: the record's job is done (charges are in the ledger, claims on chain).
-          await this.store.deleteChannel(channelId);
-        } else {
-          await this.store.putChannel(next);
-        }
+        const voucher = { maxClaimableAmount: p.voucher.maxClaimableAmount, signature: p.voucher.signature };
+        const { hash, next } = await this.claimAndRefund(rec, voucher, amount);
         return {
           success: true as const,
           transaction: hash,
@@ -335,6 +314,55 @@ export class Payee {
       },
       this.opts.lockTimeoutMs,
     );
+  }
+
+  /**
+   * Operator-initiated close (shutting a service down): claims what the channel was charged with the
+   * last voucher and refunds the rest to the payer, in one transaction. Safe to re-run: a closed or
+   * empty channel is a no-op (returns undefined).
+   */
+  async closeChannel(channelId: Hex): Promise<{ hash: Hex; refunded: bigint; claimed: bigint } | undefined> {
+    return this.locks.with(channelId, async () => {
+      const stored = await this.store.getChannel(channelId);
+      if (!stored) return undefined;
+      const rec = this.withChain(stored, await readChannel(this.opts.publicClient, this.opts.escrow, channelId));
+      const claimable = rec.signature !== "0x" ? rec.chargedCumulative : rec.totalClaimed;
+      const refund = rec.balance - (claimable > rec.totalClaimed ? claimable : rec.totalClaimed);
+      if (refund <= 0n && claimable <= rec.totalClaimed) {
+        await this.store.putChannel(rec);
+        return undefined;
+      }
+      const { hash } = await this.claimAndRefund(rec, { maxClaimableAmount: rec.signedMaxClaimable, signature: rec.signature }, refund);
+      return { hash, refunded: refund, claimed: claimable };
+    });
+  }
+
+  /** One multicall: claim the charged total with `voucher` (when above the claimed total), then refund. */
+  private async claimAndRefund(rec: ChannelRecord, voucher: { maxClaimableAmount: bigint; signature: Hex }, amount: bigint) {
+    const claims =
+      rec.chargedCumulative > rec.totalClaimed && voucher.signature !== "0x"
+        ? [{ voucher: { channel: rec.config, maxClaimableAmount: voucher.maxClaimableAmount }, signature: voucher.signature, totalClaimed: rec.chargedCumulative }]
+        : [];
+    if (claims.length === 0 && amount <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "nothing to claim or refund");
+    const calls = claimAndRefundCalls(rec.config, claims, amount);
+    const { hash, receipt } = await this.opts.sender.send({
+      address: this.opts.escrow,
+      abi: batchSettlementAbi,
+      functionName: "multicall",
+      args: [calls],
+      simulationError: ErrorCodes.refundSimulationFailed,
+      transactionError: ErrorCodes.refundTransactionFailed,
+    });
+    const chain = await readChannel(this.opts.publicClient, this.opts.escrow, rec.channelId);
+    const next = this.withChain(rec, chain);
+    await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount, gasUsed: receipt.gasUsed });
+    if (chain.balance === chain.totalClaimed) {
+      // Fully refunded: the record's job is done (charges are in the ledger, claims on chain).
+      await this.store.deleteChannel(rec.channelId);
+    } else {
+      await this.store.putChannel(next);
+    }
+    return { hash, next };
   }
 
   /** Updates a channel's mirrored chain fields under its lock (used by the mirror and claim engine). */

@@ -11,6 +11,7 @@ import pino, { type Logger } from "pino";
 import client from "prom-client";
 import { privateKeyToAccount } from "viem/accounts";
 import { createChainClients } from "../chain/clients";
+import { readReceiver } from "../chain/escrow";
 import { TxSender } from "../chain/sender";
 import { parsePrice } from "../protocol/amounts";
 import { ChannelStore } from "../store/channelStore";
@@ -122,7 +123,43 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   if (config.facilitator) {
     app.use("/facilitator", admin, facilitatorRouter(new Facilitator(payee)));
   }
-  app.use("/admin/api", admin, adminRouter(store, config.asset, payee.network));
+  app.use(
+    "/admin/api",
+    admin,
+    adminRouter({
+      store,
+      asset: config.asset,
+      network: payee.network,
+      claims,
+      payee,
+      status: async () => {
+        const [head, eth, receiver] = await Promise.all([
+          publicClient.getBlockNumber({ cacheTime: 0 }),
+          publicClient.getBalance({ address: account.address }),
+          readReceiver(publicClient, config.escrow, payee.opts.receiver, config.asset.address),
+        ]);
+        let exposureSum = 0n;
+        let open = 0;
+        for await (const rec of store.channels()) {
+          open++;
+          exposureSum += exposure(rec);
+        }
+        return {
+          ok: true,
+          network: payee.network,
+          chainHead: head,
+          checkpoint: await watcher.checkpoint(),
+          chainViewAgeMs: Date.now() - payee.chainSyncedAt,
+          watcherFailures: watcher.failures,
+          signer: { address: account.address, eth },
+          receiver: { address: payee.opts.receiver, claimed: receiver.totalClaimed, settled: receiver.totalSettled, unsettled: receiver.totalClaimed - receiver.totalSettled },
+          channels: open,
+          pendingClaims: exposureSum,
+          recovery: recoveryBackend(),
+        };
+      },
+    }),
+  );
 
   const routes: RoutesConfig = { ...(config.routes as RoutesConfig) };
   for (const [key, p] of Object.entries(config.proxy)) routes[key] = { price: p.price, description: p.description, mimeType: p.mimeType };

@@ -1,0 +1,147 @@
+/**
+ * Operator commands: they talk to a running payee node's admin API (`--node`, bearer `--token`), so they
+ * work while the node serves traffic and never contend for its LevelDB. Batch commands show progress
+ * (a bar on a terminal, plain lines otherwise), are safe to re-run after an interruption (claims only
+ * raise totals; closed channels are skipped) and print the transactions and gas used.
+ */
+import { ExitCodes, ExitError } from "../errors";
+import { formatAmount } from "../../protocol/amounts";
+
+export type OperatorOptions = { node: string; token?: string; json?: boolean; decimals?: string; symbol?: string };
+
+async function api(o: OperatorOptions, path: string, body?: unknown): Promise<any> {
+  const token = o.token ?? process.env.TOLLWAY_ADMIN_TOKEN;
+  if (!token) throw new ExitError(ExitCodes.usage, "no admin token: pass --token or set TOLLWAY_ADMIN_TOKEN");
+  let res: Response;
+  try {
+    res = await fetch(`${o.node.replace(/\/$/, "")}/admin/api${path}`, {
+      method: body === undefined ? "GET" : "POST",
+      headers: { Authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ExitError(ExitCodes.http, `cannot reach the node at ${o.node}: ${(e as Error).message}`);
+  }
+  const json = await res.json().catch(() => ({}));
+  if (res.status === 401 || res.status === 403) throw new ExitError(ExitCodes.usage, "the node refused the admin token");
+  if (!res.ok) throw new ExitError(res.status >= 500 ? ExitCodes.chain : ExitCodes.http, `${path}: ${json.message ?? res.status}`);
+  return json;
+}
+
+const units = (o: OperatorOptions) => (v: string | bigint) => `${formatAmount(BigInt(v), Number(o.decimals ?? 6))} ${o.symbol ?? "USDC"}`;
+
+function progress(label: string, done: number, total: number, out: NodeJS.WriteStream | NodeJS.WritableStream) {
+  const tty = (out as NodeJS.WriteStream).isTTY;
+  if (tty) {
+    const width = 30;
+    const filled = total === 0 ? width : Math.round((done / total) * width);
+    out.write(`\r${label} [${"#".repeat(filled)}${"-".repeat(width - filled)}] ${done}/${total}${done === total ? "\n" : ""}`);
+  } else {
+    out.write(`${label}: ${done}/${total}\n`);
+  }
+}
+
+export async function status(o: OperatorOptions, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  const s = await api(o, "/status");
+  const u = units(o);
+  if (o.json) out.write(JSON.stringify(s, null, 2) + "\n");
+  else
+    out.write(
+      [
+        `node ${o.node}  ${s.network}  recovery ${s.recovery}`,
+        `chain head ${s.chainHead}, mirror checkpoint ${s.checkpoint ?? "-"}, chain view ${Math.round(s.chainViewAgeMs / 1000)} s old, watcher failures ${s.watcherFailures}`,
+        `signer ${s.signer.address}: ${formatAmount(BigInt(s.signer.eth), 18)} ETH`,
+        `receiver ${s.receiver.address}: claimed ${u(s.receiver.claimed)}, settled ${u(s.receiver.settled)}, unsettled ${u(s.receiver.unsettled)}`,
+        `${s.channels} channels, pending claims ${u(s.pendingClaims)}`,
+      ].join("\n") + "\n",
+    );
+  return 0;
+}
+
+export async function receiverChannels(o: OperatorOptions, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  const rows = await api(o, "/channels");
+  const u = units(o);
+  if (o.json) out.write(JSON.stringify(rows, null, 2) + "\n");
+  else if (rows.length === 0) out.write("no channels\n");
+  else
+    for (const r of rows)
+      out.write(
+        `${r.channelId.slice(0, 12)}…  payer ${r.payer}  balance ${u(r.balance)}  charged ${u(r.charged)}  claimed ${u(r.claimed)}  exposure ${u(r.exposure)}${r.secondsToFinalize === null ? "" : `  WITHDRAWAL finalizes in ${r.secondsToFinalize} s`}\n`,
+      );
+  return 0;
+}
+
+export async function claim(o: OperatorOptions & { all?: boolean; channel?: string[]; batch?: string }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+  if (!o.all && !o.channel?.length) throw new ExitError(ExitCodes.usage, "say which channels: --all or --channel <id> (repeatable)");
+  const ids: string[] = o.channel?.length
+    ? o.channel
+    : (await api(o, "/channels")).filter((c: any) => BigInt(c.exposure) > 0n).map((c: any) => c.channelId);
+  const size = Number(o.batch ?? 100);
+  const txs: any[] = [];
+  const failed: any[] = [];
+  let claimed = 0;
+  progress("claiming", 0, ids.length, err);
+  for (let i = 0; i < ids.length; i += size) {
+    const r = await api(o, "/claim", { channels: ids.slice(i, i + size) });
+    txs.push(...r.transactions);
+    failed.push(...r.failed);
+    claimed += r.claimedChannels;
+    progress("claiming", Math.min(i + size, ids.length), ids.length, err);
+  }
+  report(o, out, { claimedChannels: claimed, transactions: txs, failed });
+  return failed.length ? ExitCodes.chain : 0;
+}
+
+export async function settle(o: OperatorOptions, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  const r = await api(o, "/settle", {});
+  if (o.json) out.write(JSON.stringify(r) + "\n");
+  else out.write(r.hash ? `settled ${units(o)(r.amount)} in ${r.hash} (gas ${r.gasUsed})\n` : "nothing to settle\n");
+  return 0;
+}
+
+export async function operatorRefund(o: OperatorOptions & { all?: boolean; channel?: string[] }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+  if (!o.all && !o.channel?.length) throw new ExitError(ExitCodes.usage, "say which channels: --all or --channel <id>");
+  const ids: string[] = o.channel?.length ? o.channel : (await api(o, "/channels")).map((c: any) => c.channelId);
+  const done: any[] = [];
+  progress("refunding", 0, ids.length, err);
+  for (let i = 0; i < ids.length; i++) {
+    const r = await api(o, "/refund", { channels: [ids[i]] });
+    done.push(...r.refunded);
+    progress("refunding", i + 1, ids.length, err);
+  }
+  if (o.json) out.write(JSON.stringify({ refunded: done }) + "\n");
+  else for (const d of done) out.write(`${d.channelId.slice(0, 12)}…  refunded ${units(o)(d.refunded)}  claimed ${units(o)(d.claimed)}  tx ${d.hash}\n`);
+  return 0;
+}
+
+export async function closeAll(o: OperatorOptions & { batch?: string }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+  const c = await claim({ ...o, all: true, json: o.json }, out, err);
+  await settle(o, out);
+  await operatorRefund({ ...o, all: true }, out, err);
+  return c;
+}
+
+function report(o: OperatorOptions, out: NodeJS.WritableStream, r: { claimedChannels: number; transactions: any[]; failed: any[] }) {
+  if (o.json) {
+    out.write(JSON.stringify(r) + "\n");
+    return;
+  }
+  for (const t of r.transactions) out.write(`claim tx ${t.hash}: ${t.channels.length} channels, ${units(o)(t.amount)}, gas ${t.gasUsed}\n`);
+  for (const f of r.failed) out.write(`NOT CLAIMED ${f.channelId}: ${f.reason}\n`);
+  out.write(`claimed ${r.claimedChannels} channels in ${r.transactions.length} transactions\n`);
+}
+
+export async function revenueReport(o: OperatorOptions & { by?: string; csv?: boolean }, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  const rows = await api(o, `/report?by=${encodeURIComponent(o.by ?? "resource")}`);
+  const u = units(o);
+  if (o.json) out.write(JSON.stringify(rows, null, 2) + "\n");
+  else if (o.csv) {
+    const { toCsv } = await import("../../payee/report");
+    out.write(toCsv(rows.map((r: any) => ({ [o.by ?? "resource"]: r.key, revenue: r.revenue, requests: r.requests, payers: r.payers }))));
+  } else {
+    const total = rows.reduce((s: bigint, r: any) => s + BigInt(r.revenue), 0n);
+    for (const r of rows) out.write(`${u(r.revenue).padStart(14)}  ${String(r.requests).padStart(6)} req  ${String(r.payers).padStart(4)} payers  ${r.key}\n`);
+    out.write(`${u(total).padStart(14)}  total\n`);
+  }
+  return 0;
+}
