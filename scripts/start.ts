@@ -7,7 +7,11 @@ import { startDemo } from "../node/web/demo";
 async function main() {
   const port = Number(process.env.PORT ?? 4020);
   console.log("Starting a local chain, deploying Tollway, starting the publisher's node…");
-  const demo = await startDemo({ port });
+  const dir = process.env.TOLLWAY_DEMO_DIR; // default: .tollway/ in the repository
+  const demo = await startDemo({
+    port,
+    ...(dir ? { infoFile: `${dir}/demo.json`, storePath: `${dir}/store`, webDir: `${dir}/web` } : {}),
+  });
   console.log(`
 Tollway demo is running (local chain, test USDC; nothing here touches a real network).
 
