@@ -35,6 +35,8 @@ export const nodeConfigSchema = z
     adminToken: z.string().min(16, "adminToken must be at least 16 characters").optional(),
     facilitator: z.boolean().default(true),
     riskWindowMs: z.number().int().positive().default(300_000),
+    /** How often the chain watcher polls the escrow's events (ms). */
+    pollIntervalMs: z.number().int().min(50).default(2_000),
     claims: z
       .object({
         threshold: priceSchema.optional(),

@@ -57,6 +57,8 @@ export type PayeeOptions = {
   maxTimeoutSeconds?: number;
   /** Keep serving known channels while the chain view is at most this old (ms). Default 5 min. */
   riskWindowMs?: number;
+  /** Blocks a channel's deposits must be buried under before they count (reorg safety). Default 0. */
+  confirmations?: number;
   /** Refuse vouchers on a channel whose withdrawal finalizes within this margin (s). Default 300. */
   withdrawalSafetyMarginS?: number;
   /** Wait this long for a busy channel before answering channel_busy (ms). */
@@ -515,7 +517,10 @@ export class Payee {
     if (existing) return existing;
     let chain: OnchainChannel;
     try {
-      chain = await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
+      // Only confirmed state counts: a deposit that a reorg could still remove is not seen yet.
+      const depth = BigInt(this.opts.confirmations ?? 0);
+      const at = depth > 0n ? (await this.opts.publicClient.getBlockNumber({ cacheTime: 0 })) - depth : undefined;
+      chain = await readChannel(this.opts.publicClient, this.opts.escrow, channelId, at !== undefined && at >= 0n ? at : undefined);
     } catch (cause) {
       throw new PaymentError(ErrorCodes.channelStateReadFailed, "could not read the channel from the chain", { cause, status: 503 });
     }

@@ -88,6 +88,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     asset: config.asset,
     withdrawDelay: config.withdrawDelay,
     riskWindowMs: config.riskWindowMs,
+    confirmations: config.confirmations,
     logger,
     onCharge: (rec) => claims.noteCharge(rec),
   });
@@ -99,7 +100,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     logger,
     onAlert: () => claimFailures.inc(),
   });
-  const watcher = new ChainWatcher(payee, claims, { confirmations: config.confirmations, logger, onAlert: () => claimFailures.inc() });
+  const watcher = new ChainWatcher(payee, claims, { confirmations: config.confirmations, pollIntervalMs: config.pollIntervalMs, logger, onAlert: () => claimFailures.inc() });
 
   const app = express();
   app.disable("x-powered-by");

@@ -1,0 +1,180 @@
+/**
+ * Chain faults: the RPC endpoint stops answering (a TCP proxy in front of the chain is paused), and a
+ * deposit is reorganised away (evm_snapshot / evm_revert).
+ */
+import { expect } from "chai";
+import net from "node:net";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import pino from "pino";
+import { keccak256, toHex, type LocalAccount } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { batchSettlementAbi } from "../../node/chain/abi";
+import { encodeErc3009CollectorData, erc3009DepositNonce } from "../../node/protocol/collectorData";
+import { CANONICAL_ADDRESSES, receiveWithAuthorizationTypes } from "../../node/protocol/typedData";
+import { parseNodeConfig } from "../../node/payee/config";
+import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
+import { clientsFor } from "../helpers/chainNode";
+import { startChain } from "../helpers/payeeHarness";
+import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
+
+/** A pausable TCP proxy: paused = the RPC endpoint stops answering (connections refused). */
+async function tcpProxy(targetPort: number) {
+  const sockets = new Set<net.Socket>();
+  let server: net.Server | undefined;
+  const port = await new Promise<number>((resolve) => {
+    const probe = net.createServer().listen(0, "127.0.0.1", () => {
+      const p = (probe.address() as net.AddressInfo).port;
+      probe.close(() => resolve(p));
+    });
+  });
+  const listen = () =>
+    new Promise<void>((resolve) => {
+      server = net.createServer((client) => {
+        const upstream = net.connect(targetPort, "127.0.0.1");
+        for (const s of [client, upstream]) {
+          sockets.add(s);
+          s.on("close", () => sockets.delete(s));
+          s.on("error", () => s.destroy());
+        }
+        client.pipe(upstream).pipe(client);
+      });
+      server.listen(port, "127.0.0.1", () => resolve());
+    });
+  await listen();
+  return {
+    url: `http://127.0.0.1:${port}`,
+    pause: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server!.close(() => resolve());
+      }),
+    resume: listen,
+  };
+}
+
+describe("torture: chain faults", function () {
+  this.timeout(240_000);
+  let ctx: Awaited<ReturnType<typeof startChain>>;
+  before(async () => {
+    ctx = await startChain();
+  });
+  after(async () => ctx?.chain.stop());
+
+  async function node(rpcUrl: string, extra: Record<string, unknown>): Promise<PayeeNode> {
+    const key = keccak256(toHex(`faults-node-${Math.random()}`));
+    await ctx.testClient.setBalance({ address: privateKeyToAccount(key).address, value: 10n ** 20n });
+    return startPayeeNode(
+      parseNodeConfig({
+        rpcUrl,
+        escrow: ctx.deployment.escrow,
+        erc3009Collector: ctx.deployment.erc3009Collector,
+        asset: { address: ctx.deployment.token },
+        listen: { port: 0 },
+        storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-faults-")),
+        routes: { "GET /a/:id": "$0.01" },
+        claims: { onShutdown: false },
+        ...extra,
+      }, {}),
+      { key, logger: pino({ level: "silent" }), install: (app) => app.get("/a/:id", (_req, res) => void res.send("ok")) },
+    );
+  }
+
+  it("RPC down: known channels keep being served within the risk window, refused beyond it, served again after catching up", async () => {
+    const proxy = await tcpProxy(ctx.chain.port);
+    const n = await node(proxy.url, { riskWindowMs: 1500, pollIntervalMs: 100 });
+    try {
+      const accept = (await fetchRequirements(`${n.url}/a/1`)).accept;
+      const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("faults-a"))));
+      expect((await payWith(`${n.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, 10_000n))).status).to.equal(200);
+      let charged = 10_000n;
+      await proxy.pause();
+      // within the window: vouchers on a known channel need no RPC
+      const within = await payWith(`${n.url}/a/2`, await payer.voucherHeader(accept, charged + 10_000n));
+      expect(within.status).to.equal(200);
+      charged += 10_000n;
+      expect((await fetch(`${n.url}/health`)).status).to.equal(503);
+      // beyond the window: a clear refusal, nothing charged
+      await new Promise((r) => setTimeout(r, 1800));
+      const beyond = await payWith(`${n.url}/a/3`, await payer.voucherHeader(accept, charged + 10_000n));
+      expect(beyond.status).to.equal(503);
+      expect(beyond.paymentRequired.error).to.equal("invalid_batch_settlement_evm_channel_state_read_failed");
+      expect((await n.store.getChannel(payer.channelId(accept)))!.chargedCumulative).to.equal(charged);
+      // the chain returns: the watcher catches up and serving resumes
+      await proxy.resume();
+      const deadline = Date.now() + 5000;
+      let after = beyond;
+      while (Date.now() < deadline) {
+        after = await payWith(`${n.url}/a/4`, await payer.voucherHeader(accept, charged + 10_000n));
+        if (after.status === 200) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(after.status).to.equal(200);
+      expect(n.watcher.failures).to.equal(0);
+    } finally {
+      await n.stop();
+    }
+  });
+
+  it("a deposit that is reorganised away is never counted (confirmations = 2)", async () => {
+    const n = await node(ctx.chain.url, { confirmations: 2 });
+    try {
+      const accept = (await fetchRequirements(`${n.url}/a/1`)).accept;
+      const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("faults-b"))));
+      const config = payer.config(accept);
+      const id = payer.channelId(accept);
+      const snapshot = await ctx.testClient.snapshot();
+      // the payer deposits on chain itself (not through the node)
+      const { walletClient, publicClient } = clientsFor(ctx.chain.url, payer.account);
+      const salt = 7n;
+      const signature = await payer.account.signTypedData({
+        domain: { name: "USDC", version: "2", chainId: 31337, verifyingContract: accept.asset },
+        types: receiveWithAuthorizationTypes,
+        primaryType: "ReceiveWithAuthorization",
+        message: { from: config.payer, to: CANONICAL_ADDRESSES.erc3009DepositCollector, value: 500_000n, validAfter: 0n, validBefore: 2n ** 40n, nonce: erc3009DepositNonce(id, salt) },
+      });
+      await ctx.testClient.setBalance({ address: payer.account.address, value: 10n ** 18n });
+      const hash = await walletClient.writeContract({
+        address: CANONICAL_ADDRESSES.batchSettlement,
+        abi: batchSettlementAbi,
+        functionName: "deposit",
+        args: [config, 500_000n, CANONICAL_ADDRESSES.erc3009DepositCollector, encodeErc3009CollectorData({ validAfter: 0n, validBefore: 2n ** 40n, salt: toHex(salt, { size: 32 }), signature })],
+      });
+      await publicClient.waitForTransactionReceipt({ hash });
+      // not yet buried under 2 blocks: not counted
+      const early = await payWith(`${n.url}/a/1`, await payer.voucherHeader(accept, 10_000n));
+      expect(early.status).to.equal(402);
+      expect(early.paymentRequired.error).to.equal("invalid_batch_settlement_evm_channel_not_found");
+      // the reorg removes the deposit; the chain moves on
+      await ctx.testClient.revert({ id: snapshot });
+      await ctx.testClient.mine({ blocks: 3 });
+      const later = await payWith(`${n.url}/a/1`, await payer.voucherHeader(accept, 10_000n));
+      expect(later.status).to.equal(402);
+      expect(later.paymentRequired.error).to.equal("invalid_batch_settlement_evm_channel_not_found");
+      expect(await n.store.getChannel(id)).to.equal(undefined);
+
+      // control: the same deposit, not reorganised, counts once buried under 2 blocks
+      const signature2 = await payer.account.signTypedData({
+        domain: { name: "USDC", version: "2", chainId: 31337, verifyingContract: accept.asset },
+        types: receiveWithAuthorizationTypes,
+        primaryType: "ReceiveWithAuthorization",
+        message: { from: config.payer, to: CANONICAL_ADDRESSES.erc3009DepositCollector, value: 500_000n, validAfter: 0n, validBefore: 2n ** 40n, nonce: erc3009DepositNonce(id, 8n) },
+      });
+      await ctx.testClient.setBalance({ address: payer.account.address, value: 10n ** 18n });
+      const hash2 = await walletClient.writeContract({
+        address: CANONICAL_ADDRESSES.batchSettlement,
+        abi: batchSettlementAbi,
+        functionName: "deposit",
+        args: [config, 500_000n, CANONICAL_ADDRESSES.erc3009DepositCollector, encodeErc3009CollectorData({ validAfter: 0n, validBefore: 2n ** 40n, salt: toHex(8n, { size: 32 }), signature: signature2 })],
+      });
+      await publicClient.waitForTransactionReceipt({ hash: hash2 });
+      await ctx.testClient.mine({ blocks: 2 });
+      const counted = await payWith(`${n.url}/a/1`, await payer.voucherHeader(accept, 10_000n));
+      expect(counted.status, counted.text).to.equal(200);
+      expect(counted.paymentResponse.extra.channelState.balance).to.equal("500000");
+    } finally {
+      await n.stop();
+    }
+  });
+});
