@@ -74,9 +74,13 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   });
 
   it("admin, metrics and facilitator endpoints refuse requests without the token", async () => {
-    for (const p of ["/metrics", "/facilitator/supported"]) {
+    for (const p of ["/metrics", "/facilitator/supported", "/admin/api/summary", "/admin/api/status", "/admin/api/channels", "/admin/api/report", "/admin/api/history"]) {
       expect((await fetch(`${node.url}${p}`)).status, p).to.equal(401);
       expect((await fetch(`${node.url}${p}`, { headers: { Authorization: "Bearer wrong-token-wrong-token" } })).status, p).to.equal(401);
+    }
+    for (const p of ["/admin/api/claim", "/admin/api/settle", "/admin/api/refund", "/facilitator/verify", "/facilitator/settle"]) {
+      const r = await fetch(`${node.url}${p}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+      expect(r.status, p).to.equal(401);
     }
     const sup = await (await fetch(`${node.url}/facilitator/supported`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
     expect(sup.kinds[0]).to.deep.include({ x402Version: 2, scheme: "batch-settlement", network: "eip155:31337" });
