@@ -11,30 +11,19 @@
  *
  * Run: npm run bench:payments   (TOLLWAY_BENCH_SECONDS=5 per run by default)
  */
-import autocannon from "autocannon";
-import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { keccak256, toHex, type Hex, type Address, hexToBytes } from "viem";
+import { keccak256, toHex, type Address } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
-import { batchSettlementAbi } from "../node/chain/abi";
 import { deployTollway } from "../node/chain/deploy";
-import { encodeErc3009CollectorData, erc3009DepositNonce } from "../node/protocol/collectorData";
 import { createDigester } from "../node/protocol/fastDigest";
-import {
-  CANONICAL_ADDRESSES,
-  type ChannelConfig,
-  computeChannelId,
-  escrowDomain,
-  receiveWithAuthorizationTypes,
-} from "../node/protocol/typedData";
-import { HEADERS, encodeBase64Json } from "../node/protocol/wire";
+import { CANONICAL_ADDRESSES, escrowDomain } from "../node/protocol/typedData";
 import { keccak256Fast, keccakReady, recoverSigner } from "../node/payee/recover";
 import { clientsFor, hardhatTestAccount, startChainNode } from "../test/helpers/chainNode";
+import { children, median, runLoad, setupChannels, startBenchServer, type RunResult } from "./lib";
 
 const secp = require("secp256k1/bindings") as {
-  ecdsaSign(msg: Uint8Array, key: Uint8Array): { signature: Uint8Array; recid: number };
   ecdsaRecover(sig: Uint8Array, recid: number, msg: Uint8Array, compressed: boolean, out?: Uint8Array): Uint8Array;
 };
 
@@ -44,101 +33,11 @@ const CHANNELS = 16;
 const PRICE = 1_000n; // $0.001
 const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 11_000);
 
-type Channel = { id: Hex; headers: string[]; next: number; accept: Record<string, unknown>; busy: boolean };
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-async function startServer(env: Record<string, unknown>): Promise<{ proc: ChildProcess; port: number; stop(): Promise<string> }> {
-  const prof = process.env.TOLLWAY_BENCH_PROF ? ["--cpu-prof", "--cpu-prof-dir", process.env.TOLLWAY_BENCH_PROF] : [];
-  const proc = spawn(process.execPath, [...prof, "-r", "ts-node/register/transpile-only", path.join(__dirname, "payee-server.ts")], {
-    env: { ...process.env, TOLLWAY_BENCH: JSON.stringify(env) },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  children.push(proc);
-  let out = "";
-  const port = await new Promise<number>((resolve, reject) => {
-    proc.stdout!.on("data", (d) => {
-      out += String(d);
-      const m = /READY (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    proc.once("exit", (code) => reject(new Error(`bench server exited (${code})`)));
-  });
-  return {
-    proc,
-    port,
-    stop: () =>
-      new Promise((resolve) => {
-        proc.once("exit", () => resolve(out));
-        proc.kill("SIGTERM");
-      }),
-  };
-}
-
-type RunResult = { rps: number; p50: number; p99: number; non2xx: number; errors: number; total: number };
-
-async function run(url: string, channels: Channel[] | undefined, rate?: number): Promise<RunResult> {
-  // One request in flight per channel: a connection takes a free channel for each request.
-  for (const c of channels ?? []) c.busy = false;
-  const take = () => {
-    const ch = channels!.find((c) => !c.busy) ?? channels![0]!;
-    ch.busy = true;
-    return ch;
-  };
-  const result = await autocannon({
-    url,
-    connections: CONNECTIONS,
-    duration: SECONDS,
-    pipelining: 1,
-    ...(rate ? { overallRate: rate } : {}),
-    requests: [
-      channels
-        ? {
-            method: "GET",
-            setupRequest: (req: any, context: any) => {
-              // Never throw inside autocannon: an exhausted channel repeats its last voucher and the
-              // resulting 402s show up in non-2xx.
-              const ch = take();
-              context.ch = ch;
-              const header = ch.headers[Math.min(ch.next, ch.headers.length - 1)]!;
-              req.headers = { [HEADERS.paymentSignature]: header };
-              return req;
-            },
-            onResponse: (status: number, body: string, context: any) => {
-              const ch = context.ch as Channel;
-              if (status === 200) ch.next++;
-              else if (status === 402) {
-                // resynchronise from the corrective 402 (should not happen in a clean run)
-                try {
-                  const c = BigInt(JSON.parse(body).accepts[0].extra.channelState.chargedCumulativeAmount);
-                  ch.next = Number(c / PRICE);
-                } catch {
-                  /* keep */
-                }
-              }
-              ch.busy = false;
-            },
-          }
-        : { method: "GET" },
-    ],
-  } as autocannon.Options);
-  return {
-    rps: result.requests.average,
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    non2xx: result.non2xx,
-    errors: result.errors,
-    total: result.requests.total,
-  };
-}
-
 async function main() {
   const t0 = Date.now();
   await keccakReady;
   const chain = await startChainNode();
+  const SERVER = path.join(__dirname, "payee-server.ts");
   children.push(chain.proc);
   const deployer = hardhatTestAccount(0);
   // A fresh local key for the payee (it sends no transaction in this benchmark).
@@ -169,45 +68,12 @@ async function main() {
 
   // Deposits (gasless, relayed) and pre-signed vouchers, outside the timed part.
   const relay = clientsFor(chain.url, relayer);
-  const channels: Channel[] = [];
-  for (let i = 0; i < CHANNELS; i++) {
-    const payer = payers[i]!;
-    const sessionKey = keccak256(toHex(`bench-session-${i}`));
-    const session = privateKeyToAccount(sessionKey);
-    const config: ChannelConfig = {
-      payer: payer.address,
-      payerAuthorizer: session.address,
-      receiver: payeeAccount.address,
-      receiverAuthorizer: payeeAccount.address,
-      token,
-      withdrawDelay: 900,
-      salt: toHex(i, { size: 32 }),
-    };
-    const id = computeChannelId(domain, config);
-    const salt = BigInt(keccak256(toHex(`bench-deposit-${i}`)));
-    const signature = await payer.signTypedData({
-      domain: { name: "USDC", version: "2", chainId: 31337, verifyingContract: token },
-      types: receiveWithAuthorizationTypes,
-      primaryType: "ReceiveWithAuthorization",
-      message: { from: payer.address, to: CANONICAL_ADDRESSES.erc3009DepositCollector, value: deposit, validAfter: 0n, validBefore: 2n ** 40n, nonce: erc3009DepositNonce(id, salt) },
-    });
-    const hash = await relay.walletClient.writeContract({
-      address: CANONICAL_ADDRESSES.batchSettlement,
-      abi: batchSettlementAbi,
-      functionName: "deposit",
-      args: [config, deposit, CANONICAL_ADDRESSES.erc3009DepositCollector, encodeErc3009CollectorData({ validAfter: 0n, validBefore: 2n ** 40n, salt: toHex(salt, { size: 32 }), signature })],
-    });
-    await relay.publicClient.waitForTransactionReceipt({ hash });
-    const key = hexToBytes(sessionKey);
-    const headers: string[] = [];
-    for (let k = 1; k <= VOUCHERS_PER_CHANNEL; k++) {
-      const max = PRICE * BigInt(k);
-      const { signature: sig, recid } = secp.ecdsaSign(digester.voucherDigest(id, max), key);
-      const sigHex = `0x${Buffer.from(sig).toString("hex")}${(recid + 27).toString(16)}`;
-      headers.push(encodeBase64Json({ x402Version: 2, accepted: accept, payload: { type: "voucher", channelConfig: config, voucher: { channelId: id, maxClaimableAmount: max.toString(), signature: sigHex } } }));
-    }
-    channels.push({ id, headers, next: 0, accept, busy: false });
-  }
+  const channels = await setupChannels({
+    relayer: relay.walletClient as never,
+    waitForReceipt: (hash) => relay.publicClient.waitForTransactionReceipt({ hash }),
+    digester, token, receiver: payeeAccount.address, receiverAuthorizer: payeeAccount.address, accept, price: PRICE,
+    count: CHANNELS, vouchers: VOUCHERS_PER_CHANNEL, label: "bench", payers,
+  });
   const setupS = (Date.now() - t0) / 1000;
 
   const storePath = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-bench-"));
@@ -222,29 +88,29 @@ async function main() {
   };
 
   // 1 + 2: durable server
-  let server = await startServer({ ...serverEnv, sync: true });
+  let server = await startBenchServer(SERVER, { ...serverEnv, sync: true });
   const base = `http://127.0.0.1:${server.port}`;
-  await run(`${base}/free`, undefined); // warm-up
+  await runLoad(`${base}/free`, { connections: CONNECTIONS, seconds: SECONDS }); // warm-up
   const unpaid: RunResult[] = [];
   const paid: RunResult[] = [];
   for (let i = 0; i < 2; i++) {
-    unpaid.push(await run(`${base}/free`, undefined));
-    paid.push(await run(`${base}/paid`, channels));
+    unpaid.push(await runLoad(`${base}/free`, { connections: CONNECTIONS, seconds: SECONDS }));
+    paid.push(await runLoad(`${base}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
   }
   const unpaidRps = median(unpaid.map((r) => r.rps));
   const paidRps = median(paid.map((r) => r.rps));
   const half = Math.max(1, Math.floor(paidRps / 2));
-  const unpaidHalf = await run(`${base}/free`, undefined, half);
-  const paidHalf = await run(`${base}/paid`, channels, half);
+  const unpaidHalf = await runLoad(`${base}/free`, { connections: CONNECTIONS, seconds: SECONDS, rate: half });
+  const paidHalf = await runLoad(`${base}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS, rate: half });
   const durableOut = await server.stop();
 
   // 3: non-durable server on the same store (the counters continue)
-  server = await startServer({ ...serverEnv, sync: false });
-  const nondurable = await run(`http://127.0.0.1:${server.port}/paid`, channels);
-  const nondurableHalf = await run(`http://127.0.0.1:${server.port}/paid`, channels, half);
+  server = await startBenchServer(SERVER, { ...serverEnv, sync: false });
+  const nondurable = await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS });
+  const nondurableHalf = await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS, rate: half });
   await server.stop();
-  server = await startServer({ ...serverEnv, sync: true });
-  const durable2 = await run(`http://127.0.0.1:${server.port}/paid`, channels);
+  server = await startBenchServer(SERVER, { ...serverEnv, sync: true });
+  const durable2 = await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS });
   await server.stop();
 
   // 4: verification microbench (in this process)
@@ -317,10 +183,6 @@ async function main() {
   console.log(lines.join("\n"));
 }
 
-const children: ChildProcess[] = [];
-process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-});
 // A benchmark must stop by itself.
 setTimeout(() => {
   console.error("benchmark exceeded 15 minutes; aborting");
