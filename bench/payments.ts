@@ -31,7 +31,7 @@ const SECONDS = Number(process.env.TOLLWAY_BENCH_SECONDS ?? 5);
 const CONNECTIONS = 10;
 const CHANNELS = 16;
 const PRICE = 1_000n; // $0.001
-const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 11_000);
+const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 14_000);
 
 async function main() {
   const t0 = Date.now();
@@ -45,7 +45,7 @@ async function main() {
   const payeeAccount = privateKeyToAccount(payeeKey);
   const relayer = hardhatTestAccount(2);
   const { publicClient, walletClient } = clientsFor(chain.url, deployer);
-  const payers = Array.from({ length: CHANNELS }, (_, i) => privateKeyToAccount(keccak256(toHex(`bench-payer-${i}`))));
+  const payers = Array.from({ length: 2 * CHANNELS }, (_, i) => privateKeyToAccount(keccak256(toHex(`bench-payer-${i}`))));
   const deposit = PRICE * BigInt(VOUCHERS_PER_CHANNEL + 10);
   const deployment = await deployTollway({
     walletClient,
@@ -72,7 +72,7 @@ async function main() {
     relayer: relay.walletClient as never,
     waitForReceipt: (hash) => relay.publicClient.waitForTransactionReceipt({ hash }),
     digester, token, receiver: payeeAccount.address, receiverAuthorizer: payeeAccount.address, accept, price: PRICE,
-    count: CHANNELS, vouchers: VOUCHERS_PER_CHANNEL, label: "bench", payers,
+    count: CHANNELS, vouchers: VOUCHERS_PER_CHANNEL, label: "bench", payers: payers.slice(0, CHANNELS),
   });
   const setupS = (Date.now() - t0) / 1000;
 
@@ -104,14 +104,44 @@ async function main() {
   const paidHalf = await runLoad(`${base}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS, rate: half });
   const durableOut = await server.stop();
 
-  // 3: non-durable server on the same store (the counters continue)
-  server = await startBenchServer(SERVER, { ...serverEnv, sync: false });
-  const nondurable = await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS });
-  const nondurableHalf = await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS, rate: half });
-  await server.stop();
-  server = await startBenchServer(SERVER, { ...serverEnv, sync: true });
-  const durable2 = await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS });
-  await server.stop();
+  // 3: non-durable vs durable servers on the same store (the counters continue), interleaved, 2 runs each
+  const nondurableRuns: RunResult[] = [];
+  const durableRuns: RunResult[] = [];
+  let nondurableHalf: RunResult | undefined;
+  for (let i = 0; i < 2; i++) {
+    server = await startBenchServer(SERVER, { ...serverEnv, sync: false });
+    nondurableRuns.push(await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
+    if (i === 0) nondurableHalf = await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS, rate: half });
+    await server.stop();
+    server = await startBenchServer(SERVER, { ...serverEnv, sync: true });
+    durableRuns.push(await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
+    await server.stop();
+  }
+  const nondurable = { rps: median(nondurableRuns.map((r) => r.rps)), non2xx: nondurableRuns.reduce((a, r) => a + r.non2xx, 0) };
+  const durable2 = { rps: median(durableRuns.map((r) => r.rps)), non2xx: durableRuns.reduce((a, r) => a + r.non2xx, 0) };
+
+  // 5: reverse-proxy mode vs a direct hit on the upstream (same run)
+  const upstream = await startBenchServer(path.join(__dirname, "upstream-server.ts"), {});
+  const proxyKey = keccak256(toHex("tollway-bench-proxy"));
+  const proxyAccount = privateKeyToAccount(proxyKey);
+  const proxy = await startBenchServer(path.join(__dirname, "proxy-server.ts"), { rpcUrl: chain.url, escrow: deployment.escrow, erc3009Collector: deployment.erc3009Collector, token, upstream: `http://127.0.0.1:${upstream.port}`, key: proxyKey });
+  const proxyAccept = { ...accept, payTo: proxyAccount.address, extra: { ...accept.extra, receiverAuthorizer: proxyAccount.address } };
+  const proxyChannels = await setupChannels({
+    relayer: relay.walletClient as never,
+    waitForReceipt: (hash) => relay.publicClient.waitForTransactionReceipt({ hash }),
+    digester, token, receiver: proxyAccount.address, receiverAuthorizer: proxyAccount.address, accept: proxyAccept, price: PRICE,
+    count: CHANNELS, vouchers: VOUCHERS_PER_CHANNEL, label: "proxy", payers: payers.slice(CHANNELS),
+  });
+  const direct: RunResult[] = [];
+  const proxied: RunResult[] = [];
+  for (let i = 0; i < 2; i++) {
+    direct.push(await runLoad(`http://127.0.0.1:${upstream.port}/api/x`, { connections: CONNECTIONS, seconds: SECONDS }));
+    proxied.push(await runLoad(`http://127.0.0.1:${proxy.port}/api/x`, { channels: proxyChannels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
+  }
+  await proxy.stop();
+  await upstream.stop();
+  const directRps = median(direct.map((r) => r.rps));
+  const proxiedRps = median(proxied.map((r) => r.rps));
 
   // 4: verification microbench (in this process)
   const n = 20_000;
@@ -137,7 +167,7 @@ async function main() {
   const pathNs = Number(process.hrtime.bigint() - t) / n;
   if (ok !== n) throw new Error(`verification path rejected ${n - ok} valid vouchers`);
 
-  // 5: the disk's own fsync latency (context for the latency figures): 400 x (append 200 bytes + fdatasync)
+  // 6: the disk's own fsync latency (context for the latency figures): 400 x (append 200 bytes + fdatasync)
   const fsyncMs: number[] = [];
   const fd = fs.openSync(path.join(storePath, "fsync-probe"), "a");
   for (let i = 0; i < 400; i++) {
@@ -166,11 +196,11 @@ async function main() {
     `2. latency at half of the paid maximum (${half} req/s)`,
     `   unpaid p50 ${unpaidHalf.p50} ms  p99 ${unpaidHalf.p99} ms`,
     `   paid   p50 ${paidHalf.p50} ms  p99 ${paidHalf.p99} ms   (non-2xx ${paidHalf.non2xx})`,
-    `   paid, non-durable store: p50 ${nondurableHalf.p50} ms  p99 ${nondurableHalf.p99} ms`,
+    `   paid, non-durable store: p50 ${nondurableHalf!.p50} ms  p99 ${nondurableHalf!.p99} ms`,
     `   added  p50 ${(paidHalf.p50 - unpaidHalf.p50).toFixed(2)} ms  p99 ${(paidHalf.p99 - unpaidHalf.p99).toFixed(2)} ms   goal p99 <= 2 ms  ${paidHalf.p99 - unpaidHalf.p99 <= 2 ? "MET" : "NOT MET"}`,
     ``,
-    `3. durable (fsync group commit) vs non-durable, paid route`,
-    `   non-durable ${fmt(nondurable.rps)} req/s   durable ${fmt(durable2.rps)} req/s (non-2xx ${nondurable.non2xx + durable2.non2xx})`,
+    `3. durable (fsync group commit) vs non-durable, paid route (median of 2 interleaved runs each)`,
+    `   non-durable ${fmt(nondurable.rps)} req/s (runs ${nondurableRuns.map((r) => fmt(r.rps)).join(", ")})   durable ${fmt(durable2.rps)} req/s (runs ${durableRuns.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${nondurable.non2xx + durable2.non2xx})`,
     `   ratio durable/non-durable ${(durable2.rps / nondurable.rps).toFixed(3)}   goal >= 0.9  ${durable2.rps / nondurable.rps >= 0.9 ? "MET" : "NOT MET"}`,
     `   group commit: ${flushes ?? "?"} fsync'd batches for ${paidTotal} paid requests in the first server`,
     ``,
@@ -178,7 +208,11 @@ async function main() {
     `   bare recover ${fmt(bareNs / 1000, 2)} us   verification path ${fmt(pathNs / 1000, 2)} us`,
     `   ratio (bare/path throughput) ${(bareNs / pathNs).toFixed(3)}   goal >= 0.8  ${bareNs / pathNs >= 0.8 ? "MET" : "NOT MET"}`,
     ``,
-    `5. this disk's fdatasync latency (append 200 B + fdatasync, 400 times): p50 ${fsyncMs[200]!.toFixed(2)} ms  p99 ${fsyncMs[396]!.toFixed(2)} ms`,
+    `5. reverse-proxy mode (paid) vs a direct hit on the express upstream (unpaid), median of 2 runs each`,
+    `   direct upstream ${fmt(directRps)} req/s   Tollway proxy, paid ${fmt(proxiedRps)} req/s (non-2xx ${proxied.reduce((a, r) => a + r.non2xx, 0)})`,
+    `   ratio proxy/direct ${(proxiedRps / directRps).toFixed(3)}   goal >= 0.45  ${proxiedRps / directRps >= 0.45 ? "MET" : "NOT MET"}`,
+    ``,
+    `6. this disk's fdatasync latency (append 200 B + fdatasync, 400 times): p50 ${fsyncMs[200]!.toFixed(2)} ms  p99 ${fsyncMs[396]!.toFixed(2)} ms`,
   ];
   console.log(lines.join("\n"));
 }

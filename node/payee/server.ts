@@ -7,6 +7,8 @@ import express, { type Express, type Request, type Response } from "express";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import fs from "node:fs";
+import http from "node:http";
+import https from "node:https";
 import pino, { type Logger } from "pino";
 import client from "prom-client";
 import { privateKeyToAccount } from "viem/accounts";
@@ -215,32 +217,34 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   };
 }
 
+const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"]);
+const agents = { "http:": new http.Agent({ keepAlive: true, maxSockets: 256 }), "https:": new https.Agent({ keepAlive: true, maxSockets: 256 }) };
+
 /**
- * Streams the request to `upstream` and the answer back. The payment middleware defers the response's
- * first write, so the charge commits only when the upstream answered < 400 — before any byte leaves.
+ * Streams the request to `upstream` and the answer back over kept-alive connections. The payment
+ * middleware defers the response's first write, so the charge commits only when the upstream answered
+ * < 400 — before any byte leaves.
  */
-async function proxyTo(upstream: string, req: Request, res: Response): Promise<void> {
-  const target = new URL(req.originalUrl, upstream);
-  const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(req.headers)) {
-    if (typeof v !== "string" || k === "host" || k === "payment-signature" || k === "connection") continue;
-    headers[k] = v;
-  }
-  const body = req.method === "GET" || req.method === "HEAD" ? undefined : (req as unknown as ReadableStream);
-  const up = await fetch(target, { method: req.method, headers, body, duplex: "half" } as RequestInit);
-  res.status(up.status);
-  up.headers.forEach((v, k) => {
-    if (k !== "content-encoding" && k !== "transfer-encoding" && k !== "connection") res.setHeader(k, v);
+function proxyTo(upstream: string, req: Request, res: Response): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const target = new URL(req.originalUrl, upstream);
+    const headers: Record<string, string | string[]> = {};
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (v === undefined || k === "host" || k === "payment-signature" || HOP_BY_HOP.has(k)) continue;
+      headers[k] = v;
+    }
+    const mod = target.protocol === "https:" ? https : http;
+    const up = mod.request(target, { method: req.method, headers, agent: agents[target.protocol as "http:" | "https:"] }, (ur) => {
+      res.status(ur.statusCode ?? 502);
+      for (const [k, v] of Object.entries(ur.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) res.setHeader(k, v);
+      ur.on("data", (chunk: Buffer) => res.write(chunk));
+      ur.on("end", () => {
+        res.end();
+        resolve();
+      });
+      ur.on("error", reject);
+    });
+    up.on("error", reject);
+    req.pipe(up);
   });
-  if (!up.body) {
-    res.end();
-    return;
-  }
-  const reader = up.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    res.write(Buffer.from(value));
-  }
-  res.end();
 }
