@@ -13,7 +13,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { encodeFunctionData, hexToBytes, keccak256, toHex, type Hex } from "viem";
+import { encodeFunctionData, multicall3Abi, hexToBytes, keccak256, toHex, type Hex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { batchSettlementAbi } from "../node/chain/abi";
 import { createChainClients } from "../node/chain/clients";
@@ -42,11 +42,6 @@ setTimeout(() => {
 
 const mintAbi = [{ type: "function", name: "mint", stateMutability: "nonpayable", inputs: [{ name: "to", type: "address" }, { name: "amount", type: "uint256" }], outputs: [] }] as const;
 const transferAbi = [{ type: "function", name: "transfer", stateMutability: "nonpayable", inputs: [{ name: "to", type: "address" }, { name: "amount", type: "uint256" }], outputs: [{ name: "", type: "bool" }] }] as const;
-const aggregate3Abi = [{
-  type: "function", name: "aggregate3", stateMutability: "payable",
-  inputs: [{ name: "calls", type: "tuple[]", components: [{ name: "target", type: "address" }, { name: "allowFailure", type: "bool" }, { name: "callData", type: "bytes" }] }],
-  outputs: [{ name: "returnData", type: "tuple[]", components: [{ name: "success", type: "bool" }, { name: "returnData", type: "bytes" }] }],
-}] as const;
 
 async function main() {
   await keccakReady;
@@ -67,7 +62,7 @@ async function main() {
   const payers = keys.map((k) => privateKeyToAccount(k));
   for (let i = 0; i < N; i += 200) {
     const calls = payers.slice(i, i + 200).map((p) => ({ target: token, allowFailure: false, callData: encodeFunctionData({ abi: mintAbi, functionName: "mint", args: [p.address, DEPOSIT] }) }));
-    await publicClient.waitForTransactionReceipt({ hash: await wallet.writeContract({ address: MULTICALL3_ADDRESS, abi: aggregate3Abi, functionName: "aggregate3", args: [calls] }) });
+    await publicClient.waitForTransactionReceipt({ hash: await wallet.writeContract({ address: MULTICALL3_ADDRESS, abi: multicall3Abi, functionName: "aggregate3", args: [calls] }) });
   }
   // gasless deposits, relayed 50 per escrow.multicall
   const configs: ChannelConfig[] = payers.map((p) => ({ payer: p.address, payerAuthorizer: p.address, receiver: payeeAccount.address, receiverAuthorizer: payeeAccount.address, token, withdrawDelay: 900, salt: toHex(0, { size: 32 }) }));

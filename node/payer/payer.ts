@@ -172,7 +172,6 @@ export class Payer {
 
   /** Picks the batch-settlement requirement on this payer's network that its policy allows. */
   select(accepts: readonly PaymentRequirements[]): PaymentRequirements {
-    const p = this.policy;
     const candidates = accepts.filter((a) => a.scheme === BATCH_SETTLEMENT_SCHEME && a.network === this.network);
     if (candidates.length === 0) {
       throw new PolicyError("no_matching_requirement", `no batch-settlement requirement on ${this.network}`);

@@ -4,7 +4,7 @@
  * exactly once, in order, with no deadlock and no lock left behind.
  */
 import { expect } from "chai";
-import { encodeFunctionData, keccak256, toHex, type Hex } from "viem";
+import { encodeFunctionData, multicall3Abi, keccak256, toHex, type Hex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { MULTICALL3_ADDRESS } from "../../node/chain/deploy";
 import { clientsFor, hardhatTestAccount } from "../helpers/chainNode";
@@ -16,11 +16,6 @@ const REQUESTS = 5;
 const PRICE = 10_000n;
 
 const mintAbi = [{ type: "function", name: "mint", stateMutability: "nonpayable", inputs: [{ name: "to", type: "address" }, { name: "amount", type: "uint256" }], outputs: [] }] as const;
-const aggregate3Abi = [{
-  type: "function", name: "aggregate3", stateMutability: "payable",
-  inputs: [{ name: "calls", type: "tuple[]", components: [{ name: "target", type: "address" }, { name: "allowFailure", type: "bool" }, { name: "callData", type: "bytes" }] }],
-  outputs: [{ name: "returnData", type: "tuple[]", components: [{ name: "success", type: "bool" }, { name: "returnData", type: "bytes" }] }],
-}] as const;
 
 describe(`torture: ${CHANNELS} channels in parallel`, function () {
   this.timeout(900_000);
@@ -33,7 +28,7 @@ describe(`torture: ${CHANNELS} channels in parallel`, function () {
       const { walletClient, publicClient } = clientsFor(ctx.chain.url, hardhatTestAccount(0));
       for (let i = 0; i < payers.length; i += 200) {
         const calls = payers.slice(i, i + 200).map((p) => ({ target: ctx.deployment.token!, allowFailure: false, callData: encodeFunctionData({ abi: mintAbi, functionName: "mint", args: [p.address, 1_000_000n] }) as Hex }));
-        const hash = await walletClient.writeContract({ address: MULTICALL3_ADDRESS, abi: aggregate3Abi, functionName: "aggregate3", args: [calls] });
+        const hash = await walletClient.writeContract({ address: MULTICALL3_ADDRESS, abi: multicall3Abi, functionName: "aggregate3", args: [calls] });
         await publicClient.waitForTransactionReceipt({ hash });
       }
       const accept = (await fetchRequirements(`${node.url}/c/x`)).accept;
