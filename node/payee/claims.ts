@@ -3,7 +3,7 @@
  * claimed funds with `settle`. One bad row never blocks a batch: each batch is simulated first and
  * failing rows are isolated by bisection, claimed around, and reported as an alert.
  */
-import type { Hex } from "viem";
+import { parseEventLogs, type Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { readReceiver } from "../chain/escrow";
@@ -98,11 +98,14 @@ export class ClaimEngine {
         });
         const ids = good.map((g) => g.rec.channelId);
         let amount = 0n;
-        for (const g of good) {
-          amount += g.row.totalClaimed - g.rec.totalClaimed;
-          await this.payee.syncChannel(g.rec.channelId);
-          this.urgent.delete(g.rec.channelId);
+        // The receipt's Claimed events say exactly what each channel's total is now.
+        const totals = new Map<Hex, bigint>();
+        for (const ev of parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Claimed" })) {
+          totals.set(ev.args.channelId, ev.args.newTotalClaimed);
+          amount += ev.args.claimAmount;
         }
+        await this.payee.applyClaimed(totals);
+        for (const g of good) this.urgent.delete(g.rec.channelId);
         await this.payee.store.appendHistory({ at: Date.now(), kind: "claim", txHash: hash, channels: ids, amount, gasUsed: receipt.gasUsed });
         report.transactions.push({ hash, gasUsed: receipt.gasUsed, channels: ids, amount });
         report.claimedChannels += good.length;

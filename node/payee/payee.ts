@@ -367,6 +367,22 @@ export class Payee {
     return { hash, next };
   }
 
+  /**
+   * Records claimed totals taken from a claim receipt's `Claimed` events (no RPC round trip), under
+   * each channel's lock, writing all records in one group commit.
+   */
+  async applyClaimed(totals: ReadonlyMap<Hex, bigint>): Promise<void> {
+    await Promise.all(
+      [...totals].map(([channelId, total]) =>
+        this.locks.with(channelId, async () => {
+          const rec = await this.store.getChannel(channelId);
+          if (!rec || rec.totalClaimed >= total) return;
+          await this.store.putChannel({ ...rec, totalClaimed: total, syncedAt: this.now() });
+        }),
+      ),
+    );
+  }
+
   /** Updates a channel's mirrored chain fields under its lock (used by the mirror and claim engine). */
   async syncChannel(channelId: Hex, chain?: OnchainChannel): Promise<ChannelRecord | undefined> {
     return this.locks.with(channelId, async () => {
