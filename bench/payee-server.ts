@@ -23,6 +23,7 @@ type BenchServerConfig = {
   sync: boolean;
   price: string;
   key: Hex;
+  recoveryThreads?: number;
 };
 
 async function main() {
@@ -40,6 +41,7 @@ async function main() {
     erc3009Collector: cfg.erc3009Collector,
     receiver: account.address,
     asset: { address: cfg.token, name: "USDC", version: "2", decimals: 6 },
+    recoveryThreads: cfg.recoveryThreads,
   });
   const app = express();
   app.disable("x-powered-by");

@@ -36,7 +36,8 @@ import type {
 } from "../protocol/wire";
 import type { ChannelRecord, ChannelStore } from "../store/channelStore";
 import { ChannelLocks } from "./lock";
-import { keccak256Fast, recoverSigner } from "./recover";
+import { keccak256Fast } from "./recover";
+import { configureRecoveryThreads, defaultRecoveryThreads, recoverSignerAsync } from "./recoverPool";
 
 export type AssetInfo = { address: Address; name: string; version: string; decimals: number; symbol?: string };
 
@@ -66,6 +67,11 @@ export type PayeeOptions = {
   logger?: Logger;
   /** Clock (ms), replaceable in tests. */
   now?: () => number;
+  /**
+   * Worker threads that recover voucher signers (process-wide, shared by every Payee). Default: all
+   * cores but one, at most 4; 0 recovers on the main thread.
+   */
+  recoveryThreads?: number;
   /** Called after a charge is durably committed. */
   onCharge?: (rec: ChannelRecord, amount: bigint, route: string) => void;
 };
@@ -116,6 +122,7 @@ export class Payee {
     }
     this.now = opts.now ?? Date.now;
     this.chainSyncedAt = this.now();
+    configureRecoveryThreads(opts.recoveryThreads ?? defaultRecoveryThreads());
   }
 
   get store(): ChannelStore {
@@ -458,7 +465,7 @@ export class Payee {
   async checkVoucherSignature(c: ChannelConfig, channelId: Hex, max: bigint, signature: Hex) {
     const digest = this.digester.voucherDigest(channelId, max);
     if (c.payerAuthorizer !== zeroAddress) {
-      const signer = recoverSigner(digest, signature);
+      const signer = await recoverSignerAsync(digest, signature);
       if (signer !== c.payerAuthorizer.toLowerCase()) {
         throw new PaymentError(ErrorCodes.voucherSignature, "voucher signature does not recover to the payerAuthorizer (ECDSA, 65 bytes, low s)");
       }
@@ -469,7 +476,7 @@ export class Payee {
     const cached = this.erc1271Cache.get(key);
     if (cached === true) return;
     let ok: boolean;
-    const signer = recoverSigner(digest, signature);
+    const signer = await recoverSignerAsync(digest, signature);
     if (signer === c.payer.toLowerCase()) {
       ok = true;
     } else {
