@@ -8,6 +8,8 @@
  * A failing handler charges nothing. The handler may lower the charge with `res.locals.tollway.charge(n)`.
  */
 import type { NextFunction, Request, RequestHandler, Response } from "express";
+import { ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import { parsePrice } from "../protocol/amounts";
 import { ConfigError, CumulativeMismatchError, ErrorCodes, PaymentError, TollwayError } from "../protocol/errors";
 import {
@@ -48,6 +50,27 @@ export type PaidRequestContext = {
   /** The amount that will be committed. */
   readonly amount: bigint;
 };
+
+class PaidContext implements PaidRequestContext {
+  #amount: bigint;
+  constructor(
+    readonly reservation: Reservation,
+    readonly route: string,
+  ) {
+    this.#amount = reservation.maxCharge;
+  }
+
+  get amount(): bigint {
+    return this.#amount;
+  }
+
+  charge(n: bigint): void {
+    if (n < 0n || n > this.reservation.maxCharge) {
+      throw new PaymentError(ErrorCodes.chargeExceedsSignedCumulative, `charge ${n} is outside 0..${this.reservation.maxCharge}`);
+    }
+    this.#amount = n;
+  }
+}
 
 type CompiledRoute = {
   key: string;
@@ -170,31 +193,19 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
       return refuse(err, payment);
     }
 
-    let amount = reservation.maxCharge;
-    const ctx: PaidRequestContext = {
-      reservation,
-      route: route.key,
-      get amount() {
-        return amount;
-      },
-      charge(n: bigint) {
-        if (n < 0n || n > reservation.maxCharge) {
-          throw new PaymentError(ErrorCodes.chargeExceedsSignedCumulative, `charge ${n} is outside 0..${reservation.maxCharge}`);
-        }
-        amount = n;
-      },
-    };
+    const ctx = new PaidContext(reservation, route.key);
     res.locals.tollway = ctx;
     const routeKey = route.key;
 
+    manageResponsePrototype(Object.getPrototypeOf(res) as object | null);
     interceptResponse(res, async (status) => {
       if (status >= 400) {
         payee.release(reservation);
         return;
       }
-      const body: PaymentResponseBody = await payee.commit(reservation, amount, { route: routeKey, resource: req.originalUrl });
+      const body: PaymentResponseBody = await payee.commit(reservation, ctx.amount, { route: routeKey, resource: req.originalUrl });
       res.setHeader(HEADERS.paymentResponse, encodeBase64Json(body));
-      options.onPaid?.(routeKey, amount, Number(process.hrtime.bigint() - started) / 1000);
+      options.onPaid?.(routeKey, ctx.amount, Number(process.hrtime.bigint() - started) / 1000);
     }, () => {
       if (!reservation.settled) payee.release(reservation);
     });
@@ -222,66 +233,148 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
  * Defers everything the handler writes until `decide(status)` has run (which commits the charge and
  * sets PAYMENT-RESPONSE), then lets it through. If the commit fails, the handler's response is dropped
  * and a 503 goes out instead: nothing is served that was not durably paid for.
+ *
+ * Hot path: one small state object per response and three shared functions (no closures per request);
+ * a client that goes away before the handler answers is noticed by one 'close' listener per socket,
+ * not one per response.
  */
 export function interceptResponse(res: Response, decide: (status: number) => Promise<void>, onAbort: () => void) {
-  const origWriteHead = res.writeHead;
-  const origWrite = res.write;
-  const origEnd = res.end;
-  let phase: "open" | "deciding" | "done" = "open";
-  const pending: Array<() => void> = [];
-
-  const restore = () => {
-    res.writeHead = origWriteHead;
-    res.write = origWrite;
-    res.end = origEnd;
+  // Another middleware that wrapped these methods on the response itself (compression, say) has
+  // captured whatever was current then: hold through own properties, above its wrappers.
+  const wrapped = Object.hasOwn(res, "writeHead") || Object.hasOwn(res, "write") || Object.hasOwn(res, "end");
+  const base = wrapped ? undefined : managedPrototypes.get(Object.getPrototypeOf(res) as object);
+  const st: Interception = {
+    phase: OPEN,
+    pending: [],
+    decide,
+    onAbort,
+    writeHead: base ? base.writeHead : (res.writeHead as unknown as AnyFn),
+    write: base ? base.write : (res.write as unknown as AnyFn),
+    end: base ? base.end : (res.end as unknown as AnyFn),
+    socket: res.socket ?? undefined,
+    own: base === undefined,
   };
-  const start = () => {
-    if (phase !== "open") return;
-    phase = "deciding";
-    decide(res.statusCode).then(
-      () => {
-        restore();
-        phase = "done";
-        for (const fn of pending.splice(0)) fn();
-      },
-      (err: unknown) => {
-        restore();
-        phase = "done";
-        pending.length = 0;
-        const code = err instanceof PaymentError ? err.code : ErrorCodes.invalidPayment;
-        res.statusCode = 503;
-        res.removeHeader("Content-Length");
-        res.removeHeader(HEADERS.paymentResponse);
-        res.setHeader("Content-Type", "application/json");
-        res.end(JSON.stringify({ error: code, message: "the payment could not be committed; nothing was charged" }));
-      },
-    );
-  };
-
-  res.writeHead = function (this: Response, statusCode: number, ...rest: unknown[]) {
-    if (phase === "done") return (origWriteHead as (...a: unknown[]) => Response).call(this, statusCode, ...rest);
-    res.statusCode = statusCode;
-    pending.push(() => (origWriteHead as (...a: unknown[]) => Response).call(res, statusCode, ...rest));
-    start();
-    return res;
-  } as Response["writeHead"];
-  res.write = function (this: Response, ...args: unknown[]) {
-    if (phase === "done") return (origWrite as (...a: unknown[]) => boolean).apply(this, args);
-    pending.push(() => (origWrite as (...a: unknown[]) => boolean).apply(res, args));
-    start();
-    return true;
-  } as Response["write"];
-  res.end = function (this: Response, ...args: unknown[]) {
-    if (phase === "done") return (origEnd as (...a: unknown[]) => Response).apply(this, args);
-    pending.push(() => (origEnd as (...a: unknown[]) => Response).apply(res, args));
-    start();
-    return res;
-  } as Response["end"];
-  res.on("close", () => {
-    if (phase === "open") {
-      restore();
-      phase = "done";
-      onAbort();
+  interceptions.set(res, st);
+  if (st.own) {
+    // A response whose prototype is not managed (see manageResponsePrototype): own properties.
+    res.writeHead = function (this: Response, ...args: unknown[]) {
+      return holdOrPass(this, st.writeHead as AnyFn, args, true);
+    } as Response["writeHead"];
+    res.write = function (this: Response, ...args: unknown[]) {
+      return holdOrPass(this, st.write as AnyFn, args, true);
+    } as Response["write"];
+    res.end = function (this: Response, ...args: unknown[]) {
+      return holdOrPass(this, st.end as AnyFn, args, true);
+    } as Response["end"];
+  }
+  const socket = st.socket as (Socket & { [kOpenInterceptions]?: Map<Response, Interception> }) | undefined;
+  if (socket) {
+    let open = socket[kOpenInterceptions];
+    if (!open) {
+      open = new Map();
+      socket[kOpenInterceptions] = open;
+      const watched = open;
+      socket.once("close", () => {
+        for (const [r, s] of watched) if (s.phase === OPEN) abort(r, s);
+        watched.clear();
+      });
     }
+    open.set(res, st);
+  } else {
+    res.once("close", () => {
+      if (st.phase === OPEN) abort(res, st);
+    });
+  }
+}
+
+/**
+ * Installs holding writeHead / write / end once on an express app's own response prototype
+ * (`app.response`, never node's ServerResponse.prototype), so holding a paid response changes no
+ * object shape. The installed methods look the response up in `interceptions` and pass straight
+ * through for every response that is not being held.
+ */
+export function manageResponsePrototype(proto: object | null): void {
+  if (proto === null || managedPrototypes.has(proto) || proto === ServerResponse.prototype) return;
+  if (Object.getPrototypeOf(proto) === null) return;
+  const p = proto as Response;
+  const base: BaseMethods = { writeHead: p.writeHead as AnyFn, write: p.write as AnyFn, end: p.end as AnyFn };
+  Object.defineProperties(proto, {
+    writeHead: { value: function (this: Response, ...args: unknown[]) { return holdOrPass(this, base.writeHead, args, false); }, writable: true, configurable: true },
+    write: { value: function (this: Response, ...args: unknown[]) { return holdOrPass(this, base.write, args, false); }, writable: true, configurable: true },
+    end: { value: function (this: Response, ...args: unknown[]) { return holdOrPass(this, base.end, args, false); }, writable: true, configurable: true },
   });
+  managedPrototypes.set(proto, base);
+}
+
+type BaseMethods = { writeHead: AnyFn; write: AnyFn; end: AnyFn };
+const managedPrototypes = new WeakMap<object, BaseMethods>();
+const interceptions = new WeakMap<Response, Interception>();
+
+/** Holds a writeHead / write / end call while the charge is decided, or passes it through. */
+function holdOrPass(res: Response, method: AnyFn, args: unknown[], own: boolean): unknown {
+  const st = interceptions.get(res);
+  if (st === undefined || st.phase === DONE || st.own !== own) return method.apply(res, args);
+  if (method === st.writeHead) res.statusCode = args[0] as number;
+  st.pending.push(method, args);
+  begin(res, st);
+  return method === st.write ? true : res;
+}
+const OPEN = 0;
+const DECIDING = 1;
+const DONE = 2;
+const kOpenInterceptions = Symbol("tollway.openInterceptions");
+
+type Interception = {
+  phase: typeof OPEN | typeof DECIDING | typeof DONE;
+  /** Held calls: method, arguments, method, arguments, ... */
+  pending: unknown[];
+  decide: (status: number) => Promise<void>;
+  onAbort: () => void;
+  writeHead: AnyFn;
+  write: AnyFn;
+  end: AnyFn;
+  socket: Socket | undefined;
+  /** Held through own properties of the response (restored when done). */
+  own: boolean;
+};
+type AnyFn = (...a: unknown[]) => unknown;
+
+function restore(res: Response, st: Interception) {
+  if (st.own) {
+    res.writeHead = st.writeHead as unknown as Response["writeHead"];
+    res.write = st.write as unknown as Response["write"];
+    res.end = st.end as unknown as Response["end"];
+  }
+  (st.socket as (Socket & { [kOpenInterceptions]?: Map<Response, Interception> }) | undefined)?.[kOpenInterceptions]?.delete(res);
+}
+
+function abort(res: Response, st: Interception) {
+  restore(res, st);
+  st.phase = DONE;
+  st.onAbort();
+}
+
+function begin(res: Response, st: Interception) {
+  if (st.phase !== OPEN) return;
+  st.phase = DECIDING;
+  st.decide(res.statusCode).then(
+    () => {
+      restore(res, st);
+      st.phase = DONE;
+      const calls = st.pending;
+      st.pending = [];
+      for (let i = 0; i < calls.length; i += 2) (calls[i] as AnyFn).apply(res, calls[i + 1] as unknown[]);
+    },
+    (err: unknown) => {
+      restore(res, st);
+      st.phase = DONE;
+      st.pending = [];
+      const code = err instanceof PaymentError ? err.code : ErrorCodes.invalidPayment;
+      res.statusCode = 503;
+      res.removeHeader("Content-Length");
+      res.removeHeader(HEADERS.paymentResponse);
+      res.setHeader("Content-Type", "application/json");
+      res.end(JSON.stringify({ error: code, message: "the payment could not be committed; nothing was charged" }));
+    },
+  );
 }

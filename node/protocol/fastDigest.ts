@@ -1,7 +1,7 @@
 /**
  * Hot-path hashing for one escrow domain: the domain separator is computed once, struct hashes are
  * written by hand into preallocated buffers and hashed with keccak-256. Produces exactly the digests of
- * typedData.ts (held together by test/node/fastDigest.test.ts and the contract parity test).
+ * typedData.ts (held together by test/node/fastDigest.test.ts).
  */
 import { keccak_256 } from "@noble/hashes/sha3";
 import { type Hex, hexToBytes, bytesToHex, keccak256, encodeAbiParameters } from "viem";
@@ -19,14 +19,22 @@ export type Digester = {
   readonly domainSeparator: Hex;
 };
 
+// In Node, hex goes straight into Buffers (no intermediate allocation); browsers take the portable path.
+const NodeBuffer = (globalThis as { Buffer?: typeof Buffer }).Buffer;
+const alloc = (n: number): Uint8Array => (NodeBuffer ? NodeBuffer.alloc(n) : new Uint8Array(n));
+
 function writeHex(buf: Uint8Array, offset: number, hex: string, bytes: number) {
   // right-aligned big-endian write of `bytes` bytes from a 0x-prefixed hex string
   const body = hex.length - 2 === bytes * 2 ? hex.slice(2) : hex.slice(2).padStart(bytes * 2, "0");
-  buf.set(Buffer.from(body, "hex"), offset);
+  if (NodeBuffer && buf instanceof NodeBuffer) {
+    if ((buf as Buffer).write(body, offset, bytes, "hex") !== bytes) throw new Error(`not ${bytes} bytes of hex: ${hex}`);
+    return;
+  }
+  buf.set(hexToBytes(`0x${body}`), offset);
 }
 
 function writeUint(buf: Uint8Array, offset: number, value: bigint) {
-  buf.set(Buffer.from(value.toString(16).padStart(64, "0"), "hex"), offset);
+  writeHex(buf, offset, `0x${value.toString(16).padStart(64, "0")}`, 32);
 }
 
 /** A keccak-256 implementation (bytes in, 32 bytes out). */
@@ -52,13 +60,13 @@ export function createDigester(domain: EscrowDomain, keccak: Keccak256 = keccak_
   const voucherTypehash = hexToBytes(VOUCHER_TYPEHASH);
   const configTypehash = hexToBytes(CHANNEL_CONFIG_TYPEHASH);
   // 0x1901 || domainSeparator || structHash
-  const outer = new Uint8Array(66);
+  const outer = alloc(66);
   outer[0] = 0x19;
   outer[1] = 0x01;
   outer.set(hexToBytes(domainSeparator), 2);
-  const voucherStruct = new Uint8Array(96);
+  const voucherStruct = alloc(96);
   voucherStruct.set(voucherTypehash, 0);
-  const configStruct = new Uint8Array(256);
+  const configStruct = alloc(256);
   configStruct.set(configTypehash, 0);
 
   return {

@@ -35,11 +35,12 @@ export async function startPayee(
   ctx: { chain: ChainNode; deployment: Deployment },
   routes: RoutesConfig,
   install: (app: express.Express) => void,
-  opts: Partial<PayeeOptions> & { dir?: string } = {},
+  opts: Partial<PayeeOptions> & { dir?: string; beforePayment?: (app: express.Express) => void } = {},
 ) {
   const payeeAccount = hardhatTestAccount(1);
   const { publicClient, walletClient } = clientsFor(ctx.chain.url, payeeAccount);
-  const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "tollway-payee-"));
+  const { dir: givenDir, beforePayment, ...payeeOpts } = opts;
+  const dir = givenDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "tollway-payee-"));
   const store = await ChannelStore.open(dir);
   const sender = new TxSender(publicClient as never, walletClient as never, 0);
   const payee = new Payee({
@@ -51,9 +52,10 @@ export async function startPayee(
     erc3009Collector: ctx.deployment.erc3009Collector,
     receiver: payeeAccount.address,
     asset: { address: ctx.deployment.token!, name: "USDC", version: "2", decimals: 6, symbol: "USDC" },
-    ...opts,
+    ...payeeOpts,
   });
   const app = express();
+  beforePayment?.(app);
   app.use(paymentMiddleware(routes, payee));
   install(app);
   const server: Server = await new Promise((resolve) => {

@@ -110,6 +110,72 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(ledger).to.equal(charged);
   });
 
+  for (const wrapped of [false, true]) {
+    it(`no paid byte leaves before its charge is on disk${wrapped ? ", under a middleware that wraps res.write/end ahead of Tollway (as compression does)" : ""}`, async () => {
+      // Every write to the socket records what the store holds at that instant for the channel.
+      const seen: Array<{ path: string; charged: bigint | undefined; paymentResponse: boolean }> = [];
+      let channelId: `0x${string}` | undefined;
+      let second: Awaited<ReturnType<typeof startPayee>> | undefined;
+      second = await startPayee(ctx, routes as never, (app) => {
+        install(app);
+        app.get("/free", (_req, res) => void res.send("free"));
+      }, {
+        beforePayment: (app) =>
+          app.use((req, res, next) => {
+            if (wrapped) {
+              const end = res.end;
+              const write = res.write;
+              res.end = function (this: typeof res, ...args: unknown[]) {
+                return (end as (...a: unknown[]) => typeof res).apply(this, args);
+              } as typeof res.end;
+              res.write = function (this: typeof res, ...args: unknown[]) {
+                return (write as (...a: unknown[]) => boolean).apply(this, args);
+              } as typeof res.write;
+            }
+            const sock = res.socket!;
+            const sockWrite = sock.write;
+            let first = true;
+            sock.write = function (this: typeof sock, ...args: unknown[]) {
+              if (first) {
+                first = false;
+                seen.push({
+                  path: req.path,
+                  charged: channelId ? second!.store.cachedChannel(channelId)?.chargedCumulative : undefined,
+                  paymentResponse: res.getHeader("payment-response") !== undefined,
+                });
+              }
+              return (sockWrite as (...a: unknown[]) => boolean).apply(this, args);
+            } as typeof sock.write;
+            res.once("finish", () => void (sock.write = sockWrite));
+            next();
+          }),
+      });
+      try {
+        const payer = new WirePayer(ctx.payers[wrapped ? 5 : 4] as LocalAccount, privateKeyToAccount(keccak256(toHex(`session-bytes-${wrapped}`))));
+        channelId = payer.channelId(accept);
+        const dep = await payWith(`${second.url}/articles/0`, await payer.depositHeader(accept, 1_000_000n, PRICE));
+        expect(dep.status, dep.text).to.equal(200);
+        let charged = PRICE;
+        for (let i = 1; i <= 5; i++) {
+          const r = await payWith(`${second.url}/articles/${i}`, await payer.voucherHeader(accept, charged + PRICE));
+          expect(r.status, r.text).to.equal(200);
+          charged += PRICE;
+        }
+        const free = await fetch(`${second.url}/free`);
+        expect(await free.text()).to.equal("free");
+        const paid = seen.filter((w) => w.path.startsWith("/articles/"));
+        expect(paid).to.have.length(6);
+        paid.forEach((w, k) => {
+          expect(w.paymentResponse, `request ${k}`).to.equal(true);
+          expect(w.charged, `request ${k}`).to.equal(PRICE * BigInt(k + 1));
+        });
+        expect(seen.find((w) => w.path === "/free")!.paymentResponse).to.equal(false);
+      } finally {
+        await second.stop();
+      }
+    });
+  }
+
   it("100 parallel requests on one channel: each served request charged exactly once", async () => {
     const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-b"))));
     const dep = await payWith(`${node.url}/articles/x`, await payer.depositHeader(accept, 5_000_000n, PRICE));
