@@ -6,6 +6,7 @@
  */
 import autocannon from "autocannon";
 import { spawn, type ChildProcess } from "node:child_process";
+import http from "node:http";
 import { hexToBytes, keccak256, toHex, type Address, type Hex } from "viem";
 import { privateKeyToAccount, type PrivateKeyAccount } from "viem/accounts";
 import { batchSettlementAbi } from "../node/chain/abi";
@@ -31,7 +32,10 @@ export function median(xs: number[]): number {
 /** Starts `node -r ts-node/register/transpile-only <script>` with TOLLWAY_BENCH=<env>; waits for "READY <port>". */
 export async function startBenchServer(script: string, env: Record<string, unknown>): Promise<{ proc: ChildProcess; port: number; stop(): Promise<string> }> {
   const prof = process.env.TOLLWAY_BENCH_PROF ? ["--cpu-prof", "--cpu-prof-dir", process.env.TOLLWAY_BENCH_PROF] : [];
-  const proc = spawn(process.execPath, [...prof, "-r", "ts-node/register/transpile-only", script], {
+  if (process.env.TOLLWAY_BENCH_TRACE_GC) prof.push(process.env.TOLLWAY_BENCH_TRACE_GC === "nvp" ? "--trace-gc-nvp" : "--trace-gc");
+  if (process.env.TOLLWAY_BENCH_NODE_FLAGS) prof.push(...process.env.TOLLWAY_BENCH_NODE_FLAGS.split(" "));
+  const loader = script.endsWith(".js") ? [] : ["-r", "ts-node/register/transpile-only"];
+  const proc = spawn(process.execPath, [...prof, ...loader, script], {
     env: { ...process.env, TOLLWAY_BENCH: JSON.stringify(env) },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -109,6 +113,17 @@ export async function setupChannels(o: ChannelSetup): Promise<Channel[]> {
   return channels;
 }
 
+/** Resynchronises a channel's next voucher from a corrective 402 (header, or body when absent). */
+function resync(ch: Channel, header: string | undefined, body: string, price: bigint) {
+  try {
+    const pr = header ? JSON.parse(Buffer.from(header, "base64").toString("utf8")) : JSON.parse(body);
+    const c = BigInt(pr.accepts[0].extra.channelState.chargedCumulativeAmount);
+    ch.next = Number(c / price);
+  } catch {
+    /* keep */
+  }
+}
+
 /** rps counts 2xx answers only; `sample` is the first non-2xx body seen (for diagnosis). */
 export type RunResult = { rps: number; p50: number; p99: number; non2xx: number; errors: number; total: number; sample?: string };
 
@@ -144,17 +159,7 @@ export async function runLoad(url: string, o: { channels?: Channel[]; price?: bi
               const ch = context.ch as Channel;
               if (status !== 200 && sample === undefined) sample = `${status} ${body.slice(0, 300)}`;
               if (status === 200) ch.next++;
-              else if (status === 402) {
-                // resynchronise from the corrective 402 (header, or body when the header is absent)
-                try {
-                  const h = headers?.["payment-required"] ?? headers?.["PAYMENT-REQUIRED"];
-                  const pr = h ? JSON.parse(Buffer.from(h, "base64").toString("utf8")) : JSON.parse(body);
-                  const c = BigInt(pr.accepts[0].extra.channelState.chargedCumulativeAmount);
-                  ch.next = Number(c / (o.price ?? 1n));
-                } catch {
-                  /* keep */
-                }
-              }
+              else if (status === 402) resync(ch, headers?.["payment-required"] ?? headers?.["PAYMENT-REQUIRED"], body, o.price ?? 1n);
               ch.busy = false;
             },
           }
@@ -163,4 +168,77 @@ export async function runLoad(url: string, o: { channels?: Channel[]; price?: bi
   } as autocannon.Options);
   const ok = result.requests.total - result.non2xx - result.errors;
   return { rps: ok / o.seconds, p50: result.latency.p50, p99: result.latency.p99, non2xx: result.non2xx, errors: result.errors, total: result.requests.total, sample };
+}
+
+export type PacedResult = { sent: number; ok: number; non2xx: number; p50: number; p90: number; p99: number; max: number };
+
+/**
+ * Open-loop load at a fixed rate (wrk2-style), for latency at a given load: request i is due at
+ * start + i / rate; each is sent on a free kept-alive connection as soon as one is available, and its
+ * latency counts from when it was due (so a stall is not hidden by sending less: no coordinated
+ * omission). With `channels`, each request carries the next voucher of a free channel. A timer tick
+ * of 1 ms sends whatever has come due (no busy loop that would steal the server's second core).
+ * Latencies in ms, microsecond resolution.
+ */
+export async function pacedLoad(url: string, o: { rate: number; seconds: number; connections: number; channels?: Channel[]; price?: bigint }): Promise<PacedResult> {
+  const u = new URL(url);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: o.connections });
+  const total = Math.floor(o.rate * o.seconds);
+  const lat: number[] = [];
+  let sent = 0;
+  let inflight = 0;
+  let ok = 0;
+  let non2xx = 0;
+  for (const c of o.channels ?? []) c.busy = false;
+  const start = performance.now() + 5;
+  await new Promise<void>((resolve) => {
+    const send = (from: number) => {
+      const ch = o.channels ? (o.channels.find((c) => !c.busy) ?? o.channels[0]!) : undefined;
+      if (ch) ch.busy = true;
+      const headers: Record<string, string> = ch ? { [HEADERS.paymentSignature]: ch.headers[Math.min(ch.next, ch.headers.length - 1)]! } : {};
+      inflight++;
+      const done = (status: number) => {
+        lat.push(performance.now() - from);
+        inflight--;
+        if (status === 200) {
+          ok++;
+          if (ch) ch.next++;
+        } else non2xx++;
+        if (ch) ch.busy = false;
+        pump(true);
+        if (sent === total && inflight === 0) resolve();
+      };
+      http
+        .get({ host: u.hostname, port: u.port, path: u.pathname, headers, agent }, (res) => {
+          let body = "";
+          res.setEncoding("utf8");
+          res.on("data", (d: string) => void (res.statusCode === 402 && (body += d)));
+          res.on("end", () => {
+            if (ch && res.statusCode === 402) resync(ch, res.headers["payment-required"] as string | undefined, body, o.price ?? 1n);
+            done(res.statusCode ?? 0);
+          });
+        })
+        .on("error", () => done(0));
+    };
+    // A request sent by the timer counts from when it left (the 1 ms tick is the generator's own
+    // lateness); one that waited for a free connection counts from when it was due (the server's).
+    const pump = (waitedForConnection: boolean) => {
+      const now = performance.now();
+      while (sent < total && inflight < o.connections) {
+        const due = start + (sent * 1000) / o.rate;
+        if (due > now) break;
+        send(waitedForConnection ? due : now);
+        sent++;
+      }
+    };
+    const tick = () => {
+      pump(false);
+      if (sent < total) setTimeout(tick, 1);
+    };
+    setTimeout(tick, 5);
+  });
+  agent.destroy();
+  lat.sort((a, b) => a - b);
+  const q = (p: number) => lat[Math.min(lat.length - 1, Math.floor(lat.length * p))] ?? 0;
+  return { sent, ok, non2xx, p50: q(0.5), p90: q(0.9), p99: q(0.99), max: q(1) };
 }

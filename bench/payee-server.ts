@@ -46,7 +46,9 @@ async function main() {
   const app = express();
   app.disable("x-powered-by");
   app.disable("etag");
-  app.use(paymentMiddleware({ "GET /paid": cfg.price }, payee));
+  // Server-side latency of each paid request: middleware entry -> charge on disk (us), printed at exit.
+  const latency: number[] = [];
+  app.use(paymentMiddleware({ "GET /paid": cfg.price }, payee, { onPaid: (_r, _a, us) => void latency.push(us) }));
   app.get("/paid", (_req, res) => void res.send("ok"));
   app.get("/free", (_req, res) => void res.send("ok"));
   const server = app.listen(0, "127.0.0.1", () => {
@@ -55,7 +57,9 @@ async function main() {
   process.on("SIGTERM", async () => {
     server.close();
     await store.close();
-    process.stdout.write(`FLUSHES ${store.flushCount}\n`);
+    latency.sort((a, b) => a - b);
+    const q = (p: number) => (latency[Math.min(latency.length - 1, Math.floor(latency.length * p))] ?? 0).toFixed(0);
+    process.stdout.write(`FLUSHES ${store.flushCount}\nSERVER_LATENCY_US n=${latency.length} p50=${q(0.5)} p99=${q(0.99)} max=${q(1)}\n`);
     process.exit(0);
   });
 }
