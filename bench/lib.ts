@@ -113,6 +113,13 @@ export async function setupChannels(o: ChannelSetup): Promise<Channel[]> {
   return channels;
 }
 
+/** The free channel with the most vouchers left, so every channel's stream lasts the whole run. */
+function takeChannel(channels: Channel[]): Channel {
+  let best: Channel | undefined;
+  for (const c of channels) if (!c.busy && (best === undefined || c.next < best.next)) best = c;
+  return best ?? channels[0]!;
+}
+
 /** Resynchronises a channel's next voucher from a corrective 402 (header, or body when absent). */
 function resync(ch: Channel, header: string | undefined, body: string, price: bigint) {
   try {
@@ -133,7 +140,7 @@ export async function runLoad(url: string, o: { channels?: Channel[]; price?: bi
   let sample: string | undefined;
   for (const c of channels ?? []) c.busy = false;
   const take = () => {
-    const ch = channels!.find((c) => !c.busy) ?? channels![0]!;
+    const ch = takeChannel(channels!);
     ch.busy = true;
     return ch;
   };
@@ -193,7 +200,7 @@ export async function pacedLoad(url: string, o: { rate: number; seconds: number;
   const start = performance.now() + 5;
   await new Promise<void>((resolve) => {
     const send = (from: number) => {
-      const ch = o.channels ? (o.channels.find((c) => !c.busy) ?? o.channels[0]!) : undefined;
+      const ch = o.channels ? takeChannel(o.channels) : undefined;
       if (ch) ch.busy = true;
       const headers: Record<string, string> = ch ? { [HEADERS.paymentSignature]: ch.headers[Math.min(ch.next, ch.headers.length - 1)]! } : {};
       inflight++;

@@ -173,16 +173,21 @@ async function main() {
     digester, token, receiver: proxyAccount.address, receiverAuthorizer: proxyAccount.address, accept: proxyAccept, price: PRICE,
     count: CHANNELS, vouchers: VOUCHERS_PER_CHANNEL, label: "proxy", payers: payers.slice(CHANNELS),
   });
+  const bare = await startBenchServer(path.join(__dirname, "bare-proxy-server.ts"), { upstream: `http://127.0.0.1:${upstream.port}` });
   const direct: RunResult[] = [];
   const proxied: RunResult[] = [];
+  const bareRuns: RunResult[] = [];
   for (let i = 0; i < 2; i++) {
     direct.push(await runLoad(`http://127.0.0.1:${upstream.port}/api/x`, { connections: CONNECTIONS, seconds: SECONDS }));
+    bareRuns.push(await runLoad(`http://127.0.0.1:${bare.port}/api/x`, { connections: CONNECTIONS, seconds: SECONDS }));
     proxied.push(await runLoad(`http://127.0.0.1:${proxy.port}/api/x`, { channels: proxyChannels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
   }
+  await bare.stop();
   await proxy.stop();
   await upstream.stop();
   const directRps = median(direct.map((r) => r.rps));
   const proxiedRps = median(proxied.map((r) => r.rps));
+  const bareRps = median(bareRuns.map((r) => r.rps));
 
   // 4: verification microbench (in this process)
   const n = 20_000;
@@ -259,6 +264,8 @@ async function main() {
     `5. reverse-proxy mode (paid) vs a direct hit on the express upstream (unpaid), median of 2 runs each`,
     `   direct upstream ${fmt(directRps)} req/s   Tollway proxy, paid ${fmt(proxiedRps)} req/s (non-2xx ${proxied.reduce((a, r) => a + r.non2xx, 0)})`,
     `   ratio proxy/direct ${(proxiedRps / directRps).toFixed(3)}   goal >= 0.45  ${proxiedRps / directRps >= 0.45 ? "MET" : "NOT MET"}`,
+    `   context: a bare node:http reverse proxy (no framework, no payment) ${fmt(bareRps)} req/s = ${(bareRps / directRps).toFixed(3)} of direct: what any proxy reaches on this machine;`,
+    `   Tollway's paid proxy reaches ${(proxiedRps / bareRps).toFixed(3)} of it`,
     ``,
     `6. this disk's fdatasync latency (append 200 B + fdatasync, 400 times): p50 ${fsyncMs[200]!.toFixed(2)} ms  p99 ${fsyncMs[396]!.toFixed(2)} ms`,
   ];

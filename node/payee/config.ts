@@ -51,6 +51,8 @@ export const nodeConfigSchema = z
     proxy: z
       .record(z.object({ upstream: z.string().url(), price: priceSchema, description: z.string().optional(), mimeType: z.string().optional() }))
       .default({}),
+    /** Worker threads recovering voucher signers; default all cores but one (at most 4), 0 = main thread. */
+    recoveryThreads: z.number().int().min(0).max(64).optional(),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
   })
   .strict();
@@ -65,6 +67,7 @@ const ENV_OVERRIDES: Record<string, (v: string) => [string, unknown]> = {
   TOLLWAY_STORE: (v) => ["storePath", v],
   TOLLWAY_ADMIN_TOKEN: (v) => ["adminToken", v],
   TOLLWAY_LOG_LEVEL: (v) => ["logLevel", v],
+  TOLLWAY_RECOVERY_THREADS: (v) => ["recoveryThreads", Number(v)],
 };
 
 /** Parses a config object (file contents merged with environment overrides). */

@@ -24,6 +24,7 @@ import { Facilitator, facilitatorRouter, requireBearer } from "./facilitator";
 import { paymentMiddleware, type RoutesConfig } from "./middleware";
 import { Payee } from "./payee";
 import { keccakReady, recoveryBackend } from "./recover";
+import { recoveryThreads } from "./recoverPool";
 import { ChainWatcher } from "./watcher";
 
 export type PayeeNode = {
@@ -91,6 +92,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     withdrawDelay: config.withdrawDelay,
     riskWindowMs: config.riskWindowMs,
     confirmations: config.confirmations,
+    recoveryThreads: config.recoveryThreads,
     logger,
     onCharge: (rec) => claims.noteCharge(rec),
   });
@@ -118,6 +120,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
       chainViewAgeMs: lagMs,
       watcherFailures: watcher.failures,
       recovery: recoveryBackend(),
+      recoveryThreads: recoveryThreads(),
     });
   });
   app.get("/metrics", admin, async (_req, res) => {
@@ -195,7 +198,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   watcher.start();
   claims.start();
   await watcher.poll();
-  logger.info({ url, receiver: payee.opts.receiver, receiverAuthorizer: payee.receiverAuthorizer, recovery: recoveryBackend() }, "tollway payee node listening");
+  logger.info({ url, receiver: payee.opts.receiver, receiverAuthorizer: payee.receiverAuthorizer, recovery: recoveryBackend(), recoveryThreads: recoveryThreads() }, "tollway payee node listening");
 
   return {
     app,

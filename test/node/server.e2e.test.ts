@@ -50,6 +50,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
         routes: { "GET /paid/:id": "$0.01" },
         proxy: { "GET /api/*": { upstream: upUrl, price: "$0.02" } },
         claims: { onShutdown: true },
+        recoveryThreads: 2,
       },
       {},
     );
@@ -71,6 +72,9 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const h = await (await fetch(`${node.url}/health`)).json();
     expect(h.ok).to.equal(true);
     expect(h.recovery).to.equal("native");
+    expect(h.recoveryThreads).to.equal(2);
+    const overridden = parseNodeConfig({ escrow: ctx.deployment.escrow, erc3009Collector: ctx.deployment.erc3009Collector, asset: { address: ctx.deployment.token } }, { TOLLWAY_RECOVERY_THREADS: "0" });
+    expect(overridden.recoveryThreads).to.equal(0);
   });
 
   it("admin, metrics and facilitator endpoints refuse requests without the token", async () => {
