@@ -18,7 +18,9 @@ import { Worker } from "node:worker_threads";
 import type { Hex } from "viem";
 import { addressOfPublicKey, checkSignatureShape, recoverSigner, recoveryBackend } from "./recover";
 
+/** Ring size, a power of two: counters are int32 and wrap, slots are `counter & MASK`. */
 const SLOTS = 1024;
+const MASK = SLOTS - 1;
 const IN = 32 + 65;
 const OUT = 21;
 // ctrl indices
@@ -51,8 +53,8 @@ for (;;) {
   const claimed = Atomics.load(ctrl, ${CLAIMED});
   const submitted = Atomics.load(ctrl, ${SUBMITTED});
   if (claimed !== submitted) {
-    if (Atomics.compareExchange(ctrl, ${CLAIMED}, claimed, claimed + 1) !== claimed) continue;
-    const slot = claimed % ${SLOTS};
+    if (Atomics.compareExchange(ctrl, ${CLAIMED}, claimed, (claimed + 1) | 0) !== claimed) continue;
+    const slot = claimed & ${SLOTS - 1};
     const i = slot * ${IN};
     const o = slot * ${OUT};
     output[o] = 0;
@@ -84,8 +86,9 @@ type AtomicsWaitAsync = {
   waitAsync(a: Int32Array, index: number, value: number): { async: false; value: string } | { async: true; value: Promise<string> };
 };
 
-const secpNative = (): { ecdsaRecover(sig: Uint8Array, recid: number, msg: Uint8Array, compressed: boolean, out: Uint8Array): Uint8Array } =>
-  require("secp256k1/bindings");
+type NativeRecover = { ecdsaRecover(sig: Uint8Array, recid: number, msg: Uint8Array, compressed: boolean, out: Uint8Array): Uint8Array };
+let native: NativeRecover | undefined;
+const secpNative = (): NativeRecover => (native ??= require("secp256k1/bindings") as NativeRecover);
 
 class RecoveryWorker {
   private readonly ctrl = new Int32Array(new SharedArrayBuffer(5 * 4));
@@ -94,9 +97,9 @@ class RecoveryWorker {
   private readonly output: Buffer;
   private readonly waiting: Array<((a: Hex | undefined) => void) | undefined> = new Array(SLOTS);
   private readonly worker: Worker;
-  private submitted = 0;
+  private submitted: number;
   /** Every slot below this index has been handed back to its caller. */
-  private collected = 0;
+  private collected: number;
   private polling = false;
   private spins = 0;
   private lastPoll = 0;
@@ -107,7 +110,12 @@ class RecoveryWorker {
   constructor(
     onError: (err: unknown) => void,
     private readonly pollTurns: number,
+    firstSequence: number,
   ) {
+    // Counters start at `firstSequence` (tests start them just below 2^31 to cross the int32 wrap).
+    this.submitted = this.collected = firstSequence | 0;
+    Atomics.store(this.ctrl, SUBMITTED, this.submitted);
+    Atomics.store(this.ctrl, CLAIMED, this.submitted);
     const out = new SharedArrayBuffer(SLOTS * OUT);
     this.output = Buffer.from(out);
     this.worker = new Worker(WORKER_SOURCE, {
@@ -134,7 +142,7 @@ class RecoveryWorker {
   }
 
   get inflight(): number {
-    return this.submitted - this.collected;
+    return (this.submitted - this.collected) | 0;
   }
 
   get alive(): boolean {
@@ -142,12 +150,12 @@ class RecoveryWorker {
   }
 
   submit(digest: Uint8Array, sig: Uint8Array): Promise<Hex | undefined> {
-    const slot = this.submitted % SLOTS;
+    const slot = this.submitted & MASK;
     this.input.set(digest, slot * IN);
     this.input.set(sig, slot * IN + 32);
     this.state[slot] = 0;
     const p = new Promise<Hex | undefined>((resolve) => (this.waiting[slot] = resolve));
-    this.submitted++;
+    this.submitted = (this.submitted + 1) | 0;
     Atomics.store(this.ctrl, SUBMITTED, this.submitted);
     // A futex wake costs several microseconds: only when the worker sleeps.
     if (Atomics.load(this.ctrl, WORKER_SLEEPING) === 1) Atomics.notify(this.ctrl, SUBMITTED);
@@ -167,14 +175,14 @@ class RecoveryWorker {
     const seen = Atomics.load(this.ctrl, COMPLETED);
     Atomics.store(this.ctrl, MAIN_SLEEPING, 0);
     let progressed = false;
-    for (let n = this.collected; n < this.submitted; n++) {
-      const slot = n % SLOTS;
+    for (let n = this.collected; n !== this.submitted; n = (n + 1) | 0) {
+      const slot = n & MASK;
       if (this.waiting[slot] !== undefined && Atomics.load(this.state, slot) === DONE) {
         this.hand(slot);
         progressed = true;
       }
     }
-    while (this.collected < this.submitted && this.waiting[this.collected % SLOTS] === undefined) this.collected++;
+    while (this.collected !== this.submitted && this.waiting[this.collected & MASK] === undefined) this.collected = (this.collected + 1) | 0;
     if (this.collected === this.submitted) {
       this.polling = false;
       this.worker.unref();
@@ -201,8 +209,8 @@ class RecoveryWorker {
   /** Claims the oldest unclaimed slot, if any, and recovers it on this thread. */
   private steal() {
     const claimed = Atomics.load(this.ctrl, CLAIMED);
-    if (claimed === this.submitted || Atomics.compareExchange(this.ctrl, CLAIMED, claimed, claimed + 1) !== claimed) return;
-    this.recoverHere(claimed % SLOTS);
+    if (claimed === this.submitted || Atomics.compareExchange(this.ctrl, CLAIMED, claimed, (claimed + 1) | 0) !== claimed) return;
+    this.recoverHere(claimed & MASK);
   }
 
   private recoverHere(slot: number) {
@@ -237,8 +245,8 @@ class RecoveryWorker {
   /** Marks the worker dead and answers everything still waiting on it here: nothing waits forever. */
   private drain() {
     this.dead = true;
-    for (let n = this.collected; n < this.submitted; n++) {
-      const slot = n % SLOTS;
+    for (let n = this.collected; n !== this.submitted; n = (n + 1) | 0) {
+      const slot = n & MASK;
       if (this.waiting[slot] !== undefined) this.recoverHere(slot);
     }
     this.collected = this.submitted;
@@ -251,13 +259,14 @@ class RecoverPool {
   constructor(
     readonly size: number,
     readonly pollTurns: number,
+    firstSequence: number,
   ) {
     for (let i = 0; i < size; i++) {
       this.workers.push(
         new RecoveryWorker((err) => {
           // eslint-disable-next-line no-console
           console.warn(`[tollway] signature recovery worker failed (${(err as Error).message}); recovering in-thread`);
-        }, pollTurns),
+        }, pollTurns, firstSequence),
       );
     }
   }
@@ -287,14 +296,15 @@ export function defaultRecoveryThreads(): number {
  * Sets the process's recovery threads (0 = recover on the calling thread). Replaces a pool of a
  * different size; a no-op when the size is unchanged or the native binding is missing. `pollTurns`:
  * event-loop turns the main thread polls for results before it sleeps (default 64; 1 in tests that
- * want every wake-up to go through the sleep path).
+ * want every wake-up to go through the sleep path). `firstSequence`: where the ring's int32 counters
+ * start (tests start just below 2^31 to cross the wrap a long-running node reaches after 2^31 requests).
  */
-export function configureRecoveryThreads(threads: number, o: { pollTurns?: number } = {}): void {
+export function configureRecoveryThreads(threads: number, o: { pollTurns?: number; firstSequence?: number } = {}): void {
   if (recoveryBackend() !== "native") threads = 0;
   const pollTurns = o.pollTurns ?? POLL_TURNS;
-  if ((pool?.size ?? 0) === threads && (threads === 0 || pool!.pollTurns === pollTurns)) return;
+  if ((pool?.size ?? 0) === threads && (threads === 0 || pool!.pollTurns === pollTurns) && o.firstSequence === undefined) return;
   const old = pool;
-  pool = threads > 0 ? new RecoverPool(threads, pollTurns) : undefined;
+  pool = threads > 0 ? new RecoverPool(threads, pollTurns, o.firstSequence ?? 0) : undefined;
   void old?.close();
 }
 

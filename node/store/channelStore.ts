@@ -60,22 +60,27 @@ function encode(value: unknown): string {
   return JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? v.toString() : v));
 }
 
-/** Channel records are written on every paid request: encode them without a replacer callback. */
-function encodeChannel(r: ChannelRecord): string {
-  return JSON.stringify({
-    channelId: r.channelId,
-    config: r.config,
-    chargedCumulative: r.chargedCumulative.toString(),
-    signedMaxClaimable: r.signedMaxClaimable.toString(),
-    signature: r.signature,
-    balance: r.balance.toString(),
-    totalClaimed: r.totalClaimed.toString(),
-    withdrawRequestedAt: r.withdrawRequestedAt,
-    refundNonce: r.refundNonce.toString(),
-    syncedAt: r.syncedAt,
-    lastRequestAt: r.lastRequestAt,
-    createdAt: r.createdAt,
-  });
+/** A channel's config never changes: its JSON is kept with the config object it was made from. */
+const configJson = new WeakMap<ChannelConfig, string>();
+
+/**
+ * Channel records are written on every paid request: encoded without a replacer callback, the
+ * immutable config spliced in as cached JSON. Same bytes as JSON.stringify of the record with bigints
+ * as strings (test/node/store.test.ts holds the two together).
+ */
+export function encodeChannel(r: ChannelRecord): string {
+  let config = configJson.get(r.config);
+  if (config === undefined) {
+    config = JSON.stringify(r.config);
+    configJson.set(r.config, config);
+  }
+  return (
+    `{"channelId":${JSON.stringify(r.channelId)},"config":${config}` +
+    `,"chargedCumulative":"${r.chargedCumulative}","signedMaxClaimable":"${r.signedMaxClaimable}"` +
+    `,"signature":${JSON.stringify(r.signature)},"balance":"${r.balance}","totalClaimed":"${r.totalClaimed}"` +
+    `,"withdrawRequestedAt":${JSON.stringify(r.withdrawRequestedAt)},"refundNonce":"${r.refundNonce}"` +
+    `,"syncedAt":${JSON.stringify(r.syncedAt)},"lastRequestAt":${JSON.stringify(r.lastRequestAt)},"createdAt":${JSON.stringify(r.createdAt)}}`
+  );
 }
 
 function encodeLedger(l: LedgerRow): string {

@@ -93,6 +93,17 @@ describe("signature recovery on worker threads", function () {
     expect(recoveryThreads()).to.equal(2);
   });
 
+  it("the ring's int32 counters wrap past 2^31 without losing or mixing up an answer", async () => {
+    for (const pollTurns of [64, 1]) {
+      configureRecoveryThreads(1, { pollTurns, firstSequence: 2 ** 31 - 700 });
+      for (let round = 0; round < 20; round++) {
+        const batch = cases.slice(round * 35, round * 35 + 70);
+        const got = await Promise.all(batch.map((c) => recoverSignerAsync(c.digest, c.signature)));
+        batch.forEach((c, k) => expect(got[k], `round ${round} case ${k}`).to.equal(c.expected));
+      }
+    }
+  });
+
   it("a digest buffer reused by the caller after submission does not change the answer", async () => {
     configureRecoveryThreads(1);
     const shared = new Uint8Array(32);
