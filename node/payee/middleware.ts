@@ -254,9 +254,10 @@ export function interceptResponse(res: Response, decide: (status: number) => Pro
     socket: res.socket ?? undefined,
     own: base === undefined,
   };
-  // Kept in res.locals (not a WeakMap: V8's scavenger keeps WeakMap-held responses alive, measured
-  // at ~5 KB promoted to the old generation per paid request and twice the young-GC pauses).
-  ((res as unknown as Stateful).locals ??= Object.create(null) as Record<symbol, Interception>)[kInterception] = st;
+  // On the response itself, under a symbol: not in res.locals (handlers may replace that object) and
+  // not in a WeakMap (V8's scavenger keeps WeakMap-held responses alive: measured ~5 KB promoted to
+  // the old generation per paid request and twice the young-GC pauses).
+  (res as unknown as Record<symbol, Interception>)[kInterception] = st;
   if (st.own) {
     // A response whose prototype is not managed (see manageResponsePrototype): own properties.
     res.writeHead = function (this: Response, ...args: unknown[]) {
@@ -292,7 +293,7 @@ export function interceptResponse(res: Response, decide: (status: number) => Pro
 /**
  * Installs holding writeHead / write / end once on an express app's own response prototype
  * (`app.response`, never node's ServerResponse.prototype), so holding a paid response changes no
- * object shape. The installed methods find the interception in `res.locals` and pass straight
+ * object shape. The installed methods find the response's interception (a symbol property) and pass straight
  * through for every response that is not being held.
  */
 export function manageResponsePrototype(proto: object | null): void {
@@ -311,11 +312,10 @@ export function manageResponsePrototype(proto: object | null): void {
 type BaseMethods = { writeHead: AnyFn; write: AnyFn; end: AnyFn };
 const managedPrototypes = new WeakMap<object, BaseMethods>();
 const kInterception = Symbol("tollway.interception");
-type Stateful = { locals?: Record<symbol, Interception> };
 
 /** Holds a writeHead / write / end call while the charge is decided, or passes it through. */
 function holdOrPass(res: Response, method: AnyFn, args: unknown[], own: boolean): unknown {
-  const st = (res as unknown as Stateful).locals?.[kInterception];
+  const st = (res as unknown as Record<symbol, Interception | undefined>)[kInterception];
   if (st === undefined || st.phase === DONE || st.own !== own) return method.apply(res, args);
   if (method === st.writeHead) res.statusCode = args[0] as number;
   st.pending.push(method, args);

@@ -12,10 +12,15 @@ import { startChain, startPayee } from "../helpers/payeeHarness";
 import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
 
 const PRICE = 10_000n; // $0.01
-const routes = { "GET /articles/:id": { price: "$0.01" }, "GET /fail": "$0.01", "GET /metered": "$0.05" } as const;
+const routes = { "GET /articles/:id": { price: "$0.01" }, "GET /fail": "$0.01", "GET /metered": "$0.05", "GET /relocals": "$0.01" } as const;
 function install(app: import("express").Express) {
   app.get("/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
   app.get("/fail", (_req, res) => void res.status(500).send("boom"));
+  // a handler that replaces res.locals (some view engines and middleware do)
+  app.get("/relocals", (_req, res) => {
+    res.locals = Object.create(null);
+    res.send("relocals");
+  });
   app.get("/metered", (_req, res) => {
     res.locals.tollway.charge(12_345n);
     res.send("metered");
@@ -108,6 +113,18 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     let ledger = 0n;
     for await (const row of node.store.ledger()) if (row.channelId === id) ledger += row.amount;
     expect(ledger).to.equal(charged);
+  });
+
+  it("a handler that replaces res.locals is still held until its charge is on disk", async () => {
+    const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-relocals"))));
+    const dep = await payWith(`${node.url}/relocals`, await payer.depositHeader(accept, 100_000n, PRICE));
+    expect(dep.status, dep.text).to.equal(200);
+    const r = await payWith(`${node.url}/relocals`, await payer.voucherHeader(accept, 2n * PRICE));
+    expect(r.status, r.text).to.equal(200);
+    expect(r.text).to.equal("relocals");
+    expect(r.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal((2n * PRICE).toString());
+    expect((await node.store.getChannel(payer.channelId(accept)))!.chargedCumulative).to.equal(2n * PRICE);
+    expect(node.payee.locks.size).to.equal(0);
   });
 
   for (const wrapped of [false, true]) {
