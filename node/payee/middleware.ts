@@ -8,7 +8,7 @@
  * A failing handler charges nothing. The handler may lower the charge with `res.locals.tollway.charge(n)`.
  */
 import type { NextFunction, Request, RequestHandler, Response } from "express";
-import { ServerResponse } from "node:http";
+import { ServerResponse, validateHeaderName, validateHeaderValue } from "node:http";
 import type { Socket } from "node:net";
 import { parsePrice } from "../protocol/amounts";
 import { ConfigError, CumulativeMismatchError, ErrorCodes, PaymentError, TollwayError } from "../protocol/errors";
@@ -197,18 +197,28 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
     res.locals.tollway = ctx;
     const routeKey = route.key;
 
-    manageResponsePrototype(Object.getPrototypeOf(res) as object | null);
-    interceptResponse(res, async (status) => {
-      if (status >= 400) {
-        payee.release(reservation);
-        return;
-      }
-      const body: PaymentResponseBody = await payee.commit(reservation, ctx.amount, { route: routeKey, resource: req.originalUrl });
-      res.setHeader(HEADERS.paymentResponse, encodeBase64Json(body));
-      options.onPaid?.(routeKey, ctx.amount, Number(process.hrtime.bigint() - started) / 1000);
-    }, () => {
-      if (!reservation.settled) payee.release(reservation);
-    });
+    manageResponsePrototype(res);
+    interceptResponse(
+      res,
+      async (status) => {
+        if (status >= 400) {
+          payee.release(reservation);
+          return;
+        }
+        const body: PaymentResponseBody = await payee.commit(reservation, ctx.amount, { route: routeKey, resource: req.originalUrl });
+        res.setHeader(HEADERS.paymentResponse, encodeBase64Json(body));
+        try {
+          options.onPaid?.(routeKey, ctx.amount, Number(process.hrtime.bigint() - started) / 1000);
+        } catch (err) {
+          // The charge is on disk: a failing metrics hook must not turn the paid answer into a 503.
+          options.onError?.(routeKey, err);
+        }
+      },
+      () => {
+        if (!reservation.settled) payee.release(reservation);
+      },
+      (err) => options.onError?.(routeKey, err),
+    );
     next();
 
     async function refuse(err: unknown, p?: PaymentPayload) {
@@ -238,37 +248,47 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
  * a client that goes away before the handler answers is noticed by one 'close' listener per socket,
  * not one per response.
  */
-export function interceptResponse(res: Response, decide: (status: number) => Promise<void>, onAbort: () => void) {
-  // Another middleware that wrapped these methods on the response itself (compression, say) has
-  // captured whatever was current then: hold through own properties, above its wrappers.
-  const wrapped = Object.hasOwn(res, "writeHead") || Object.hasOwn(res, "write") || Object.hasOwn(res, "end");
-  const base = wrapped ? undefined : managedPrototypes.get(Object.getPrototypeOf(res) as object);
+export function interceptResponse(
+  res: Response,
+  decide: (status: number) => Promise<void>,
+  onAbort: () => void,
+  onReplayError: (err: unknown) => void = () => {},
+) {
+  const base = managedBase(res);
   const st: Interception = {
     phase: OPEN,
     pending: [],
     decide,
     onAbort,
+    onReplayError,
     writeHead: base ? base.writeHead : (res.writeHead as unknown as AnyFn),
     write: base ? base.write : (res.write as unknown as AnyFn),
     end: base ? base.end : (res.end as unknown as AnyFn),
     socket: res.socket ?? undefined,
-    own: base === undefined,
+    own: undefined,
   };
   // On the response itself, under a symbol: not in res.locals (handlers may replace that object) and
   // not in a WeakMap (V8's scavenger keeps WeakMap-held responses alive: measured ~5 KB promoted to
   // the old generation per paid request and twice the young-GC pauses).
   (res as unknown as Record<symbol, Interception>)[kInterception] = st;
-  if (st.own) {
-    // A response whose prototype is not managed (see manageResponsePrototype): own properties.
-    res.writeHead = function (this: Response, ...args: unknown[]) {
-      return holdOrPass(this, st.writeHead as AnyFn, args, true);
-    } as Response["writeHead"];
-    res.write = function (this: Response, ...args: unknown[]) {
-      return holdOrPass(this, st.write as AnyFn, args, true);
-    } as Response["write"];
-    res.end = function (this: Response, ...args: unknown[]) {
-      return holdOrPass(this, st.end as AnyFn, args, true);
-    } as Response["end"];
+  if (base === undefined) {
+    // Not on a managed prototype chain (see manageResponsePrototype), or another middleware wrapped
+    // these methods on the response (compression, say): hold through own properties, above them.
+    const own: BaseMethods = {
+      writeHead: function (this: Response, ...args: unknown[]) {
+        return holdOrPass(this, st.writeHead, args, true);
+      },
+      write: function (this: Response, ...args: unknown[]) {
+        return holdOrPass(this, st.write, args, true);
+      },
+      end: function (this: Response, ...args: unknown[]) {
+        return holdOrPass(this, st.end, args, true);
+      },
+    };
+    st.own = own;
+    res.writeHead = own.writeHead as unknown as Response["writeHead"];
+    res.write = own.write as unknown as Response["write"];
+    res.end = own.end as unknown as Response["end"];
   }
   const socket = st.socket as (Socket & { [kOpenInterceptions]?: Map<Response, Interception> }) | undefined;
   if (socket) {
@@ -288,40 +308,99 @@ export function interceptResponse(res: Response, decide: (status: number) => Pro
       if (st.phase === OPEN) abort(res, st);
     });
   }
+  // The client may have gone while the payment was being verified: its socket's close already fired.
+  if (socket?.destroyed || res.destroyed) abort(res, st);
 }
 
 /**
- * Installs holding writeHead / write / end once on an express app's own response prototype
- * (`app.response`, never node's ServerResponse.prototype), so holding a paid response changes no
- * object shape. The installed methods find the response's interception (a symbol property) and pass straight
- * through for every response that is not being held.
+ * Installs holding writeHead / write / end once on express's response prototype (the one right above
+ * node's ServerResponse.prototype, which every app's and sub-app's `app.response` inherits from), so
+ * holding a paid response changes no object shape and survives express moving the response between
+ * apps. The installed methods find the response's interception (a symbol property) and pass straight
+ * through for every response that is not being held. Node's own prototype is never touched.
  */
-export function manageResponsePrototype(proto: object | null): void {
-  if (proto === null || managedPrototypes.has(proto) || proto === ServerResponse.prototype) return;
-  if (Object.getPrototypeOf(proto) === null) return;
-  const p = proto as Response;
-  const base: BaseMethods = { writeHead: p.writeHead as AnyFn, write: p.write as AnyFn, end: p.end as AnyFn };
-  Object.defineProperties(proto, {
+export function manageResponsePrototype(res: Response): void {
+  let p = Object.getPrototypeOf(res) as object | null;
+  if (p === null || p === ServerResponse.prototype) return;
+  while (p !== null && Object.getPrototypeOf(p) !== ServerResponse.prototype) p = Object.getPrototypeOf(p) as object | null;
+  if (p === null || managedPrototypes.has(p)) return;
+  const r = p as Response;
+  const base: BaseMethods = { writeHead: r.writeHead as unknown as AnyFn, write: r.write as unknown as AnyFn, end: r.end as unknown as AnyFn };
+  Object.defineProperties(p, {
     writeHead: { value: function (this: Response, ...args: unknown[]) { return holdOrPass(this, base.writeHead, args, false); }, writable: true, configurable: true },
     write: { value: function (this: Response, ...args: unknown[]) { return holdOrPass(this, base.write, args, false); }, writable: true, configurable: true },
     end: { value: function (this: Response, ...args: unknown[]) { return holdOrPass(this, base.end, args, false); }, writable: true, configurable: true },
   });
-  managedPrototypes.set(proto, base);
+  managedPrototypes.set(p, base);
+}
+
+/**
+ * The original methods when `res` reaches a managed prototype with nothing in between that defines its
+ * own writeHead / write / end (the response itself included); undefined otherwise.
+ */
+function managedBase(res: Response): BaseMethods | undefined {
+  let p: object | null = res;
+  while (p !== null) {
+    const base = managedPrototypes.get(p);
+    if (base) return base;
+    if (Object.hasOwn(p, "writeHead") || Object.hasOwn(p, "write") || Object.hasOwn(p, "end")) return undefined;
+    p = Object.getPrototypeOf(p) as object | null;
+  }
+  return undefined;
 }
 
 type BaseMethods = { writeHead: AnyFn; write: AnyFn; end: AnyFn };
 const managedPrototypes = new WeakMap<object, BaseMethods>();
 const kInterception = Symbol("tollway.interception");
 
-/** Holds a writeHead / write / end call while the charge is decided, or passes it through. */
+/**
+ * Holds a writeHead / write / end call while the charge is decided, or passes it through. A call node
+ * would refuse (bad status, header or chunk) is refused here, at once, as node would: held, it would
+ * only fail after the charge was committed.
+ */
 function holdOrPass(res: Response, method: AnyFn, args: unknown[], own: boolean): unknown {
   const st = (res as unknown as Record<symbol, Interception | undefined>)[kInterception];
-  if (st === undefined || st.phase === DONE || st.own !== own) return method.apply(res, args);
-  if (method === st.writeHead) res.statusCode = args[0] as number;
+  if (st === undefined || st.phase === DONE || (st.own !== undefined) !== own) return method.apply(res, args);
+  if (method === st.writeHead) {
+    checkWriteHead(args);
+    res.statusCode = Number(args[0]) | 0;
+  } else {
+    checkChunk(args[0], method === st.end);
+  }
   st.pending.push(method, args);
   begin(res, st);
   return method === st.write ? true : res;
 }
+
+function checkWriteHead(args: unknown[]) {
+  const code = Number(args[0]) | 0;
+  if (code < 100 || code > 999) throw new RangeError(`Invalid status code: ${String(args[0])}`);
+  let i = 1;
+  if (typeof args[1] === "string") {
+    validateHeaderValue("statusMessage", args[1]);
+    i = 2;
+  }
+  const headers = args[i];
+  if (Array.isArray(headers)) {
+    for (let k = 0; k + 1 < headers.length; k += 2) {
+      validateHeaderName(String(headers[k]));
+      validateHeaderValue(String(headers[k]), headers[k + 1]);
+    }
+  } else if (headers !== undefined && headers !== null && typeof headers === "object") {
+    for (const [name, value] of Object.entries(headers)) {
+      validateHeaderName(name);
+      if (value !== undefined) validateHeaderValue(name, value);
+    }
+  }
+}
+
+function checkChunk(chunk: unknown, isEnd: boolean) {
+  if (typeof chunk === "function" || typeof chunk === "string" || chunk instanceof Uint8Array) return;
+  if (isEnd && (chunk === undefined || chunk === null || chunk === false || chunk === 0 || chunk === "")) return;
+  if (!isEnd && chunk === null) throw new TypeError("May not write null values to stream");
+  throw new TypeError(`The "chunk" argument must be of type string or an instance of Buffer or Uint8Array. Received ${typeof chunk}`);
+}
+
 const OPEN = 0;
 const DECIDING = 1;
 const DONE = 2;
@@ -333,20 +412,23 @@ type Interception = {
   pending: unknown[];
   decide: (status: number) => Promise<void>;
   onAbort: () => void;
+  onReplayError: (err: unknown) => void;
   writeHead: AnyFn;
   write: AnyFn;
   end: AnyFn;
   socket: Socket | undefined;
-  /** Held through own properties of the response (restored when done). */
-  own: boolean;
+  /** Our own-property wrappers, when held through own properties (put back only if still in place). */
+  own: BaseMethods | undefined;
 };
 type AnyFn = (...a: unknown[]) => unknown;
 
 function restore(res: Response, st: Interception) {
-  if (st.own) {
-    res.writeHead = st.writeHead as unknown as Response["writeHead"];
-    res.write = st.write as unknown as Response["write"];
-    res.end = st.end as unknown as Response["end"];
+  const own = st.own;
+  if (own) {
+    // A wrapper another middleware installed after ours stays in place (ours pass through when done).
+    if ((res.writeHead as unknown) === own.writeHead) res.writeHead = st.writeHead as unknown as Response["writeHead"];
+    if ((res.write as unknown) === own.write) res.write = st.write as unknown as Response["write"];
+    if ((res.end as unknown) === own.end) res.end = st.end as unknown as Response["end"];
   }
   (st.socket as (Socket & { [kOpenInterceptions]?: Map<Response, Interception> }) | undefined)?.[kOpenInterceptions]?.delete(res);
 }
@@ -360,24 +442,35 @@ function abort(res: Response, st: Interception) {
 function begin(res: Response, st: Interception) {
   if (st.phase !== OPEN) return;
   st.phase = DECIDING;
-  st.decide(res.statusCode).then(
-    () => {
-      restore(res, st);
-      st.phase = DONE;
-      const calls = st.pending;
-      st.pending = [];
-      for (let i = 0; i < calls.length; i += 2) (calls[i] as AnyFn).apply(res, calls[i + 1] as unknown[]);
-    },
-    (err: unknown) => {
-      restore(res, st);
-      st.phase = DONE;
-      st.pending = [];
-      const code = err instanceof PaymentError ? err.code : ErrorCodes.invalidPayment;
-      res.statusCode = 503;
-      res.removeHeader("Content-Length");
-      res.removeHeader(HEADERS.paymentResponse);
-      res.setHeader("Content-Type", "application/json");
-      res.end(JSON.stringify({ error: code, message: "the payment could not be committed; nothing was charged" }));
-    },
-  );
+  st.decide(res.statusCode)
+    .then(
+      () => {
+        restore(res, st);
+        st.phase = DONE;
+        const calls = st.pending;
+        st.pending = [];
+        try {
+          for (let i = 0; i < calls.length; i += 2) (calls[i] as AnyFn).apply(res, calls[i + 1] as unknown[]);
+        } catch (err) {
+          // Checked when held, so this is exotic; the charge is on disk, the answer is broken: cut it.
+          st.onReplayError(err);
+          res.destroy(err as Error);
+        }
+      },
+      (err: unknown) => {
+        restore(res, st);
+        st.phase = DONE;
+        st.pending = [];
+        const code = err instanceof PaymentError ? err.code : ErrorCodes.invalidPayment;
+        res.statusCode = 503;
+        res.removeHeader("Content-Length");
+        res.removeHeader(HEADERS.paymentResponse);
+        res.setHeader("Content-Type", "application/json");
+        res.end(JSON.stringify({ error: code, message: "the payment could not be committed; nothing was charged" }));
+      },
+    )
+    .catch((err: unknown) => {
+      st.onReplayError(err);
+      res.destroy(err as Error);
+    });
 }

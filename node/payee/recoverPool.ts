@@ -319,6 +319,7 @@ export function recoveryThreads(): number {
  */
 export async function recoverSignerAsync(digest: Uint8Array, signature: Hex): Promise<Hex | undefined> {
   if (!pool) return recoverSigner(digest, signature);
+  if (digest.length !== 32) return undefined; // as the native binding refuses it in-thread
   const sig = Buffer.from(signature.slice(2), "hex");
   if (checkSignatureShape(sig) !== undefined) return undefined;
   return pool.recover(digest, sig, signature);

@@ -1,4 +1,8 @@
 import { expect } from "chai";
+import express from "express";
+import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { paymentMiddleware } from "../../node/payee/middleware";
 import type { LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { keccak256, toHex, pad } from "viem";
@@ -12,6 +16,21 @@ import { startChain, startPayee } from "../helpers/payeeHarness";
 import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
 
 const PRICE = 10_000n; // $0.01
+
+/** Calls `observe` when the first byte of this response is about to reach its socket. */
+function onFirstSocketWrite(res: import("express").Response, observe: () => void) {
+  const sock = res.socket!;
+  const sockWrite = sock.write;
+  let first = true;
+  sock.write = function (this: typeof sock, ...args: unknown[]) {
+    if (first) {
+      first = false;
+      observe();
+    }
+    return (sockWrite as (...a: unknown[]) => boolean).apply(this, args);
+  } as typeof sock.write;
+  res.once("finish", () => void (sock.write = sockWrite));
+}
 const routes = { "GET /articles/:id": { price: "$0.01" }, "GET /fail": "$0.01", "GET /metered": "$0.05", "GET /relocals": "$0.01" } as const;
 function install(app: import("express").Express) {
   app.get("/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
@@ -127,6 +146,43 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(node.payee.locks.size).to.equal(0);
   });
 
+  it("payment middleware in a mounted sub-app, handler in the parent: still held until the charge is on disk", async () => {
+    // express moves the response back to the parent app's prototype when the request leaves the sub-app
+    const parent = express();
+    const sub = express();
+    let channelId: `0x${string}` | undefined;
+    const seen: Array<{ charged: bigint | undefined; paymentResponse: boolean }> = [];
+    parent.use((_req, res, next) => {
+      onFirstSocketWrite(res, () =>
+        seen.push({ charged: channelId ? node.store.cachedChannel(channelId)?.chargedCumulative : undefined, paymentResponse: res.getHeader("payment-response") !== undefined }),
+      );
+      next();
+    });
+    sub.use(paymentMiddleware(routes as never, node.payee));
+    parent.use("/s", sub);
+    parent.get("/s/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
+    const server = await new Promise<Server>((resolve) => {
+      const srv = parent.listen(0, "127.0.0.1", () => resolve(srv));
+    });
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/s`;
+    try {
+      const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-subapp"))));
+      channelId = payer.channelId(accept);
+      const dep = await payWith(`${url}/articles/0`, await payer.depositHeader(accept, 200_000n, PRICE));
+      expect(dep.status, dep.text).to.equal(200);
+      const r = await payWith(`${url}/articles/1`, await payer.voucherHeader(accept, 2n * PRICE));
+      expect(r.status, r.text).to.equal(200);
+      expect(r.text).to.equal("article 1");
+      expect(seen).to.deep.equal([
+        { charged: PRICE, paymentResponse: true },
+        { charged: 2n * PRICE, paymentResponse: true },
+      ]);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
   for (const wrapped of [false, true]) {
     it(`no paid byte leaves before its charge is on disk${wrapped ? ", under a middleware that wraps res.write/end ahead of Tollway (as compression does)" : ""}`, async () => {
       // Every write to the socket records what the store holds at that instant for the channel.
@@ -149,21 +205,13 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
                 return (write as (...a: unknown[]) => boolean).apply(this, args);
               } as typeof res.write;
             }
-            const sock = res.socket!;
-            const sockWrite = sock.write;
-            let first = true;
-            sock.write = function (this: typeof sock, ...args: unknown[]) {
-              if (first) {
-                first = false;
-                seen.push({
-                  path: req.path,
-                  charged: channelId ? second!.store.cachedChannel(channelId)?.chargedCumulative : undefined,
-                  paymentResponse: res.getHeader("payment-response") !== undefined,
-                });
-              }
-              return (sockWrite as (...a: unknown[]) => boolean).apply(this, args);
-            } as typeof sock.write;
-            res.once("finish", () => void (sock.write = sockWrite));
+            onFirstSocketWrite(res, () =>
+              seen.push({
+                path: req.path,
+                charged: channelId ? second!.store.cachedChannel(channelId)?.chargedCumulative : undefined,
+                paymentResponse: res.getHeader("payment-response") !== undefined,
+              }),
+            );
             next();
           }),
       });

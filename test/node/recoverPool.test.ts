@@ -104,6 +104,15 @@ describe("signature recovery on worker threads", function () {
     }
   });
 
+  it("a digest that is not 32 bytes recovers to nothing, on both paths", async () => {
+    const c = cases[0]!;
+    for (const threads of [0, 1]) {
+      configureRecoveryThreads(threads);
+      expect(await recoverSignerAsync(c.digest.subarray(0, 31), c.signature)).to.equal(undefined);
+      expect(await recoverSignerAsync(new Uint8Array([...c.digest, 0]), c.signature)).to.equal(undefined);
+    }
+  });
+
   it("a digest buffer reused by the caller after submission does not change the answer", async () => {
     configureRecoveryThreads(1);
     const shared = new Uint8Array(32);

@@ -1,0 +1,81 @@
+import { expect } from "chai";
+import express from "express";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { interceptResponse, manageResponsePrototype } from "../../node/payee/middleware";
+
+/** One express app on loopback whose single route runs `handle`; returns its URL and a closer. */
+async function serve(handle: (req: express.Request, res: express.Response) => void) {
+  const app = express();
+  app.get("/x", handle);
+  const server = await new Promise<http.Server>((resolve) => {
+    const s = app.listen(0, "127.0.0.1", () => resolve(s));
+  });
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/x`, close: () => new Promise<void>((r) => server.close(() => r())) };
+}
+
+describe("holding a paid response (interceptResponse)", () => {
+  it("a client already gone when the hold starts aborts it at once: no decision, the reservation released", async () => {
+    const events: string[] = [];
+    const s = await serve((req, res) => {
+      req.socket.destroy();
+      setImmediate(() => {
+        manageResponsePrototype(res);
+        interceptResponse(res, async () => void events.push("decide"), () => events.push("abort"));
+        res.send("late");
+      });
+    });
+    await fetch(s.url).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 50));
+    await s.close();
+    expect(events).to.deep.equal(["abort"]);
+  });
+
+  it("a header node would refuse throws in the handler, before anything is decided (not after the charge)", async () => {
+    const events: string[] = [];
+    const s = await serve((_req, res) => {
+      manageResponsePrototype(res);
+      interceptResponse(res, async (status) => void events.push(`decide ${status}`), () => events.push("abort"));
+      try {
+        res.writeHead(200, { "X-Bad": "a\nb" });
+      } catch (err) {
+        events.push((err as { code?: string }).code ?? "threw");
+      }
+      try {
+        res.write(123 as unknown as string);
+      } catch {
+        events.push("bad chunk");
+      }
+      res.status(500).send("handler failed");
+    });
+    const r = await fetch(s.url);
+    expect(r.status).to.equal(500);
+    await s.close();
+    expect(events).to.deep.equal(["ERR_INVALID_CHAR", "bad chunk", "decide 500"]);
+  });
+
+  it("a wrapper another middleware installs after the hold is still in place once the response is through", async () => {
+    let result: { laterStillInPlace: boolean; laterCalls: number } | undefined;
+    const s = await serve((_req, res) => {
+      // an earlier middleware's own-property wrapper forces the own-property path
+      const end0 = res.end;
+      res.end = function (this: express.Response, ...a: unknown[]) {
+        return (end0 as (...x: unknown[]) => express.Response).apply(this, a);
+      } as typeof res.end;
+      interceptResponse(res, async () => {}, () => {});
+      const held = res.end;
+      let laterCalls = 0;
+      const later = function (this: express.Response, ...a: unknown[]) {
+        laterCalls++;
+        return (held as (...x: unknown[]) => express.Response).apply(this, a);
+      } as typeof res.end;
+      res.end = later;
+      res.on("finish", () => void (result = { laterStillInPlace: res.end === later, laterCalls }));
+      res.send("ok");
+    });
+    const r = await fetch(s.url);
+    expect(await r.text()).to.equal("ok");
+    await s.close();
+    expect(result).to.deep.equal({ laterStillInPlace: true, laterCalls: 1 });
+  });
+});
