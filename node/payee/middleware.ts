@@ -382,14 +382,21 @@ function checkWriteHead(args: unknown[]) {
   }
   const headers = args[i];
   if (Array.isArray(headers)) {
-    for (let k = 0; k + 1 < headers.length; k += 2) {
-      validateHeaderName(String(headers[k]));
-      validateHeaderValue(String(headers[k]), headers[k + 1]);
+    // A paid response always has headers set already, so node takes its "progressive" path: a flat
+    // [name, value, ...] list of even length, each pair as setHeader would take it.
+    if (headers.length % 2 !== 0) {
+      throw Object.assign(new TypeError(`The argument 'headers' is invalid. Received ${JSON.stringify(headers)}`), { code: "ERR_INVALID_ARG_VALUE" });
+    }
+    for (let k = 0; k < headers.length; k += 2) {
+      if (!headers[k]) continue;
+      validateHeaderName(headers[k] as string);
+      validateHeaderValue(headers[k] as string, headers[k + 1] as string);
     }
   } else if (headers !== undefined && headers !== null && typeof headers === "object") {
     for (const [name, value] of Object.entries(headers)) {
+      if (!name) continue;
       validateHeaderName(name);
-      if (value !== undefined) validateHeaderValue(name, value);
+      validateHeaderValue(name, value as string);
     }
   }
 }

@@ -42,6 +42,11 @@ describe("holding a paid response (interceptResponse)", () => {
         events.push((err as { code?: string }).code ?? "threw");
       }
       try {
+        (res.writeHead as (...a: unknown[]) => unknown)(200, [["X-A", "1"]]); // nested pairs: node refuses them once headers are set
+      } catch (err) {
+        events.push((err as { code?: string }).code ?? "threw");
+      }
+      try {
         res.write(123 as unknown as string);
       } catch {
         events.push("bad chunk");
@@ -51,7 +56,26 @@ describe("holding a paid response (interceptResponse)", () => {
     const r = await fetch(s.url);
     expect(r.status).to.equal(500);
     await s.close();
-    expect(events).to.deep.equal(["ERR_INVALID_CHAR", "bad chunk", "decide 500"]);
+    expect(events).to.deep.equal(["ERR_INVALID_CHAR", "ERR_INVALID_ARG_VALUE", "bad chunk", "decide 500"]);
+  });
+
+  it("every header form node accepts in writeHead is held and replayed as node would send it", async () => {
+    const forms: unknown[] = [{ "X-A": "1" }, ["X-A", "1"]];
+    for (const headers of forms) {
+      let decided = 0;
+      const s = await serve((_req, res) => {
+        manageResponsePrototype(res);
+        interceptResponse(res, async () => void decided++, () => {});
+        (res.writeHead as (...a: unknown[]) => unknown)(201, "Made", headers);
+        res.end("body");
+      });
+      const r = await fetch(s.url);
+      expect(r.status, JSON.stringify(headers)).to.equal(201);
+      expect(r.headers.get("x-a")).to.equal("1");
+      expect(await r.text()).to.equal("body");
+      await s.close();
+      expect(decided).to.equal(1);
+    }
   });
 
   it("a wrapper another middleware installs after the hold is still in place once the response is through", async () => {
