@@ -36,6 +36,11 @@ export type RouteConfig = {
 export type RoutesConfig = Record<string, RouteConfig | Price>;
 
 export type MiddlewareOptions = {
+  /**
+   * A paid handler that has not started its answer after this long (ms) is cut off: its connection
+   * is closed, nothing is charged and the channel is free again. Default 60,000.
+   */
+  handlerTimeoutMs?: number;
   /** Called for every committed charge (metrics). */
   onPaid?: (route: string, amount: bigint, latencyUs: number) => void;
   onError?: (route: string, err: unknown) => void;
@@ -133,6 +138,7 @@ export function sendPaymentRequired(
  */
 export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: MiddlewareOptions = {}): RequestHandler {
   const compiled = compileRoutes(routes, payee.opts.asset.decimals);
+  const handlerTimeoutMs = options.handlerTimeoutMs ?? 60_000;
   const decimals = payee.opts.asset.decimals;
 
   return async function tollwayPaymentMiddleware(req: Request, res: Response, next: NextFunction) {
@@ -218,6 +224,7 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
         if (!reservation.settled) payee.release(reservation);
       },
       (err) => options.onError?.(routeKey, err),
+      handlerTimeoutMs,
     );
     next();
 
@@ -253,6 +260,7 @@ export function interceptResponse(
   decide: (status: number) => Promise<void>,
   onAbort: () => void,
   onReplayError: (err: unknown) => void = () => {},
+  timeoutMs?: number,
 ) {
   const base = managedBase(res);
   const st: Interception = {
@@ -309,7 +317,19 @@ export function interceptResponse(
     });
   }
   // The client may have gone while the payment was being verified: its socket's close already fired.
-  if (socket?.destroyed || res.destroyed) abort(res, st);
+  if (socket?.destroyed || res.destroyed) {
+    abort(res, st);
+    return;
+  }
+  if (timeoutMs !== undefined) {
+    // A handler that never answers must not hold its channel forever.
+    st.timer = setTimeout(() => {
+      if (st.phase !== OPEN) return;
+      abort(res, st);
+      res.destroy();
+    }, timeoutMs);
+    st.timer.unref();
+  }
 }
 
 /**
@@ -426,6 +446,7 @@ type Interception = {
   socket: Socket | undefined;
   /** Our own-property wrappers, when held through own properties (put back only if still in place). */
   own: BaseMethods | undefined;
+  timer?: NodeJS.Timeout;
 };
 type AnyFn = (...a: unknown[]) => unknown;
 
@@ -441,6 +462,7 @@ function restore(res: Response, st: Interception) {
 }
 
 function abort(res: Response, st: Interception) {
+  if (st.timer) clearTimeout(st.timer);
   restore(res, st);
   st.phase = DONE;
   st.onAbort();
@@ -449,6 +471,7 @@ function abort(res: Response, st: Interception) {
 function begin(res: Response, st: Interception) {
   if (st.phase !== OPEN) return;
   st.phase = DECIDING;
+  if (st.timer) clearTimeout(st.timer);
   st.decide(res.statusCode)
     .then(
       () => {

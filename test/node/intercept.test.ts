@@ -78,6 +78,20 @@ describe("holding a paid response (interceptResponse)", () => {
     }
   });
 
+  it("a handler that never answers is cut off after the timeout: connection closed, nothing decided, reservation released", async () => {
+    const events: string[] = [];
+    const s = await serve((_req, res) => {
+      manageResponsePrototype(res);
+      interceptResponse(res, async () => void events.push("decide"), () => events.push("abort"), undefined, 100);
+      // never answers
+    });
+    // without the timeout this fetch would never settle (and mocha would fail the test)
+    const err = await fetch(s.url).then(() => undefined, (e: Error) => e);
+    expect(err, "the connection is closed").to.be.instanceOf(Error);
+    await s.close();
+    expect(events).to.deep.equal(["abort"]);
+  });
+
   it("a wrapper another middleware installs after the hold is still in place once the response is through", async () => {
     let result: { laterStillInPlace: boolean; laterCalls: number } | undefined;
     const s = await serve((_req, res) => {
