@@ -29,6 +29,7 @@ const CLAIMED = 1; // slots taken by a worker or the main thread (monotonic, com
 const COMPLETED = 2; // results written (monotonic; the main thread sleeps on it)
 const WORKER_SLEEPING = 3; // 1 while the worker is (about to be) in Atomics.wait
 const MAIN_SLEEPING = 4; // 1 while the main thread is (about to be) in Atomics.waitAsync
+const READY = 5; // 1 once the worker has loaded its modules and entered its loop
 // slot states
 const DONE = 2;
 /** Event-loop turns to poll for results before sleeping in Atomics.waitAsync (default). */
@@ -47,6 +48,7 @@ const ctrl = new Int32Array(workerData.ctrl);
 const state = new Int32Array(workerData.state);
 const input = new Uint8Array(workerData.input);
 const output = new Uint8Array(workerData.output);
+Atomics.store(ctrl, ${READY}, 1);
 const pub = new Uint8Array(65);
 const cache = new Map();
 for (;;) {
@@ -91,7 +93,7 @@ let native: NativeRecover | undefined;
 const secpNative = (): NativeRecover => (native ??= require("secp256k1/bindings") as NativeRecover);
 
 class RecoveryWorker {
-  private readonly ctrl = new Int32Array(new SharedArrayBuffer(5 * 4));
+  private readonly ctrl = new Int32Array(new SharedArrayBuffer(6 * 4));
   private readonly state = new Int32Array(new SharedArrayBuffer(SLOTS * 4));
   private readonly input = new Uint8Array(new SharedArrayBuffer(SLOTS * IN));
   private readonly output: Buffer;
@@ -145,8 +147,9 @@ class RecoveryWorker {
     return (this.submitted - this.collected) | 0;
   }
 
+  /** Alive and started: until its modules are loaded (tens to hundreds of ms), work stays in-thread. */
   get alive(): boolean {
-    return !this.dead;
+    return !this.dead && Atomics.load(this.ctrl, READY) === 1;
   }
 
   submit(digest: Uint8Array, sig: Uint8Array): Promise<Hex | undefined> {

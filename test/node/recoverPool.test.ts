@@ -113,6 +113,16 @@ describe("signature recovery on worker threads", function () {
     }
   });
 
+  it("until a new worker has started, requests are answered on the calling thread (no start-up wait)", async () => {
+    configureRecoveryThreads(1, { firstSequence: 0 }); // a fresh pool: its worker is still loading
+    const c = cases[0]!;
+    let settled: unknown = "pending";
+    void recoverSignerAsync(c.digest, c.signature).then((a) => (settled = a));
+    // answered within microtasks: the worker path would need event-loop turns (and the worker's start-up)
+    for (let i = 0; i < 5; i++) await Promise.resolve();
+    expect(settled).to.equal(c.expected);
+  });
+
   it("a digest buffer reused by the caller after submission does not change the answer", async () => {
     configureRecoveryThreads(1);
     const shared = new Uint8Array(32);
