@@ -251,9 +251,11 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
  * sets PAYMENT-RESPONSE), then lets it through. If the commit fails, the handler's response is dropped
  * and a 503 goes out instead: nothing is served that was not durably paid for.
  *
- * Hot path: one small state object per response and three shared functions (no closures per request);
- * a client that goes away before the handler answers is noticed by one 'close' listener per socket,
- * not one per response.
+ * Hot path (express responses): one small state object per response and the three methods installed
+ * once on express's response prototype (no closures, no shape change per request); other responses
+ * are held through own-property wrappers. A client that goes away before the handler answers is
+ * noticed by one 'close' listener per socket, not one per response; a handler that never answers is
+ * cut off after `timeoutMs`.
  */
 export function interceptResponse(
   res: Response,
