@@ -74,7 +74,7 @@ export function checkSignatureShape(sig: Uint8Array): SignatureProblem | undefin
 
 const pubOut = new Uint8Array(65);
 /** Recovered public key (hex) -> address. Payers reuse one session key, so this skips a keccak per request. */
-const addressOfPubkey = new Map<string, Uint8Array>();
+const addressOfPubkey = new Map<string, Hex>();
 
 /**
  * Recovers the signer of a 32-byte digest from a 65-byte signature, as a lowercase 0x address (no
@@ -97,17 +97,12 @@ export function recoverSigner(digest: Uint8Array, signature: Hex | Uint8Array): 
   } catch {
     return undefined;
   }
-  return `0x${Buffer.from(addressOfPublicKey(pub)).toString("hex")}`;
-}
-
-/** The 20-byte address of a 65-byte uncompressed public key (cached: payers reuse one session key). */
-export function addressOfPublicKey(pub: Uint8Array): Uint8Array {
-  const key = Buffer.from(pub.buffer, pub.byteOffset, pub.byteLength).toString("latin1");
-  let address = addressOfPubkey.get(key);
+  const pubHex = Buffer.from(pub.buffer, pub.byteOffset, pub.byteLength).toString("hex");
+  let address = addressOfPubkey.get(pubHex);
   if (address === undefined) {
-    address = keccak256Fast(pub.subarray(1)).slice(12);
+    address = `0x${Buffer.from(keccak256Fast(pub.subarray(1)).subarray(12)).toString("hex")}`;
     if (addressOfPubkey.size >= 50_000) addressOfPubkey.clear();
-    addressOfPubkey.set(key, address);
+    addressOfPubkey.set(pubHex, address);
   }
   return address;
 }

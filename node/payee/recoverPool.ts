@@ -16,7 +16,7 @@
 import os from "node:os";
 import { Worker } from "node:worker_threads";
 import type { Hex } from "viem";
-import { addressOfPublicKey, checkSignatureShape, recoverSigner, recoveryBackend } from "./recover";
+import { checkSignatureShape, recoverSigner, recoveryBackend } from "./recover";
 
 /** Ring size, a power of two: counters are int32 and wrap, slots are `counter & MASK`. */
 const SLOTS = 1024;
@@ -88,10 +88,6 @@ type AtomicsWaitAsync = {
   waitAsync(a: Int32Array, index: number, value: number): { async: false; value: string } | { async: true; value: Promise<string> };
 };
 
-type NativeRecover = { ecdsaRecover(sig: Uint8Array, recid: number, msg: Uint8Array, compressed: boolean, out: Uint8Array): Uint8Array };
-let native: NativeRecover | undefined;
-const secpNative = (): NativeRecover => (native ??= require("secp256k1/bindings") as NativeRecover);
-
 class RecoveryWorker {
   private readonly ctrl = new Int32Array(new SharedArrayBuffer(6 * 4));
   private readonly state = new Int32Array(new SharedArrayBuffer(SLOTS * 4));
@@ -105,7 +101,6 @@ class RecoveryWorker {
   private polling = false;
   private spins = 0;
   private lastPoll = 0;
-  private readonly pub = new Uint8Array(65);
   private dead = false;
   private terminating = false;
 
@@ -216,26 +211,22 @@ class RecoveryWorker {
     this.recoverHere(claimed & MASK);
   }
 
+  /** Answers a slot on this thread, with the same `recoverSigner` the pool-less path uses. */
   private recoverHere(slot: number) {
     const i = slot * IN;
-    const o = slot * OUT;
-    this.output[o] = 0;
-    try {
-      secpNative().ecdsaRecover(this.input.subarray(i + 32, i + 96), this.input[i + 96]! - 27, this.input.subarray(i, i + 32), false, this.pub);
-      this.output.set(addressOfPublicKey(this.pub), o + 1);
-      this.output[o] = 1;
-    } catch {
-      // does not recover: flag stays 0
-    }
-    Atomics.store(this.state, slot, DONE);
-    this.hand(slot);
+    this.answer(slot, recoverSigner(this.input.subarray(i, i + 32), this.input.subarray(i + 32, i + IN)));
   }
 
+  /** Answers a slot from the worker's output. */
   private hand(slot: number) {
     const o = slot * OUT;
+    this.answer(slot, this.output[o] === 1 ? (`0x${this.output.toString("hex", o + 1, o + OUT)}` as Hex) : undefined);
+  }
+
+  private answer(slot: number, address: Hex | undefined) {
     const resolve = this.waiting[slot]!;
     this.waiting[slot] = undefined;
-    resolve(this.output[o] === 1 ? (`0x${this.output.toString("hex", o + 1, o + OUT)}` as Hex) : undefined);
+    resolve(address);
   }
 
   /** Stops the worker; what it had not answered is recovered on this thread. */
@@ -274,11 +265,11 @@ class RecoverPool {
     }
   }
 
-  recover(digest: Uint8Array, sig: Uint8Array, signature: Hex): Promise<Hex | undefined> | Hex | undefined {
+  recover(digest: Uint8Array, sig: Uint8Array): Promise<Hex | undefined> | Hex | undefined {
     let best: RecoveryWorker | undefined;
     for (const w of this.workers) if (w.alive && (best === undefined || w.inflight < best.inflight)) best = w;
     // No live worker, or a full ring (SLOTS requests in flight): served in-thread, not queued without bound.
-    if (best === undefined || best.inflight >= SLOTS) return recoverSigner(digest, signature);
+    if (best === undefined || best.inflight >= SLOTS) return recoverSigner(digest, sig);
     return best.submit(digest, sig);
   }
 
@@ -325,5 +316,5 @@ export async function recoverSignerAsync(digest: Uint8Array, signature: Hex): Pr
   if (digest.length !== 32) return undefined; // as the native binding refuses it in-thread
   const sig = Buffer.from(signature.slice(2), "hex");
   if (checkSignatureShape(sig) !== undefined) return undefined;
-  return pool.recover(digest, sig, signature);
+  return pool.recover(digest, sig);
 }
