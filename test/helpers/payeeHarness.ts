@@ -31,6 +31,20 @@ export async function startChain() {
   return { chain, deployment, payers, publicClient, testClient };
 }
 
+/**
+ * The node-config fields that point a payee node at the local chain's deployment, listening on a free
+ * loopback port; spread into a config and add the rest.
+ */
+export function localNodeConfig(ctx: { chain: ChainNode; deployment: Deployment }, rpcUrl = ctx.chain.url) {
+  return {
+    rpcUrl,
+    escrow: ctx.deployment.escrow,
+    erc3009Collector: ctx.deployment.erc3009Collector,
+    asset: { address: ctx.deployment.token },
+    listen: { port: 0 },
+  };
+}
+
 export async function startPayee(
   ctx: { chain: ChainNode; deployment: Deployment },
   routes: RoutesConfig,

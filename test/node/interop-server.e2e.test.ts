@@ -13,7 +13,7 @@ import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { createPayer } from "../../node/payer/payer";
 import { MemoryPayerStore } from "../../node/payer/store";
 import { wrapFetch } from "../../node/payer/fetch";
-import { startChain } from "../helpers/payeeHarness";
+import { localNodeConfig, startChain } from "../helpers/payeeHarness";
 
 // The stock packages ship ESM-style typings only under this moduleResolution: type the parts used.
 const { paymentMiddleware, x402ResourceServer } = require("@x402/express") as { paymentMiddleware: any; x402ResourceServer: any };
@@ -34,11 +34,7 @@ describe("interop: Tollway's client pays a stock @x402/express server that uses 
     await ctx.testClient.setBalance({ address: privateKeyToAccount(nodeKey).address, value: 10n ** 20n });
     node = await startPayeeNode(
       parseNodeConfig({
-        rpcUrl: ctx.chain.url,
-        escrow: ctx.deployment.escrow,
-        erc3009Collector: ctx.deployment.erc3009Collector,
-        asset: { address: ctx.deployment.token },
-        listen: { port: 0 },
+        ...localNodeConfig(ctx),
         storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-fac-")),
         adminToken: TOKEN,
         claims: { onShutdown: false },

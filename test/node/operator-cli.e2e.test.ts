@@ -13,7 +13,7 @@ import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { createPayer } from "../../node/payer/payer";
 import { MemoryPayerStore } from "../../node/payer/store";
 import { wrapFetch } from "../../node/payer/fetch";
-import { startChain } from "../helpers/payeeHarness";
+import { localNodeConfig, startChain } from "../helpers/payeeHarness";
 
 const BIN = path.join(__dirname, "..", "..", "bin", "tollway.js");
 const TOKEN = "operator-token-0123456789abcdef";
@@ -41,11 +41,7 @@ describe("tollway CLI for operators: status, channels, report, claim, settle, re
     await ctx.testClient.setBalance({ address: privateKeyToAccount(nodeKey).address, value: 10n ** 20n });
     node = await startPayeeNode(
       parseNodeConfig({
-        rpcUrl: ctx.chain.url,
-        escrow: ctx.deployment.escrow,
-        erc3009Collector: ctx.deployment.erc3009Collector,
-        asset: { address: ctx.deployment.token },
-        listen: { port: 0 },
+        ...localNodeConfig(ctx),
         storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-op-")),
         adminToken: TOKEN,
         routes: { "GET /long/:id": "$0.03", "GET /brief/:id": "$0.01" },
@@ -128,11 +124,7 @@ describe("tollway CLI for operators: status, channels, report, claim, settle, re
     });
     const config = path.join(dir, "tollway.json");
     fs.writeFileSync(config, JSON.stringify({
-      rpcUrl: ctx.chain.url,
-      escrow: ctx.deployment.escrow,
-      erc3009Collector: ctx.deployment.erc3009Collector,
-      asset: { address: ctx.deployment.token },
-      listen: { port: 0 },
+      ...localNodeConfig(ctx),
       storePath: path.join(dir, "store"),
       proxy: { "GET /api/*": { upstream: `http://127.0.0.1:${(up.address() as AddressInfo).port}`, price: "$0.01" } },
       logLevel: "silent",

@@ -12,7 +12,7 @@ import { privateKeyToAccount } from "viem/accounts";
 import { parseNodeConfig } from "../../node/payee/config";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
-import { startChain } from "../helpers/payeeHarness";
+import { localNodeConfig, startChain } from "../helpers/payeeHarness";
 import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
 
 // Hardhat's well-known test account #1 (public test key, local chains only), derived from the test mnemonic.
@@ -40,11 +40,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     await ctx.testClient.setBalance({ address: nodeAccount.address, value: 10n ** 20n });
     const config = parseNodeConfig(
       {
-        rpcUrl: ctx.chain.url,
-        escrow: ctx.deployment.escrow,
-        erc3009Collector: ctx.deployment.erc3009Collector,
-        asset: { address: ctx.deployment.token },
-        listen: { port: 0 },
+        ...localNodeConfig(ctx),
         storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-server-")),
         adminToken: TOKEN,
         routes: { "GET /paid/:id": "$0.01" },
@@ -73,7 +69,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(h.ok).to.equal(true);
     expect(h.recovery).to.equal("native");
     expect(h.recoveryThreads).to.equal(2);
-    const overridden = parseNodeConfig({ escrow: ctx.deployment.escrow, erc3009Collector: ctx.deployment.erc3009Collector, asset: { address: ctx.deployment.token } }, { TOLLWAY_RECOVERY_THREADS: "0" });
+    const overridden = parseNodeConfig(localNodeConfig(ctx), { TOLLWAY_RECOVERY_THREADS: "0" });
     expect(overridden.recoveryThreads).to.equal(0);
   });
 

@@ -16,7 +16,7 @@ import { CANONICAL_ADDRESSES, receiveWithAuthorizationTypes } from "../../node/p
 import { parseNodeConfig } from "../../node/payee/config";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { clientsFor } from "../helpers/chainNode";
-import { startChain } from "../helpers/payeeHarness";
+import { localNodeConfig, startChain } from "../helpers/payeeHarness";
 import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
 
 /** A pausable TCP proxy: paused = the RPC endpoint stops answering (connections refused). */
@@ -67,11 +67,7 @@ describe("torture: chain faults", function () {
     await ctx.testClient.setBalance({ address: privateKeyToAccount(key).address, value: 10n ** 20n });
     return startPayeeNode(
       parseNodeConfig({
-        rpcUrl,
-        escrow: ctx.deployment.escrow,
-        erc3009Collector: ctx.deployment.erc3009Collector,
-        asset: { address: ctx.deployment.token },
-        listen: { port: 0 },
+        ...localNodeConfig(ctx, rpcUrl),
         storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-faults-")),
         routes: { "GET /a/:id": "$0.01" },
         claims: { onShutdown: false },

@@ -14,7 +14,7 @@ import { keccak256, toHex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { readChannel } from "../../node/chain/escrow";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
-import { startChain } from "../helpers/payeeHarness";
+import { localNodeConfig, startChain } from "../helpers/payeeHarness";
 import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
 
 const CRASHES = process.env.TOLLWAY_TORTURE ? 20 : 3;
@@ -38,11 +38,7 @@ describe(`torture: kill -9 the payee ${CRASHES} times under load`, function () {
     });
     const config = path.join(dir, "tollway.json");
     fs.writeFileSync(config, JSON.stringify({
-      rpcUrl: ctx.chain.url,
-      escrow: ctx.deployment.escrow,
-      erc3009Collector: ctx.deployment.erc3009Collector,
-      asset: { address: ctx.deployment.token },
-      listen: { port: 0 },
+      ...localNodeConfig(ctx),
       storePath: path.join(dir, "store"),
       adminToken: TOKEN,
       claims: { onShutdown: false },
