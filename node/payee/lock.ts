@@ -18,6 +18,13 @@ export class ChannelLocks {
     return this.held.has(id);
   }
 
+  /** The channel's release function when its lock is free (taken now, without a promise); else undefined. */
+  tryAcquire(id: string): (() => void) | undefined {
+    if (this.held.has(id)) return undefined;
+    this.held.set(id, []);
+    return this.releaser(id);
+  }
+
   /**
    * Waits for the channel's lock (FIFO) and returns its release function. Rejects with
    * `channel_busy` when it cannot be had within `timeoutMs`.

@@ -170,9 +170,10 @@ export class Payee {
     await this.checkVoucherSignature(p.channelConfig, channelId, p.voucher.maxClaimableAmount, p.voucher.signature);
     if (p.type === "deposit") this.checkDepositAuthorization(p);
 
-    const release = await this.locks.acquire(channelId, this.opts.lockTimeoutMs);
+    // A free lock and a cached record are taken without a promise (the common case of a paid request).
+    const release = this.locks.tryAcquire(channelId) ?? (await this.locks.acquire(channelId, this.opts.lockTimeoutMs));
     try {
-      let rec = await this.loadOrCreate(channelId, p.channelConfig, p.type === "deposit");
+      let rec = this.store.cachedChannel(channelId) ?? (await this.loadOrCreate(channelId, p.channelConfig, p.type === "deposit"));
       const expected = rec.chargedCumulative + required.amount;
       if (p.voucher.maxClaimableAmount !== expected) {
         throw new CumulativeMismatchError(expected, p.voucher.maxClaimableAmount);

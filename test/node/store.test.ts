@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { getAddress, type Address, type Hex } from "viem";
-import { ChannelStore, encodeChannel, type ChannelRecord } from "../../node/store/channelStore";
+import { ChannelStore, encodeChannel, encodeLedger, LEDGER_BLOCK_SPAN_MS, type ChannelRecord, type LedgerRow } from "../../node/store/channelStore";
 
 const hexOf = (bytes: number) => fc.uint8Array({ minLength: bytes, maxLength: bytes }).map((b) => `0x${Buffer.from(b).toString("hex")}` as Hex);
 const address = hexOf(20).map((h) => getAddress(h) as Address);
@@ -50,5 +50,63 @@ describe("channel store encoding", () => {
     for (const r of sample) expect(await store.getChannel(r.channelId)).to.deep.equal(r);
     await store.close();
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("the ledger row encoder writes exactly what JSON.stringify writes (route and resource escaped)", () => {
+    const row = fc.record({ at: time, channelId: hexOf(32), payer: address, route: fc.string(), resource: fc.string({ unit: "grapheme" }), amount: u128 });
+    fc.assert(
+      fc.property(row, (l) => {
+        expect(encodeLedger(l)).to.equal(JSON.stringify({ ...l, amount: l.amount.toString() }));
+      }),
+      { numRuns: 500, seed: 5 },
+    );
+  });
+});
+
+describe("ledger blocks", () => {
+  let dir: string;
+  let store: ChannelStore;
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-ledger-"));
+    store = await ChannelStore.open(dir);
+  });
+  afterEach(async () => {
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const rec = fc.sample(record, { numRuns: 1, seed: 3 })[0]!;
+  const row = (at: number, n: number): LedgerRow => ({ at, channelId: rec.channelId, payer: rec.config.payer, route: "GET /a", resource: `/a/${n}`, amount: BigInt(n) });
+  const read = async (from?: number, to?: number) => {
+    const out: string[] = [];
+    for await (const r of store.ledger(from, to)) out.push(r.resource);
+    return out;
+  };
+
+  it("rows committed together share one entry, keep their commit order, and read back one by one", async () => {
+    const base = 1_700_000_000_000;
+    // 200 commits at once (one or a few group commits), then 50 more one by one.
+    await Promise.all(Array.from({ length: 200 }, (_, i) => store.putChannel({ ...rec, chargedCumulative: BigInt(i) }, row(base + i, i))));
+    for (let i = 200; i < 250; i++) await store.putChannel({ ...rec, chargedCumulative: BigInt(i) }, row(base + i, i));
+    expect(await read()).to.deep.equal(Array.from({ length: 250 }, (_, i) => `/a/${i}`));
+    const entries = await (store as unknown as { db: { keys(o: object): { all(): Promise<string[]> } } }).db.keys({ gte: "l:", lt: "l;" }).all();
+    expect(entries.length).to.be.lessThan(250).and.at.least(51);
+    // time ranges cut inside blocks
+    expect(await read(base + 10, base + 13)).to.deep.equal(["/a/10", "/a/11", "/a/12"]);
+    expect(await read(base + 249, base + 250)).to.deep.equal(["/a/249"]);
+    expect(await read(base + 250)).to.deep.equal([]);
+    // reopened: the same rows
+    await store.close();
+    store = await ChannelStore.open(dir);
+    expect((await read()).length).to.equal(250);
+  });
+
+  it("a block never spans more than LEDGER_BLOCK_SPAN_MS, and a clock that goes back starts a new block", async () => {
+    const base = 1_800_000_000_000;
+    const ats = [base, base + 5, base + LEDGER_BLOCK_SPAN_MS + 1, base - 10_000, base + 7];
+    await Promise.all(ats.map((at, i) => store.putChannel({ ...rec, chargedCumulative: BigInt(i) }, row(at, i))));
+    // every row is found by a range holding only its own time
+    for (const [i, at] of ats.entries()) expect(await read(at, at + 1), `row ${i}`).to.deep.equal([`/a/${i}`]);
+    expect((await read()).sort()).to.deep.equal(ats.map((_, i) => `/a/${i}`).sort());
   });
 });
