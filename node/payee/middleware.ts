@@ -518,12 +518,17 @@ function begin(res: Response, st: Interception) {
         st.phase = DONE;
         const calls = st.pending;
         st.pending = [];
+        // Several held calls (headers, body chunks, end) leave in one writev, not one syscall each.
+        const socket = calls.length > 2 ? res.socket : null;
+        socket?.cork();
         try {
           for (let i = 0; i < calls.length; i += 2) (calls[i] as AnyFn).apply(res, calls[i + 1] as unknown[]);
         } catch (err) {
           // Checked when held, so this is exotic; the charge is on disk, the answer is broken: cut it.
           st.onReplayError(err);
           res.destroy(err as Error);
+        } finally {
+          socket?.uncork();
         }
       },
       (err: unknown) => {

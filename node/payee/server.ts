@@ -169,11 +169,18 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
 
   const routes: RoutesConfig = { ...(config.routes as RoutesConfig) };
   for (const [key, p] of Object.entries(config.proxy)) routes[key] = { price: p.price, description: p.description, mimeType: p.mimeType };
+  // Per-route metric children, resolved once: labelled inc() hashes its labels on every call.
+  const perRoute = new Map<string, { paid: client.Counter.Internal; revenue: client.Counter.Internal }>();
   app.use(
     paymentMiddleware(routes, payee, {
       onPaid: (route, amount, us) => {
-        paid.inc({ route });
-        revenue.inc({ route }, Number(amount));
+        let m = perRoute.get(route);
+        if (m === undefined) {
+          m = { paid: paid.labels(route), revenue: revenue.labels(route) };
+          perRoute.set(route, m);
+        }
+        m.paid.inc();
+        m.revenue.inc(Number(amount));
         latency.observe(us / 1e6);
       },
       onError: (_route, err) => refused.inc({ code: (err as { code?: string }).code ?? "internal" }),
@@ -182,9 +189,10 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   for (const [key, p] of Object.entries(config.proxy)) {
     const [method, path] = key.includes(" ") ? key.split(/\s+/, 2) : ["GET", key];
     const pathRe = new RegExp(`^${path!.replace(/:[^/]+/g, "[^/]+").replace(/\*/g, ".*")}/?$`);
+    const upstream = upstreamOf(p.upstream);
     app.use(async (req, res, next) => {
       if (req.method !== method || !pathRe.test(req.path)) return next();
-      await proxyTo(p.upstream, req, res).catch(next);
+      await proxyTo(upstream, req, res).catch(next);
     });
   }
   opts.install?.(app);
@@ -228,18 +236,38 @@ const agents = { "http:": new http.Agent({ keepAlive: true, maxSockets: 256 }), 
  * middleware defers the response's first write, so the charge commits only when the upstream answered
  * < 400 — before any byte leaves.
  */
-function proxyTo(upstream: string, req: Request, res: Response): Promise<void> {
+type Upstream = { request: typeof http.request; agent: http.Agent; hostname: string; port: string; prefix: string };
+
+/** An upstream URL resolved once per route (not a URL parse per request). */
+function upstreamOf(url: string): Upstream {
+  const u = new URL(url);
+  const tls = u.protocol === "https:";
+  return {
+    request: tls ? https.request : http.request,
+    agent: agents[tls ? "https:" : "http:"],
+    hostname: u.hostname.replace(/^\[|\]$/g, ""),
+    port: u.port || (tls ? "443" : "80"),
+    prefix: u.pathname.replace(/\/$/, ""),
+  };
+}
+
+function proxyTo(upstream: Upstream, req: Request, res: Response): Promise<void> {
   return new Promise((resolve, reject) => {
-    const target = new URL(req.originalUrl, upstream);
     const headers: Record<string, string | string[]> = {};
-    for (const [k, v] of Object.entries(req.headers)) {
+    const inbound = req.headers;
+    for (const k in inbound) {
+      const v = inbound[k];
       if (v === undefined || k === "host" || k === "payment-signature" || HOP_BY_HOP.has(k)) continue;
       headers[k] = v;
     }
-    const mod = target.protocol === "https:" ? https : http;
-    const up = mod.request(target, { method: req.method, headers, agent: agents[target.protocol as "http:" | "https:"] }, (ur) => {
+    const options = { hostname: upstream.hostname, port: upstream.port, path: upstream.prefix + req.originalUrl, method: req.method, headers, agent: upstream.agent };
+    const up = upstream.request(options, (ur) => {
       res.status(ur.statusCode ?? 502);
-      for (const [k, v] of Object.entries(ur.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) res.setHeader(k, v);
+      const outbound = ur.headers;
+      for (const k in outbound) {
+        const v = outbound[k];
+        if (v !== undefined && !HOP_BY_HOP.has(k)) res.setHeader(k, v);
+      }
       ur.on("data", (chunk: Buffer) => res.write(chunk));
       ur.on("end", () => {
         res.end();

@@ -32,6 +32,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const up = express();
     up.get("/api/ok/:id", (req, res) => void res.json({ id: req.params.id, from: "upstream" }));
     up.get("/api/broken", (_req, res) => void res.status(502).send("bad gateway"));
+    up.get("/base/*", (req, res) => void res.set("X-Upstream", "base").json({ url: req.originalUrl, host: req.headers.host, signature: req.headers["payment-signature"] ?? null }));
     upstream = await new Promise((r) => {
       const s = up.listen(0, "127.0.0.1", () => r(s));
     });
@@ -44,7 +45,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
         storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-server-")),
         adminToken: TOKEN,
         routes: { "GET /paid/:id": "$0.01" },
-        proxy: { "GET /api/*": { upstream: upUrl, price: "$0.02" } },
+        proxy: { "GET /api/*": { upstream: upUrl, price: "$0.02" }, "GET /pre/*": { upstream: `${upUrl}/base/`, price: "$0.02" } },
         claims: { onShutdown: true },
         recoveryThreads: 2,
       },
@@ -100,6 +101,18 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const again = await payWith(`${node.url}/api/ok/2`, await payer.voucherHeader(accept, 40_000n));
     expect(again.status).to.equal(200);
     expect(again.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+  });
+
+  it("reverse proxy: an upstream base path prefixes the request path and query; the payment header stays here", async () => {
+    const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-3"))));
+    const accept = (await fetchRequirements(`${node.url}/pre/a/b?q=1&r=%20x`)).accept;
+    const r = await payWith(`${node.url}/pre/a/b?q=1&r=%20x`, await payer.depositHeader(accept, 1_000_000n, 20_000n));
+    expect(r.status, r.text).to.equal(200);
+    const seen = JSON.parse(r.text);
+    expect(seen.url).to.equal("/base/pre/a/b?q=1&r=%20x");
+    expect(seen.signature).to.equal(null);
+    expect(seen.host).to.match(/^127\.0\.0\.1:\d+$/);
+    expect(r.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("20000");
   });
 
   it("facilitator /verify checks a voucher against the chain; /settle claims and settles", async () => {
