@@ -6,6 +6,7 @@
  */
 import autocannon from "autocannon";
 import { spawn, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
 import http from "node:http";
 import { hexToBytes, keccak256, toHex, type Address, type Hex } from "viem";
 import { privateKeyToAccount, type PrivateKeyAccount } from "viem/accounts";
@@ -23,6 +24,42 @@ export const children: ChildProcess[] = [];
 process.on("exit", () => {
   for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
 });
+
+/** CPU time (ms) a process has used so far: its main thread, and all its other threads together (Linux /proc). */
+export function processCpuMs(pid: number): { main: number; others: number } {
+  const tick = 10; // USER_HZ = 100
+  let main = 0;
+  let others = 0;
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const ms = (Number(f[11]) + Number(f[12])) * tick;
+      if (tid === String(pid)) main += ms;
+      else others += ms;
+    } catch {
+      // a thread that ended between the listing and the read
+    }
+  }
+  return { main, others };
+}
+
+/** Where one run's CPU went, in microseconds per request: the server's main thread, its other threads, the load generator. */
+export type CpuPerRequest = { main: number; others: number; loadgen: number };
+
+/** Runs `fn` and accounts the server's (`pid`) and this process's CPU to the requests it made. */
+export async function withCpu(pid: number, fn: () => Promise<RunResult>): Promise<RunResult & { cpu: CpuPerRequest }> {
+  const a = processCpuMs(pid);
+  const c = process.cpuUsage();
+  const r = await fn();
+  const b = processCpuMs(pid);
+  const used = process.cpuUsage(c);
+  const n = Math.max(1, r.total);
+  return {
+    ...r,
+    cpu: { main: ((b.main - a.main) * 1000) / n, others: ((b.others - a.others) * 1000) / n, loadgen: (used.user + used.system) / n },
+  };
+}
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);

@@ -8,7 +8,7 @@
  *   2. latency added by payment at half of the paid maximum rate (p50 / p99): autocannon's rate limiter,
  *      an open-loop fixed-rate schedule (no coordinated omission), the server's own view, and one
  *      sequential connection.                                                goal p99 <= 2 ms
- *   3. durable (fsync'd group commit) vs non-durable commit, paid route.     goal >= 0.9
+ *   3. durable (fsync'd group commit) vs non-durable commit, paid route, 3 interleaved pairs. goal >= 0.9
  *   4. verification path (digest + native recover + compare) vs a bare native ecdsaRecover loop. goal >= 0.8
  *
  * Run: npm run bench:payments   (TOLLWAY_BENCH_SECONDS=5 per run by default)
@@ -25,7 +25,7 @@ import { CANONICAL_ADDRESSES, escrowDomain } from "../node/protocol/typedData";
 import { keccak256Fast, keccakReady, recoverSigner } from "../node/payee/recover";
 import { HEADERS } from "../node/protocol/wire";
 import { clientsFor, hardhatTestAccount, startChainNode } from "../test/helpers/chainNode";
-import { children, median, pacedLoad, runLoad, setupChannels, startBenchServer, type PacedResult, type RunResult } from "./lib";
+import { children, median, pacedLoad, runLoad, setupChannels, startBenchServer, withCpu, type CpuPerRequest, type PacedResult, type RunResult } from "./lib";
 
 const secp = require("secp256k1/bindings") as {
   ecdsaRecover(sig: Uint8Array, recid: number, msg: Uint8Array, compressed: boolean, out?: Uint8Array): Uint8Array;
@@ -35,7 +35,7 @@ const SECONDS = Number(process.env.TOLLWAY_BENCH_SECONDS ?? 5);
 const CONNECTIONS = 10;
 const CHANNELS = 16;
 const PRICE = 1_000n; // $0.001
-const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 18_000);
+const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 22_000);
 
 /** Alternating unpaid and paid requests on one kept-alive connection; latency quantiles in ms. */
 async function sequentialLatency(port: number, ch: { headers: string[]; next: number }, n: number) {
@@ -121,12 +121,17 @@ async function main() {
   let server = await startBenchServer(SERVER, { ...serverEnv, sync: true });
   const base = `http://127.0.0.1:${server.port}`;
   await runLoad(`${base}/free`, { connections: CONNECTIONS, seconds: SECONDS }); // warm-up
-  const unpaid: RunResult[] = [];
-  const paid: RunResult[] = [];
+  const unpaid: Array<RunResult & { cpu: CpuPerRequest }> = [];
+  const paid: Array<RunResult & { cpu: CpuPerRequest }> = [];
+  const pid = server.proc.pid!;
   for (let i = 0; i < 2; i++) {
-    unpaid.push(await runLoad(`${base}/free`, { connections: CONNECTIONS, seconds: SECONDS }));
-    paid.push(await runLoad(`${base}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
+    unpaid.push(await withCpu(pid, () => runLoad(`${base}/free`, { connections: CONNECTIONS, seconds: SECONDS })));
+    paid.push(await withCpu(pid, () => runLoad(`${base}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS })));
   }
+  const cpuOf = (rs: Array<{ cpu: CpuPerRequest }>) => {
+    const last = rs[rs.length - 1]!.cpu; // the warmer of the runs
+    return `server main thread ${last.main.toFixed(0)} us, its other threads ${last.others.toFixed(0)} us, load generator ${last.loadgen.toFixed(0)} us`;
+  };
   const unpaidRps = median(unpaid.map((r) => r.rps));
   const paidRps = median(paid.map((r) => r.rps));
   const half = Math.max(1, Math.floor(paidRps / 2));
@@ -149,7 +154,7 @@ async function main() {
   const nondurableRuns: RunResult[] = [];
   const durableRuns: RunResult[] = [];
   let nondurableHalf: RunResult | undefined;
-  for (let i = 0; i < 2; i++) {
+  for (let i = 0; i < 3; i++) {
     server = await startBenchServer(SERVER, { ...serverEnv, sync: false });
     nondurableRuns.push(await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
     if (i === 0) nondurableHalf = await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS, rate: half });
@@ -238,6 +243,9 @@ async function main() {
     `   unpaid GET /free   ${fmt(unpaidRps)} req/s   (runs: ${unpaid.map((r) => fmt(r.rps)).join(", ")})`,
     `   paid   GET /paid   ${fmt(paidRps)} req/s   (runs: ${paid.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${paid.reduce((a, r) => a + r.non2xx, 0)}, errors ${paid.reduce((a, r) => a + r.errors, 0)})`,
     `   ratio paid/unpaid  ${(paidRps / unpaidRps).toFixed(3)}   goal >= 0.45  ${paidRps / unpaidRps >= 0.45 ? "MET" : "NOT MET"}`,
+    `   CPU per request (2nd run; Linux /proc): unpaid: ${cpuOf(unpaid)}`,
+    `                                           paid:   ${cpuOf(paid)}`,
+    `   (2 cores in all: the paid route is bound by the sum, not by one thread)`,
     ``,
     `2. latency at half of the paid maximum (${half} req/s)`,
     `   autocannon (10 connections, its rate limiter, whole-ms latencies):`,
@@ -252,7 +260,7 @@ async function main() {
     `   server side, every paid request of the durable server (middleware entry -> charge on disk): p50 ${serverLatency ? (Number(serverLatency[2]) / 1000).toFixed(2) : "?"} ms, p99 ${serverLatency ? (Number(serverLatency[3]) / 1000).toFixed(2) : "?"} ms (n ${serverLatency?.[1] ?? "?"}, all loads)`,
     `   sequential, one connection (${1500} each): unpaid p50 ${seq.freeP50.toFixed(2)} / p99 ${seq.freeP99.toFixed(2)} ms, paid p50 ${seq.paidP50.toFixed(2)} / p99 ${seq.paidP99.toFixed(2)} ms, added p50 ${(seq.paidP50 - seq.freeP50).toFixed(2)} / p99 ${(seq.paidP99 - seq.freeP99).toFixed(2)} ms`,
     ``,
-    `3. durable (fsync group commit) vs non-durable, paid route (median of 2 interleaved runs each)`,
+    `3. durable (fsync group commit) vs non-durable, paid route (median of 3 interleaved runs each)`,
     `   non-durable ${fmt(nondurable.rps)} req/s (runs ${nondurableRuns.map((r) => fmt(r.rps)).join(", ")})   durable ${fmt(durable2.rps)} req/s (runs ${durableRuns.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${nondurable.non2xx + durable2.non2xx})`,
     `   ratio durable/non-durable ${(durable2.rps / nondurable.rps).toFixed(3)}   goal >= 0.9  ${durable2.rps / nondurable.rps >= 0.9 ? "MET" : "NOT MET"}`,
     `   group commit: ${flushes ?? "?"} fsync'd batches for ${paidTotal} paid requests in the first server`,
