@@ -8,6 +8,7 @@ import autocannon from "autocannon";
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { hexToBytes, keccak256, toHex, type Address, type Hex } from "viem";
 import { privateKeyToAccount, type PrivateKeyAccount } from "viem/accounts";
 import { batchSettlementAbi } from "../node/chain/abi";
@@ -214,7 +215,11 @@ export async function runLoad(url: string, o: { channels?: Channel[]; price?: bi
   return { rps: ok / o.seconds, p50: result.latency.p50, p99: result.latency.p99, non2xx: result.non2xx, errors: result.errors, total: result.requests.total, sample };
 }
 
-export type PacedResult = { sent: number; ok: number; non2xx: number; p50: number; p90: number; p99: number; max: number };
+export type PacedResult = {
+  sent: number; ok: number; non2xx: number; p50: number; p90: number; p99: number; max: number;
+  /** The load generator's own event-loop delay during the run (ms): its stalls count as latency too. */
+  loopDelayP99: number; loopDelayMax: number;
+};
 
 /**
  * Open-loop load at a fixed rate (wrk2-style), for latency at a given load: request i is due at
@@ -235,6 +240,8 @@ export async function pacedLoad(url: string, o: { rate: number; seconds: number;
   let non2xx = 0;
   for (const c of o.channels ?? []) c.busy = false;
   const start = performance.now() + 5;
+  const loop = monitorEventLoopDelay({ resolution: 1 });
+  loop.enable();
   await new Promise<void>((resolve) => {
     const send = (from: number) => {
       const ch = o.channels ? takeChannel(o.channels) : undefined;
@@ -281,8 +288,9 @@ export async function pacedLoad(url: string, o: { rate: number; seconds: number;
     };
     setTimeout(tick, 5);
   });
+  loop.disable();
   agent.destroy();
   lat.sort((a, b) => a - b);
   const q = (p: number) => lat[Math.min(lat.length - 1, Math.floor(lat.length * p))] ?? 0;
-  return { sent, ok, non2xx, p50: q(0.5), p90: q(0.9), p99: q(0.99), max: q(1) };
+  return { sent, ok, non2xx, p50: q(0.5), p90: q(0.9), p99: q(0.99), max: q(1), loopDelayP99: loop.percentile(99) / 1e6, loopDelayMax: loop.max / 1e6 };
 }
