@@ -169,18 +169,11 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
 
   const routes: RoutesConfig = { ...(config.routes as RoutesConfig) };
   for (const [key, p] of Object.entries(config.proxy)) routes[key] = { price: p.price, description: p.description, mimeType: p.mimeType };
-  // Per-route metric children, resolved once: labelled inc() hashes its labels on every call.
-  const perRoute = new Map<string, { paid: client.Counter.Internal; revenue: client.Counter.Internal }>();
   app.use(
     paymentMiddleware(routes, payee, {
       onPaid: (route, amount, us) => {
-        let m = perRoute.get(route);
-        if (m === undefined) {
-          m = { paid: paid.labels(route), revenue: revenue.labels(route) };
-          perRoute.set(route, m);
-        }
-        m.paid.inc();
-        m.revenue.inc(Number(amount));
+        paid.inc({ route });
+        revenue.inc({ route }, Number(amount));
         latency.observe(us / 1e6);
       },
       onError: (_route, err) => refused.inc({ code: (err as { code?: string }).code ?? "internal" }),
@@ -192,6 +185,12 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     const upstream = upstreamOf(p.upstream);
     app.use(async (req, res, next) => {
       if (req.method !== method || !pathRe.test(req.path)) return next();
+      if (hasDotSegment(req.path)) {
+        // "/api/../admin" matches "/api/*" but an upstream that normalises paths would serve /admin:
+        // refused (a 4xx, so nothing is charged).
+        res.status(400).json({ error: "invalid_path", message: "a proxied path may not contain . or .. segments" });
+        return;
+      }
       await proxyTo(upstream, req, res).catch(next);
     });
   }
@@ -236,7 +235,15 @@ const agents = { "http:": new http.Agent({ keepAlive: true, maxSockets: 256 }), 
  * middleware defers the response's first write, so the charge commits only when the upstream answered
  * < 400 — before any byte leaves.
  */
-type Upstream = { request: typeof http.request; agent: http.Agent; hostname: string; port: string; prefix: string };
+type Upstream = { request: typeof http.request; agent: http.Agent; hostname: string; port: string; prefix: string; auth?: string };
+
+/** A "." or ".." path segment, also percent-encoded or between backslashes (which some servers take for "/"). */
+export function hasDotSegment(path: string): boolean {
+  return path.split(/[/\\]|%2f|%5c/i).some((seg) => {
+    const s = seg.replace(/%2e/gi, ".");
+    return s === "." || s === "..";
+  });
+}
 
 /** An upstream URL resolved once per route (not a URL parse per request). */
 function upstreamOf(url: string): Upstream {
@@ -248,6 +255,8 @@ function upstreamOf(url: string): Upstream {
     hostname: u.hostname.replace(/^\[|\]$/g, ""),
     port: u.port || (tls ? "443" : "80"),
     prefix: u.pathname.replace(/\/$/, ""),
+    // Credentials in the upstream URL go out as Basic auth, as http.request(url) would send them.
+    auth: u.username ? `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}` : undefined,
   };
 }
 
@@ -260,7 +269,7 @@ function proxyTo(upstream: Upstream, req: Request, res: Response): Promise<void>
       if (v === undefined || k === "host" || k === "payment-signature" || HOP_BY_HOP.has(k)) continue;
       headers[k] = v;
     }
-    const options = { hostname: upstream.hostname, port: upstream.port, path: upstream.prefix + req.originalUrl, method: req.method, headers, agent: upstream.agent };
+    const options = { hostname: upstream.hostname, port: upstream.port, path: upstream.prefix + req.originalUrl, method: req.method, headers, agent: upstream.agent, auth: upstream.auth };
     const up = upstream.request(options, (ur) => {
       res.status(ur.statusCode ?? 502);
       const outbound = ur.headers;

@@ -152,9 +152,14 @@ export class ChannelStore {
   /** Durably writes a channel record (and optional ledger row) before resolving. */
   putChannel(rec: ChannelRecord, ledger?: LedgerRow): Promise<void> {
     if (this.closed) return Promise.reject(new Error("store is closed"));
-    if (ledger) this.pendingLedger.push(ledger);
+    const op: Op = { type: "put", key: `c:${rec.channelId}`, value: encodeChannel(rec) };
+    if (ledger) {
+      // Checked here, not at flush time: a bad row would fail the whole batch it shares.
+      if (!Number.isSafeInteger(ledger.at) || ledger.at < 0) return Promise.reject(new TypeError(`ledger row time ${ledger.at} is not a time in ms`));
+      this.pendingLedger.push(ledger);
+    }
     // The cache changes only once the write is on disk: a failed fsync leaves memory as it was.
-    return this.enqueue([{ type: "put", key: `c:${rec.channelId}`, value: encodeChannel(rec) }]).then(() => this.remember(rec));
+    return this.enqueue([op]).then(() => this.remember(rec));
   }
 
   /** Removes a channel record (after a full cooperative refund). */

@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import express from "express";
 import fs from "node:fs";
+import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
@@ -12,6 +13,7 @@ import { privateKeyToAccount } from "viem/accounts";
 import { parseNodeConfig } from "../../node/payee/config";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
+import { HEADERS } from "../../node/protocol/wire";
 import { localNodeConfig, startChain } from "../helpers/payeeHarness";
 import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
 
@@ -32,7 +34,8 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const up = express();
     up.get("/api/ok/:id", (req, res) => void res.json({ id: req.params.id, from: "upstream" }));
     up.get("/api/broken", (_req, res) => void res.status(502).send("bad gateway"));
-    up.get("/base/*", (req, res) => void res.set("X-Upstream", "base").json({ url: req.originalUrl, host: req.headers.host, signature: req.headers["payment-signature"] ?? null }));
+    up.get("/base/*", (req, res) => void res.set("X-Upstream", "base").json({ url: req.originalUrl, host: req.headers.host, signature: req.headers["payment-signature"] ?? null, authorization: req.headers.authorization ?? null }));
+    up.get("/admin", (_req, res) => void res.send("upstream admin"));
     upstream = await new Promise((r) => {
       const s = up.listen(0, "127.0.0.1", () => r(s));
     });
@@ -45,7 +48,11 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
         storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-server-")),
         adminToken: TOKEN,
         routes: { "GET /paid/:id": "$0.01" },
-        proxy: { "GET /api/*": { upstream: upUrl, price: "$0.02" }, "GET /pre/*": { upstream: `${upUrl}/base/`, price: "$0.02" } },
+        proxy: {
+          "GET /api/*": { upstream: upUrl, price: "$0.02" },
+          "GET /pre/*": { upstream: `${upUrl}/base/`, price: "$0.02" },
+          "GET /auth/*": { upstream: upUrl.replace("http://", "http://u%40x:p%3Aw@") + "/base", price: "$0.02" },
+        },
         claims: { onShutdown: true },
         recoveryThreads: 2,
       },
@@ -113,6 +120,33 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(seen.signature).to.equal(null);
     expect(seen.host).to.match(/^127\.0\.0\.1:\d+$/);
     expect(r.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("20000");
+  });
+
+  it("reverse proxy: credentials in the upstream URL go out as Basic auth; dot segments are refused uncharged", async () => {
+    const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-4"))));
+    const accept = (await fetchRequirements(`${node.url}/auth/z`)).accept;
+    const r = await payWith(`${node.url}/auth/z`, await payer.depositHeader(accept, 1_000_000n, 20_000n));
+    expect(r.status, r.text).to.equal(200);
+    expect(JSON.parse(r.text)).to.include({ url: "/base/auth/z", authorization: `Basic ${Buffer.from("u@x:p:w").toString("base64")}` });
+    // fetch would normalise "..": send the raw request line
+    const voucher = await payer.voucherHeader(accept, 40_000n);
+    for (const p of ["/api/../admin", "/api/%2e%2e/admin", "/api/..%2fadmin"]) {
+      const raw = await new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+        const u = new URL(node.url);
+        http.get({ host: u.hostname, port: u.port, path: p, headers: { [HEADERS.paymentSignature]: voucher } }, (res) => {
+          let body = "";
+          res.on("data", (d) => (body += d));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        }).on("error", reject);
+      });
+      expect(raw.status, `${p}: ${raw.body}`).to.equal(400);
+      expect(raw.body).to.not.include("upstream admin");
+      expect(raw.headers["payment-response"], p).to.equal(undefined);
+    }
+    // the voucher was not consumed by the refused requests
+    const ok = await payWith(`${node.url}/api/ok/4`, voucher);
+    expect(ok.status, ok.text).to.equal(200);
+    expect(ok.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
   });
 
   it("facilitator /verify checks a voucher against the chain; /settle claims and settles", async () => {

@@ -101,6 +101,18 @@ describe("ledger blocks", () => {
     expect((await read()).length).to.equal(250);
   });
 
+  it("a row whose time is not a time is refused before it is queued: nothing of that commit is written", async () => {
+    const base = 1_900_000_000_000;
+    for (const at of [Number.NaN, Infinity, -1, 1.5]) {
+      let err: unknown;
+      await store.putChannel({ ...rec, chargedCumulative: 99n }, row(at, 99)).catch((e) => (err = e));
+      expect(err, String(at)).to.be.instanceOf(TypeError);
+    }
+    await store.putChannel({ ...rec, chargedCumulative: 1n }, row(base, 1));
+    expect(await read()).to.deep.equal(["/a/1"]);
+    expect((await store.getChannel(rec.channelId))!.chargedCumulative).to.equal(1n);
+  });
+
   it("a block never spans more than LEDGER_BLOCK_SPAN_MS, and a clock that goes back starts a new block", async () => {
     const base = 1_800_000_000_000;
     const ats = [base, base + 5, base + LEDGER_BLOCK_SPAN_MS + 1, base - 10_000, base + 7];
