@@ -85,6 +85,7 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(dep.status, dep.text).to.equal(200);
     expect(dep.paymentResponse.transaction).to.match(/^0x[0-9a-f]{64}$/);
     expect(dep.paymentResponse.amount).to.equal("2000000");
+    expect(dep.res.headers.get("access-control-expose-headers")).to.include("PAYMENT-RESPONSE");
     charged += PRICE;
     for (let i = 1; i < 100; i++) {
       const r = await payWith(`${node.url}/articles/${i}`, await payer.voucherHeader(accept, charged + PRICE));
