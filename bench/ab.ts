@@ -18,7 +18,7 @@ import { createDigester } from "../node/protocol/fastDigest";
 import { CANONICAL_ADDRESSES, escrowDomain } from "../node/protocol/typedData";
 import { keccak256Fast, keccakReady } from "../node/payee/recover";
 import { clientsFor, hardhatTestAccount, startChainNode } from "../test/helpers/chainNode";
-import { children, median, runLoad, setupChannels, startBenchServer, withCpu } from "./lib";
+import { children, median, runLoad, setupChannels, startBenchServer, withCpu, runBench } from "./lib";
 
 const SECONDS = Number(process.env.TOLLWAY_BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.TOLLWAY_AB_ROUNDS ?? 5);
@@ -88,12 +88,4 @@ async function main() {
   console.log(`median A/B ${(median(rps.A) / median(rps.B)).toFixed(3)} (the first round is the least warm)`);
 }
 
-setTimeout(() => {
-  console.error("A/B exceeded 15 minutes; aborting");
-  process.exit(2);
-}, 15 * 60_000).unref();
-
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+runBench("A/B", 15, main);

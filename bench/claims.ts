@@ -27,6 +27,7 @@ import { encodeErc3009CollectorData, erc3009DepositNonce } from "../node/protoco
 import { createDigester } from "../node/protocol/fastDigest";
 import { CANONICAL_ADDRESSES, type ChannelConfig, escrowDomain, receiveWithAuthorizationTypes } from "../node/protocol/typedData";
 import { ChannelStore } from "../node/store/channelStore";
+import { runBench } from "./lib";
 
 const secp = require("secp256k1/bindings") as { ecdsaSign(msg: Uint8Array, key: Uint8Array): { signature: Uint8Array; recid: number } };
 const N = Number(process.env.TOLLWAY_CLAIM_CHANNELS ?? 10_000);
@@ -34,11 +35,6 @@ const GAS_PRICE_GWEI = Number(process.env.TOLLWAY_GAS_PRICE_GWEI ?? 0.01); // a 
 const ETH_USD = Number(process.env.TOLLWAY_ETH_USD ?? 3000);
 const DEPOSIT = 10_000_000n; // $10: 1,000 payments of $0.01
 const CHARGED = 10_000n * 1000n;
-
-setTimeout(() => {
-  console.error("claims benchmark exceeded 20 minutes; aborting");
-  process.exit(2);
-}, 20 * 60_000).unref();
 
 const mintAbi = [{ type: "function", name: "mint", stateMutability: "nonpayable", inputs: [{ name: "to", type: "address" }, { name: "amount", type: "uint256" }], outputs: [] }] as const;
 const transferAbi = [{ type: "function", name: "transfer", stateMutability: "nonpayable", inputs: [{ name: "to", type: "address" }, { name: "amount", type: "uint256" }], outputs: [{ name: "", type: "bool" }] }] as const;
@@ -142,7 +138,4 @@ async function main() {
   );
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+runBench("claims benchmark", 20, main);

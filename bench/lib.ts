@@ -62,6 +62,21 @@ export async function withCpu(pid: number, fn: () => Promise<RunResult>): Promis
   };
 }
 
+/**
+ * Runs a benchmark's `main`: exit 1 on an error, and exit 2 if it is still running after `minutes`
+ * (a benchmark must stop by itself).
+ */
+export function runBench(name: string, minutes: number, main: () => Promise<void>): void {
+  setTimeout(() => {
+    console.error(`${name} exceeded ${minutes} minutes; aborting`);
+    process.exit(2);
+  }, minutes * 60_000).unref();
+  main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}
+
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;

@@ -25,7 +25,7 @@ import { CANONICAL_ADDRESSES, escrowDomain } from "../node/protocol/typedData";
 import { keccak256Fast, keccakReady, recoverSigner } from "../node/payee/recover";
 import { HEADERS } from "../node/protocol/wire";
 import { clientsFor, hardhatTestAccount, startChainNode } from "../test/helpers/chainNode";
-import { children, median, pacedLoad, runLoad, setupChannels, startBenchServer, withCpu, type CpuPerRequest, type PacedResult, type RunResult } from "./lib";
+import { children, median, pacedLoad, runLoad, setupChannels, startBenchServer, withCpu, type CpuPerRequest, type PacedResult, type RunResult, runBench } from "./lib";
 
 const secp = require("secp256k1/bindings") as {
   ecdsaRecover(sig: Uint8Array, recid: number, msg: Uint8Array, compressed: boolean, out?: Uint8Array): Uint8Array;
@@ -284,13 +284,4 @@ async function main() {
   console.log(lines.join("\n"));
 }
 
-// A benchmark must stop by itself.
-setTimeout(() => {
-  console.error("benchmark exceeded 15 minutes; aborting");
-  process.exit(2);
-}, 15 * 60_000).unref();
-
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+runBench("benchmark", 15, main);

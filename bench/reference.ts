@@ -21,15 +21,11 @@ import { createDigester } from "../node/protocol/fastDigest";
 import { CANONICAL_ADDRESSES, escrowDomain } from "../node/protocol/typedData";
 import { HEADERS, decodeBase64Json } from "../node/protocol/wire";
 import { clientsFor, hardhatTestAccount, startChainNode } from "../test/helpers/chainNode";
-import { children, median, runLoad, setupChannels, startBenchServer, type RunResult } from "./lib";
+import { children, median, runLoad, setupChannels, startBenchServer, type RunResult, runBench } from "./lib";
 
 const SECONDS = Number(process.env.TOLLWAY_BENCH_SECONDS ?? 5);
 const CHANNELS = 16;
 const PRICE = 1_000n;
-setTimeout(() => {
-  console.error("reference benchmark exceeded 15 minutes; aborting");
-  process.exit(2);
-}, 15 * 60_000).unref();
 
 async function main() {
   await keccakReady;
@@ -104,7 +100,4 @@ async function main() {
   );
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+runBench("reference benchmark", 15, main);

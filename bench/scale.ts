@@ -20,14 +20,11 @@ import { encodeErc3009CollectorData, erc3009DepositNonce } from "../node/protoco
 import { CANONICAL_ADDRESSES, type ChannelConfig, computeChannelId, escrowDomain, receiveWithAuthorizationTypes, voucherTypes } from "../node/protocol/typedData";
 import { HEADERS, encodeBase64Json } from "../node/protocol/wire";
 import { ChannelStore, type ChannelRecord } from "../node/store/channelStore";
+import { runBench } from "./lib";
 
 const N = Number(process.env.TOLLWAY_SCALE_CHANNELS ?? 1_000_000);
 const children: ChildProcess[] = [];
 process.on("exit", () => children.forEach((c) => c.exitCode === null && c.kill("SIGKILL")));
-setTimeout(() => {
-  console.error("scale benchmark exceeded 20 minutes; aborting");
-  process.exit(2);
-}, 20 * 60_000).unref();
 
 function rssMb(pid: number): number {
   const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
@@ -127,7 +124,4 @@ async function main() {
   );
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+runBench("scale benchmark", 20, main);
