@@ -362,8 +362,7 @@ function sweepDeadlines() {
     if (st.phase !== OPEN) {
       deadlines.delete(st);
     } else if (now >= st.deadline!) {
-      deadlines.delete(st);
-      abort(st.res!, st);
+      abort(st.res!, st); // also takes it out of `deadlines`
       st.res!.destroy();
     }
   }
