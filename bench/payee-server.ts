@@ -9,6 +9,7 @@ import type { Address, Hex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createChainClients } from "../node/chain/clients";
 import { TxSender } from "../node/chain/sender";
+import { createExpressServer } from "../node/payee/httpServer";
 import { paymentMiddleware } from "../node/payee/middleware";
 import { Payee } from "../node/payee/payee";
 import { keccakReady } from "../node/payee/recover";
@@ -51,7 +52,9 @@ async function main() {
   app.use(paymentMiddleware({ "GET /paid": cfg.price }, payee, { onPaid: (_r, _a, us) => void latency.push(us) }));
   app.get("/paid", (_req, res) => void res.send("ok"));
   app.get("/free", (_req, res) => void res.send("ok"));
-  const server = app.listen(0, "127.0.0.1", () => {
+  // Served as Tollway serves an express app (stable object shapes: see node/payee/httpServer.ts);
+  // TOLLWAY_BENCH_STOCK_LISTEN=1 serves it with express's own app.listen instead.
+  const server = (process.env.TOLLWAY_BENCH_STOCK_LISTEN ? app.listen(0, "127.0.0.1") : createExpressServer(app).listen(0, "127.0.0.1")).once("listening", () => {
     process.stdout.write(`READY ${(server.address() as AddressInfo).port} ${store.flushCount}\n`);
   });
   process.on("SIGTERM", async () => {

@@ -5,7 +5,6 @@
  */
 import express, { type Express, type Request, type Response } from "express";
 import type { Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import fs from "node:fs";
 import http from "node:http";
 import https from "node:https";
@@ -20,6 +19,7 @@ import { ChannelStore } from "../store/channelStore";
 import { ClaimEngine, exposure } from "./claims";
 import type { NodeConfig } from "./config";
 import { adminRouter } from "./adminApi";
+import { listenExpress } from "./httpServer";
 import { Facilitator, facilitatorRouter, requireBearer } from "./facilitator";
 import { paymentMiddleware, type RoutesConfig } from "./middleware";
 import { Payee } from "./payee";
@@ -196,12 +196,8 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   }
   opts.install?.(app);
 
-  const server: Server = await new Promise((resolve, reject) => {
-    const s = app.listen(config.listen.port, config.listen.host, () => resolve(s));
-    s.once("error", reject);
-  });
-  const addr = server.address() as AddressInfo;
-  const url = `http://${addr.address}:${addr.port}`;
+  // Requests and responses built on the app's prototypes: no per-request hidden classes (httpServer.ts).
+  const { server, url } = await listenExpress(app, config.listen.port, config.listen.host);
   watcher.start();
   claims.start();
   await watcher.poll();
