@@ -25,6 +25,8 @@ type BenchServerConfig = {
   price: string;
   key: Hex;
   recoveryThreads?: number;
+  /** Serve with express's own app.listen instead of createExpressServer (figure 1b). */
+  stockListen?: boolean;
 };
 
 async function main() {
@@ -53,8 +55,8 @@ async function main() {
   app.get("/paid", (_req, res) => void res.send("ok"));
   app.get("/free", (_req, res) => void res.send("ok"));
   // Served as Tollway serves an express app (stable object shapes: see node/payee/httpServer.ts);
-  // TOLLWAY_BENCH_STOCK_LISTEN=1 serves it with express's own app.listen instead.
-  const server = (process.env.TOLLWAY_BENCH_STOCK_LISTEN ? app.listen(0, "127.0.0.1") : createExpressServer(app).listen(0, "127.0.0.1")).once("listening", () => {
+  // `stockListen` serves it with express's own app.listen instead.
+  const server = (cfg.stockListen || process.env.TOLLWAY_BENCH_STOCK_LISTEN ? app.listen(0, "127.0.0.1") : createExpressServer(app).listen(0, "127.0.0.1")).once("listening", () => {
     process.stdout.write(`READY ${(server.address() as AddressInfo).port} ${store.flushCount}\n`);
   });
   process.on("SIGTERM", async () => {

@@ -5,6 +5,8 @@
  *   1. paid vs unpaid: the same express app and trivial handler, autocannon, 10 connections on
  *      loopback. Vouchers are pre-signed per channel before the timed part; a connection checks out a
  *      channel per request, so each channel sees one sequential stream.      goal >= 0.45
+ *      The app is served as Tollway serves one (createExpressServer); 1b serves the same app with
+ *      express's own app.listen, for the comparison with a stock express deployment.
  *   2. latency added by payment at half of the paid maximum rate (p50 / p99): autocannon's rate limiter,
  *      an open-loop fixed-rate schedule (no coordinated omission), the server's own view, and one
  *      sequential connection.                                                goal p99 <= 2 ms
@@ -35,7 +37,7 @@ const SECONDS = Number(process.env.TOLLWAY_BENCH_SECONDS ?? 5);
 const CONNECTIONS = 10;
 const CHANNELS = 16;
 const PRICE = 1_000n; // $0.001
-const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 22_000);
+const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 30_000);
 
 /** Alternating unpaid and paid requests on one kept-alive connection; latency quantiles in ms. */
 async function sequentialLatency(port: number, ch: { headers: string[]; next: number }, n: number) {
@@ -150,6 +152,21 @@ async function main() {
   const durableOut = await server.stop();
   const serverLatency = /SERVER_LATENCY_US n=(\d+) p50=(\d+) p99=(\d+)/.exec(durableOut);
 
+  // 1b: the same app, served by express's own app.listen (the store and counters continue)
+  server = await startBenchServer(SERVER, { ...serverEnv, sync: true, stockListen: true });
+  const stockBase = `http://127.0.0.1:${server.port}`;
+  await runLoad(`${stockBase}/free`, { connections: CONNECTIONS, seconds: 2 });
+  await runLoad(`${stockBase}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: 2 });
+  const stockUnpaid: Array<RunResult & { cpu: CpuPerRequest }> = [];
+  const stockPaid: Array<RunResult & { cpu: CpuPerRequest }> = [];
+  for (let i = 0; i < 2; i++) {
+    stockUnpaid.push(await withCpu(server.proc.pid!, () => runLoad(`${stockBase}/free`, { connections: CONNECTIONS, seconds: SECONDS })));
+    stockPaid.push(await withCpu(server.proc.pid!, () => runLoad(`${stockBase}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS })));
+  }
+  await server.stop();
+  const stockUnpaidRps = median(stockUnpaid.map((r) => r.rps));
+  const stockPaidRps = median(stockPaid.map((r) => r.rps));
+
   // 3: non-durable vs durable servers on the same store (the counters continue), interleaved, 2 runs each
   const nondurableRuns: RunResult[] = [];
   const durableRuns: RunResult[] = [];
@@ -238,7 +255,7 @@ async function main() {
 
   const fmt = (x: number, d = 0) => x.toFixed(d);
   const flushes = /FLUSHES (\d+)/.exec(durableOut)?.[1];
-  const paidTotal = paid.reduce((a, r) => a + r.total, 0) + paidHalf.total;
+  const paidTotal = paid.reduce((a, r) => a + r.total, 0) + paidHalf.total + pacedPaid.reduce((a, r) => a + r.sent, 0) + 1500;
   const lines = [
     `Tollway payment benchmarks (${CONNECTIONS} connections, ${SECONDS} s per run, loopback; setup ${fmt(setupS, 1)} s)`,
     ``,
@@ -249,6 +266,12 @@ async function main() {
     `   CPU per request (2nd run; Linux /proc): unpaid: ${cpuOf(unpaid)}`,
     `                                           paid:   ${cpuOf(paid)}`,
     `   (2 cores in all: the paid route is bound by the sum, not by one thread)`,
+    `1b. the same app served by express's own app.listen (stock express; median of 2 runs each)`,
+    `   unpaid ${fmt(stockUnpaidRps)} req/s (runs: ${stockUnpaid.map((r) => fmt(r.rps)).join(", ")})   paid ${fmt(stockPaidRps)} req/s (runs: ${stockPaid.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${stockPaid.reduce((a, r) => a + r.non2xx, 0)})`,
+    `   ratio paid/unpaid  ${(stockPaidRps / stockUnpaidRps).toFixed(3)}   goal >= 0.45  ${stockPaidRps / stockUnpaidRps >= 0.45 ? "MET" : "NOT MET"}`,
+    `   CPU per request: unpaid: ${cpuOf(stockUnpaid)}`,
+    `                    paid:   ${cpuOf(stockPaid)}`,
+    `   createExpressServer vs app.listen: unpaid ${(unpaidRps / stockUnpaidRps).toFixed(2)} x, paid ${(paidRps / stockPaidRps).toFixed(2)} x`,
     ``,
     `2. latency at half of the paid maximum (${half} req/s)`,
     `   autocannon (10 connections, its rate limiter, whole-ms latencies):`,

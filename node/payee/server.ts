@@ -191,7 +191,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
         res.status(400).json({ error: "invalid_path", message: "a proxied path may not contain . or .. segments" });
         return;
       }
-      await proxyTo(upstream, req, res).catch(next);
+      await proxyTo(upstream, req, res, logger).catch(next);
     });
   }
   opts.install?.(app);
@@ -256,8 +256,36 @@ function upstreamOf(url: string): Upstream {
   };
 }
 
-function proxyTo(upstream: Upstream, req: Request, res: Response): Promise<void> {
-  return new Promise((resolve, reject) => {
+/** Methods whose request carries no body here, so an attempt can be repeated as it was. */
+const IDEMPOTENT_WITHOUT_BODY = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/**
+ * Forwards one request. A kept-alive upstream connection can be closed by the upstream just as it is
+ * reused (its idle timeout racing our next request): such an attempt failed before any answer, so a
+ * bodiless idempotent request is sent once more on a fresh connection. Any other failure, or a second
+ * one, answers 502 (nothing charged: the middleware charges only answers < 400).
+ */
+async function proxyTo(upstream: Upstream, req: Request, res: Response, logger: Logger): Promise<void> {
+  const replayable = IDEMPOTENT_WITHOUT_BODY.has(req.method) && !req.headers["content-length"] && !req.headers["transfer-encoding"];
+  for (let attempt = 1; ; attempt++) {
+    const outcome = await forwardOnce(upstream, req, res, replayable);
+    if (outcome === "done") return;
+    const { err, reused, answered } = outcome;
+    if (!answered && reused && replayable && attempt === 1) continue;
+    logger.warn({ err: { message: (err as Error).message, code: (err as NodeJS.ErrnoException).code }, path: req.originalUrl }, "upstream request failed");
+    if (answered || res.headersSent) {
+      res.destroy();
+    } else {
+      res.status(502).json({ error: "upstream_unavailable", message: "the upstream server did not answer" });
+    }
+    return;
+  }
+}
+
+type ForwardFailure = { err: unknown; reused: boolean; answered: boolean };
+
+function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: boolean): Promise<"done" | ForwardFailure> {
+  return new Promise((resolve) => {
     const headers: Record<string, string | string[]> = {};
     const inbound = req.headers;
     for (const k in inbound) {
@@ -266,7 +294,15 @@ function proxyTo(upstream: Upstream, req: Request, res: Response): Promise<void>
       headers[k] = v;
     }
     const options = { hostname: upstream.hostname, port: upstream.port, path: upstream.prefix + req.originalUrl, method: req.method, headers, agent: upstream.agent, auth: upstream.auth };
+    let answered = false;
+    let settled = false;
+    const fail = (err: unknown) => {
+      if (settled) return;
+      settled = true;
+      resolve({ err, reused: up.reusedSocket, answered });
+    };
     const up = upstream.request(options, (ur) => {
+      answered = true;
       res.status(ur.statusCode ?? 502);
       const outbound = ur.headers;
       for (const k in outbound) {
@@ -275,12 +311,15 @@ function proxyTo(upstream: Upstream, req: Request, res: Response): Promise<void>
       }
       ur.on("data", (chunk: Buffer) => res.write(chunk));
       ur.on("end", () => {
+        if (settled) return;
+        settled = true;
         res.end();
-        resolve();
+        resolve("done");
       });
-      ur.on("error", reject);
+      ur.on("error", fail);
     });
-    up.on("error", reject);
-    req.pipe(up);
+    up.on("error", fail);
+    if (bodiless) up.end();
+    else req.pipe(up);
   });
 }

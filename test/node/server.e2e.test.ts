@@ -6,7 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
 import type { Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import net, { type AddressInfo } from "node:net";
 import pino from "pino";
 import { keccak256, toHex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
@@ -25,6 +25,9 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   let ctx: Awaited<ReturnType<typeof startChain>>;
   let node: PayeeNode;
   let upstream: Server;
+  let raw: net.Server;
+  /** Requests the raw upstream saw, as "connection#:path" (answered or cut). */
+  const rawSeen: string[] = [];
   let logText = "";
   const TOKEN = "test-admin-token-0123456789";
   const nodeKey = keccak256(toHex("tollway-test-node-key")); // a fresh local key, funded below
@@ -40,6 +43,34 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       const s = up.listen(0, "127.0.0.1", () => r(s));
     });
     const upUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+    // A raw HTTP/1.1 upstream that keeps connections alive but cuts the 2nd request on a connection to
+    // /flaky/* without answering (its idle timeout racing a reuse) and every request to /dead/*.
+    let conns = 0;
+    raw = net.createServer((sock) => {
+      const conn = ++conns;
+      let perConn = 0;
+      let buf = "";
+      sock.on("data", (d) => {
+        buf += String(d);
+        let end: number;
+        while ((end = buf.indexOf("\r\n\r\n")) >= 0) {
+          const head = buf.slice(0, end);
+          buf = buf.slice(end + 4);
+          const reqPath = head.split(" ")[1]!;
+          perConn++;
+          rawSeen.push(`${conn}:${reqPath}`);
+          if (reqPath.startsWith("/dead/") || (reqPath.startsWith("/flaky/") && perConn === 2)) {
+            sock.destroy();
+            return;
+          }
+          const body = JSON.stringify({ path: reqPath, conn });
+          sock.write(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: keep-alive\r\n\r\n${body}`);
+        }
+      });
+      sock.on("error", () => {});
+    });
+    await new Promise<void>((r) => raw.listen(0, "127.0.0.1", () => r()));
+    const rawUrl = `http://127.0.0.1:${(raw.address() as AddressInfo).port}`;
     const nodeAccount = privateKeyToAccount(nodeKey);
     await ctx.testClient.setBalance({ address: nodeAccount.address, value: 10n ** 20n });
     const config = parseNodeConfig(
@@ -52,6 +83,8 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
           "GET /api/*": { upstream: upUrl, price: "$0.02" },
           "GET /pre/*": { upstream: `${upUrl}/base/`, price: "$0.02" },
           "GET /auth/*": { upstream: upUrl.replace("http://", "http://u%40x:p%3Aw@") + "/base", price: "$0.02" },
+          "GET /flaky/*": { upstream: rawUrl, price: "$0.02" },
+          "GET /dead/*": { upstream: rawUrl, price: "$0.02" },
         },
         claims: { onShutdown: true },
         recoveryThreads: 2,
@@ -68,6 +101,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   after(async () => {
     await node?.stop();
     upstream?.close();
+    raw?.close();
     await ctx?.chain.stop();
   });
 
@@ -108,6 +142,31 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const again = await payWith(`${node.url}/api/ok/2`, await payer.voucherHeader(accept, 40_000n));
     expect(again.status).to.equal(200);
     expect(again.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+  });
+
+  it("reverse proxy: a kept-alive upstream connection cut as it is reused is retried once on a fresh one (charged once); an upstream that never answers gets 502, uncharged", async () => {
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-flaky"))));
+    const accept = (await fetchRequirements(`${node.url}/flaky/1`)).accept;
+    const first = await payWith(`${node.url}/flaky/1`, await payer.depositHeader(accept, 1_000_000n, 20_000n));
+    expect(first.status, first.text).to.equal(200);
+    const conn1 = JSON.parse(first.text).conn as number;
+    const second = await payWith(`${node.url}/flaky/2`, await payer.voucherHeader(accept, 40_000n));
+    expect(second.status, second.text).to.equal(200);
+    expect(JSON.parse(second.text)).to.deep.equal({ path: "/flaky/2", conn: conn1 + 1 });
+    expect(second.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+    // The cut attempt went out on the reused connection, the retry on a new one.
+    expect(rawSeen.filter((x) => x.endsWith("/flaky/2"))).to.deep.equal([`${conn1}:/flaky/2`, `${conn1 + 1}:/flaky/2`]);
+
+    const logBefore = logText.length;
+    const dead = await payWith(`${node.url}/dead/1`, await payer.voucherHeader(accept, 60_000n));
+    expect(dead.status).to.equal(502);
+    expect(JSON.parse(dead.text).error).to.equal("upstream_unavailable");
+    expect(dead.paymentResponse).to.equal(undefined);
+    expect(logText.slice(logBefore)).to.include("upstream request failed");
+    // Nothing was charged for it: the same voucher pays the next request.
+    const after = await payWith(`${node.url}/flaky/3`, await payer.voucherHeader(accept, 60_000n));
+    expect(after.status, after.text).to.equal(200);
+    expect(after.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("60000");
   });
 
   it("reverse proxy: an upstream base path prefixes the request path and query; the payment header stays here", async () => {
