@@ -27,7 +27,7 @@ import { CANONICAL_ADDRESSES, escrowDomain } from "../node/protocol/typedData";
 import { keccak256Fast, keccakReady, recoverSigner } from "../node/payee/recover";
 import { HEADERS } from "../node/protocol/wire";
 import { clientsFor, hardhatTestAccount, startChainNode } from "../test/helpers/chainNode";
-import { children, median, pacedLoad, runLoad, setupChannels, startBenchServer, withCpu, type CpuPerRequest, type PacedResult, type RunResult, runBench } from "./lib";
+import { type Channel, children, median, pacedLoad, runLoad, setupChannels, startBenchServer, withCpu, type CpuPerRequest, type PacedResult, type RunResult, runBench } from "./lib";
 
 const secp = require("secp256k1/bindings") as {
   ecdsaRecover(sig: Uint8Array, recid: number, msg: Uint8Array, compressed: boolean, out?: Uint8Array): Uint8Array;
@@ -40,7 +40,7 @@ const PRICE = 1_000n; // $0.001
 const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 30_000);
 
 /** Alternating unpaid and paid requests on one kept-alive connection; latency quantiles in ms. */
-async function sequentialLatency(port: number, ch: { headers: string[]; next: number }, n: number) {
+async function sequentialLatency(port: number, ch: Channel, n: number) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const get = (p: string, headers: Record<string, string>) =>
     new Promise<{ ms: number; status: number }>((resolve, reject) => {
@@ -56,7 +56,7 @@ async function sequentialLatency(port: number, ch: { headers: string[]; next: nu
   const paid: number[] = [];
   for (let i = 0; i < n; i++) {
     free.push((await get("/free", {})).ms);
-    const r = await get("/paid", { [HEADERS.paymentSignature]: ch.headers[Math.min(ch.next, ch.headers.length - 1)]! });
+    const r = await get("/paid", { [HEADERS.paymentSignature]: ch.headers.at(ch.next) });
     if (r.status === 200) ch.next++;
     paid.push(r.ms);
   }
@@ -221,7 +221,7 @@ async function main() {
   const digests = samples.map((v: any) => digester.voucherDigest(v.channelId, BigInt(v.maxClaimableAmount)).slice());
   const sigs = samples.map((v: any) => Buffer.from(v.signature.slice(2), "hex"));
   const out = new Uint8Array(65);
-  const expected = (JSON.parse(Buffer.from(ch.headers[0]!, "base64").toString()).payload.channelConfig.payerAuthorizer as Address).toLowerCase();
+  const expected = (JSON.parse(Buffer.from(ch.headers.get(0), "base64").toString()).payload.channelConfig.payerAuthorizer as Address).toLowerCase();
   let t = process.hrtime.bigint();
   for (let i = 0; i < n; i++) {
     const j = i % 1000;
