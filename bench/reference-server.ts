@@ -2,9 +2,11 @@
  * The reference for bench/reference.ts, in its own process: the stock `@x402/express` middleware with
  * the `@x402/evm` batch-settlement server scheme (devDependencies), a facilitator at TOLLWAY_BENCH's
  * facilitatorUrl, one paid route GET /paid with a trivial handler. Prints "READY <port>".
+ * Served like Tollway's bench server (createExpressServer), so the comparison is of the payment paths.
  */
 import express from "express";
 import type { AddressInfo } from "node:net";
+import { createExpressServer } from "../node/payee/httpServer";
 
 const { paymentMiddleware, x402ResourceServer } = require("@x402/express") as { paymentMiddleware: any; x402ResourceServer: any };
 const { HTTPFacilitatorClient } = require("@x402/core/server") as { HTTPFacilitatorClient: any };
@@ -24,7 +26,7 @@ app.use(
   ),
 );
 app.get("/paid", (_req, res) => void res.send("ok"));
-const s = app.listen(0, "127.0.0.1", () => process.stdout.write(`READY ${(s.address() as AddressInfo).port}\n`));
+const s = createExpressServer(app).listen(0, "127.0.0.1", () => process.stdout.write(`READY ${(s.address() as AddressInfo).port}\n`));
 process.on("SIGTERM", () => {
   s.close();
   process.exit(0);
