@@ -5,8 +5,9 @@
  * app.request)` in its init middleware). V8 caches no property transitions from an object whose
  * prototype was swapped, so every property express, node or a middleware adds afterwards builds a new
  * hidden class for that one object. Measured on node 20 with a trivial express route at 2,400 req/s:
- * ~5 KB per request outlives the young generation, each scavenge copies ~2.8 MB and pauses 3-4 ms, and
- * those pauses are most of the route's p99.
+ * ~5 KB per request outlives the young generation, each scavenge copies ~2.8 MB and pauses 3-4 ms (most
+ * of the route's p99), and the inline caches on those objects go megamorphic: the route's main thread
+ * spends ~78 us per request where ~32 us do (docs/BENCHMARKS.md).
  *
  * `createExpressServer(app)` builds the requests and responses on `app.request` / `app.response` from
  * the start (node's `IncomingMessage` / `ServerResponse` server options), so express's swap is a no-op
