@@ -13,7 +13,9 @@
  * the start (node's `IncomingMessage` / `ServerResponse` server options), so express's swap is a no-op
  * and every request shares the same hidden classes: nothing survives a scavenge and a scavenge takes
  * ~0.3 ms. The app, its routes and its middleware are unchanged; req/res are the same objects with the
- * same prototype chain (`instanceof http.IncomingMessage` still holds).
+ * same prototype chain (`instanceof http.IncomingMessage` still holds). One visible difference: the
+ * request handed to the server's 'upgrade' / 'connect' listeners is built on express's prototype too,
+ * so express's getters (`req.ip`, `req.hostname`, `req.app`) work there.
  */
 import http, { type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
@@ -23,14 +25,26 @@ export type ExpressLikeApp = http.RequestListener & { request: object; response:
 
 type Ctor<T> = new (...args: never[]) => T;
 
+let buildable: boolean | undefined;
+
 /**
- * True when node's IncomingMessage / ServerResponse are plain constructor functions that can
- * initialise an object made with another prototype (node 18-24). If a node release turns them into
- * classes, `createExpressServer` falls back to node's own objects.
+ * True when node's IncomingMessage / ServerResponse can initialise an object made with another prototype
+ * (plain constructor functions, as in node 18-24): checked by building one pair and looking for the
+ * state the constructors set up, not by the functions' source. If a node release turns them into
+ * classes (or guards them with new.target), `createExpressServer` falls back to node's own objects.
  */
 export function canBuildOnAppPrototypes(): boolean {
-  const isClass = (f: unknown) => /^class\b/.test(Function.prototype.toString.call(f));
-  return !isClass(http.IncomingMessage) && !isClass(http.ServerResponse);
+  if (buildable !== undefined) return buildable;
+  try {
+    const req = Object.create(http.IncomingMessage.prototype) as IncomingMessage;
+    (http.IncomingMessage as unknown as (this: IncomingMessage, socket?: Socket) => void).call(req, undefined);
+    const res = Object.create(http.ServerResponse.prototype) as ServerResponse;
+    (http.ServerResponse as unknown as (this: ServerResponse, req: IncomingMessage) => void).call(res, req);
+    buildable = Object.hasOwn(req, "_readableState") && Object.hasOwn(res, "outputData") && Object.hasOwn(res, "req");
+  } catch {
+    buildable = false;
+  }
+  return buildable;
 }
 
 /**

@@ -258,21 +258,26 @@ function upstreamOf(url: string): Upstream {
 
 /** Methods whose request carries no body here, so an attempt can be repeated as it was. */
 const IDEMPOTENT_WITHOUT_BODY = new Set(["GET", "HEAD", "OPTIONS"]);
+/** Upstream answers up to this size (with a Content-Length) are received whole before the charge. */
+const BUFFER_LIMIT = 1 << 20;
 
 /**
  * Forwards one request. A kept-alive upstream connection can be closed by the upstream just as it is
- * reused (its idle timeout racing our next request): such an attempt failed before any answer, so a
- * bodiless idempotent request is sent once more on a fresh connection. Any other failure, or a second
- * one, answers 502 (nothing charged: the middleware charges only answers < 400).
+ * reused (its idle timeout racing our next request): an attempt reset that way failed before any
+ * answer, so a bodiless idempotent request is sent once more, on a new connection (other pooled
+ * connections may be just as dead). Any other failure, or a second one, answers 502 (nothing charged:
+ * the middleware charges only answers < 400). A client that goes away cancels the upstream request.
  */
 async function proxyTo(upstream: Upstream, req: Request, res: Response, logger: Logger): Promise<void> {
   const replayable = IDEMPOTENT_WITHOUT_BODY.has(req.method) && !req.headers["content-length"] && !req.headers["transfer-encoding"];
   for (let attempt = 1; ; attempt++) {
-    const outcome = await forwardOnce(upstream, req, res, replayable);
+    const outcome = await forwardOnce(upstream, req, res, replayable, attempt > 1);
     if (outcome === "done") return;
     const { err, reused, answered } = outcome;
-    if (!answered && reused && replayable && attempt === 1) continue;
-    logger.warn({ err: { message: (err as Error).message, code: (err as NodeJS.ErrnoException).code }, path: req.originalUrl }, "upstream request failed");
+    if (res.destroyed) return; // the client went away (or the handler deadline cut it): nothing to answer
+    const code = (err as NodeJS.ErrnoException).code;
+    if (!answered && reused && replayable && attempt === 1 && code === "ECONNRESET") continue;
+    logger.warn({ err: { message: (err as Error).message, code }, path: req.originalUrl, attempt }, "upstream request failed");
     if (answered || res.headersSent) {
       res.destroy();
     } else {
@@ -284,7 +289,12 @@ async function proxyTo(upstream: Upstream, req: Request, res: Response, logger: 
 
 type ForwardFailure = { err: unknown; reused: boolean; answered: boolean };
 
-function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: boolean): Promise<"done" | ForwardFailure> {
+/**
+ * One attempt. An answer with a Content-Length up to BUFFER_LIMIT is received whole before its first
+ * byte is written, so an upstream that breaks off mid-body is answered by a cut connection, uncharged
+ * (the charge commits at the first write); longer or unsized answers stream through as they come.
+ */
+function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: boolean, fresh: boolean): Promise<"done" | ForwardFailure> {
   return new Promise((resolve) => {
     const headers: Record<string, string | string[]> = {};
     const inbound = req.headers;
@@ -293,30 +303,63 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
       if (v === undefined || k === "host" || k === "payment-signature" || HOP_BY_HOP.has(k)) continue;
       headers[k] = v;
     }
-    const options = { hostname: upstream.hostname, port: upstream.port, path: upstream.prefix + req.originalUrl, method: req.method, headers, agent: upstream.agent, auth: upstream.auth };
+    const options = {
+      hostname: upstream.hostname,
+      port: upstream.port,
+      path: upstream.prefix + req.originalUrl,
+      method: req.method,
+      headers,
+      // A retry goes out on a connection of its own, not on another pooled one that may be as stale.
+      agent: fresh ? false : upstream.agent,
+      auth: upstream.auth,
+    };
     let answered = false;
     let settled = false;
     const fail = (err: unknown) => {
       if (settled) return;
       settled = true;
+      res.off("close", cancel);
       resolve({ err, reused: up.reusedSocket, answered });
     };
+    const cancel = () => {
+      if (!settled) up.destroy(new Error("client went away"));
+    };
+    res.once("close", cancel);
     const up = upstream.request(options, (ur) => {
       answered = true;
-      res.status(ur.statusCode ?? 502);
+      const status = ur.statusCode ?? 502;
+      res.status(status);
       const outbound = ur.headers;
       for (const k in outbound) {
         const v = outbound[k];
         if (v !== undefined && !HOP_BY_HOP.has(k)) res.setHeader(k, v);
       }
-      ur.on("data", (chunk: Buffer) => res.write(chunk));
+      const declared = Number(ur.headers["content-length"]);
+      const hasBody = req.method !== "HEAD" && status !== 204 && status !== 304 && status >= 200;
+      const whole = hasBody && ur.headers["content-length"] !== undefined && Number.isSafeInteger(declared) && declared <= BUFFER_LIMIT;
+      const chunks: Buffer[] = [];
+      let received = 0;
+      ur.on("data", (chunk: Buffer) => {
+        if (!whole) {
+          res.write(chunk);
+          return;
+        }
+        chunks.push(chunk);
+        received += chunk.length;
+      });
       ur.on("end", () => {
         if (settled) return;
+        if (whole && received !== declared) return fail(new Error(`upstream sent ${received} of ${declared} bytes`));
         settled = true;
-        res.end();
+        res.off("close", cancel);
+        if (whole) res.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, received));
+        else res.end();
         resolve("done");
       });
       ur.on("error", fail);
+      ur.on("close", () => {
+        if (!ur.complete) fail(new Error("upstream closed the answer before its end"));
+      });
     });
     up.on("error", fail);
     if (bodiless) up.end();

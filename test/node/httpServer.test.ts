@@ -32,9 +32,9 @@ describe("serving an express app with stable object shapes (createExpressServer)
     app.use((err: Error, _req: express.Request, res: express.Response, _next: express.NextFunction) => void res.status(500).json({ error: err.message }));
 
     const { server, url } = await listenExpress(app, 0);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
       expect(url).to.match(/^http:\/\/127\.0\.0\.1:\d+$/);
-      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
       const get = (p: string) =>
         new Promise<{ status: number; body: string; type: string | undefined }>((resolve, reject) => {
           http.get(`${url}${p}`, { agent }, (r) => {
@@ -59,8 +59,8 @@ describe("serving an express app with stable object shapes (createExpressServer)
       expect(boom.status).to.equal(500);
       expect(JSON.parse(boom.body)).to.deep.equal({ error: "handler failed" });
       expect((await get("/nowhere")).status).to.equal(404);
-      agent.destroy();
     } finally {
+      agent.destroy();
       await close(server);
     }
   });
@@ -107,6 +107,8 @@ describe("serving an express app with stable object shapes (createExpressServer)
       return JSON.parse(r.stdout.trim().split("\n").pop()!) as { req: boolean; res: boolean };
     };
     expect(run("tollway")).to.deep.equal({ req: true, res: true });
-    expect(run("stock")).to.deep.equal({ req: false, res: false });
+    // The reason for createExpressServer on this node's V8. Should a V8 release cache transitions after a
+    // prototype swap, this fails, and createExpressServer is no longer needed (though still harmless).
+    expect(run("stock"), "express's prototype swap on app.listen").to.deep.equal({ req: false, res: false });
   });
 });

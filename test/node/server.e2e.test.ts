@@ -28,6 +28,8 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   let raw: net.Server;
   /** Requests the raw upstream saw, as "connection#:path" (answered or cut). */
   const rawSeen: string[] = [];
+  /** Raw upstream connections that have closed. */
+  const rawClosed = new Set<number>();
   let logText = "";
   const TOKEN = "test-admin-token-0123456789";
   const nodeKey = keccak256(toHex("tollway-test-node-key")); // a fresh local key, funded below
@@ -43,11 +45,21 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       const s = up.listen(0, "127.0.0.1", () => r(s));
     });
     const upUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
-    // A raw HTTP/1.1 upstream that keeps connections alive but cuts the 2nd request on a connection to
-    // /flaky/* without answering (its idle timeout racing a reuse) and every request to /dead/*.
+    // A raw HTTP/1.1 upstream that keeps connections alive. /flaky/*: the 2nd request on a connection is
+    // cut unanswered (its idle timeout racing a reuse). /dead/*: always cut. /cutall/*: a request that is
+    // not the first on its connection cuts every open connection (a restart). /pool/*: answered once three
+    // are pending (three concurrent connections). /hang/*: never answered. /partial/*: headers with
+    // Content-Length 100, 5 bytes, then the connection is cut. Anything else: answered.
     let conns = 0;
+    const open = new Set<net.Socket>();
+    const pool: Array<() => void> = [];
     raw = net.createServer((sock) => {
       const conn = ++conns;
+      open.add(sock);
+      sock.on("close", () => {
+        open.delete(sock);
+        rawClosed.add(conn);
+      });
       let perConn = 0;
       let buf = "";
       sock.on("data", (d) => {
@@ -59,12 +71,30 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
           const reqPath = head.split(" ")[1]!;
           perConn++;
           rawSeen.push(`${conn}:${reqPath}`);
+          const answer = () => {
+            const body = JSON.stringify({ path: reqPath, conn });
+            sock.write(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: keep-alive\r\n\r\n${body}`);
+          };
           if (reqPath.startsWith("/dead/") || (reqPath.startsWith("/flaky/") && perConn === 2)) {
             sock.destroy();
             return;
           }
-          const body = JSON.stringify({ path: reqPath, conn });
-          sock.write(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: keep-alive\r\n\r\n${body}`);
+          if (reqPath.startsWith("/cutall/") && perConn > 1) {
+            for (const o of open) o.destroy();
+            return;
+          }
+          if (reqPath.startsWith("/hang/")) continue;
+          if (reqPath.startsWith("/partial/")) {
+            sock.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nhalf-");
+            setTimeout(() => sock.destroy(), 20);
+            return;
+          }
+          if (reqPath.startsWith("/pool/")) {
+            pool.push(answer);
+            if (pool.length === 3) for (const a of pool.splice(0)) a();
+            continue;
+          }
+          answer();
         }
       });
       sock.on("error", () => {});
@@ -85,6 +115,11 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
           "GET /auth/*": { upstream: upUrl.replace("http://", "http://u%40x:p%3Aw@") + "/base", price: "$0.02" },
           "GET /flaky/*": { upstream: rawUrl, price: "$0.02" },
           "GET /dead/*": { upstream: rawUrl, price: "$0.02" },
+          "GET /cutall/*": { upstream: rawUrl, price: "$0.02" },
+          "GET /pool/*": { upstream: rawUrl, price: "$0.02" },
+          "GET /hang/*": { upstream: rawUrl, price: "$0.02" },
+          "GET /partial/*": { upstream: rawUrl, price: "$0.02" },
+          "GET /ok/*": { upstream: rawUrl, price: "$0.02" },
         },
         claims: { onShutdown: true },
         recoveryThreads: 2,
@@ -163,8 +198,56 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(JSON.parse(dead.text).error).to.equal("upstream_unavailable");
     expect(dead.paymentResponse).to.equal(undefined);
     expect(logText.slice(logBefore)).to.include("upstream request failed");
+    // Its connection was a new one (the flaky retry's connection is not pooled): a failure there is not retried.
+    expect(rawSeen.filter((x) => x.endsWith("/dead/1"))).to.have.length(1);
     // Nothing was charged for it: the same voucher pays the next request.
     const after = await payWith(`${node.url}/flaky/3`, await payer.voucherHeader(accept, 60_000n));
+    expect(after.status, after.text).to.equal(200);
+    expect(after.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("60000");
+  });
+
+  it("reverse proxy: when the upstream drops every pooled connection at once, the retry opens a new one (not another stale pooled one)", async () => {
+    const payers = [1, 2, 3].map((i) => new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex(`srv-session-pool-${i}`)))));
+    const accept = (await fetchRequirements(`${node.url}/pool/1`)).accept;
+    // Three concurrent requests: three upstream connections, all pooled afterwards.
+    const first = await Promise.all(payers.map(async (p, i) => payWith(`${node.url}/pool/${i}`, await p.depositHeader(accept, 1_000_000n, 20_000n))));
+    expect(first.map((r) => r.status)).to.deep.equal([200, 200, 200]);
+    const pooled = new Set(first.map((r) => JSON.parse(r.text).conn as number));
+    expect(pooled.size).to.equal(3);
+    const r = await payWith(`${node.url}/cutall/b`, await payers[0]!.voucherHeader(accept, 40_000n));
+    expect(r.status, r.text).to.equal(200);
+    expect(r.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+    const attempts = rawSeen.filter((x) => x.endsWith("/cutall/b")).map((x) => Number(x.split(":")[0]));
+    expect(attempts).to.have.length(2);
+    expect(pooled.has(attempts[0]!) || attempts[0]! < Math.min(...pooled)).to.equal(true); // a pooled (reused) connection
+    expect(attempts[1]).to.be.greaterThan(Math.max(...pooled)); // a connection opened for the retry
+    expect(JSON.parse(r.text).conn).to.equal(attempts[1]);
+  });
+
+  it("reverse proxy: a client that goes away cancels the upstream request and frees the channel; an answer cut mid-body is not charged", async () => {
+    const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-pool-2"))));
+    const accept = (await fetchRequirements(`${node.url}/ok/1`)).accept;
+    const logBefore = logText.length;
+    const seenBefore = rawSeen.length;
+    const ac = new AbortController();
+    const hung = fetch(`${node.url}/hang/1`, { headers: { [HEADERS.paymentSignature]: await payer.voucherHeader(accept, 40_000n) }, signal: ac.signal }).catch((e: Error) => e);
+    // Once the upstream has the request, the client gives up.
+    for (let i = 0; i < 100 && !rawSeen.slice(seenBefore).some((x) => x.endsWith("/hang/1")); i++) await new Promise((w) => setTimeout(w, 20));
+    const hangConn = Number(rawSeen.slice(seenBefore).find((x) => x.endsWith("/hang/1"))!.split(":")[0]);
+    ac.abort();
+    expect(await hung).to.be.instanceOf(Error);
+    for (let i = 0; i < 100 && !rawClosed.has(hangConn); i++) await new Promise((w) => setTimeout(w, 20));
+    expect(rawClosed.has(hangConn), "the proxy closed its upstream connection").to.equal(true);
+    expect(logText.slice(logBefore)).to.not.include("upstream request failed");
+    // Not charged, and the channel is free: the same voucher pays the next request.
+    const ok = await payWith(`${node.url}/ok/1`, await payer.voucherHeader(accept, 40_000n));
+    expect(ok.status, ok.text).to.equal(200);
+    expect(ok.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+
+    const partial = await payWith(`${node.url}/partial/1`, await payer.voucherHeader(accept, 60_000n)).catch((e: Error) => e);
+    // Nothing of the answer left the node before it was complete: the client sees a cut connection.
+    expect(partial).to.be.instanceOf(Error);
+    const after = await payWith(`${node.url}/ok/2`, await payer.voucherHeader(accept, 60_000n));
     expect(after.status, after.text).to.equal(200);
     expect(after.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("60000");
   });
