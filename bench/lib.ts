@@ -8,6 +8,8 @@ import autocannon from "autocannon";
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
+import os from "node:os";
+import path from "node:path";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { hexToBytes, keccak256, toHex, type Address, type Hex } from "viem";
 import { privateKeyToAccount, type PrivateKeyAccount } from "viem/accounts";
@@ -48,6 +50,24 @@ export class PackedHeaders {
   /** The header for voucher i, or the last one once the channel is exhausted. */
   at(i: number): string {
     return this.get(Math.min(i, this.length - 1));
+  }
+
+  /** Writes the packed headers to `file` (count, end offsets, bytes). */
+  toFile(file: string): void {
+    const head = Buffer.alloc(4 + 4 * this.length);
+    head.writeUInt32LE(this.length, 0);
+    Buffer.from(this.ends.buffer, this.ends.byteOffset, this.ends.byteLength).copy(head, 4);
+    fs.writeFileSync(file, Buffer.concat([head, this.buf]));
+  }
+
+  static fromFile(file: string): PackedHeaders {
+    const all = fs.readFileSync(file);
+    const n = all.readUInt32LE(0);
+    const p = Object.create(PackedHeaders.prototype) as PackedHeaders;
+    const ends = new Uint32Array(n);
+    for (let i = 0; i < n; i++) ends[i] = all.readUInt32LE(4 + 4 * i);
+    Object.assign(p, { length: n, ends, buf: all.subarray(4 + 4 * n) });
+    return p;
   }
 
   slice(from: number, to: number): string[] {
@@ -280,7 +300,39 @@ export type PacedResult = {
  * of 1 ms sends whatever has come due (no busy loop that would steal the server's second core).
  * Latencies in ms, microsecond resolution.
  */
-export async function pacedLoad(url: string, o: { rate: number; seconds: number; connections: number; channels?: Channel[]; price?: bigint }): Promise<PacedResult> {
+export type PacedOptions = { rate: number; seconds: number; connections: number; channels?: Channel[]; price?: bigint };
+
+/**
+ * `pacedLoad` run by a child process that holds nothing but the vouchers (bench/paced-client.ts): the
+ * benchmark process itself, after setting up channels, promotes ~2 MB of young objects per scavenge and
+ * pauses 5-8 ms every ~240 ms while it generates load (cause not found; a process that only loads the
+ * vouchers does not), and a load generator's pause is measured as the server's latency. Updates each
+ * channel's next voucher from the child's answer.
+ */
+export async function pacedLoadIsolated(url: string, o: PacedOptions): Promise<PacedResult> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-paced-"));
+  try {
+    const channels = (o.channels ?? []).map((ch, i) => {
+      const file = path.join(dir, `ch${i}.bin`);
+      ch.headers.toFile(file);
+      return { id: ch.id, file, next: ch.next };
+    });
+    const job = JSON.stringify({ url, rate: o.rate, seconds: o.seconds, connections: o.connections, price: (o.price ?? 1n).toString(), channels });
+    const child = spawn(process.execPath, ["-r", "ts-node/register/transpile-only", path.join(__dirname, "paced-client.ts")], { env: { ...process.env, TOLLWAY_PACED_JOB: job }, stdio: ["ignore", "pipe", "inherit"] });
+    children.push(child);
+    let out = "";
+    child.stdout!.on("data", (d) => void (out += String(d)));
+    const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+    if (code !== 0) throw new Error(`paced load generator exited with ${code}`);
+    const answer = JSON.parse(out.trim().split("\n").pop()!) as { result: PacedResult; next: number[] };
+    (o.channels ?? []).forEach((ch, i) => (ch.next = answer.next[i]!));
+    return answer.result;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export async function pacedLoad(url: string, o: PacedOptions): Promise<PacedResult> {
   const u = new URL(url);
   const agent = new http.Agent({ keepAlive: true, maxSockets: o.connections });
   const total = Math.floor(o.rate * o.seconds);
