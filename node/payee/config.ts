@@ -49,7 +49,16 @@ export const nodeConfigSchema = z
     routes: z.record(priceSchema.or(z.object({ price: priceSchema, description: z.string().optional(), mimeType: z.string().optional() }))).default({}),
     /** Reverse proxy: route key -> upstream base URL and price. */
     proxy: z
-      .record(z.object({ upstream: z.string().url(), price: priceSchema, description: z.string().optional(), mimeType: z.string().optional() }))
+      .record(
+        z.object({
+          upstream: z.string().url(),
+          price: priceSchema,
+          description: z.string().optional(),
+          mimeType: z.string().optional(),
+          /** The upstream must answer (and keep sending) within this many ms, else 504 upstream_timeout, uncharged. */
+          timeoutMs: z.number().int().min(1).max(600_000).default(30_000),
+        }),
+      )
       .default({}),
     /** Worker threads recovering voucher signers; default all cores but one (at most 4), 0 = main thread. */
     recoveryThreads: z.number().int().min(0).max(64).optional(),

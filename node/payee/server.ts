@@ -182,7 +182,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   for (const [key, p] of Object.entries(config.proxy)) {
     const [method, path] = key.includes(" ") ? key.split(/\s+/, 2) : ["GET", key];
     const pathRe = new RegExp(`^${path!.replace(/:[^/]+/g, "[^/]+").replace(/\*/g, ".*")}/?$`);
-    const upstream = upstreamOf(p.upstream);
+    const upstream = upstreamOf(p.upstream, p.timeoutMs);
     app.use(async (req, res, next) => {
       if (req.method !== method || !pathRe.test(req.path)) return next();
       if (hasDotSegment(req.path)) {
@@ -231,7 +231,7 @@ const agents = { "http:": new http.Agent({ keepAlive: true, maxSockets: 256 }), 
  * middleware defers the response's first write, so the charge commits only when the upstream answered
  * < 400 — before any byte leaves.
  */
-type Upstream = { request: typeof http.request; agent: http.Agent; hostname: string; port: string; prefix: string; auth?: string };
+type Upstream = { request: typeof http.request; agent: http.Agent; hostname: string; port: string; prefix: string; auth?: string; timeoutMs: number };
 
 /** A "." or ".." path segment, also percent-encoded or between backslashes (which some servers take for "/"). */
 export function hasDotSegment(path: string): boolean {
@@ -242,7 +242,7 @@ export function hasDotSegment(path: string): boolean {
 }
 
 /** An upstream URL resolved once per route (not a URL parse per request). */
-function upstreamOf(url: string): Upstream {
+function upstreamOf(url: string, timeoutMs: number): Upstream {
   const u = new URL(url);
   const tls = u.protocol === "https:";
   return {
@@ -253,6 +253,7 @@ function upstreamOf(url: string): Upstream {
     prefix: u.pathname.replace(/\/$/, ""),
     // Credentials in the upstream URL go out as Basic auth, as http.request(url) would send them.
     auth: u.username ? `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}` : undefined,
+    timeoutMs,
   };
 }
 
@@ -280,6 +281,8 @@ async function proxyTo(upstream: Upstream, req: Request, res: Response, logger: 
     logger.warn({ err: { message: (err as Error).message, code }, path: req.originalUrl, attempt }, "upstream request failed");
     if (answered || res.headersSent) {
       res.destroy();
+    } else if (code === "ETIMEDOUT") {
+      res.status(504).json({ error: "upstream_timeout", message: `the upstream server did not answer within ${upstream.timeoutMs} ms` });
     } else {
       res.status(502).json({ error: "upstream_unavailable", message: "the upstream server did not answer" });
     }
@@ -362,6 +365,8 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
       });
     });
     up.on("error", fail);
+    // Idle time on the upstream connection: no answer yet, or a stalled body.
+    up.setTimeout(upstream.timeoutMs, () => up.destroy(Object.assign(new Error(`upstream idle for ${upstream.timeoutMs} ms`), { code: "ETIMEDOUT" })));
     if (bodiless) up.end();
     else req.pipe(up);
   });

@@ -83,7 +83,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
             for (const o of open) o.destroy();
             return;
           }
-          if (reqPath.startsWith("/hang/")) continue;
+          if (reqPath.startsWith("/hang/") || reqPath.startsWith("/slow/")) continue;
           if (reqPath.startsWith("/partial/")) {
             sock.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nhalf-");
             setTimeout(() => sock.destroy(), 20);
@@ -120,6 +120,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
           "GET /hang/*": { upstream: rawUrl, price: "$0.02" },
           "GET /partial/*": { upstream: rawUrl, price: "$0.02" },
           "GET /ok/*": { upstream: rawUrl, price: "$0.02" },
+          "GET /slow/*": { upstream: rawUrl, price: "$0.02", timeoutMs: 300 },
         },
         claims: { onShutdown: true },
         recoveryThreads: 2,
@@ -224,7 +225,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(JSON.parse(r.text).conn).to.equal(attempts[1]);
   });
 
-  it("reverse proxy: a client that goes away cancels the upstream request and frees the channel; an answer cut mid-body is not charged", async () => {
+  it("reverse proxy: a client that goes away cancels the upstream request and frees the channel; a silent upstream times out with 504; an answer cut mid-body is not charged", async () => {
     const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-pool-2"))));
     const accept = (await fetchRequirements(`${node.url}/ok/1`)).accept;
     const logBefore = logText.length;
@@ -243,6 +244,12 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const ok = await payWith(`${node.url}/ok/1`, await payer.voucherHeader(accept, 40_000n));
     expect(ok.status, ok.text).to.equal(200);
     expect(ok.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+
+    // An upstream that stays silent past the route's timeoutMs (300 ms): 504, uncharged.
+    const slow = await payWith(`${node.url}/slow/1`, await payer.voucherHeader(accept, 60_000n));
+    expect(slow.status).to.equal(504);
+    expect(JSON.parse(slow.text).error).to.equal("upstream_timeout");
+    expect(slow.paymentResponse).to.equal(undefined);
 
     const partial = await payWith(`${node.url}/partial/1`, await payer.voucherHeader(accept, 60_000n)).catch((e: Error) => e);
     // Nothing of the answer left the node before it was complete: the client sees a cut connection.
