@@ -171,6 +171,8 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   for (const [key, p] of Object.entries(config.proxy)) routes[key] = { price: p.price, description: p.description, mimeType: p.mimeType };
   app.use(
     paymentMiddleware(routes, payee, {
+      // The proxy's own upstream timeout answers 504 first; the handler deadline stays the backstop.
+      handlerTimeoutMs: Math.max(60_000, ...Object.values(config.proxy).map((p) => p.timeoutMs + 5_000)),
       onPaid: (route, amount, us) => {
         paid.inc({ route });
         revenue.inc({ route }, Number(amount));
