@@ -29,7 +29,7 @@ let buildable: boolean | undefined;
 
 /**
  * True when node's IncomingMessage / ServerResponse can initialise an object made with another prototype
- * (plain constructor functions, as in node 18-24): checked by building one pair and looking for the
+ * (plain constructor functions, as in node 20): checked by building one pair and looking for the
  * state the constructors set up, not by the functions' source. If a node release turns them into
  * classes (or guards them with new.target), `createExpressServer` falls back to node's own objects.
  */
