@@ -30,11 +30,9 @@ export class ChannelLocks {
    * `channel_busy` when it cannot be had within `timeoutMs`.
    */
   acquire(id: string, timeoutMs = 5_000): Promise<() => void> {
-    const queue = this.held.get(id);
-    if (!queue) {
-      this.held.set(id, []);
-      return Promise.resolve(this.releaser(id));
-    }
+    const free = this.tryAcquire(id);
+    if (free) return Promise.resolve(free);
+    const queue = this.held.get(id)!;
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { grant: () => resolve(this.releaser(id)) };
       waiter.timer = setTimeout(() => {
