@@ -18,7 +18,7 @@ import { createDigester } from "../node/protocol/fastDigest";
 import { CANONICAL_ADDRESSES, escrowDomain } from "../node/protocol/typedData";
 import { keccak256Fast, keccakReady } from "../node/payee/recover";
 import { clientsFor, hardhatTestAccount, startChainNode } from "../test/helpers/chainNode";
-import { children, median, runLoad, setupChannels, startBenchServer, withCpu, runBench } from "./lib";
+import { children, localAccept, median, runLoad, setupChannels, startBenchServer, withCpu, runBench } from "./lib";
 
 const SECONDS = Number(process.env.TOLLWAY_BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.TOLLWAY_AB_ROUNDS ?? 5);
@@ -48,10 +48,7 @@ async function main() {
   });
   const digester = createDigester(escrowDomain(31337, CANONICAL_ADDRESSES.batchSettlement), keccak256Fast);
   const token = deployment.token!;
-  const accept = {
-    scheme: "batch-settlement", network: "eip155:31337", amount: PRICE.toString(), asset: token, payTo: payee.address, maxTimeoutSeconds: 3600,
-    extra: { receiverAuthorizer: payee.address, withdrawDelay: 900, name: "USDC", version: "2" },
-  };
+  const accept = localAccept(token, payee.address, PRICE);
   const relay = clientsFor(chain.url, hardhatTestAccount(2));
   const channelsFor = (label: string, from: number) =>
     setupChannels({

@@ -77,6 +77,22 @@ export class PackedHeaders {
   }
 }
 
+/**
+ * The PaymentRequirements a bench server on the local chain (eip155:31337, the test token as "USDC"
+ * version 2, withdrawDelay 900 s) publishes for `price` to `payee`, who is also its receiverAuthorizer.
+ */
+export function localAccept(token: Address, payee: Address, price: bigint) {
+  return {
+    scheme: "batch-settlement",
+    network: "eip155:31337",
+    amount: price.toString(),
+    asset: token,
+    payTo: payee,
+    maxTimeoutSeconds: 3600,
+    extra: { receiverAuthorizer: payee, withdrawDelay: 900, name: "USDC", version: "2" },
+  };
+}
+
 export const children: ChildProcess[] = [];
 process.on("exit", () => {
   for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");

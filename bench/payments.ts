@@ -27,7 +27,7 @@ import { CANONICAL_ADDRESSES, escrowDomain } from "../node/protocol/typedData";
 import { keccak256Fast, keccakReady, recoverSigner } from "../node/payee/recover";
 import { HEADERS } from "../node/protocol/wire";
 import { clientsFor, hardhatTestAccount, startChainNode } from "../test/helpers/chainNode";
-import { type Channel, children, median, pacedLoadIsolated, runLoad, setupChannels, startBenchServer, withCpu, type CpuPerRequest, type PacedResult, type RunResult, runBench } from "./lib";
+import { type Channel, children, localAccept, median, pacedLoadIsolated, runLoad, setupChannels, startBenchServer, withCpu, type CpuPerRequest, type PacedResult, type RunResult, runBench } from "./lib";
 
 const secp = require("secp256k1/bindings") as {
   ecdsaRecover(sig: Uint8Array, recid: number, msg: Uint8Array, compressed: boolean, out?: Uint8Array): Uint8Array;
@@ -88,15 +88,7 @@ async function main() {
   const domain = escrowDomain(31337, CANONICAL_ADDRESSES.batchSettlement);
   const digester = createDigester(domain, keccak256Fast);
   const token = deployment.token!;
-  const accept = {
-    scheme: "batch-settlement",
-    network: "eip155:31337",
-    amount: PRICE.toString(),
-    asset: token,
-    payTo: payeeAccount.address,
-    maxTimeoutSeconds: 3600,
-    extra: { receiverAuthorizer: payeeAccount.address, withdrawDelay: 900, name: "USDC", version: "2" },
-  };
+  const accept = localAccept(token, payeeAccount.address, PRICE);
 
   // Deposits (gasless, relayed) and pre-signed vouchers, outside the timed part.
   const relay = clientsFor(chain.url, relayer);
@@ -191,7 +183,7 @@ async function main() {
   const proxyKey = keccak256(toHex("tollway-bench-proxy"));
   const proxyAccount = privateKeyToAccount(proxyKey);
   const proxy = await startBenchServer(path.join(__dirname, "proxy-server.ts"), { rpcUrl: chain.url, escrow: deployment.escrow, erc3009Collector: deployment.erc3009Collector, token, upstream: `http://127.0.0.1:${upstream.port}`, key: proxyKey });
-  const proxyAccept = { ...accept, payTo: proxyAccount.address, extra: { ...accept.extra, receiverAuthorizer: proxyAccount.address } };
+  const proxyAccept = localAccept(token, proxyAccount.address, PRICE);
   const proxyChannels = await setupChannels({
     relayer: relay.walletClient as never,
     waitForReceipt: (hash) => relay.publicClient.waitForTransactionReceipt({ hash }),

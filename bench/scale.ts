@@ -20,7 +20,7 @@ import { encodeErc3009CollectorData, erc3009DepositNonce } from "../node/protoco
 import { CANONICAL_ADDRESSES, type ChannelConfig, computeChannelId, escrowDomain, receiveWithAuthorizationTypes, voucherTypes } from "../node/protocol/typedData";
 import { HEADERS, encodeBase64Json } from "../node/protocol/wire";
 import { ChannelStore, type ChannelRecord } from "../node/store/channelStore";
-import { runBench } from "./lib";
+import { localAccept, runBench } from "./lib";
 
 const N = Number(process.env.TOLLWAY_SCALE_CHANNELS ?? 1_000_000);
 const children: ChildProcess[] = [];
@@ -62,7 +62,7 @@ async function main() {
   const sig = await payer.signTypedData({ domain: { name: "USDC", version: "2", chainId: 31337, verifyingContract: token }, types: receiveWithAuthorizationTypes, primaryType: "ReceiveWithAuthorization", message: { from: payer.address, to: CANONICAL_ADDRESSES.erc3009DepositCollector, value: 1_000_000n, validAfter: 0n, validBefore: 2n ** 40n, nonce: erc3009DepositNonce(id, 1n) } });
   const hash = await walletClient!.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "deposit", args: [config, 1_000_000n, CANONICAL_ADDRESSES.erc3009DepositCollector, encodeErc3009CollectorData({ validAfter: 0n, validBefore: 2n ** 40n, salt: toHex(1n, { size: 32 }), signature: sig })] });
   await publicClient.waitForTransactionReceipt({ hash });
-  const accept = { scheme: "batch-settlement", network: "eip155:31337", amount: "1000", asset: token, payTo: payee.address, maxTimeoutSeconds: 3600, extra: { receiverAuthorizer: payee.address, withdrawDelay: 900, name: "USDC", version: "2" } };
+  const accept = localAccept(token, payee.address, 1000n);
   const voucher = async (max: bigint) => ({ channelId: id, maxClaimableAmount: max.toString(), signature: await payer.signTypedData({ domain, types: voucherTypes, primaryType: "Voucher", message: { channelId: id, maxClaimableAmount: max } }) });
 
   const template: ChannelRecord = {
