@@ -60,6 +60,8 @@ export const nodeConfigSchema = z
         }),
       )
       .default({}),
+    /** On stop, requests in flight get this long (ms) to finish before their connections are cut (uncharged). */
+    shutdownDrainMs: z.number().int().min(0).max(600_000).default(10_000),
     /** Worker threads recovering voucher signers; default all cores but one (at most 4), 0 = main thread. */
     recoveryThreads: z.number().int().min(0).max(64).optional(),
     logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),

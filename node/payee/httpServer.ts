@@ -90,3 +90,29 @@ export function listenExpress(app: ExpressLikeApp, port: number, host = "127.0.0
     });
   });
 }
+
+/**
+ * Stops `server` without cutting requests in flight: it stops accepting connections, answers every
+ * further request on a kept-alive connection with `Connection: close`, closes connections as they go
+ * idle, and after `timeoutMs` cuts whatever is still open (a paid request cut that way is not charged:
+ * its answer never started). Resolves once every connection is closed. For a payee this matters: a paid
+ * request that is mid-way when the operator restarts the node still gets its answer and its charge.
+ */
+export function closeGracefully(server: Server, timeoutMs = 10_000): Promise<void> {
+  return new Promise((resolve) => {
+    const closing = (_req: IncomingMessage, res: ServerResponse) => {
+      if (!res.headersSent) res.setHeader("Connection", "close");
+    };
+    server.prependListener("request", closing);
+    // node's close() leaves kept-alive connections open until their idle timeout: close them as they idle.
+    const sweep = setInterval(() => server.closeIdleConnections(), 25);
+    const cut = setTimeout(() => server.closeAllConnections(), timeoutMs);
+    server.close(() => {
+      clearInterval(sweep);
+      clearTimeout(cut);
+      server.off("request", closing);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}

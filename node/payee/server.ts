@@ -19,7 +19,7 @@ import { ChannelStore } from "../store/channelStore";
 import { ClaimEngine, exposure } from "./claims";
 import type { NodeConfig } from "./config";
 import { adminRouter } from "./adminApi";
-import { listenExpress } from "./httpServer";
+import { closeGracefully, listenExpress } from "./httpServer";
 import { Facilitator, facilitatorRouter, requireBearer } from "./facilitator";
 import { paymentMiddleware, type RoutesConfig } from "./middleware";
 import { Payee } from "./payee";
@@ -37,6 +37,10 @@ export type PayeeNode = {
   metrics: client.Registry;
   url: string;
   server: Server;
+  /**
+   * Drains HTTP (requests in flight finish, for up to `shutdownDrainMs`), stops the watcher, runs the
+   * on-shutdown claim, closes the store. Idempotent: later calls return the first call's promise.
+   */
   stop(): Promise<void>;
 };
 
@@ -200,6 +204,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
 
   // Requests and responses built on the app's prototypes: no per-request hidden classes (httpServer.ts).
   const { server, url } = await listenExpress(app, config.listen.port, config.listen.host);
+  let stopping: Promise<void> | undefined;
   watcher.start();
   claims.start();
   await watcher.poll();
@@ -215,12 +220,15 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     metrics: registry,
     url,
     server,
-    async stop() {
-      server.closeAllConnections?.();
-      await new Promise<void>((r) => server.close(() => r()));
-      await watcher.stop();
-      await claims.stop();
-      await store.close();
+    stop() {
+      // Requests in flight get their answers (and their charges) first; then the on-shutdown claim.
+      stopping ??= (async () => {
+        await closeGracefully(server, config.shutdownDrainMs);
+        await watcher.stop();
+        await claims.stop();
+        await store.close();
+      })();
+      return stopping;
     },
   };
 }

@@ -2,9 +2,9 @@ import { expect } from "chai";
 import { spawnSync } from "node:child_process";
 import express from "express";
 import http from "node:http";
-import type { AddressInfo } from "node:net";
+import net, { type AddressInfo } from "node:net";
 import path from "node:path";
-import { canBuildOnAppPrototypes, createExpressServer, listenExpress } from "../../node/payee/httpServer";
+import { canBuildOnAppPrototypes, closeGracefully, createExpressServer, listenExpress } from "../../node/payee/httpServer";
 
 const close = (s: http.Server) => new Promise<void>((r) => s.close(() => r()));
 
@@ -110,5 +110,81 @@ describe("serving an express app with stable object shapes (createExpressServer)
     // The reason for createExpressServer on this node's V8. Should a V8 release cache transitions after a
     // prototype swap, this fails, and createExpressServer is no longer needed (though still harmless).
     expect(run("stock"), "express's prototype swap on app.listen").to.deep.equal({ req: false, res: false });
+  });
+
+  it("closeGracefully: requests in flight finish, a request arriving on a kept-alive connection is answered with Connection: close, new connections are refused, a request still hanging at the deadline is cut", async () => {
+    const app = express();
+    app.get("/slow/:ms", (req, res) => void setTimeout(() => res.send(`done ${req.params.ms}`), Number(req.params.ms)));
+    app.get("/hang", () => undefined);
+    const { server, url } = await listenExpress(app, 0);
+    const port = Number(new URL(url).port);
+    const agent = new http.Agent({ keepAlive: true });
+    const get = (p: string, a: http.Agent | false = agent) =>
+      new Promise<{ status: number; body: string } | { error: string }>((resolve) => {
+        http
+          .get(`${url}${p}`, { agent: a }, (r) => {
+            let body = "";
+            r.on("data", (d) => (body += d));
+            r.on("end", () => resolve({ status: r.statusCode!, body }));
+          })
+          .on("error", (e: NodeJS.ErrnoException) => resolve({ error: e.code ?? e.message }));
+      });
+    let socketsClosed = 0;
+    server.on("connection", (s) => s.on("close", () => socketsClosed++));
+    // An idle kept-alive connection; a raw kept-alive connection with a request in flight; another request in flight; one that never answers.
+    expect(await get("/slow/1")).to.deep.equal({ status: 200, body: "done 1" });
+    const rawSock = net.connect(port, "127.0.0.1");
+    let rawText = "";
+    rawSock.on("data", (d) => (rawText += d));
+    const rawClosed = new Promise<void>((r) => rawSock.on("close", () => r()));
+    rawSock.write("GET /slow/300 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+    const b = get("/slow/150");
+    const hung = get("/hang", false);
+    await new Promise((r) => setTimeout(r, 50));
+    const started = Date.now();
+    let closedAt = 0;
+    const closed = closeGracefully(server, 800).then(() => (closedAt = Date.now() - started));
+    // A second request on the busy kept-alive connection, sent while closing.
+    await new Promise((r) => setTimeout(r, 20));
+    rawSock.write("GET /slow/10 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+    expect(await b).to.deep.equal({ status: 200, body: "done 150" });
+    // No new connections once closing.
+    expect(await get("/slow/1", false)).to.deep.equal({ error: "ECONNREFUSED" });
+    // Both requests on the raw connection answered in full; the one that came in while closing says so; then the server closes it.
+    await rawClosed;
+    const answers = rawText.split(/(?=HTTP\/1\.1 )/);
+    expect(answers).to.have.length(2);
+    expect(answers[0]).to.match(/^HTTP\/1\.1 200 OK/).and.to.match(/\r\nConnection: keep-alive\r\n/i).and.to.match(/done 300$/);
+    expect(answers[1]).to.match(/^HTTP\/1\.1 200 OK/).and.to.match(/\r\nConnection: close\r\n/i).and.to.match(/done 10$/);
+    // The request that never answers is cut at the deadline, and then the server is closed.
+    expect(await hung).to.have.property("error");
+    await closed;
+    expect(closedAt).to.be.within(700, 3000);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(socketsClosed).to.equal(3); // the agent's (idle, then reused for /slow/150), the raw one, the hung one
+    agent.destroy();
+  });
+
+  it("closeGracefully: kept-alive connections close as soon as their requests finish, not at their idle timeout or the deadline", async () => {
+    const app = express();
+    app.get("/slow/:ms", (req, res) => void setTimeout(() => res.send(`done ${req.params.ms}`), Number(req.params.ms)));
+    const { server, url } = await listenExpress(app, 0);
+    const agent = new http.Agent({ keepAlive: true });
+    const get = (p: string) =>
+      new Promise<string>((resolve, reject) => {
+        http.get(`${url}${p}`, { agent }, (r) => {
+          let body = "";
+          r.on("data", (d) => (body += d));
+          r.on("end", () => resolve(body));
+        }).on("error", reject);
+      });
+    await Promise.all([get("/slow/1"), get("/slow/1")]); // two idle kept-alive connections
+    const inFlight = get("/slow/100");
+    await new Promise((r) => setTimeout(r, 20));
+    const started = Date.now();
+    await closeGracefully(server, 5_000);
+    expect(await inFlight).to.equal("done 100");
+    expect(Date.now() - started).to.be.below(1_000); // server.close alone waits for the 5 s keep-alive timeout
+    agent.destroy();
   });
 });

@@ -11,6 +11,7 @@ import pino from "pino";
 import { keccak256, toHex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { parseNodeConfig } from "../../node/payee/config";
+import { ChannelStore, type LedgerRow } from "../../node/store/channelStore";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
 import { HEADERS } from "../../node/protocol/wire";
@@ -33,6 +34,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   let logText = "";
   const TOKEN = "test-admin-token-0123456789";
   const nodeKey = keccak256(toHex("tollway-test-node-key")); // a fresh local key, funded below
+  const storePath = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-server-"));
 
   before(async () => {
     ctx = await startChain();
@@ -106,7 +108,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const config = parseNodeConfig(
       {
         ...localNodeConfig(ctx),
-        storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-server-")),
+        storePath,
         adminToken: TOKEN,
         routes: { "GET /paid/:id": "$0.01" },
         proxy: {
@@ -131,7 +133,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     node = await startPayeeNode(config, {
       key: nodeKey,
       logger: pino({ level: "debug" }, sink),
-      install: (app) => app.get("/paid/:id", (req, res) => void res.send(`paid ${req.params.id}`)),
+      install: (app) => app.get("/paid/:id", (req, res) => void setTimeout(() => res.send(`paid ${req.params.id}`), Number(req.query.delay ?? 0))),
     });
   });
   after(async () => {
@@ -332,5 +334,31 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(logText).to.not.include(nodeKey.slice(2));
     expect(logText.toLowerCase()).to.not.include(nodeKey.slice(2).toLowerCase());
     void hardhatTestAccount;
+  });
+
+  // Last: it stops the node.
+  it("stop: a paid request in flight still gets its answer and its charge; then the node refuses connections, and a second stop is a no-op", async () => {
+    const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-drain"))));
+    const accept = (await fetchRequirements(`${node.url}/paid/d`)).accept;
+    expect((await payWith(`${node.url}/paid/d`, await payer.depositHeader(accept, 100_000n, 10_000n))).status).to.equal(200);
+    const slow = payWith(`${node.url}/paid/d?delay=400`, await payer.voucherHeader(accept, 20_000n));
+    await new Promise((r) => setTimeout(r, 100));
+    const stopped = node.stop();
+    const answer = await slow;
+    expect(answer.status).to.equal(200);
+    expect(answer.text).to.equal("paid d");
+    expect(answer.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("20000");
+    await stopped;
+    await node.stop();
+    const refused = await fetch(`${node.url}/health`).then(() => "answered", (e: Error & { cause?: { code?: string } }) => e.cause?.code);
+    expect(refused).to.equal("ECONNREFUSED");
+    const store = await ChannelStore.open(storePath);
+    try {
+      const rows: LedgerRow[] = [];
+      for await (const row of store.ledger()) if (row.resource === "/paid/d?delay=400") rows.push(row);
+      expect(rows.map((r) => r.amount)).to.deep.equal([10_000n]);
+    } finally {
+      await store.close();
+    }
   });
 });
