@@ -96,15 +96,27 @@ function compileRoutes(routes: RoutesConfig, decimals: number): CompiledRoute[] 
         throw new ConfigError(`Unknown option "${k}" in route "${key}"${hint ? `. Did you mean "${hint}"?` : ""}`);
       }
     }
-    const m = /^(?:([A-Z]+)\s+)?(\/.*)$/.exec(key.trim());
-    if (!m) throw new ConfigError(`Route key "${key}" must look like "GET /path/:param"`);
-    const pattern = m[2]!
-      .split("/")
-      .map((seg) => (seg === "*" ? ".*" : seg.startsWith(":") ? "[^/]+" : seg.replace(/[.+?^${}()|[\]\\]/g, "\\$&")))
-      .join("/");
     const staticPrice = typeof config.price === "function" ? undefined : parsePrice(config.price, decimals);
-    return { key, method: m[1], regex: new RegExp(`^${pattern}/?$`), config, staticPrice };
+    return { key, ...routePattern(key), config, staticPrice };
   });
+}
+
+/**
+ * The method and path matcher of a route key ("GET /articles/:id", "/files/*.pdf", "/v1/file-:id"): `:param`
+ * matches within one segment and `*` matches anything, as in express 4 paths; everything else is literal.
+ * Case-insensitive, as express routes are by default: a
+ * handler that answers "/PAID/1" as "/paid/1" must not serve it unpaid (a route that does not answer
+ * it gives a 404, which is not charged). The reverse proxy forwards by the same matcher.
+ */
+export function routePattern(key: string): { method: string | undefined; regex: RegExp } {
+  const m = /^(?:([A-Z]+)\s+)?(\/.*)$/.exec(key.trim());
+  if (!m) throw new ConfigError(`Route key "${key}" must look like "GET /path/:param"`);
+  // As express 4 reads a path: `:name` (anywhere in a segment) is one segment's worth, `*` anything.
+  const pattern = m[2]!
+    .split(/(:[A-Za-z0-9_]+|\*)/)
+    .map((part) => (part === "*" ? ".*" : part.startsWith(":") ? "[^/]+" : part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")))
+    .join("");
+  return { method: m[1], regex: new RegExp(`^${pattern}/?$`, "i") };
 }
 
 /** Writes a 402 (or other status) with the PaymentRequired body and header. */

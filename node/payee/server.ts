@@ -21,7 +21,7 @@ import type { NodeConfig } from "./config";
 import { adminRouter } from "./adminApi";
 import { closeGracefully, listenExpress } from "./httpServer";
 import { Facilitator, facilitatorRouter, requireBearer } from "./facilitator";
-import { paymentMiddleware, type RoutesConfig } from "./middleware";
+import { paymentMiddleware, routePattern, type RoutesConfig } from "./middleware";
 import { Payee } from "./payee";
 import { keccakReady, recoveryBackend } from "./recover";
 import { recoveryThreads } from "./recoverPool";
@@ -186,11 +186,13 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     }),
   );
   for (const [key, p] of Object.entries(config.proxy)) {
-    const [method, path] = key.includes(" ") ? key.split(/\s+/, 2) : ["GET", key];
-    const pathRe = new RegExp(`^${path!.replace(/:[^/]+/g, "[^/]+").replace(/\*/g, ".*")}/?$`);
+    // The payment middleware's own matcher: the proxy forwards exactly what the middleware charges for.
+    const { method = "GET", regex: pathRe } = routePattern(key);
     const upstream = upstreamOf(p.upstream, p.timeoutMs);
     app.use(async (req, res, next) => {
       if (req.method !== method || !pathRe.test(req.path)) return next();
+      // Never forward without a payment reservation (belt and braces: the matchers are the same).
+      if (res.locals.tollway === undefined) return next();
       if (hasDotSegment(req.path)) {
         // "/api/../admin" matches "/api/*" but an upstream that normalises paths would serve /admin:
         // refused (a 4xx, so nothing is charged).

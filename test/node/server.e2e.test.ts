@@ -123,6 +123,8 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
           "GET /partial/*": { upstream: rawUrl, price: "$0.02" },
           "GET /ok/*": { upstream: rawUrl, price: "$0.02" },
           "GET /slow/*": { upstream: rawUrl, price: "$0.02", timeoutMs: 300 },
+          "GET /v1/file-:id": { upstream: `${upUrl}/base`, price: "$0.02" },
+          "GET /docs/*.pdf": { upstream: `${upUrl}/base`, price: "$0.02" },
         },
         claims: { onShutdown: true },
         recoveryThreads: 2,
@@ -259,6 +261,21 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const after = await payWith(`${node.url}/ok/2`, await payer.voucherHeader(accept, 60_000n));
     expect(after.status, after.text).to.equal(200);
     expect(after.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("60000");
+  });
+
+  it("route matching: the proxy forwards only what the payment middleware charges for (params and wildcards inside a segment, any letter case); an express route answering /PAID is not served unpaid", async () => {
+    for (const p of ["/v1/file-42", "/docs/a/report.pdf", "/API/ok/1", "/PAID/1", "/Paid/2/"]) {
+      const r = await fetch(`${node.url}${p}`);
+      expect(r.status, p).to.equal(402);
+      expect(r.headers.get(HEADERS.paymentRequired), p).to.be.a("string");
+    }
+    // Not a paid route, and not proxied either.
+    expect((await fetch(`${node.url}/docs/a/report.txt`)).status).to.equal(404);
+    const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-match"))));
+    const accept = (await fetchRequirements(`${node.url}/v1/file-42`)).accept;
+    const paid = await payWith(`${node.url}/v1/file-42`, await payer.depositHeader(accept, 100_000n, 20_000n));
+    expect(paid.status, paid.text).to.equal(200);
+    expect(JSON.parse(paid.text).url).to.equal("/base/v1/file-42");
   });
 
   it("reverse proxy: an upstream base path prefixes the request path and query; the payment header stays here", async () => {
