@@ -160,12 +160,6 @@ export class ClaimEngine {
     return { hash, amount, gasUsed: receipt.gasUsed };
   }
 
-  /** Marks a channel for a prompt claim (threshold crossed or withdrawal seen) and claims it. */
-  async claimUrgently(channelId: Hex): Promise<ClaimReport> {
-    this.urgent.add(channelId);
-    return this.claim({ channels: [channelId] });
-  }
-
   /** Threshold strategy: call after each committed charge. */
   noteCharge(rec: ChannelRecord): void {
     const t = this.opts.threshold;

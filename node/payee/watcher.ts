@@ -1,14 +1,28 @@
 /**
  * Chain mirror and withdrawal watcher. Polls the escrow's events from a checkpoint; for each event on a
- * channel the node holds, re-reads that channel and mirrors it into the store. A WithdrawInitiated on
- * one of our channels triggers an immediate claim of its latest voucher, well before the delay ends;
- * if that fails an alert is logged. Each successful poll refreshes the payee's chain view
- * (`chainSyncedAt`), which bounds how long the node serves while the chain is unreachable.
+ * channel the node holds, re-reads that channel and mirrors it into the store. Each successful poll
+ * refreshes the payee's chain view (`chainSyncedAt`), which bounds how long the node serves while the
+ * chain is unreachable.
+ *
+ * Withdrawals: a channel with a pending withdrawal and charges not yet claimed is claimed on every poll
+ * until the claim is on chain (all such channels in one claim run). The list is driven by stored state,
+ * not by the one WithdrawInitiated event: a failed claim is retried on the next poll, and after a
+ * restart a scan of the store finds the channels again. While the withdrawal is pending the payee
+ * refuses vouchers the withdrawal could leave unbacked (payee.checkChannelState), so only what was
+ * charged before it was seen needs this claim. A claim that keeps failing raises an alert (at most once
+ * a minute per channel).
+ *
+ * Reorg safety: with `confirmations` N > 0 the checkpoint stays N blocks behind head, so the last N
+ * blocks are scanned again on every poll, and mirrored state is the more cautious of the confirmed and
+ * the latest view (lower balance, larger pending withdrawal). A channel whose sync fails (its lock held
+ * by a long request, an RPC error) does not stop the poll: the checkpoint stays before its event, so the
+ * next poll tries it again.
  */
 import type { Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
-import type { ClaimEngine } from "./claims";
+import { readChannel, type OnchainChannel } from "../chain/escrow";
+import { exposure, type ClaimEngine } from "./claims";
 import type { Payee } from "./payee";
 
 export type WatcherOptions = {
@@ -20,10 +34,32 @@ export type WatcherOptions = {
 };
 
 const CHECKPOINT = "mirror.checkpoint";
+/** A withdrawal claim that keeps failing is alerted again at most this often (ms). */
+const REALERT_MS = 60_000;
+
+const min = (a: bigint, b: bigint) => (a < b ? a : b);
+const max = (a: bigint, b: bigint) => (a > b ? a : b);
+
+/** The cautious merge of a channel's confirmed and latest state: what both views allow. */
+export function cautiousView(confirmed: OnchainChannel, latest: OnchainChannel): OnchainChannel {
+  const pending = latest.withdrawRequestedAt !== 0 ? latest : confirmed;
+  return {
+    balance: min(confirmed.balance, latest.balance),
+    totalClaimed: max(confirmed.totalClaimed, latest.totalClaimed),
+    withdrawRequestedAt: pending.withdrawRequestedAt,
+    withdrawAmount: max(confirmed.withdrawAmount, latest.withdrawAmount),
+    refundNonce: max(confirmed.refundNonce, latest.refundNonce),
+  };
+}
 
 export class ChainWatcher {
   private timer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | undefined;
+  /** Channels with a pending withdrawal and (possibly) unclaimed charges: claimed on every poll until done. */
+  private readonly withdrawing = new Set<Hex>();
+  /** Failing withdrawal claims: consecutive failures, next attempt and last alert (ms). */
+  private readonly failing = new Map<Hex, { n: number; nextAt: number; alertedAt: number }>();
+  private scan: Promise<void> | undefined;
   /** Consecutive failed polls (for /health). */
   failures = 0;
 
@@ -38,7 +74,7 @@ export class ChainWatcher {
     return v === undefined ? undefined : BigInt(v);
   }
 
-  /** One poll: fetch new events, mirror channels, react to withdrawals. */
+  /** One poll: fetch new events, mirror channels, claim channels with pending withdrawals. */
   poll(): Promise<void> {
     if (!this.polling) {
       this.polling = this.pollNow().finally(() => (this.polling = undefined));
@@ -46,12 +82,19 @@ export class ChainWatcher {
     return this.polling;
   }
 
+  /** Channels the watcher is claiming because of a pending withdrawal (for status and tests). */
+  get pendingWithdrawals(): Hex[] {
+    return [...this.withdrawing];
+  }
+
   private async pollNow(): Promise<void> {
     const client = this.payee.opts.publicClient;
+    const depth = BigInt(this.opts.confirmations ?? 0);
     try {
       const head = await client.getBlockNumber({ cacheTime: 0 });
       const last = await this.checkpoint();
       const from = last === undefined ? (head > 1000n ? head - 1000n : 0n) : last + 1n;
+      const safe = head - depth;
       if (from <= head) {
         const logs = await client.getContractEvents({
           address: this.payee.opts.escrow,
@@ -59,26 +102,33 @@ export class ChainWatcher {
           fromBlock: from,
           toBlock: head,
         });
-        const touched = new Set<Hex>();
-        const withdrawals = new Set<Hex>();
+        // Each touched channel with the block of its first event in this range.
+        const touched = new Map<Hex, bigint>();
         for (const log of logs) {
           const args = log.args as { channelId?: Hex };
           if (!args.channelId) continue;
-          if (!(await this.payee.store.getChannel(args.channelId))) continue;
-          touched.add(args.channelId);
-          if (log.eventName === "WithdrawInitiated") withdrawals.add(args.channelId);
-        }
-        for (const id of touched) await this.payee.syncChannel(id);
-        for (const id of withdrawals) {
-          this.opts.logger?.warn({ channelId: id }, "payer initiated a withdrawal; claiming now");
-          const report = await this.claims.claimUrgently(id).catch((err: Error) => ({ failed: [{ channelId: id, reason: err.message }] }));
-          for (const f of report.failed) {
-            this.opts.logger?.error({ alert: "withdrawal_claim_failed", channelId: f.channelId, reason: f.reason }, "could not claim before withdrawal");
-            this.opts.onAlert?.(f.channelId, f.reason);
+          if (!touched.has(args.channelId)) {
+            if (!(await this.payee.store.getChannel(args.channelId))) continue;
+            touched.set(args.channelId, log.blockNumber ?? from);
+          }
+          if (log.eventName === "WithdrawInitiated" && !this.withdrawing.has(args.channelId)) {
+            this.opts.logger?.warn({ channelId: args.channelId }, "payer initiated a withdrawal; claiming now");
+            this.withdrawing.add(args.channelId);
           }
         }
-        const safe = head - BigInt(this.opts.confirmations ?? 0);
-        await this.payee.store.putMeta(CHECKPOINT, (safe > (last ?? -1n) ? safe : head).toString());
+        let retryFrom: bigint | undefined;
+        for (const [id, block] of touched) {
+          try {
+            await this.payee.syncChannel(id, await this.readCautious(id, safe, depth));
+          } catch (err) {
+            // Busy or unreadable: this channel only. Its event stays in the next poll's range.
+            retryFrom = retryFrom === undefined || block < retryFrom ? block : retryFrom;
+            this.opts.logger?.warn({ channelId: id, err: (err as Error).message.split("\n")[0] }, "channel not mirrored this poll; retrying");
+          }
+        }
+        let next = depth > 0n ? max(safe, last ?? -1n) : head;
+        if (retryFrom !== undefined && retryFrom - 1n < next) next = retryFrom - 1n;
+        if (last === undefined || next > last) await this.payee.store.putMeta(CHECKPOINT, next.toString());
       }
       this.payee.chainSyncedAt = Date.now();
       this.failures = 0;
@@ -86,10 +136,76 @@ export class ChainWatcher {
       this.failures++;
       this.opts.logger?.warn({ err: (err as Error).message.split("\n")[0], failures: this.failures }, "chain poll failed");
     }
+    await this.claimWithdrawing();
+  }
+
+  /** The channel as mirrored state should see it: latest, or with confirmations the cautious merge. */
+  private async readCautious(id: Hex, safe: bigint, depth: bigint): Promise<OnchainChannel> {
+    const { publicClient, escrow } = this.payee.opts;
+    if (depth === 0n || safe < 0n) return readChannel(publicClient, escrow, id);
+    const [confirmed, latest] = await Promise.all([readChannel(publicClient, escrow, id, safe), readChannel(publicClient, escrow, id)]);
+    return cautiousView(confirmed, latest);
+  }
+
+  /**
+   * Claims, in one run, every channel with a pending withdrawal and charges the chain has not seen yet.
+   * A channel whose claim fails is tried again with backoff (2 s doubling to 60 s); a run that fails as
+   * a whole (RPC down) is alerted here at most once a minute per channel, a row the chain refuses by the
+   * claim engine.
+   */
+  private async claimWithdrawing(): Promise<void> {
+    await this.scan;
+    const now = Date.now();
+    const due: Hex[] = [];
+    for (const id of this.withdrawing) {
+      const rec = await this.payee.store.getChannel(id).catch(() => undefined);
+      if (!rec || rec.withdrawRequestedAt === 0 || exposure(rec) === 0n || rec.signature === "0x") {
+        this.withdrawing.delete(id);
+        this.failing.delete(id);
+      } else if ((this.failing.get(id)?.nextAt ?? 0) <= now) due.push(id);
+    }
+    if (due.length === 0) return;
+    let failed: Array<{ channelId: Hex; reason: string }>;
+    let thrown = false;
+    try {
+      failed = (await this.claims.claim({ channels: due })).failed;
+    } catch (err) {
+      thrown = true;
+      failed = due.map((channelId) => ({ channelId, reason: (err as Error).message.split("\n")[0]! }));
+    }
+    const failedIds = new Set(failed.map((f) => f.channelId));
+    for (const id of due) {
+      if (failedIds.has(id)) continue;
+      this.withdrawing.delete(id); // claimed: charges after this stay within balance - withdrawal
+      this.failing.delete(id);
+    }
+    for (const f of failed) {
+      const prev = this.failing.get(f.channelId) ?? { n: 0, nextAt: 0, alertedAt: -Infinity };
+      const state = { n: prev.n + 1, nextAt: now + Math.min(REALERT_MS, 2_000 * 2 ** prev.n), alertedAt: prev.alertedAt };
+      if (thrown && now - prev.alertedAt >= REALERT_MS) {
+        state.alertedAt = now;
+        this.opts.logger?.error({ alert: "withdrawal_claim_failed", channelId: f.channelId, reason: f.reason }, "could not claim before withdrawal; retrying");
+        this.opts.onAlert?.(f.channelId, f.reason);
+      }
+      this.failing.set(f.channelId, state);
+    }
+  }
+
+  /** Finds channels with a pending withdrawal and unclaimed charges in the store (after a restart). */
+  private async scanStore(): Promise<void> {
+    try {
+      for await (const rec of this.payee.store.channels()) {
+        if (rec.withdrawRequestedAt !== 0 && exposure(rec) > 0n) this.withdrawing.add(rec.channelId);
+      }
+    } catch (err) {
+      this.opts.logger?.warn({ err: (err as Error).message }, "could not scan the store for pending withdrawals");
+    }
   }
 
   start(): void {
     if (this.timer) return;
+    // In the background: a large store must not delay serving.
+    this.scan ??= this.scanStore();
     this.timer = setInterval(() => void this.poll(), this.opts.pollIntervalMs ?? 2_000);
     this.timer.unref();
   }
@@ -97,6 +213,7 @@ export class ChainWatcher {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    await this.scan;
     await this.polling;
   }
 }

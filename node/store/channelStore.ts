@@ -33,6 +33,11 @@ export type ChannelRecord = {
   syncedAt: number;
   lastRequestAt: number;
   createdAt: number;
+  /**
+   * Amount of the pending withdrawal (mirrored with withdrawRequestedAt). Absent in records written
+   * before it was mirrored: readers then assume the most a withdrawal can take.
+   */
+  withdrawAmount?: bigint;
 };
 
 export type LedgerRow = {
@@ -80,7 +85,8 @@ export function encodeChannel(r: ChannelRecord): string {
     `,"chargedCumulative":"${r.chargedCumulative}","signedMaxClaimable":"${r.signedMaxClaimable}"` +
     `,"signature":${JSON.stringify(r.signature)},"balance":"${r.balance}","totalClaimed":"${r.totalClaimed}"` +
     `,"withdrawRequestedAt":${JSON.stringify(r.withdrawRequestedAt)},"refundNonce":"${r.refundNonce}"` +
-    `,"syncedAt":${JSON.stringify(r.syncedAt)},"lastRequestAt":${JSON.stringify(r.lastRequestAt)},"createdAt":${JSON.stringify(r.createdAt)}}`
+    `,"syncedAt":${JSON.stringify(r.syncedAt)},"lastRequestAt":${JSON.stringify(r.lastRequestAt)},"createdAt":${JSON.stringify(r.createdAt)}` +
+    (r.withdrawAmount === undefined ? "}" : `,"withdrawAmount":"${r.withdrawAmount}"}`)
   );
 }
 
@@ -95,6 +101,7 @@ export const LEDGER_BLOCK_SPAN_MS = 60_000;
 function decodeChannel(text: string): ChannelRecord {
   const raw = JSON.parse(text);
   for (const f of BIGINT_FIELDS_CHANNEL) raw[f] = BigInt(raw[f]);
+  if (raw.withdrawAmount !== undefined) raw.withdrawAmount = BigInt(raw.withdrawAmount);
   return raw as ChannelRecord;
 }
 

@@ -333,6 +333,60 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect((await balanceOf(payer.account.address)) - before).to.equal(1_000_000n - 2n * PRICE);
   });
 
+  it("watcher: with a withdrawal pending, vouchers the withdrawal could leave unbacked are refused; a failed claim is retried from stored state, also by a new watcher after a restart", async () => {
+    const session = privateKeyToAccount(keccak256(toHex("session-f")));
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, session);
+    expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 1_000_000n, PRICE))).status).to.equal(200);
+    expect((await payWith(`${node.url}/articles/b`, await payer.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
+    // The first claim run fails as a whole (an RPC outage, say).
+    class FlakyClaims extends ClaimEngine {
+      failures = 1;
+      override claim(select: { channels?: `0x${string}`[] } = {}) {
+        return this.failures-- > 0 ? Promise.reject(new Error("rpc unreachable")) : super.claim(select);
+      }
+    }
+    const alerts: string[] = [];
+    const silent = require("pino")({ level: "silent" });
+    const first = new ChainWatcher(node.payee, new FlakyClaims(node.payee, { onShutdown: false }), { logger: silent, onAlert: (id) => alerts.push(id) });
+    await first.poll(); // checkpoint
+    const config = payer.config(accept);
+    const id = payer.channelId(accept);
+    const { walletClient, publicClient } = clientsFor(ctx.chain.url, payer.account);
+    // Everything but what was charged (on chain nothing is claimed yet, so this much is available).
+    const hash = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [config, 1_000_000n - 2n * PRICE] });
+    await publicClient.waitForTransactionReceipt({ hash });
+    await first.poll();
+    expect(alerts).to.deep.equal([id]);
+    expect(first.pendingWithdrawals).to.deep.equal([id]);
+    expect((await readChannel(publicClient as never, CANONICAL_ADDRESSES.batchSettlement, id)).totalClaimed).to.equal(0n);
+    // Mirrored: the next voucher would go beyond balance - withdrawal.
+    const refused = await payWith(`${node.url}/articles/c`, await payer.voucherHeader(accept, 3n * PRICE));
+    expect(refused.status).to.equal(402);
+    expect(refused.paymentRequired.error).to.equal("invalid_batch_settlement_evm_cumulative_exceeds_balance");
+    expect((await node.payee.store.getChannel(id))!.chargedCumulative).to.equal(2n * PRICE);
+    // A restart: a new watcher (its checkpoint is past the event) finds the channel in the store and claims it.
+    const second = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
+    second.start();
+    await second.poll();
+    await second.stop();
+    expect((await readChannel(publicClient as never, CANONICAL_ADDRESSES.batchSettlement, id)).totalClaimed).to.equal(2n * PRICE);
+    expect(second.pendingWithdrawals).to.deep.equal([]);
+  });
+
+  it("watcher: with confirmations the checkpoint stays that many blocks behind head, poll after poll (the last blocks are scanned again)", async () => {
+    const silent = require("pino")({ level: "silent" });
+    const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent, confirmations: 3 });
+    const { testClient, publicClient } = clientsFor(ctx.chain.url, ctx.payers[0] as LocalAccount);
+    await testClient.mine({ blocks: 5 });
+    for (let i = 0; i < 3; i++) {
+      await watcher.poll(); // the same head every time
+      expect(await watcher.checkpoint()).to.equal((await publicClient.getBlockNumber({ cacheTime: 0 })) - 3n);
+    }
+    await testClient.mine({ blocks: 2 });
+    await watcher.poll();
+    expect(await watcher.checkpoint()).to.equal((await publicClient.getBlockNumber({ cacheTime: 0 })) - 3n);
+  });
+
   async function balanceOf(a: `0x${string}`): Promise<bigint> {
     return node.payee.opts.publicClient.readContract({
       address: ctx.deployment.token!,
