@@ -111,6 +111,11 @@ function compileRoutes(routes: RoutesConfig, decimals: number): CompiledRoute[] 
 export function routePattern(key: string): { method: string | undefined; regex: RegExp } {
   const m = /^(?:([A-Z]+)\s+)?(\/.*)$/.exec(key.trim());
   if (!m) throw new ConfigError(`Route key "${key}" must look like "GET /path/:param"`);
+  if (/[?+()[\]]/.test(m[2]!)) {
+    // Express would read these as optional parts or regular expressions and serve paths this matcher
+    // would not charge for: refused rather than guessed.
+    throw new ConfigError(`Route key "${key}": optional parts, "+" and regular expressions are not supported; list each path form as its own key`);
+  }
   // As express 4 reads a path: `:name` (anywhere in a segment) is one segment's worth, `*` anything.
   const pattern = m[2]!
     .split(/(:[A-Za-z0-9_]+|\*)/)
@@ -157,7 +162,8 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
     const path = req.path;
     let route: CompiledRoute | undefined;
     for (const r of compiled) {
-      if ((r.method === undefined || r.method === req.method) && r.regex.test(path)) {
+      // HEAD runs express's GET handlers: it pays as a GET.
+      if ((r.method === undefined || r.method === req.method || (req.method === "HEAD" && r.method === "GET")) && r.regex.test(path)) {
         route = r;
         break;
       }

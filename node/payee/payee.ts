@@ -221,6 +221,10 @@ export class Payee {
       }
       // A channel first seen by this request is persisted only now, with its first charge.
       const current = this.store.cachedChannel(res.channelId) ?? (await this.store.getChannel(res.channelId)) ?? res.record;
+      if (current.chargedCumulative !== res.voucherMax - res.maxCharge) {
+        // Cannot happen while the channel's lock is held; if it ever does, charge nothing rather than go backwards.
+        throw new PaymentError(ErrorCodes.channelBusy, "the channel changed while the request ran; nothing was charged", { status: 503 });
+      }
       const now = this.now();
       const next: ChannelRecord = {
         ...current,
@@ -237,7 +241,12 @@ export class Payee {
         amount > 0n ? { at: now, channelId: res.channelId, payer: res.payer, route: ctx.route, resource: ctx.resource, amount } : undefined,
       );
       res.settled = true;
-      this.opts.onCharge?.(next, amount, ctx.route);
+      try {
+        this.opts.onCharge?.(next, amount, ctx.route);
+      } catch (err) {
+        // The charge is on disk: a failing hook must not turn it into "nothing was charged".
+        this.opts.logger?.error({ err: (err as Error).message, channelId: res.channelId }, "onCharge hook failed");
+      }
       return {
         success: true,
         transaction: res.deposit?.txHash ?? "",

@@ -115,7 +115,10 @@ export type StoreOptions = {
 };
 
 export class ChannelStore {
+  /** Least recently used first (a Map keeps insertion order; a hit re-inserts once the cache is full). */
   private readonly cache = new Map<string, ChannelRecord>();
+  /** Bumped when a channel write or delete is queued and when it lands (see getChannel). */
+  private generation = 0;
   private pending: Op[] = [];
   /** Ledger rows waiting for the next flush: written as one block (one LevelDB entry) per flush. */
   private pendingLedger: LedgerRow[] = [];
@@ -143,17 +146,34 @@ export class ChannelStore {
   /** The channel record, from memory or disk. */
   async getChannel(channelId: Hex): Promise<ChannelRecord | undefined> {
     const hit = this.cache.get(channelId);
-    if (hit) return hit;
+    if (hit) {
+      this.touch(channelId, hit);
+      return hit;
+    }
+    const generation = this.generation;
     const text = await this.db.get(`c:${channelId}`);
+    // A channel write was queued or finished while this read ran (a reader without the channel's lock):
+    // what it read may be older than the cache, or deleted. Answer it, but never cache it.
+    const now = this.cache.get(channelId);
+    if (now) return now;
     if (text === undefined) return undefined;
     const rec = decodeChannel(text);
-    this.remember(rec);
+    if (generation === this.generation) this.remember(rec);
     return rec;
   }
 
   /** Synchronous cache lookup (hot path); undefined when not cached. */
   cachedChannel(channelId: Hex): ChannelRecord | undefined {
-    return this.cache.get(channelId);
+    const hit = this.cache.get(channelId);
+    if (hit) this.touch(channelId, hit);
+    return hit;
+  }
+
+  /** Marks a cached record as just used (the cache evicts the least recently used). */
+  private touch(channelId: string, rec: ChannelRecord) {
+    if (this.cache.size < this.cacheSize) return; // nothing is evicted before the cache is full
+    this.cache.delete(channelId);
+    this.cache.set(channelId, rec);
   }
 
   /** Durably writes a channel record (and optional ledger row) before resolving. */
@@ -166,12 +186,26 @@ export class ChannelStore {
       this.pendingLedger.push(ledger);
     }
     // The cache changes only once the write is on disk: a failed fsync leaves memory as it was.
-    return this.enqueue([op]).then(() => this.remember(rec));
+    this.generation++;
+    return this.enqueue([op]).then(
+      () => {
+        this.generation++;
+        this.remember(rec);
+      },
+      (err: unknown) => {
+        this.generation++;
+        throw err;
+      },
+    );
   }
 
   /** Removes a channel record (after a full cooperative refund). */
   deleteChannel(channelId: Hex): Promise<void> {
-    return this.enqueue([{ type: "del", key: `c:${channelId}` }]).then(() => void this.cache.delete(channelId));
+    this.generation++;
+    return this.enqueue([{ type: "del", key: `c:${channelId}` }]).finally(() => {
+      this.generation++;
+      this.cache.delete(channelId);
+    });
   }
 
   /** Appends a history event (claims, settles, refunds, deposits). */
@@ -230,7 +264,8 @@ export class ChannelStore {
   }
 
   private remember(rec: ChannelRecord) {
-    if (this.cache.size >= this.cacheSize && !this.cache.has(rec.channelId)) {
+    this.cache.delete(rec.channelId);
+    if (this.cache.size >= this.cacheSize) {
       const oldest = this.cache.keys().next().value;
       if (oldest !== undefined) this.cache.delete(oldest);
     }

@@ -11,6 +11,7 @@ import pino from "pino";
 import { keccak256, toHex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { parseNodeConfig } from "../../node/payee/config";
+import { routePattern } from "../../node/payee/middleware";
 import { ChannelStore, type LedgerRow } from "../../node/store/channelStore";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
@@ -269,6 +270,10 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       expect(r.status, p).to.equal(402);
       expect(r.headers.get(HEADERS.paymentRequired), p).to.be.a("string");
     }
+    // HEAD runs the GET handler (its headers would leak unpaid): it pays as a GET.
+    expect((await fetch(`${node.url}/paid/1`, { method: "HEAD" })).status).to.equal(402);
+    // Keys express would read as optional parts or regular expressions are refused at startup.
+    for (const key of ["GET /articles/:id?", "GET /docs/:id(\\d+)", "GET /ab?c", "GET /a+"]) expect(() => routePattern(key), key).to.throw(/not supported/);
     // Not a paid route, and not proxied either.
     expect((await fetch(`${node.url}/docs/a/report.txt`)).status).to.equal(404);
     const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-match"))));

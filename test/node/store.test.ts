@@ -23,6 +23,10 @@ const record: fc.Arbitrary<ChannelRecord> = fc.record({
   syncedAt: time,
   lastRequestAt: time,
   createdAt: time,
+  withdrawAmount: fc.option(u128, { nil: undefined }),
+}).map((r) => {
+  if (r.withdrawAmount === undefined) delete r.withdrawAmount; // absent, as in records written before it was mirrored
+  return r;
 });
 
 const reference = (r: ChannelRecord) => JSON.stringify(r, (_k, v) => (typeof v === "bigint" ? v.toString() : v));
@@ -48,6 +52,43 @@ describe("channel store encoding", () => {
     await store.close();
     store = await ChannelStore.open(dir);
     for (const r of sample) expect(await store.getChannel(r.channelId)).to.deep.equal(r);
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("a read without the channel's lock that overlaps a write or a delete never puts an older record in the cache; the cache evicts the least recently used", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-store-"));
+    const [a, b, c] = fc.sample(record, { numRuns: 3, seed: 5 }) as [ChannelRecord, ChannelRecord, ChannelRecord];
+    const store = await ChannelStore.open(dir, { cacheSize: 2 });
+    await store.putChannel({ ...a, chargedCumulative: 1n });
+    await store.putChannel(b);
+    await store.putChannel(c); // a is evicted
+    expect(store.cachedChannel(a.channelId)).to.equal(undefined);
+    // Disk reads that resolve late (a busy thread pool).
+    const db = (store as unknown as { db: { get(k: string): Promise<string | undefined> } }).db;
+    const get = db.get.bind(db);
+    db.get = async (k: string) => {
+      const v = await get(k);
+      await new Promise((r) => setTimeout(r, 60));
+      return v;
+    };
+    const stale = store.getChannel(a.channelId); // reads charged 1
+    await store.putChannel({ ...a, chargedCumulative: 2n }); // a paid request commits meanwhile
+    await stale;
+    expect((await store.getChannel(a.channelId))!.chargedCumulative).to.equal(2n);
+    const gone = store.getChannel(b.channelId);
+    await new Promise((r) => setTimeout(r, 10));
+    await store.deleteChannel(b.channelId); // a full refund meanwhile
+    await gone;
+    expect(store.cachedChannel(b.channelId)).to.equal(undefined);
+    db.get = get;
+    expect(await store.getChannel(b.channelId)).to.equal(undefined);
+    // LRU: with a then c cached, using a and then caching b evicts c (FIFO would evict a).
+    await store.putChannel({ ...c, lastRequestAt: c.lastRequestAt + 1 });
+    expect(store.cachedChannel(a.channelId)).to.not.equal(undefined);
+    await store.putChannel(b);
+    expect(store.cachedChannel(c.channelId)).to.equal(undefined);
+    expect(store.cachedChannel(a.channelId)!.chargedCumulative).to.equal(2n);
     await store.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
