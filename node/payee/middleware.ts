@@ -70,10 +70,22 @@ class PaidContext implements PaidRequestContext {
   }
 
   charge(n: bigint): void {
+    if (this.#decided) {
+      // The charge was committed (or refused) when the answer started: too late to change it.
+      throw new Error("tollway: charge() must be called before the paid answer starts (the charge commits at its first byte)");
+    }
     if (n < 0n || n > this.reservation.maxCharge) {
       throw new PaymentError(ErrorCodes.chargeExceedsSignedCumulative, `charge ${n} is outside 0..${this.reservation.maxCharge}`);
     }
     this.#amount = n;
+  }
+
+  #decided = false;
+
+  /** The amount to commit, fixed from now on. */
+  decide(): bigint {
+    this.#decided = true;
+    return this.#amount;
   }
 }
 
@@ -222,17 +234,18 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
     const routeKey = route.key;
 
     manageResponsePrototype(res);
-    interceptResponse(
+    const open = interceptResponse(
       res,
       async (status) => {
+        const amount = ctx.decide();
         if (status >= 400) {
           payee.release(reservation);
           return;
         }
-        const body: PaymentResponseBody = await payee.commit(reservation, ctx.amount, { route: routeKey, resource: req.originalUrl });
+        const body: PaymentResponseBody = await payee.commit(reservation, amount, { route: routeKey, resource: req.originalUrl });
         res.setHeader(HEADERS.paymentResponse, encodeBase64Json(body));
         try {
-          options.onPaid?.(routeKey, ctx.amount, Number(process.hrtime.bigint() - started) / 1000);
+          options.onPaid?.(routeKey, amount, Number(process.hrtime.bigint() - started) / 1000);
         } catch (err) {
           // The charge is on disk: a failing metrics hook must not turn the paid answer into a 503.
           options.onError?.(routeKey, err);
@@ -244,7 +257,8 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
       (err) => options.onError?.(routeKey, err),
       handlerTimeoutMs,
     );
-    next();
+    // The client left while its payment was checked: nothing is charged, and nothing is run for it.
+    if (open) next();
 
     async function refuse(err: unknown, p?: PaymentPayload) {
       if (err instanceof PaymentError) {
@@ -273,7 +287,7 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
  * once on express's response prototype (no closures, no shape change per request); other responses
  * are held through own-property wrappers. A client that goes away before the handler answers is
  * noticed by one 'close' listener per socket, not one per response; a handler that never answers is
- * cut off after `timeoutMs`.
+ * cut off after `timeoutMs`. Returns false when the client had already gone (nothing to run for it).
  */
 export function interceptResponse(
   res: Response,
@@ -281,7 +295,7 @@ export function interceptResponse(
   onAbort: () => void,
   onReplayError: (err: unknown) => void = () => {},
   timeoutMs?: number,
-) {
+): boolean {
   const base = managedBase(res);
   const st: Interception = {
     phase: OPEN,
@@ -292,7 +306,9 @@ export function interceptResponse(
     writeHead: base ? base.writeHead : (res.writeHead as unknown as AnyFn),
     write: base ? base.write : (res.write as unknown as AnyFn),
     end: base ? base.end : (res.end as unknown as AnyFn),
-    socket: res.socket ?? undefined,
+    // A pipelined response waiting behind another has no socket yet (and emits no 'close' if the
+    // client goes): its request's socket is the one to watch.
+    socket: res.socket ?? res.req?.socket ?? undefined,
     own: undefined,
   };
   // On the response itself, under a symbol: not in res.locals (handlers may replace that object) and
@@ -339,7 +355,7 @@ export function interceptResponse(
   // The client may have gone while the payment was being verified: its socket's close already fired.
   if (socket?.destroyed || res.destroyed) {
     abort(res, st);
-    return;
+    return false;
   }
   if (timeoutMs !== undefined) {
     // A handler that never answers must not hold its channel forever.
@@ -347,6 +363,7 @@ export function interceptResponse(
     st.res = res;
     watchDeadline(st, timeoutMs);
   }
+  return true;
 }
 
 /**

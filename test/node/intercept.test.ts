@@ -1,7 +1,7 @@
 import { expect } from "chai";
 import express from "express";
 import http from "node:http";
-import type { AddressInfo } from "node:net";
+import net, { type AddressInfo } from "node:net";
 import { interceptResponse, manageResponsePrototype } from "../../node/payee/middleware";
 
 /** One express app on loopback whose single route runs `handle`; returns its URL and a closer. */
@@ -21,14 +21,33 @@ describe("holding a paid response (interceptResponse)", () => {
       req.socket.destroy();
       setImmediate(() => {
         manageResponsePrototype(res);
-        interceptResponse(res, async () => void events.push("decide"), () => events.push("abort"));
+        const open = interceptResponse(res, async () => void events.push("decide"), () => events.push("abort"));
+        events.push(`open ${open}`);
         res.send("late");
       });
     });
     await fetch(s.url).catch(() => undefined);
     await new Promise((r) => setTimeout(r, 50));
     await s.close();
-    expect(events).to.deep.equal(["abort"]);
+    expect(events).to.deep.equal(["abort", "open false"]);
+  });
+
+  it("pipelined requests: a client that goes away aborts the one waiting behind the other too (it has no socket of its own yet)", async () => {
+    const events: string[] = [];
+    const s = await serve((req, res) => {
+      manageResponsePrototype(res);
+      interceptResponse(res, async () => void events.push(`decide ${req.query.n}`), () => events.push(`abort ${req.query.n}`));
+      setTimeout(() => res.send("late"), 150);
+    });
+    const u = new URL(s.url);
+    const sock = net.connect(Number(u.port), u.hostname);
+    await new Promise<void>((r) => sock.once("connect", () => r()));
+    sock.write("GET /x?n=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /x?n=2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    await new Promise((r) => setTimeout(r, 50));
+    sock.destroy();
+    await new Promise((r) => setTimeout(r, 300));
+    await s.close();
+    expect(events.sort()).to.deep.equal(["abort 1", "abort 2"]);
   });
 
   it("a header node would refuse throws in the handler, before anything is decided (not after the charge)", async () => {

@@ -31,7 +31,9 @@ function onFirstSocketWrite(res: import("express").Response, observe: () => void
   } as typeof sock.write;
   res.once("finish", () => void (sock.write = sockWrite));
 }
-const routes = { "GET /articles/:id": { price: "$0.01" }, "GET /fail": "$0.01", "GET /metered": "$0.05", "GET /relocals": "$0.01" } as const;
+const routes = { "GET /articles/:id": { price: "$0.01" }, "GET /fail": "$0.01", "GET /metered": "$0.05", "GET /relocals": "$0.01", "GET /late-charge": "$0.05" } as const;
+/** What charge() did when /late-charge called it after its answer had started. */
+const lateCharge: string[] = [];
 function install(app: import("express").Express) {
   app.get("/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
   app.get("/fail", (_req, res) => void res.status(500).send("boom"));
@@ -39,6 +41,17 @@ function install(app: import("express").Express) {
   app.get("/relocals", (_req, res) => {
     res.locals = Object.create(null);
     res.send("relocals");
+  });
+  // a metered handler that (wrongly) sets its charge after streaming started: charge() refuses
+  app.get("/late-charge", (_req, res) => {
+    res.write("first chunk;");
+    try {
+      res.locals.tollway.charge(1n);
+      lateCharge.push("accepted");
+    } catch (err) {
+      lateCharge.push((err as Error).message);
+    }
+    res.end("done");
   });
   app.get("/metered", (_req, res) => {
     res.locals.tollway.charge(12_345n);
@@ -111,6 +124,15 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(metered.status).to.equal(200);
     expect(metered.paymentResponse.extra.chargedAmount).to.equal("12345");
     charged += 12_345n;
+    // a charge set after the answer started is refused loudly, not silently ignored: the ceiling was committed
+    const lateAccept = (await fetchRequirements(`${node.url}/late-charge`)).accept;
+    const late = await payWith(`${node.url}/late-charge`, await payer.voucherHeader(lateAccept, charged + 50_000n));
+    expect(late.status).to.equal(200);
+    expect(late.text).to.equal("first chunk;done");
+    expect(late.paymentResponse.extra.chargedAmount).to.equal("50000");
+    expect(lateCharge).to.have.length(1);
+    expect(lateCharge[0]).to.match(/must be called before the paid answer starts/);
+    charged += 50_000n;
 
     const claims = new ClaimEngine(node.payee, { onShutdown: false });
     const report = await claims.claim();
