@@ -264,7 +264,7 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
       if (err instanceof PaymentError) {
         let extra: Record<string, unknown> | undefined;
         if (err instanceof CumulativeMismatchError && p) {
-          extra = await payee.correctiveExtra(p.payload.voucher.channelId).catch(() => undefined);
+          extra = err.corrective ?? (await payee.correctiveExtra(p.payload.voucher.channelId).catch(() => undefined));
         }
         options.onError?.(route!.key, err);
         return sendPaymentRequired(res, resourceUrl(), route!, required, err.code, extra, err.status, err.shortMessage);

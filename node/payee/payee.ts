@@ -176,7 +176,7 @@ export class Payee {
       let rec = this.store.cachedChannel(channelId) ?? (await this.loadOrCreate(channelId, p.channelConfig, p.type === "deposit"));
       const expected = rec.chargedCumulative + required.amount;
       if (p.voucher.maxClaimableAmount !== expected) {
-        throw new CumulativeMismatchError(expected, p.voucher.maxClaimableAmount);
+        throw new CumulativeMismatchError(expected, p.voucher.maxClaimableAmount, this.correctiveFor(rec));
       }
       let deposit: Reservation["deposit"];
       if (p.type === "deposit") {
@@ -185,6 +185,8 @@ export class Payee {
             metaMessages: [`max ${p.voucher.maxClaimableAmount}`, `balance ${rec.balance}`, `deposit ${p.deposit.amount}`],
           });
         }
+        // What does not depend on the deposit is refused before it goes on chain (gas, the payer's tokens).
+        this.checkChainTiming(rec);
         const result = await this.submitDeposit(p, channelId, rec);
         deposit = result;
         rec = result.record;
@@ -286,7 +288,15 @@ export class Payee {
    */
   async correctiveExtra(channelId: Hex): Promise<Record<string, unknown> | undefined> {
     const rec = await this.store.getChannel(channelId);
-    if (!rec) return undefined;
+    return rec && this.correctiveFor(rec);
+  }
+
+  /**
+   * The corrective `extra` of a record. A channel the node has no charges for (first sight, or after
+   * losing its state) carries the on-chain claimed total as its charged total and no voucher: the
+   * spec's baseline, which a client accepts without a proof.
+   */
+  correctiveFor(rec: ChannelRecord): Record<string, unknown> {
     return {
       channelState: this.channelState(rec),
       voucherState: rec.signature !== "0x" ? { signedMaxClaimable: rec.signedMaxClaimable.toString(), signature: rec.signature } : undefined,
@@ -312,7 +322,7 @@ export class Payee {
       async () => {
         const rec = await this.loadOrCreate(channelId, p.channelConfig, false, true);
         if (p.voucher.maxClaimableAmount !== rec.chargedCumulative) {
-          throw new CumulativeMismatchError(rec.chargedCumulative, p.voucher.maxClaimableAmount);
+          throw new CumulativeMismatchError(rec.chargedCumulative, p.voucher.maxClaimableAmount, this.correctiveFor(rec));
         }
         if (p.voucher.maxClaimableAmount < rec.totalClaimed) {
           throw new PaymentError(ErrorCodes.cumulativeBelowClaimed, "refund voucher is below the claimed total");
@@ -544,6 +554,13 @@ export class Payee {
           `a withdrawal of ${reserved} is pending on this channel: vouchers above ${rec.balance - reserved} are refused until it finalizes or the channel is topped up`,
         );
       }
+    }
+    this.checkChainTiming(rec);
+  }
+
+  /** A withdrawal about to finalize, or a chain view older than the risk window: no new charges. */
+  private checkChainTiming(rec: ChannelRecord) {
+    if (rec.withdrawRequestedAt !== 0) {
       const finalizeAt = (rec.withdrawRequestedAt + rec.config.withdrawDelay) * 1000;
       const margin = (this.opts.withdrawalSafetyMarginS ?? 300) * 1000;
       if (this.now() > finalizeAt - margin) {

@@ -99,6 +99,8 @@ export class CumulativeMismatchError extends PaymentError {
   constructor(
     readonly expected: bigint,
     readonly received: bigint,
+    /** The corrective 402's `extra` (channel state, last signed voucher) of the record the check was made against. */
+    readonly corrective?: Record<string, unknown>,
   ) {
     super(ErrorCodes.cumulativeAmountMismatch, "Voucher cumulative amount does not match the channel state", {
       metaMessages: [`expected maxClaimableAmount: ${expected}`, `received: ${received}`],

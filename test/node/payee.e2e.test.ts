@@ -329,6 +329,44 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(ok.status).to.equal(200);
   });
 
+  it("a deposit the node would refuse anyway (chain view beyond the risk window) is refused before it goes on chain", async () => {
+    const session = privateKeyToAccount(keccak256(toHex("session-h")));
+    const payer = new WirePayer(ctx.payers[5] as LocalAccount, session);
+    const synced = node.payee.chainSyncedAt;
+    node.payee.chainSyncedAt = Date.now() - 10 * 60_000;
+    try {
+      const r = await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 1_000_000n, PRICE));
+      expect(r.status).to.equal(503);
+      expect(r.paymentRequired.error).to.equal("invalid_batch_settlement_evm_channel_state_read_failed");
+    } finally {
+      node.payee.chainSyncedAt = synced;
+    }
+    const onchain = await readChannel(node.payee.opts.publicClient, CANONICAL_ADDRESSES.batchSettlement, payer.channelId(accept));
+    expect(onchain.balance).to.equal(0n);
+    expect(await node.payee.store.getChannel(payer.channelId(accept))).to.equal(undefined);
+  });
+
+  it("after the node loses its state, a voucher above the on-chain baseline gets a corrective 402 carrying the baseline (claimed total, no voucher), and the payer resumes from it", async () => {
+    const session = privateKeyToAccount(keccak256(toHex("session-g")));
+    const payer = new WirePayer(ctx.payers[5] as LocalAccount, session);
+    expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 1_000_000n, PRICE))).status).to.equal(200);
+    expect((await payWith(`${node.url}/articles/b`, await payer.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
+    // A second node, same key and chain, empty store (a lost disk).
+    const fresh = await startPayee(ctx, routes as never, install);
+    try {
+      const r = await payWith(`${fresh.url}/articles/c`, await payer.voucherHeader(accept, 3n * PRICE));
+      expect(r.status).to.equal(402);
+      expect(r.paymentRequired.error).to.equal("invalid_batch_settlement_evm_cumulative_amount_mismatch");
+      const extra = r.paymentRequired.accepts[0].extra;
+      expect(extra.channelState).to.include({ chargedCumulativeAmount: "0", totalClaimed: "0", balance: "1000000" });
+      expect(extra.voucherState).to.equal(undefined);
+      const resumed = await payWith(`${fresh.url}/articles/c`, await payer.voucherHeader(accept, PRICE));
+      expect(resumed.status).to.equal(200);
+    } finally {
+      await fresh.stop();
+    }
+  });
+
   it("watcher: a payer's withdrawal is claimed against before finalize; the payer gets only the rest", async () => {
     const session = privateKeyToAccount(keccak256(toHex("session-e")));
     const payer = new WirePayer(ctx.payers[4] as LocalAccount, session);
