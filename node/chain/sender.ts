@@ -44,6 +44,14 @@ export function decodeRevert(err: unknown): { errorName: string; args: readonly 
   return undefined;
 }
 
+/** True when the chain refused the call (a revert, decoded or not), as opposed to an RPC or transport failure. */
+export function isRevert(err: unknown): boolean {
+  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof BaseError) return e.walk((x) => x instanceof ContractFunctionRevertedError) instanceof ContractFunctionRevertedError;
+  }
+  return false;
+}
+
 export class TxSender {
   private queue: Promise<unknown> = Promise.resolve();
   private nonce: number | undefined;
@@ -55,6 +63,8 @@ export class TxSender {
     readonly walletClient: WalletClient<Transport, Chain, Account>,
     private readonly confirmations = 0,
     private readonly retries = 3,
+    /** How long to wait for a sent transaction's receipt (ms); default 2 min + 1 min per confirmation. */
+    private readonly receiptTimeoutMs?: number,
   ) {}
 
   get address(): Hex {
@@ -89,13 +99,16 @@ export class TxSender {
 
   private async sendNow<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(p: SendParameters<abi, fn>): Promise<SendResult> {
     await this.simulate(p);
+    // Sending is retried until a transaction hash exists; after that the same transaction is only waited
+    // for, never sent again (a second claim would be a no-op costing gas, a second refund would pay twice).
+    let hash: Hex | undefined;
     let lastError: unknown;
-    for (let attempt = 0; attempt <= this.retries; attempt++) {
+    for (let attempt = 0; attempt <= this.retries && hash === undefined; attempt++) {
       try {
         if (this.nonce === undefined) {
           this.nonce = await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" });
         }
-        const hash = await this.walletClient.writeContract({
+        hash = await this.walletClient.writeContract({
           address: p.address,
           abi: p.abi as Abi,
           functionName: p.functionName as string,
@@ -107,26 +120,50 @@ export class TxSender {
         });
         this.nonce++;
         this.sent++;
-        const receipt = await this.publicClient.waitForTransactionReceipt({
-          hash,
-          confirmations: Math.max(1, this.confirmations + 1),
-          timeout: 120_000,
-        });
-        if (receipt.status !== "success") {
-          throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} reverted`, {
-            metaMessages: [`tx: ${hash}`],
-          });
-        }
-        return { hash, receipt };
       } catch (err) {
         lastError = err;
-        if (err instanceof ChainError) throw err;
         this.nonce = undefined; // re-read the nonce after any send failure
         if (attempt < this.retries) await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
       }
     }
-    throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed after ${this.retries + 1} attempts`, {
-      cause: lastError,
-    });
+    if (hash === undefined) {
+      throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed after ${this.retries + 1} attempts`, {
+        cause: lastError,
+      });
+    }
+    const receipt = await this.waitForReceipt(hash, p);
+    if (receipt.status !== "success") {
+      throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} reverted`, {
+        metaMessages: [`tx: ${hash}`],
+      });
+    }
+    return { hash, receipt };
+  }
+
+  /**
+   * Waits for `hash` and its confirmations, riding out RPC errors, for up to `receiptTimeoutMs` (default
+   * 2 min plus a minute per confirmation). On timeout the transaction may still be mined: the error says
+   * so and names it, and it is not sent again.
+   */
+  private async waitForReceipt(hash: Hex, p: { functionName: unknown; transactionError?: ErrorCode }): Promise<TransactionReceipt> {
+    const deadline = Date.now() + (this.receiptTimeoutMs ?? 120_000 + 60_000 * this.confirmations);
+    for (;;) {
+      try {
+        return await this.publicClient.waitForTransactionReceipt({
+          hash,
+          confirmations: Math.max(1, this.confirmations + 1),
+          timeout: Math.max(1_000, deadline - Date.now()),
+        });
+      } catch (err) {
+        if (Date.now() >= deadline) {
+          this.nonce = undefined; // a stuck transaction: the next send reads the pending nonce again
+          throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} not confirmed in time (not resent; it may still be mined)`, {
+            cause: err,
+            metaMessages: [`tx: ${hash}`],
+          });
+        }
+        await new Promise((r) => setTimeout(r, 1_000));
+      }
+    }
   }
 }

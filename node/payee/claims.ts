@@ -7,6 +7,7 @@ import { parseEventLogs, type Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { readReceiver } from "../chain/escrow";
+import { isRevert } from "../chain/sender";
 import { ErrorCodes } from "../protocol/errors";
 import type { VoucherClaim } from "../protocol/typedData";
 import type { ChannelRecord } from "../store/channelStore";
@@ -73,6 +74,16 @@ export class ClaimEngine {
   }
 
   private async claimNow(select: { channels?: Hex[] }): Promise<ClaimReport> {
+    try {
+      return await this.claimSelected(select);
+    } finally {
+      // Whatever happened (claimed, failed, nothing left to claim), the threshold may fire again for them.
+      if (select.channels) for (const id of select.channels) this.urgent.delete(id);
+      else this.urgent.clear();
+    }
+  }
+
+  private async claimSelected(select: { channels?: Hex[] }): Promise<ClaimReport> {
     const wanted = select.channels ? new Set(select.channels.map((c) => c.toLowerCase())) : undefined;
     const recs = await this.pending(wanted ? (r) => wanted.has(r.channelId.toLowerCase()) : undefined);
     const report: ClaimReport = { transactions: [], failed: [], claimedChannels: 0 };
@@ -88,14 +99,30 @@ export class ClaimEngine {
         this.opts.onAlert?.(b.channelId, b.reason);
       }
       if (good.length > 0) {
-        const { hash, receipt } = await this.payee.opts.sender.send({
-          address: this.payee.opts.escrow,
-          abi: batchSettlementAbi,
-          functionName: "claim",
-          args: [good.map((g) => g.row)],
-          simulationError: ErrorCodes.claimSimulationFailed,
-          transactionError: ErrorCodes.claimTransactionFailed,
-        });
+        let sent;
+        try {
+          sent = await this.payee.opts.sender.send({
+            address: this.payee.opts.escrow,
+            abi: batchSettlementAbi,
+            functionName: "claim",
+            args: [good.map((g) => g.row)],
+            simulationError: ErrorCodes.claimSimulationFailed,
+            transactionError: ErrorCodes.claimTransactionFailed,
+          });
+        } catch (err) {
+          // This batch only (a race with a payer's withdrawal, a receipt that did not come): its channels
+          // are named in the alert, and the next batches are still claimed.
+          const reason = (err as Error).message.split("\n")[0]!;
+          for (const g of good) {
+            report.failed.push({ channelId: g.rec.channelId, reason });
+            this.opts.logger?.error({ alert: "claim_failed", channelId: g.rec.channelId, reason }, "claim transaction failed");
+            this.opts.onAlert?.(g.rec.channelId, reason);
+          }
+          done += batch.length;
+          this.opts.onProgress?.(done, recs.length);
+          continue;
+        }
+        const { hash, receipt } = sent;
         const ids = good.map((g) => g.rec.channelId);
         let amount = 0n;
         // The receipt's Claimed events say exactly what each channel's total is now.
@@ -105,7 +132,6 @@ export class ClaimEngine {
           amount += ev.args.claimAmount;
         }
         await this.payee.applyClaimed(totals);
-        for (const g of good) this.urgent.delete(g.rec.channelId);
         await this.payee.store.appendHistory({ at: Date.now(), kind: "claim", txHash: hash, channels: ids, amount, gasUsed: receipt.gasUsed });
         report.transactions.push({ hash, gasUsed: receipt.gasUsed, channels: ids, amount });
         report.claimedChannels += good.length;
@@ -131,6 +157,8 @@ export class ClaimEngine {
       });
       return { good: rows.map((row, i) => ({ row, rec: recs[i]! })), bad: [] };
     } catch (err) {
+      // Only a revert names a bad row; an RPC failure says nothing about the rows: the run fails, to be retried.
+      if (!isRevert(err)) throw err;
       if (rows.length === 1) {
         return { good: [], bad: [{ channelId: recs[0]!.channelId, reason: (err as Error).message.split("\n")[0]! }] };
       }
@@ -174,10 +202,14 @@ export class ClaimEngine {
   /** Starts the periodic strategy. */
   start(): void {
     if (this.opts.intervalMs && !this.timer) {
+      let busy = false;
       this.timer = setInterval(() => {
+        if (busy) return; // the previous run is still going: no pile-up behind a slow chain
+        busy = true;
         void this.claim()
           .then(() => this.settle())
-          .catch((err) => this.opts.logger?.error({ alert: "claim_failed", err: (err as Error).message }, "periodic claim failed"));
+          .catch((err) => this.opts.logger?.error({ alert: "claim_failed", err: (err as Error).message }, "periodic claim failed"))
+          .finally(() => (busy = false));
       }, this.opts.intervalMs);
       this.timer.unref();
     }
@@ -188,8 +220,8 @@ export class ClaimEngine {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     if (this.opts.onShutdown ?? true) {
-      await this.claim().catch(() => undefined);
-      await this.settle().catch(() => undefined);
+      await this.claim().catch((err: Error) => this.opts.logger?.error({ alert: "claim_failed", err: err.message }, "shutdown claim failed"));
+      await this.settle().catch((err: Error) => this.opts.logger?.error({ alert: "settle_failed", err: err.message }, "shutdown settle failed"));
     } else {
       await this.running?.catch(() => undefined);
     }

@@ -5,7 +5,8 @@ import type { AddressInfo } from "node:net";
 import { paymentMiddleware } from "../../node/payee/middleware";
 import type { LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
-import { keccak256, toHex, pad } from "viem";
+import { HttpRequestError, keccak256, toHex, pad } from "viem";
+import { ChainError } from "../../node/protocol/errors";
 import { batchSettlementAbi } from "../../node/chain/abi";
 import { readChannel } from "../../node/chain/escrow";
 import { ClaimEngine } from "../../node/payee/claims";
@@ -344,6 +345,41 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     const onchain = await readChannel(node.payee.opts.publicClient, CANONICAL_ADDRESSES.batchSettlement, payer.channelId(accept));
     expect(onchain.balance).to.equal(0n);
     expect(await node.payee.store.getChannel(payer.channelId(accept))).to.equal(undefined);
+  });
+
+  it("claims: a row the chain refuses is isolated and alerted by name, the others are claimed; an RPC failure fails the run without blaming any row", async () => {
+    const ids: `0x${string}`[] = [];
+    for (const i of [0, 1, 2]) {
+      const payer = new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`session-claims-${i}`))));
+      expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
+      ids.push(payer.channelId(accept));
+    }
+    // One stored voucher the escrow will refuse (its signature's r altered).
+    const bad = (await node.payee.store.getChannel(ids[1]!))!;
+    const sig = bad.signature;
+    await node.payee.store.putChannel({ ...bad, signature: `${sig.slice(0, 10)}${sig[10] === "0" ? "1" : "0"}${sig.slice(11)}` as `0x${string}` });
+    const alerts: string[] = [];
+    const claims = new ClaimEngine(node.payee, { onShutdown: false, onAlert: (id) => alerts.push(id) });
+    // The RPC fails for the simulation: nothing is blamed, the run fails as a whole.
+    const sender = node.payee.opts.sender;
+    const simulate = sender.simulate.bind(sender);
+    sender.simulate = () => Promise.reject(new ChainError("invalid_batch_settlement_evm_claim_simulation_failed", "simulation of claim failed", { cause: new HttpRequestError({ url: "http://127.0.0.1:1" }) }));
+    try {
+      const err = await claims.claim({ channels: ids }).then(() => undefined, (e: Error) => e);
+      expect(err).to.be.instanceOf(Error);
+      expect(alerts).to.deep.equal([]);
+    } finally {
+      sender.simulate = simulate;
+    }
+    const report = await claims.claim({ channels: ids });
+    expect(report.failed.map((f) => f.channelId)).to.deep.equal([ids[1]]);
+    expect(alerts).to.deep.equal([ids[1]]);
+    expect(report.claimedChannels).to.equal(2);
+    const { publicClient } = clientsFor(ctx.chain.url, ctx.payers[0] as LocalAccount);
+    for (const [i, id] of ids.entries()) {
+      expect((await readChannel(publicClient as never, CANONICAL_ADDRESSES.batchSettlement, id)).totalClaimed, `channel ${i}`).to.equal(i === 1 ? 0n : PRICE);
+    }
+    await node.payee.store.putChannel(bad); // the good voucher back, for the tests after this one
   });
 
   it("after the node loses its state, a voucher above the on-chain baseline gets a corrective 402 carrying the baseline (claimed total, no voucher), and the payer resumes from it", async () => {

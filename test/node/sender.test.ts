@@ -1,0 +1,42 @@
+import { expect } from "chai";
+import { erc20Abi } from "viem";
+import { TxSender } from "../../node/chain/sender";
+import { ChainError } from "../../node/protocol/errors";
+import { startChain } from "../helpers/payeeHarness";
+import { clientsFor } from "../helpers/chainNode";
+
+describe("transaction sender (hardhat node)", function () {
+  this.timeout(120_000);
+  let ctx: Awaited<ReturnType<typeof startChain>>;
+  before(async () => {
+    ctx = await startChain();
+  });
+  after(async () => {
+    await ctx?.chain.stop();
+  });
+
+  it("a transaction not confirmed in time is reported with its hash and never sent again; it is then mined exactly once", async () => {
+    const account = ctx.payers[0]!;
+    const { publicClient, walletClient, testClient } = clientsFor(ctx.chain.url, account);
+    const sender = new TxSender(publicClient as never, walletClient as never, 0, 3, 1_500);
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    await testClient.setAutomine(false);
+    try {
+      const err = await sender
+        .send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 1n] })
+        .then(() => undefined, (e: unknown) => e);
+      expect(err).to.be.instanceOf(ChainError);
+      expect((err as ChainError).shortMessage).to.match(/not confirmed in time \(not resent/);
+      expect((err as ChainError).metaMessages?.join(" ")).to.match(/tx: 0x[0-9a-f]{64}/);
+      expect(sender.sent).to.equal(1);
+      await testClient.mine({ blocks: 1 });
+    } finally {
+      await testClient.setAutomine(true);
+    }
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
+    // The queue goes on: the next transaction takes the next nonce and confirms.
+    const ok = await sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 2n] });
+    expect(ok.receipt.status).to.equal("success");
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 2);
+  });
+});
