@@ -56,6 +56,11 @@ export type AdminDeps = {
 
 const big = (v: unknown) => JSON.parse(JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x)));
 const idsSchema = z.object({ channels: z.array(z.string().regex(/^0x[0-9a-fA-F]{64}$/)).max(10_000).optional() }).strict();
+/** Refunds close channels: the body must say which ones, or `all: true` (an empty body is not "all"). */
+const refundSchema = z.union([
+  z.object({ channels: z.array(z.string().regex(/^0x[0-9a-fA-F]{64}$/)).min(1).max(10_000) }).strict(),
+  z.object({ all: z.literal(true) }).strict(),
+]);
 
 export function adminRouter(deps: AdminDeps): Router {
   const { store, asset, network, claims, payee } = deps;
@@ -85,13 +90,21 @@ export function adminRouter(deps: AdminDeps): Router {
   router.post("/claim", wrap(async (req) => claims.claim({ channels: ids(req.body) })));
   router.post("/settle", wrap(() => claims.settle()));
   router.post("/refund", wrap(async (req) => {
-    const wanted = ids(req.body) ?? (await channelRisks(store)).map((c) => c.channelId);
+    const p = refundSchema.safeParse(req.body ?? {});
+    if (!p.success) throw Object.assign(new Error('body must be {"channels": [channelId, ...]} or {"all": true} (application/json)'), { status: 400 });
+    const wanted = "all" in p.data ? (await channelRisks(store)).map((c) => c.channelId) : (p.data.channels.map((c) => c.toLowerCase()) as Hex[]);
     const done = [];
+    const failed = [];
     for (const id of wanted) {
-      const r = await payee.closeChannel(id);
-      if (r) done.push({ channelId: id, ...r });
+      try {
+        const r = await payee.closeChannel(id);
+        if (r) done.push({ channelId: id, ...r });
+      } catch (err) {
+        // One channel that cannot be closed now does not stop the others.
+        failed.push({ channelId: id, reason: (err as Error).message.split("\n")[0] });
+      }
     }
-    return { refunded: done };
+    return { refunded: done, failed };
   }));
   const d = asset.decimals;
   const sym = asset.symbol ?? "";

@@ -350,7 +350,8 @@ export class Payee {
    * last voucher and refunds the rest to the payer, in one transaction. Safe to re-run: a closed or
    * empty channel is a no-op (returns undefined).
    */
-  async closeChannel(channelId: Hex): Promise<{ hash: Hex; refunded: bigint; claimed: bigint } | undefined> {
+  async closeChannel(id: Hex): Promise<{ hash: Hex; refunded: bigint; claimed: bigint } | undefined> {
+    const channelId = id.toLowerCase() as Hex;
     return this.locks.with(channelId, async () => {
       const stored = await this.store.getChannel(channelId);
       if (!stored) return undefined;

@@ -165,6 +165,12 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       const r = await fetch(`${node.url}${p}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
       expect(r.status, p).to.equal(401);
     }
+    // A refund closes channels: an empty or non-JSON body is refused, it does not mean "all".
+    for (const [type, body] of [["application/json", "{}"], ["application/x-www-form-urlencoded", "all=true"], ["application/json", '{"channels":[]}']]) {
+      const r = await fetch(`${node.url}/admin/api/refund`, { method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": type! }, body });
+      expect(r.status, body).to.equal(400);
+      expect(await r.json()).to.deep.include({ error: "bad_request" }).and.to.have.property("message").that.matches(/"all": true/);
+    }
     const sup = await (await fetch(`${node.url}/facilitator/supported`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
     expect(sup.kinds[0]).to.deep.include({ x402Version: 2, scheme: "batch-settlement", network: "eip155:31337" });
     expect(sup.kinds[0].extra.receiverAuthorizer).to.equal(node.payee.receiverAuthorizer);

@@ -103,15 +103,20 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
   if (!o.all && !o.channel?.length) throw new ExitError(ExitCodes.usage, "say which channels: --all or --channel <id>");
   const ids: string[] = o.channel?.length ? o.channel : (await api(o, "/channels")).map((c: any) => c.channelId);
   const done: any[] = [];
+  const failed: any[] = [];
   progress("refunding", 0, ids.length, err);
   for (let i = 0; i < ids.length; i++) {
     const r = await api(o, "/refund", { channels: [ids[i]] });
     done.push(...r.refunded);
+    failed.push(...(r.failed ?? []));
     progress("refunding", i + 1, ids.length, err);
   }
-  if (o.json) out.write(JSON.stringify({ refunded: done }) + "\n");
-  else for (const d of done) out.write(`${d.channelId.slice(0, 12)}…  refunded ${units(o)(d.refunded)}  claimed ${units(o)(d.claimed)}  tx ${d.hash}\n`);
-  return 0;
+  if (o.json) out.write(JSON.stringify({ refunded: done, failed }) + "\n");
+  else {
+    for (const d of done) out.write(`${d.channelId.slice(0, 12)}…  refunded ${units(o)(d.refunded)}  claimed ${units(o)(d.claimed)}  tx ${d.hash}\n`);
+    for (const f of failed) out.write(`NOT REFUNDED ${f.channelId}: ${f.reason}\n`);
+  }
+  return failed.length > 0 ? ExitCodes.chain : 0;
 }
 
 export async function closeAll(o: OperatorOptions & { batch?: string }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
