@@ -116,10 +116,13 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   const admin = adminToken ? requireBearer(adminToken) : (_req: Request, res: Response) => void res.status(403).json({ error: "admin endpoints are disabled: set adminToken" });
 
   app.get("/health", async (_req, res) => {
-    const head = await publicClient.getBlockNumber({ cacheTime: 0 }).catch(() => undefined);
+    // Unauthenticated: the head is cached for a second, so /health cannot spend the RPC quota.
+    const head = await publicClient.getBlockNumber({ cacheTime: 1_000 }).catch(() => undefined);
     const lagMs = Date.now() - payee.chainSyncedAt;
-    res.status(head === undefined ? 503 : 200).json({
-      ok: head !== undefined,
+    // Beyond the risk window the node refuses new charges: not healthy even if the RPC answers.
+    const ok = head !== undefined && lagMs <= config.riskWindowMs;
+    res.status(ok ? 200 : 503).json({
+      ok,
       chainHead: head?.toString(),
       chainViewAgeMs: lagMs,
       watcherFailures: watcher.failures,

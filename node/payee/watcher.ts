@@ -29,11 +29,17 @@ export type WatcherOptions = {
   pollIntervalMs?: number;
   /** Blocks to stay behind head for mirrored state (reorg safety); withdrawals are acted on at head. */
   confirmations?: number;
+  /** Most blocks asked for in one eth_getLogs (providers cap it; default 2,000). */
+  maxBlockRange?: number;
   logger?: Logger;
   onAlert?: (channelId: Hex, reason: string) => void;
 };
 
 const CHECKPOINT = "mirror.checkpoint";
+/** Block ranges scanned in one poll at most (with maxBlockRange 2,000: 40,000 blocks). */
+const MAX_CHUNKS_PER_POLL = 20;
+/** Consecutive failed polls after which the failure is logged as an alert. */
+const STALE_ALERT_AFTER = 5;
 /** A withdrawal claim that keeps failing is alerted again at most this often (ms). */
 const REALERT_MS = 60_000;
 
@@ -90,18 +96,20 @@ export class ChainWatcher {
   private async pollNow(): Promise<void> {
     const client = this.payee.opts.publicClient;
     const depth = BigInt(this.opts.confirmations ?? 0);
+    const range = BigInt(this.opts.maxBlockRange ?? 2_000);
     try {
+      // The view is as old as the head it starts from (a slow poll must not make it look fresher).
+      const viewAt = Date.now();
       const head = await client.getBlockNumber({ cacheTime: 0 });
-      const last = await this.checkpoint();
-      const from = last === undefined ? (head > 1000n ? head - 1000n : 0n) : last + 1n;
       const safe = head - depth;
-      if (from <= head) {
-        const logs = await client.getContractEvents({
-          address: this.payee.opts.escrow,
-          abi: batchSettlementAbi,
-          fromBlock: from,
-          toBlock: head,
-        });
+      let checkpoint = await this.checkpoint();
+      let from = checkpoint === undefined ? (head > 1000n ? head - 1000n : 0n) : checkpoint + 1n;
+      // The checkpoint may not pass the block of an event whose channel could not be synced.
+      let hold: bigint | undefined;
+      // In ranges RPC providers accept; a node that was down long catches up over several polls.
+      for (let chunk = 0; from <= head && chunk < MAX_CHUNKS_PER_POLL; chunk++) {
+        const to = head < from + range - 1n ? head : from + range - 1n;
+        const logs = await client.getContractEvents({ address: this.payee.opts.escrow, abi: batchSettlementAbi, fromBlock: from, toBlock: to });
         // Each touched channel with the block of its first event in this range.
         const touched = new Map<Hex, bigint>();
         for (const log of logs) {
@@ -116,25 +124,35 @@ export class ChainWatcher {
             this.withdrawing.add(args.channelId);
           }
         }
-        let retryFrom: bigint | undefined;
         for (const [id, block] of touched) {
           try {
             await this.payee.syncChannel(id, await this.readCautious(id, safe, depth));
           } catch (err) {
             // Busy or unreadable: this channel only. Its event stays in the next poll's range.
-            retryFrom = retryFrom === undefined || block < retryFrom ? block : retryFrom;
+            if (hold === undefined || block - 1n < hold) hold = block - 1n;
             this.opts.logger?.warn({ channelId: id, err: (err as Error).message.split("\n")[0] }, "channel not mirrored this poll; retrying");
           }
         }
-        let next = depth > 0n ? max(safe, last ?? -1n) : head;
-        if (retryFrom !== undefined && retryFrom - 1n < next) next = retryFrom - 1n;
-        if (last === undefined || next > last) await this.payee.store.putMeta(CHECKPOINT, next.toString());
+        // With confirmations the checkpoint stays that many blocks behind head: those are scanned again.
+        let next = depth > 0n && safe < to ? safe : to;
+        if (hold !== undefined && hold < next) next = hold;
+        if (checkpoint === undefined || next > checkpoint) {
+          await this.payee.store.putMeta(CHECKPOINT, next.toString());
+          checkpoint = next;
+        }
+        from = to + 1n;
       }
-      this.payee.chainSyncedAt = Date.now();
-      this.failures = 0;
+      if (from > head) {
+        this.payee.chainSyncedAt = viewAt;
+        this.failures = 0;
+      }
     } catch (err) {
       this.failures++;
-      this.opts.logger?.warn({ err: (err as Error).message.split("\n")[0], failures: this.failures }, "chain poll failed");
+      const level = this.failures === STALE_ALERT_AFTER ? "error" : "warn";
+      this.opts.logger?.[level](
+        { err: (err as Error).message.split("\n")[0], failures: this.failures, ...(level === "error" ? { alert: "chain_view_stale" } : {}) },
+        "chain poll failed",
+      );
     }
     await this.claimWithdrawing();
   }

@@ -483,6 +483,32 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(await watcher.checkpoint()).to.equal((await publicClient.getBlockNumber({ cacheTime: 0 })) - 3n);
   });
 
+  it("watcher: a long way behind, it scans in bounded block ranges and still catches up in one poll", async () => {
+    const silent = require("pino")({ level: "silent" });
+    const ranges: Array<[bigint, bigint]> = [];
+    const client = node.payee.opts.publicClient;
+    const getContractEvents = client.getContractEvents.bind(client);
+    (client as { getContractEvents: unknown }).getContractEvents = (a: { fromBlock: bigint; toBlock: bigint }) => {
+      ranges.push([a.fromBlock, a.toBlock]);
+      return getContractEvents(a as never);
+    };
+    try {
+      const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent, maxBlockRange: 7 });
+      await watcher.poll();
+      const { testClient } = clientsFor(ctx.chain.url, ctx.payers[0] as LocalAccount);
+      await testClient.mine({ blocks: 30 });
+      ranges.length = 0;
+      await watcher.poll();
+      const head = await client.getBlockNumber({ cacheTime: 0 });
+      expect(await watcher.checkpoint()).to.equal(head);
+      expect(ranges.length).to.be.at.least(5);
+      for (const [a, b] of ranges) expect(Number(b - a)).to.be.below(7);
+      for (let i = 1; i < ranges.length; i++) expect(ranges[i]![0]).to.equal(ranges[i - 1]![1] + 1n);
+    } finally {
+      (client as { getContractEvents: unknown }).getContractEvents = getContractEvents;
+    }
+  });
+
   async function balanceOf(a: `0x${string}`): Promise<bigint> {
     return node.payee.opts.publicClient.readContract({
       address: ctx.deployment.token!,
