@@ -375,14 +375,22 @@ export class Payee {
         : [];
     if (claims.length === 0 && amount <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "nothing to claim or refund");
     const calls = claimAndRefundCalls(rec.config, claims, amount);
-    const { hash, receipt } = await this.opts.sender.send({
-      address: this.opts.escrow,
-      abi: batchSettlementAbi,
-      functionName: "multicall",
-      args: [calls],
-      simulationError: ErrorCodes.refundSimulationFailed,
-      transactionError: ErrorCodes.refundTransactionFailed,
-    });
+    let sent;
+    try {
+      sent = await this.opts.sender.send({
+        address: this.opts.escrow,
+        abi: batchSettlementAbi,
+        functionName: "multicall",
+        args: [calls],
+        simulationError: ErrorCodes.refundSimulationFailed,
+        transactionError: ErrorCodes.refundTransactionFailed,
+      });
+    } catch (err) {
+      // The spec's refund codes, as a payment answer (not a generic 503).
+      if (err instanceof ChainError) throw new PaymentError(err.code, err.shortMessage, { cause: err, metaMessages: err.metaMessages });
+      throw err;
+    }
+    const { hash, receipt } = sent;
     const chain = await readChannel(this.opts.publicClient, this.opts.escrow, rec.channelId);
     const next = this.withChain(rec, chain);
     await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount, gasUsed: receipt.gasUsed });
@@ -616,6 +624,11 @@ export class Payee {
   }
 
   private withChain(rec: ChannelRecord, chain: OnchainChannel): ChannelRecord {
+    if (chain.totalClaimed > rec.chargedCumulative) {
+      // The chain has claimed more than this record charged (a store restored from an older backup):
+      // the spec's baseline, charged = claimed, with no voucher needed to prove it.
+      rec = { ...rec, chargedCumulative: chain.totalClaimed, signedMaxClaimable: chain.totalClaimed, signature: "0x" };
+    }
     return {
       ...rec,
       balance: chain.balance,

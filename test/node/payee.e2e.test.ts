@@ -382,6 +382,21 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     await node.payee.store.putChannel(bad); // the good voucher back, for the tests after this one
   });
 
+  it("a store restored from a backup older than a claim: the mirror lifts the charged total to the claimed total, and the payer goes on", async () => {
+    const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-backup"))));
+    expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
+    const id = payer.channelId(accept);
+    const backup = (await node.payee.store.getChannel(id))!;
+    for (const n of [2n, 3n]) expect((await payWith(`${node.url}/articles/a`, await payer.voucherHeader(accept, n * PRICE))).status).to.equal(200);
+    await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: [id] });
+    await node.payee.store.putChannel(backup); // charged PRICE, while 3 * PRICE is claimed on chain
+    const synced = (await node.payee.syncChannel(id))!;
+    expect(synced).to.deep.include({ chargedCumulative: 3n * PRICE, totalClaimed: 3n * PRICE, signedMaxClaimable: 3n * PRICE, signature: "0x" });
+    const next = await payWith(`${node.url}/articles/a`, await payer.voucherHeader(accept, 4n * PRICE));
+    expect(next.status, next.text).to.equal(200);
+    expect(next.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal((4n * PRICE).toString());
+  });
+
   it("after the node loses its state, a voucher above the on-chain baseline gets a corrective 402 carrying the baseline (claimed total, no voucher), and the payer resumes from it", async () => {
     const session = privateKeyToAccount(keccak256(toHex("session-g")));
     const payer = new WirePayer(ctx.payers[5] as LocalAccount, session);
