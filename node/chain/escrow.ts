@@ -39,10 +39,30 @@ export async function readReceiver(client: PublicClient<Transport, Chain>, escro
   return { totalClaimed, totalSettled };
 }
 
-/** The `multicall` payload of a cooperative close: claim the given rows (if any), then refund `amount` (if any). */
-export function claimAndRefundCalls(config: ChannelConfig, claims: readonly VoucherClaim[], amount: bigint): Hex[] {
+/**
+ * The `multicall` payload of a cooperative close: claim the given rows (if any), then refund `amount`
+ * (if any). With the receiverAuthorizer's signatures the relay-friendly forms are used
+ * (`claimWithSignature`, `refundWithSignature` at `refund.nonce`); without, the sender must be the
+ * receiver side.
+ */
+export function claimAndRefundCalls(
+  config: ChannelConfig,
+  claims: readonly VoucherClaim[],
+  amount: bigint,
+  signed: { claim?: Hex; refund?: { nonce: bigint; signature: Hex } } = {},
+): Hex[] {
   const calls: Hex[] = [];
-  if (claims.length > 0) calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "claim", args: [claims] }));
-  if (amount > 0n) calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [config, amount] }));
+  if (claims.length > 0) {
+    calls.push(
+      signed.claim
+        ? encodeFunctionData({ abi: batchSettlementAbi, functionName: "claimWithSignature", args: [claims, signed.claim] })
+        : encodeFunctionData({ abi: batchSettlementAbi, functionName: "claim", args: [claims] }),
+    );
+  }
+  if (signed.refund) {
+    calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refundWithSignature", args: [config, amount, signed.refund.nonce, signed.refund.signature] }));
+  } else if (amount > 0n) {
+    calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [config, amount] }));
+  }
   return calls;
 }

@@ -5,7 +5,7 @@
  */
 import express, { type Request, type Response, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
-import type { Hex } from "viem";
+import { erc20Abi, type Hex } from "viem";
 import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
@@ -18,6 +18,7 @@ import {
   parseSchemePayload,
   signatureSchema,
   uint128Schema,
+  uint256Schema,
   type PaymentRequirements,
   type SchemePayload,
 } from "../protocol/wire";
@@ -85,6 +86,19 @@ export class Facilitator {
     } catch (cause) {
       throw new PaymentError(ErrorCodes.channelStateReadFailed, "could not read the channel", { cause, status: 503 });
     }
+    if (payload.type === "deposit") {
+      // Rule 8, and a deposit that would fail at /settle is not valid now either.
+      this.payee.checkDepositAuthorization(payload);
+      let held: bigint;
+      try {
+        held = await this.payee.opts.publicClient.readContract({ address: c.token, abi: erc20Abi, functionName: "balanceOf", args: [c.payer] });
+      } catch (cause) {
+        throw new PaymentError(ErrorCodes.rpcReadFailed, "could not read the payer's token balance", { cause, status: 503 });
+      }
+      if (held < payload.deposit.amount) {
+        throw new PaymentError(ErrorCodes.insufficientBalance, `the payer holds ${held}, less than the deposit of ${payload.deposit.amount}`);
+      }
+    }
     const max = payload.voucher.maxClaimableAmount;
     const effective = chain.balance + (payload.type === "deposit" ? payload.deposit.amount : 0n);
     if (payload.type !== "deposit" && chain.balance === 0n) throw new PaymentError(ErrorCodes.channelNotFound, "no channel with a positive balance");
@@ -132,19 +146,48 @@ export class Facilitator {
     }
     if (payload.type === "refund") {
       const enriched = z
-        .object({ claims: z.array(claimRowSchema).optional(), amount: uint128Schema.optional() })
+        .object({
+          claims: z.array(claimRowSchema).max(500).optional(),
+          amount: uint128Schema.optional(),
+          refundNonce: uint256Schema.optional(),
+          refundAuthorizerSignature: signatureSchema.optional(),
+          claimAuthorizerSignature: signatureSchema.optional(),
+        })
         .passthrough()
         .safeParse(raw);
       if (!enriched.success) throw new PaymentError(ErrorCodes.refundPayload, "refund payload is malformed", { status: 400 });
-      const chain = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
-      const claimed = enriched.data.claims?.reduce((m, r) => (r.totalClaimed > m ? r.totalClaimed : m), chain.totalClaimed) ?? chain.totalClaimed;
+      const e = enriched.data;
+      const channelId = verified.extra.channelId;
+      const chain = await readChannel(this.payee.opts.publicClient, escrow, channelId);
+      // Rule 11: the nonce the server completed the payload with must still be the channel's. A retried
+      // /settle whose refund already went through fails here instead of refunding again.
+      if (e.refundNonce !== undefined && e.refundNonce !== chain.refundNonce) {
+        throw new PaymentError(ErrorCodes.refundPayload, `refundNonce ${e.refundNonce} is not the channel's (${chain.refundNonce}): this refund already happened, or the payload is stale`);
+      }
+      const rows = e.claims ?? [];
+      // Only this channel's rows change what stays claimed on it.
+      const claimed = rows.reduce((m, r) => (this.payee.digester.channelId(r.voucher.channel) === channelId && r.totalClaimed > m ? r.totalClaimed : m), chain.totalClaimed);
       const available = chain.balance - claimed;
       if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
-      const amount = enriched.data.amount === undefined || enriched.data.amount > available ? available : enriched.data.amount;
-      const calls = claimAndRefundCalls(c, enriched.data.claims ?? [], amount);
+      let amount: bigint;
+      let signed: Parameters<typeof claimAndRefundCalls>[3] = {};
+      if (e.refundAuthorizerSignature) {
+        // The signature binds nonce and amount: both must be given, and the amount goes on chain as signed.
+        if (e.refundNonce === undefined || e.amount === undefined) {
+          throw new PaymentError(ErrorCodes.refundPayload, "a signed refund needs its refundNonce and amount", { status: 400 });
+        }
+        amount = e.amount;
+        signed = { claim: e.claimAuthorizerSignature, refund: { nonce: e.refundNonce, signature: e.refundAuthorizerSignature } };
+      } else {
+        amount = e.amount === undefined || e.amount > available ? available : e.amount;
+        signed = { claim: e.claimAuthorizerSignature };
+      }
+      const calls = claimAndRefundCalls(c, rows, amount, signed);
       const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
-      const after = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
-      return { success: true, transaction: hash, network, payer: c.payer, amount: amount.toString(), extra: { channelState: snapshot(verified.extra.channelId, after) } };
+      const after = await readChannel(this.payee.opts.publicClient, escrow, channelId);
+      // What moved: the balance went down by exactly the refund (claims do not change it).
+      const refunded = chain.balance - after.balance;
+      return { success: true, transaction: hash, network, payer: c.payer, amount: (refunded > 0n ? refunded : 0n).toString(), extra: { channelState: snapshot(channelId, after) } };
     }
     throw new PaymentError(ErrorCodes.unknownSettleAction, `unknown settle action "${String(type)}"`, { status: 400 });
   }

@@ -535,7 +535,8 @@ export class Payee {
     this.erc1271Cache.set(key, true);
   }
 
-  private checkDepositAuthorization(p: DepositPayload) {
+  /** A deposit's ERC-3009 authorization is present and inside its validity window (also used by the facilitator). */
+  checkDepositAuthorization(p: DepositPayload) {
     const auth = p.deposit.authorization.erc3009Authorization;
     if (!auth) {
       throw new PaymentError(ErrorCodes.erc3009AuthorizationRequired, "deposit needs an erc3009Authorization (permit2 is not supported by this node)");

@@ -13,6 +13,7 @@ import { privateKeyToAccount } from "viem/accounts";
 import { parseNodeConfig } from "../../node/payee/config";
 import { routePattern } from "../../node/payee/middleware";
 import { ChannelStore, type LedgerRow } from "../../node/store/channelStore";
+import { readChannel } from "../../node/chain/escrow";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
 import { HEADERS } from "../../node/protocol/wire";
@@ -347,6 +348,33 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const settled = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, payload: settle } }) })).json();
     expect(settled).to.include({ success: true, amount: "40000" });
     void CANONICAL_ADDRESSES;
+  });
+
+  it("facilitator: /verify refuses a deposit the payer cannot fund; a refund is bound to the channel's refundNonce, so a retried /settle does not refund twice", async () => {
+    const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-fac"))));
+    const accept = (await fetchRequirements(`${node.url}/api/ok/1`)).accept;
+    const auth = { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" };
+    const payloadOf = (header: string) => JSON.parse(Buffer.from(header, "base64").toString("utf8")).payload;
+    const post = async (path: string, payload: unknown) =>
+      (await fetch(`${node.url}/facilitator${path}`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: accept, payload }, paymentRequirements: accept }) })).json();
+    const unfunded = payloadOf(await payer.depositHeader(accept, 10n ** 15n, 20_000n));
+    expect(await post("/verify", unfunded)).to.include({ isValid: false, invalidReason: "invalid_batch_settlement_evm_insufficient_balance" });
+    expect((await payWith(`${node.url}/api/ok/1`, await payer.depositHeader(accept, 100_000n, 20_000n))).status).to.equal(200);
+    const id = payer.channelId(accept);
+    const voucher = await payer.voucher(accept, 20_000n);
+    const refund = {
+      ...payloadOf(await payer.refundHeader(accept, 20_000n, 30_000n)),
+      refundNonce: "0",
+      claims: [{ voucher: { channel: payer.config(accept), maxClaimableAmount: "20000" }, signature: voucher.signature, totalClaimed: "20000" }],
+    };
+    const first = await post("/settle", refund);
+    expect(first, JSON.stringify(first)).to.deep.include({ success: true, amount: "30000" });
+    expect(first.extra.channelState).to.include({ balance: "70000", totalClaimed: "20000", refundNonce: "1" });
+    const again = await post("/settle", refund);
+    expect(again).to.include({ success: false, errorReason: "invalid_batch_settlement_evm_refund_payload" });
+    expect(again.errorMessage).to.match(/refundNonce 0 is not the channel's \(1\)/);
+    const onchain = await readChannel(node.payee.opts.publicClient, CANONICAL_ADDRESSES.batchSettlement, id);
+    expect(onchain.balance).to.equal(70_000n);
   });
 
   it("exports Prometheus metrics and never logs the node key", async () => {
