@@ -45,6 +45,15 @@ export function exposure(rec: ChannelRecord): bigint {
   return rec.chargedCumulative > rec.totalClaimed ? rec.chargedCumulative - rec.totalClaimed : 0n;
 }
 
+/**
+ * What a claim can still collect: charged, but not above the channel's balance (after a finalized
+ * withdrawal the balance can be below the charges; the rest is lost, not worth a reverting claim).
+ */
+export function claimable(rec: ChannelRecord): bigint {
+  const upTo = rec.chargedCumulative < rec.balance ? rec.chargedCumulative : rec.balance;
+  return upTo > rec.totalClaimed ? upTo - rec.totalClaimed : 0n;
+}
+
 export class ClaimEngine {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<ClaimReport> | undefined;
@@ -60,7 +69,7 @@ export class ClaimEngine {
   async pending(filter?: (r: ChannelRecord) => boolean): Promise<ChannelRecord[]> {
     const out: ChannelRecord[] = [];
     for await (const rec of this.payee.store.channels()) {
-      if (exposure(rec) > 0n && rec.signature !== "0x" && (!filter || filter(rec))) out.push(rec);
+      if (claimable(rec) > 0n && rec.signature !== "0x" && (!filter || filter(rec))) out.push(rec);
     }
     return out;
   }
@@ -232,6 +241,6 @@ function toClaimRow(rec: ChannelRecord): VoucherClaim {
   return {
     voucher: { channel: rec.config, maxClaimableAmount: rec.signedMaxClaimable },
     signature: rec.signature,
-    totalClaimed: rec.chargedCumulative,
+    totalClaimed: rec.totalClaimed + claimable(rec),
   };
 }

@@ -22,7 +22,7 @@ import type { Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { readChannel, type OnchainChannel } from "../chain/escrow";
-import { exposure, type ClaimEngine } from "./claims";
+import { claimable, type ClaimEngine } from "./claims";
 import type { Payee } from "./payee";
 
 export type WatcherOptions = {
@@ -177,7 +177,7 @@ export class ChainWatcher {
     const due: Hex[] = [];
     for (const id of this.withdrawing) {
       const rec = await this.payee.store.getChannel(id).catch(() => undefined);
-      if (!rec || rec.withdrawRequestedAt === 0 || exposure(rec) === 0n || rec.signature === "0x") {
+      if (!rec || rec.withdrawRequestedAt === 0 || claimable(rec) === 0n || rec.signature === "0x") {
         this.withdrawing.delete(id);
         this.failing.delete(id);
       } else if ((this.failing.get(id)?.nextAt ?? 0) <= now) due.push(id);
@@ -213,7 +213,7 @@ export class ChainWatcher {
   private async scanStore(): Promise<void> {
     try {
       for await (const rec of this.payee.store.channels()) {
-        if (rec.withdrawRequestedAt !== 0 && exposure(rec) > 0n) this.withdrawing.add(rec.channelId);
+        if (rec.withdrawRequestedAt !== 0 && claimable(rec) > 0n) this.withdrawing.add(rec.channelId);
       }
     } catch (err) {
       this.opts.logger?.warn({ err: (err as Error).message }, "could not scan the store for pending withdrawals");

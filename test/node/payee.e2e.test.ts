@@ -524,6 +524,27 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     }
   });
 
+  it("claims: when a finalized withdrawal left the balance below the charges, what the balance still holds is claimed (not a reverting claim of everything)", async () => {
+    const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-partial"))));
+    expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
+    for (const n of [2n, 3n]) expect((await payWith(`${node.url}/articles/a`, await payer.voucherHeader(accept, n * PRICE))).status).to.equal(200);
+    const id = payer.channelId(accept);
+    const config = payer.config(accept);
+    const { walletClient, publicClient, testClient } = clientsFor(ctx.chain.url, payer.account);
+    const escrow = CANONICAL_ADDRESSES.batchSettlement;
+    await publicClient.waitForTransactionReceipt({ hash: await walletClient.writeContract({ address: escrow, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [config, 90_000n] }) });
+    await testClient.increaseTime({ seconds: 901 });
+    await testClient.mine({ blocks: 1 });
+    await publicClient.waitForTransactionReceipt({ hash: await walletClient.writeContract({ address: escrow, abi: batchSettlementAbi, functionName: "finalizeWithdraw", args: [config] }) });
+    const rec = (await node.payee.syncChannel(id))!;
+    expect(rec).to.deep.include({ balance: 10_000n, chargedCumulative: 3n * PRICE });
+    const report = await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: [id] });
+    expect(report.failed).to.deep.equal([]);
+    expect((await readChannel(publicClient as never, escrow, id)).totalClaimed).to.equal(10_000n);
+    // Nothing more to collect: the next run sends nothing.
+    expect((await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: [id] })).transactions).to.deep.equal([]);
+  });
+
   async function balanceOf(a: `0x${string}`): Promise<bigint> {
     return node.payee.opts.publicClient.readContract({
       address: ctx.deployment.token!,
