@@ -356,7 +356,9 @@ export class Payee {
       const stored = await this.store.getChannel(channelId);
       if (!stored) return undefined;
       const rec = this.withChain(stored, await readChannel(this.opts.publicClient, this.opts.escrow, channelId));
-      const claimable = rec.signature !== "0x" ? rec.chargedCumulative : rec.totalClaimed;
+      // Never above the balance (a finalized withdrawal can leave less than was charged).
+      const upTo = rec.chargedCumulative < rec.balance ? rec.chargedCumulative : rec.balance;
+      const claimable = rec.signature !== "0x" ? upTo : rec.totalClaimed;
       const refund = rec.balance - (claimable > rec.totalClaimed ? claimable : rec.totalClaimed);
       if (refund <= 0n && claimable <= rec.totalClaimed) {
         await this.store.putChannel(rec);
@@ -369,9 +371,10 @@ export class Payee {
 
   /** One multicall: claim the charged total with `voucher` (when above the claimed total), then refund. */
   private async claimAndRefund(rec: ChannelRecord, voucher: { maxClaimableAmount: bigint; signature: Hex }, amount: bigint) {
+    const upTo = rec.chargedCumulative < rec.balance ? rec.chargedCumulative : rec.balance;
     const claims =
-      rec.chargedCumulative > rec.totalClaimed && voucher.signature !== "0x"
-        ? [{ voucher: { channel: rec.config, maxClaimableAmount: voucher.maxClaimableAmount }, signature: voucher.signature, totalClaimed: rec.chargedCumulative }]
+      upTo > rec.totalClaimed && voucher.signature !== "0x"
+        ? [{ voucher: { channel: rec.config, maxClaimableAmount: voucher.maxClaimableAmount }, signature: voucher.signature, totalClaimed: upTo }]
         : [];
     if (claims.length === 0 && amount <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "nothing to claim or refund");
     const calls = claimAndRefundCalls(rec.config, claims, amount);
