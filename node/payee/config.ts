@@ -37,6 +37,8 @@ export const nodeConfigSchema = z
     riskWindowMs: z.number().int().positive().default(300_000),
     /** How often the chain watcher polls the escrow's events (ms). */
     pollIntervalMs: z.number().int().min(50).default(2_000),
+    /** Most blocks the watcher asks for in one eth_getLogs (RPC providers cap the range). */
+    maxBlockRange: z.number().int().min(1).max(100_000).default(2_000),
     claims: z
       .object({
         threshold: priceSchema.optional(),

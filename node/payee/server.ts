@@ -108,7 +108,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     logger,
     onAlert: () => claimFailures.inc(),
   });
-  const watcher = new ChainWatcher(payee, claims, { confirmations: config.confirmations, pollIntervalMs: config.pollIntervalMs, logger, onAlert: () => claimFailures.inc() });
+  const watcher = new ChainWatcher(payee, claims, { confirmations: config.confirmations, pollIntervalMs: config.pollIntervalMs, maxBlockRange: config.maxBlockRange, logger, onAlert: () => claimFailures.inc() });
 
   const app = express();
   app.disable("x-powered-by");
