@@ -290,7 +290,8 @@ export class Payer {
 
   /**
    * Adopts the server's state from a corrective 402, but only if its proof is the payer's own signature
-   * over the claimed cumulative amount (or the amount equals what is claimed on chain).
+   * over the claimed cumulative amount, or the amount is no more than this payer already signed for, or
+   * it equals the claimed total read from the chain (never the server's word for it).
    */
   async correct(r: PaymentRequirements, extra: Record<string, any>): Promise<void> {
     const config = this.configFor(r);
@@ -303,18 +304,25 @@ export class Payer {
         throw new ServerMisbehaviorError(channelId, "corrective 402 without this channel's state");
       }
       const claimed = BigInt(state.chargedCumulativeAmount);
-      const balance = BigInt(state.balance);
-      const onchainClaimed = BigInt(state.totalClaimed ?? "0");
+      let balance = BigInt(state.balance);
       const proof = extra.voucherState as { signedMaxClaimable?: string; signature?: Hex } | undefined;
       let ok = false;
       if (proof?.signature && proof.signedMaxClaimable !== undefined) {
         const signedMax = BigInt(proof.signedMaxClaimable);
         ok = claimed <= signedMax && (await this.isOwnVoucher(channelId, signedMax, proof.signature));
-      } else {
+      } else if (claimed <= ch.signedMax) {
+        // No proof, but no more than this payer has already signed for: its exposure does not grow
+        // (a server that lost its state going back to the on-chain baseline lands here).
+        ok = true;
+      } else if (this.params.publicClient) {
+        // No proof and above what we signed: only the chain's own claimed total is a baseline (the
+        // server's `totalClaimed` field is its word, not the chain's).
+        const [onchainBalance, onchainClaimed] = await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] });
         ok = claimed === onchainClaimed;
+        balance = onchainBalance;
       }
       if (!ok) {
-        throw new ServerMisbehaviorError(channelId, `corrective 402 claims ${claimed} without a valid voucher of ours`);
+        throw new ServerMisbehaviorError(channelId, `corrective 402 claims ${claimed} without a valid voucher of ours or the chain's claimed total`);
       }
       await this.store.putChannel({ ...ch, charged: claimed, balance, signedMax: claimed > ch.signedMax ? claimed : ch.signedMax, updatedAt: Date.now() });
     } finally {

@@ -278,6 +278,29 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect(signedHeaders.length).to.equal(before);
   });
 
+  it("a corrective 402 without a voucher proof above what the payer ever signed (its totalClaimed field is only the server's word) -> ServerMisbehaviorError, nothing signed", async () => {
+    const p = payer();
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    respond = send402(
+      [{ ...base, extra: { ...base.extra, channelState: { channelId, balance: "1000000000000", totalClaimed: "900000", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "900000" } } }],
+      "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+    );
+    const before = signedHeaders.length;
+    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    expect(err.shortMessage).to.match(/without a valid voucher of ours or the chain's claimed total/);
+    expect(signedHeaders.length).to.equal(before);
+    expect((await p.store.channels())[0]?.charged ?? 0n).to.equal(0n);
+  });
+
+  it("a corrective 402 without a proof at or below what the payer already signed (a server back at the on-chain baseline) is adopted", async () => {
+    const p = payer();
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    await p.store.putChannel({ channelId, config: p.configFor({ ...base, amount: 10_000n } as never), network: "eip155:31337", charged: 30_000n, signedMax: 30_000n, balance: 1_000_000n, spent: 30_000n, updatedAt: Date.now() });
+    await p.correct({ ...base, amount: 10_000n } as never, { channelState: { channelId, balance: "1000000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "0" } });
+    expect((await p.store.getChannel(channelId))!.charged).to.equal(0n);
+  });
+
   it("a corrective 402 with a forged voucher proof -> ServerMisbehaviorError, no voucher for the claimed state", async () => {
     const p = payer();
     const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
