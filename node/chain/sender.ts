@@ -157,7 +157,7 @@ export class TxSender {
       } catch (err) {
         if (Date.now() >= deadline) {
           this.nonce = undefined; // a stuck transaction: the next send reads the pending nonce again
-          throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} not confirmed in time (not resent; it may still be mined)`, {
+          throw new ChainError(ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} not confirmed in time (not resent; it may still be mined)`, {
             cause: err,
             metaMessages: [`tx: ${hash}`],
           });

@@ -93,8 +93,15 @@ export class ClaimEngine {
   }
 
   private async claimSelected(select: { channels?: Hex[] }): Promise<ClaimReport> {
-    const wanted = select.channels ? new Set(select.channels.map((c) => c.toLowerCase())) : undefined;
-    const recs = await this.pending(wanted ? (r) => wanted.has(r.channelId.toLowerCase()) : undefined);
+    let recs: ChannelRecord[];
+    if (select.channels) {
+      // Listed channels are read directly, not found by a scan of the whole store.
+      const ids = [...new Set(select.channels.map((c) => c.toLowerCase() as Hex))];
+      const found = await Promise.all(ids.map((id) => this.payee.store.getChannel(id)));
+      recs = found.filter((r): r is ChannelRecord => r !== undefined && claimable(r) > 0n && r.signature !== "0x");
+    } else {
+      recs = await this.pending();
+    }
     const report: ClaimReport = { transactions: [], failed: [], claimedChannels: 0 };
     const size = this.opts.batchSize ?? 100;
     let done = 0;

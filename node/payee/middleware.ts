@@ -71,8 +71,12 @@ class PaidContext implements PaidRequestContext {
 
   charge(n: bigint): void {
     if (this.#decided) {
-      // The charge was committed (or refused) when the answer started: too late to change it.
-      throw new Error("tollway: charge() must be called before the paid answer starts (the charge commits at its first byte)");
+      // The charge was committed (or refused) when the answer started: too late to change it. Loud, but
+      // not a throw: in an async handler that would be an unhandled rejection taking the node down.
+      process.emitWarning(`charge(${n}) on ${this.route} came after the paid answer started and is ignored: the signed maximum ${this.reservation.maxCharge} was charged. Call charge() before the first byte.`, {
+        code: "TOLLWAY_LATE_CHARGE",
+      });
+      return;
     }
     if (n < 0n || n > this.reservation.maxCharge) {
       throw new PaymentError(ErrorCodes.chargeExceedsSignedCumulative, `charge ${n} is outside 0..${this.reservation.maxCharge}`);

@@ -187,6 +187,12 @@ export class Payee {
         }
         // What does not depend on the deposit is refused before it goes on chain (gas, the payer's tokens).
         this.checkChainTiming(rec);
+        if (rec.withdrawRequestedAt !== 0) {
+          const reserved = rec.withdrawAmount ?? rec.balance - rec.totalClaimed;
+          if (p.voucher.maxClaimableAmount > rec.balance + p.deposit.amount - reserved) {
+            throw new PaymentError(ErrorCodes.cumulativeExceedsBalance, `a withdrawal of ${reserved} is pending on this channel: the voucher exceeds what balance plus deposit leaves`);
+          }
+        }
         const result = await this.submitDeposit(p, channelId, rec);
         deposit = result;
         rec = result.record;
@@ -428,12 +434,19 @@ export class Payee {
     );
   }
 
+  /**
+   * Channels with chain events the mirror could not apply yet (their sync failed): refused new charges
+   * until it has (fail closed per channel, not for the whole node). Kept by the watcher.
+   */
+  readonly unsynced = new Set<Hex>();
+
   /** Updates a channel's mirrored chain fields under its lock (used by the mirror and claim engine). */
-  async syncChannel(channelId: Hex, chain?: OnchainChannel): Promise<ChannelRecord | undefined> {
+  async syncChannel(channelId: Hex, chain?: OnchainChannel | (() => Promise<OnchainChannel>)): Promise<ChannelRecord | undefined> {
     return this.locks.with(channelId, async () => {
       const rec = await this.store.getChannel(channelId);
       if (!rec) return undefined;
-      const state = chain ?? (await readChannel(this.opts.publicClient, this.opts.escrow, channelId));
+      // Read under the lock: a state read before it could predate a deposit or claim made meanwhile.
+      const state = typeof chain === "function" ? await chain() : (chain ?? (await readChannel(this.opts.publicClient, this.opts.escrow, channelId)));
       const next = this.withChain(rec, state);
       await this.store.putChannel(next);
       return next;
@@ -579,6 +592,9 @@ export class Payee {
       if (this.now() > finalizeAt - margin) {
         throw new PaymentError(ErrorCodes.channelNotFound, "channel is closing: its withdrawal finalizes too soon to accept vouchers");
       }
+    }
+    if (this.unsynced.size > 0 && this.unsynced.has(rec.channelId)) {
+      throw new PaymentError(ErrorCodes.channelStateReadFailed, "this channel has chain events not mirrored yet; retry shortly", { status: 503 });
     }
     const age = this.now() - this.chainSyncedAt;
     if (age > (this.opts.riskWindowMs ?? 300_000)) {

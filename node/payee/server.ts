@@ -193,7 +193,8 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     const { method = "GET", regex: pathRe } = routePattern(key);
     const upstream = upstreamOf(p.upstream, p.timeoutMs);
     app.use(async (req, res, next) => {
-      if (req.method !== method || !pathRe.test(req.path)) return next();
+      // HEAD is paid as a GET (routePattern): forwarded as one too.
+      if ((req.method !== method && !(req.method === "HEAD" && method === "GET")) || !pathRe.test(req.path)) return next();
       // Never forward without a payment reservation (belt and braces: the matchers are the same).
       if (res.locals.tollway === undefined) return next();
       if (hasDotSegment(req.path)) {

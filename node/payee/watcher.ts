@@ -66,6 +66,7 @@ export class ChainWatcher {
   /** Failing withdrawal claims: consecutive failures, next attempt and last alert (ms). */
   private readonly failing = new Map<Hex, { n: number; nextAt: number; alertedAt: number }>();
   private scan: Promise<void> | undefined;
+  private claiming: Promise<void> | undefined;
   /** Consecutive failed polls (for /health). */
   failures = 0;
 
@@ -126,9 +127,12 @@ export class ChainWatcher {
         }
         for (const [id, block] of touched) {
           try {
-            await this.payee.syncChannel(id, await this.readCautious(id, safe, depth));
+            await this.payee.syncChannel(id, () => this.readCautious(id, safe, depth));
+            this.payee.unsynced.delete(id);
           } catch (err) {
-            // Busy or unreadable: this channel only. Its event stays in the next poll's range.
+            // Busy or unreadable: this channel only, and it takes no new charges until it is mirrored.
+            // Its event stays in the next poll's range.
+            this.payee.unsynced.add(id);
             if (hold === undefined || block - 1n < hold) hold = block - 1n;
             this.opts.logger?.warn({ channelId: id, err: (err as Error).message.split("\n")[0] }, "channel not mirrored this poll; retrying");
           }
@@ -136,7 +140,8 @@ export class ChainWatcher {
         // With confirmations the checkpoint stays that many blocks behind head: those are scanned again.
         let next = depth > 0n && safe < to ? safe : to;
         if (hold !== undefined && hold < next) next = hold;
-        if (checkpoint === undefined || next > checkpoint) {
+        // (A chain shorter than the confirmation depth has no confirmed block to stand on yet.)
+        if (next >= 0n && (checkpoint === undefined || next > checkpoint)) {
           await this.payee.store.putMeta(CHECKPOINT, next.toString());
           checkpoint = next;
         }
@@ -154,7 +159,16 @@ export class ChainWatcher {
         "chain poll failed",
       );
     }
-    await this.claimWithdrawing();
+    // In the background: a long claim run (receipts, confirmations) must not stop the polls that keep
+    // the chain view fresh. One run at a time.
+    this.claiming ??= this.claimWithdrawing()
+      .catch((err: Error) => this.opts.logger?.error({ alert: "withdrawal_claim_failed", err: err.message }, "withdrawal claims failed"))
+      .finally(() => (this.claiming = undefined));
+  }
+
+  /** Waits for the withdrawal claims started by the last poll (tests, shutdown). */
+  async settled(): Promise<void> {
+    await this.claiming;
   }
 
   /** The channel as mirrored state should see it: latest, or with confirmations the cautious merge. */
@@ -177,7 +191,8 @@ export class ChainWatcher {
     const due: Hex[] = [];
     for (const id of this.withdrawing) {
       const rec = await this.payee.store.getChannel(id).catch(() => undefined);
-      if (!rec || rec.withdrawRequestedAt === 0 || claimable(rec) === 0n || rec.signature === "0x") {
+      // Not on withdrawRequestedAt alone: a record whose sync failed does not show the withdrawal yet.
+      if (!rec || claimable(rec) === 0n || rec.signature === "0x") {
         this.withdrawing.delete(id);
         this.failing.delete(id);
       } else if ((this.failing.get(id)?.nextAt ?? 0) <= now) due.push(id);
@@ -224,7 +239,7 @@ export class ChainWatcher {
     if (this.timer) return;
     // In the background: a large store must not delay serving.
     this.scan ??= this.scanStore();
-    this.timer = setInterval(() => void this.poll(), this.opts.pollIntervalMs ?? 2_000);
+    this.timer = setInterval(() => void this.poll().catch(() => undefined), this.opts.pollIntervalMs ?? 2_000);
     this.timer.unref();
   }
 
@@ -233,5 +248,6 @@ export class ChainWatcher {
     this.timer = undefined;
     await this.scan;
     await this.polling;
+    await this.claiming;
   }
 }

@@ -288,6 +288,11 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const paid = await payWith(`${node.url}/v1/file-42`, await payer.depositHeader(accept, 100_000n, 20_000n));
     expect(paid.status, paid.text).to.equal(200);
     expect(JSON.parse(paid.text).url).to.equal("/base/v1/file-42");
+    // A paid HEAD is forwarded as a HEAD (headers, no body) and charged like the GET.
+    const head = await payWith(`${node.url}/v1/file-42`, await payer.voucherHeader(accept, 40_000n), { method: "HEAD" });
+    expect(head.status).to.equal(200);
+    expect(head.text).to.equal("");
+    expect(head.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
   });
 
   it("reverse proxy: an upstream base path prefixes the request path and query; the payment header stays here", async () => {

@@ -122,8 +122,8 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
 export async function closeAll(o: OperatorOptions & { batch?: string }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const c = await claim({ ...o, all: true, json: o.json }, out, err);
   await settle(o, out);
-  await operatorRefund({ ...o, all: true }, out, err);
-  return c;
+  const r = await operatorRefund({ ...o, all: true }, out, err);
+  return c !== 0 ? c : r;
 }
 
 function report(o: OperatorOptions, out: NodeJS.WritableStream, r: { claimedChannels: number; transactions: any[]; failed: any[] }) {
