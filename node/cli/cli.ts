@@ -41,9 +41,9 @@ export function buildProgram(): Command {
       .option("-X, --request <method>", "HTTP method")
       .option("-H, --header <header...>", "request header(s), 'Name: value'")
       .option("-d, --data <body>", "request body (implies POST)")
-      .option("--max <amount>", "most to pay for this request, in token units (e.g. 0.05)")
+      .option("--max <amount>", "most to pay for this request, in token units", "1")
       .option("--budget <amount>", "most to pay in total over all channels")
-      .option("--max-deposit <amount>", "largest deposit allowed")
+      .option("--max-deposit <amount>", "largest deposit allowed, in token units", "10")
       .option("--deposit <amount>", "top up the channel by this much with this request")
       .addHelpText("after", "\nExamples:\n  tollway pay http://127.0.0.1:4020/articles/1 --max 0.05\n  tollway pay -X POST -d '{\"q\":1}' -H 'Content-Type: application/json' http://127.0.0.1:4020/api"),
   ).action(async (url, o) => finish(await (await import("./commands/pay")).pay(url, o)));
@@ -65,10 +65,11 @@ export function buildProgram(): Command {
     program
       .command("deposit <url> <amount>")
       .description("top up the channel to the payee at <url> by <amount> token units (paid with a request to <url>)")
-      .option("--max-deposit <amount>", "largest deposit allowed"),
+      .option("--max <amount>", "most to pay for the request that carries the deposit, in token units", "1")
+      .option("--max-deposit <amount>", "largest deposit allowed, in token units (default: <amount>)"),
   )
     .addHelpText("after", "\nExample:\n  tollway deposit http://127.0.0.1:4020/articles/1 1.00")
-    .action(async (url, amount, o) => finish(await (await import("./commands/pay")).pay(url, { ...o, deposit: amount }, process.stderr)));
+    .action(async (url, amount, o) => finish(await (await import("./commands/pay")).pay(url, { ...o, maxDeposit: o.maxDeposit ?? amount, deposit: amount }, process.stderr)));
 
   payerOptions(
     program
@@ -87,8 +88,8 @@ export function buildProgram(): Command {
       finish(await (await import("./commands/close")).refund(url, o));
     });
 
-  payerOptions(program.command("withdraw <url>").description("timed withdrawal from the channel to <url> (when the payee does not cooperate)").option("--finalize", "complete a withdrawal whose delay has passed").option("--escrow <address>", "escrow address"))
-    .addHelpText("after", "\nExamples:\n  tollway withdraw http://127.0.0.1:4020/articles/1\n  tollway withdraw http://127.0.0.1:4020/articles/1 --finalize")
+  payerOptions(program.command("withdraw <channel-or-url>").description("timed withdrawal (when the payee does not cooperate): a channel id from `tollway channels`, or the payee's URL").option("--finalize", "complete a withdrawal whose delay has passed").option("--escrow <address>", "escrow address"))
+    .addHelpText("after", "\nExamples:\n  tollway withdraw 0x<channel id>\n  tollway withdraw http://127.0.0.1:4020/articles/1\n  tollway withdraw 0x<channel id> --finalize")
     .action(async (url, o) => finish(await (await import("./commands/close")).withdraw(url, o)));
 
   // ---- operators --------------------------------------------------------------------------

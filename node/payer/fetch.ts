@@ -5,7 +5,7 @@
  * remembered, and later requests to it carry the payment up-front. The 402 exchange happens only on the
  * first request, when the server's terms change, or after a corrective 402.
  */
-import { ErrorCodes, PolicyError, TollwayError } from "../protocol/errors";
+import { ErrorCodes, PolicyError, ServerMisbehaviorError, TollwayError } from "../protocol/errors";
 import { HEADERS, decodeBase64Json, paymentRequirementsSchema, type PaymentRequirements } from "../protocol/wire";
 import type { Payer, PreparedPayment, SettleResponseBody } from "./payer";
 
@@ -85,7 +85,14 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
     const finish = async (res: Response, prepared: PreparedPayment): Promise<Response | undefined> => {
       const pr = res.headers.get(HEADERS.paymentResponse);
       if (res.ok && pr) {
-        const body = decodeBase64Json(pr, "PAYMENT-RESPONSE") as SettleResponseBody;
+        let body: SettleResponseBody;
+        try {
+          body = decodeBase64Json(pr, "PAYMENT-RESPONSE") as SettleResponseBody;
+        } catch {
+          // The channel must not stay locked (every later request would wait forever); nothing is recorded.
+          prepared.release();
+          throw new ServerMisbehaviorError(prepared.channelId, "paid response with an undecodable PAYMENT-RESPONSE");
+        }
         const { charged, balance } = await payer.complete(prepared, body);
         await payer.store.putRoute({ key, requirements: prepared.requirements, at: Date.now() });
         await payer.store.putRoute({ key: collection, requirements: prepared.requirements, at: Date.now() });

@@ -22,7 +22,7 @@ import {
   getAddress,
 } from "viem";
 import { batchSettlementAbi } from "../chain/abi";
-import { PolicyError, ServerMisbehaviorError, TollwayError } from "../protocol/errors";
+import { ChainError, ErrorCodes, PolicyError, ServerMisbehaviorError, TollwayError } from "../protocol/errors";
 import { erc3009DepositNonce } from "../protocol/collectorData";
 import {
   BATCH_SETTLEMENT_SCHEME,
@@ -266,18 +266,30 @@ export class Payer {
     try {
       const ch = (await this.store.getChannel(p.channelId))!;
       const state = body.extra?.channelState;
-      const charged = body.extra?.chargedAmount !== undefined ? BigInt(body.extra.chargedAmount) : undefined;
       const halt = async (why: string): Promise<never> => {
         await this.store.putChannel({ ...ch, halted: why, updatedAt: Date.now() });
         throw new ServerMisbehaviorError(p.channelId, why);
       };
-      if (!body.success || charged === undefined || !state) return halt("paid response without chargedAmount and channelState");
+      // Amounts are non-negative decimal strings: a negative charge would pass every comparison below.
+      const amount = (v: unknown) => (typeof v === "string" && /^(0|[1-9]\d{0,77})$/.test(v) ? BigInt(v) : undefined);
+      const charged = amount(body.extra?.chargedAmount);
+      if (!body.success || charged === undefined || !state) return halt("paid response without a valid chargedAmount and channelState");
+      if (amount(state.chargedCumulativeAmount) === undefined || amount(state.balance) === undefined) return halt("paid response with malformed channel amounts");
       if (charged > p.requirements.amount) return halt(`charged ${charged} exceeds the price ${p.requirements.amount}`);
       if (state.channelId.toLowerCase() !== p.channelId.toLowerCase()) return halt(`response is for channel ${state.channelId}`);
       const cumulative = BigInt(state.chargedCumulativeAmount ?? "-1");
       if (cumulative !== ch.charged + charged) return halt(`cumulative ${cumulative} is not ${ch.charged} + ${charged}`);
       const balance = BigInt(state.balance);
       if (balance < cumulative) return halt(`balance ${balance} is below the charged ${cumulative}`);
+      // Rule 3: the balance only goes down by this payer's own withdrawal or refund (recorded in its store).
+      // A lower one is believed only from the chain; otherwise a payee could make the payer deposit again and again.
+      const expected = ch.balance + (p.deposit ?? 0n);
+      if (balance < expected) {
+        const onchain = this.params.publicClient
+          ? (await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [p.channelId] }))[0]
+          : undefined;
+        if (onchain !== balance) return halt(`balance ${balance} is below the expected ${expected}${onchain !== undefined ? ` (chain: ${onchain})` : ""}`);
+      }
       if (p.deposit !== undefined && (body.amount !== p.deposit.toString() || !body.transaction)) {
         return halt(`deposit of ${p.deposit} not confirmed by the response (amount ${body.amount})`);
       }
@@ -348,18 +360,24 @@ export class Payer {
     await this.store.putChannel({ ...ch, balance, updatedAt: Date.now() });
   }
 
+  /** Waits for `hash` (when a public client is configured) and throws if it reverted. */
+  private async confirmed(hash: Hex, what: string): Promise<void> {
+    const receipt = await this.params.publicClient?.waitForTransactionReceipt({ hash });
+    if (receipt && receipt.status !== "success") throw new ChainError(ErrorCodes.transactionReverted, `${what} reverted`, { metaMessages: [`tx: ${hash}`] });
+  }
+
   /** The timed withdrawal, for when the payee does not cooperate: initiate, then finalize after the delay. */
   async initiateWithdraw(config: ChannelConfig, amount: bigint): Promise<Hex> {
     const w = this.requireWallet();
     const hash = await w.writeContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [config, amount], chain: w.chain, account: w.account });
-    await this.params.publicClient?.waitForTransactionReceipt({ hash });
+    await this.confirmed(hash, "initiateWithdraw");
     return hash;
   }
 
   async finalizeWithdraw(config: ChannelConfig): Promise<Hex> {
     const w = this.requireWallet();
     const hash = await w.writeContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "finalizeWithdraw", args: [config], chain: w.chain, account: w.account });
-    await this.params.publicClient?.waitForTransactionReceipt({ hash });
+    await this.confirmed(hash, "finalizeWithdraw");
     const id = computeChannelId(this.domain, config);
     const ch = await this.store.getChannel(id);
     if (ch && this.params.publicClient) {

@@ -46,7 +46,10 @@ export async function connect(opts: BrowserPayerOptions) {
     key = generatePrivateKey();
     await store.putKey("session", key);
   }
-  const payer = createPayer({ account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy: opts.policy });
+  // Vouchers are signed by the session key without a wallet prompt: without a page policy, at most $1 a
+  // request and $20 a deposit (6-decimal stablecoins), so a payee's 402 cannot name any price it likes.
+  const policy = { maxPerRequest: 1_000_000n, maxDeposit: 20_000_000n, ...opts.policy };
+  const payer = createPayer({ account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy });
   const paidFetch = wrapFetch(fetch.bind(globalThis), payer);
   return {
     address,

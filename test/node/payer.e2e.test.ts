@@ -278,6 +278,44 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect(signedHeaders.length).to.equal(before);
   });
 
+  const paidWith = (p: Payer, mutate: (body: any) => void, header?: string) => (req: express.Request, res: express.Response) => {
+    if (!req.headers["payment-signature"]) return send402([base])(req, res);
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    const body = { success: true, transaction: "0x" + "11".repeat(32), network: "eip155:31337", amount: "500000", extra: { chargedAmount: "10000", channelState: { channelId, balance: "500000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "10000" } } };
+    mutate(body);
+    res.status(200).set(HEADERS.paymentResponse, header ?? encodeBase64Json(body)).send("ok");
+  };
+
+  it("a paid response with a negative or non-decimal charge, or a balance below what the payer deposited, halts the channel", async () => {
+    const mutations: Array<[string, (b: any) => void, RegExp]> = [
+      ["negative charge", (b) => { b.extra.chargedAmount = "-10000"; b.extra.channelState.chargedCumulativeAmount = "-10000"; }, /valid chargedAmount/],
+      ["hex charge", (b) => void (b.extra.chargedAmount = "0x10"), /valid chargedAmount/],
+      ["balance below the deposit", (b) => void (b.extra.channelState.balance = "10000"), /balance 10000 is below the expected 500000/],
+    ];
+    for (const [name, mutate, why] of mutations) {
+      const p = payer({ maxDeposit: 500_000n, depositMultiplier: 50 });
+      respond = paidWith(p, mutate);
+      const err = await wrapFetch(fetch, p)(url).catch((e) => e);
+      expect(err, name).to.be.instanceOf(ServerMisbehaviorError);
+      expect(err.shortMessage, name).to.match(why);
+      expect((await p.store.channels())[0]!.halted, name).to.match(why);
+    }
+  });
+
+  it("an undecodable PAYMENT-RESPONSE fails the request without leaving the channel locked", async () => {
+    const p = payer({ maxDeposit: 500_000n, depositMultiplier: 50 });
+    respond = paidWith(p, () => undefined, "!!!not base64 json");
+    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    expect(err.shortMessage).to.match(/undecodable PAYMENT-RESPONSE/);
+    // The next request on the same channel goes through (it would wait forever on a leaked lock).
+    respond = paidWith(p, (b) => {
+      b.extra.channelState.chargedCumulativeAmount = "10000";
+    });
+    const next = await Promise.race([wrapFetch(fetch, p)(url).then((r) => r.status, (e: Error) => e.name), new Promise((r) => setTimeout(() => r("hung"), 5_000))]);
+    expect(next).to.not.equal("hung");
+  });
+
   it("a corrective 402 without a voucher proof above what the payer ever signed (its totalClaimed field is only the server's word) -> ServerMisbehaviorError, nothing signed", async () => {
     const p = payer();
     const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);

@@ -17,17 +17,32 @@ export async function refund(url: string, o: PayerCliOptions & { amount?: string
   }
 }
 
-export async function withdraw(url: string, o: PayerCliOptions & { finalize?: boolean; escrow?: string }, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+/**
+ * `target` is a channel id from `tollway channels` (its config comes from the local store: the escape
+ * hatch must not depend on the payee it escapes), or a URL of the payee (its live 402 names the channel).
+ */
+export async function withdraw(target: string, o: PayerCliOptions & { finalize?: boolean; escrow?: string }, out: NodeJS.WritableStream = process.stdout): Promise<number> {
   const ctx = await openPayerContext(o);
   try {
-    const res = await fetch(url);
-    const header = res.headers.get(HEADERS.paymentRequired);
-    if (res.status !== 402 || !header) throw new ExitError(ExitCodes.http, `expected a 402 with payment requirements from ${url}, got ${res.status}`);
-    const body = decodeBase64Json(header, "PAYMENT-REQUIRED") as { accepts?: unknown[] };
-    const accepts = (body.accepts ?? []).map((a) => paymentRequirementsSchema.safeParse(a)).filter((r) => r.success).map((r) => r.data!);
-    const r = ctx.payer.select(accepts);
-    const config = ctx.payer.configFor(r);
-    const id = ctx.payer.channelIdFor(r);
+    let config;
+    let id: `0x${string}`;
+    if (/^0x[0-9a-fA-F]{64}$/.test(target)) {
+      const stored = await ctx.store.getChannel(target.toLowerCase() as `0x${string}`);
+      if (!stored) throw new ExitError(ExitCodes.usage, `no channel ${target} in this payer's store (see tollway channels)`);
+      config = stored.config;
+      id = stored.channelId;
+    } else {
+      const res = await fetch(target);
+      const header = res.headers.get(HEADERS.paymentRequired);
+      if (res.status !== 402 || !header) {
+        throw new ExitError(ExitCodes.http, `expected a 402 with payment requirements from ${target}, got ${res.status}; give the channel id instead (tollway channels)`);
+      }
+      const body = decodeBase64Json(header, "PAYMENT-REQUIRED") as { accepts?: unknown[] };
+      const accepts = (body.accepts ?? []).map((a) => paymentRequirementsSchema.safeParse(a)).filter((r) => r.success).map((r) => r.data!);
+      const r = ctx.payer.select(accepts);
+      config = ctx.payer.configFor(r);
+      id = ctx.payer.channelIdFor(r);
+    }
     const escrow = (o.escrow ?? CANONICAL_ADDRESSES.batchSettlement) as `0x${string}`;
     if (o.finalize) {
       const hash = await ctx.payer.finalizeWithdraw(config);
