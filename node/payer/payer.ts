@@ -336,7 +336,9 @@ export class Payer {
       if (!ok) {
         throw new ServerMisbehaviorError(channelId, `corrective 402 claims ${claimed} without a valid voucher of ours or the chain's claimed total`);
       }
-      await this.store.putChannel({ ...ch, charged: claimed, balance, signedMax: claimed > ch.signedMax ? claimed : ch.signedMax, updatedAt: Date.now() });
+      // What the correction adds counts against the budget like any charge.
+      const spent = ch.spent + (claimed > ch.charged ? claimed - ch.charged : 0n);
+      await this.store.putChannel({ ...ch, charged: claimed, balance, spent, signedMax: claimed > ch.signedMax ? claimed : ch.signedMax, updatedAt: Date.now() });
     } finally {
       release();
     }

@@ -126,6 +126,7 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     expect(calls.map((c) => c.paid)).to.deep.equal([false, true, true]); // 402, corrective 402, paid
     const [ch] = await amnesiac.store.channels();
     expect(ch!.charged).to.equal(4n * PRICE); // not a unit more
+    expect(ch!.spent).to.equal(4n * PRICE); // what the correction adopted counts against the budget too
   });
 
   it("policy: refuses a price above maxPerRequest and a deposit above maxDeposit, signing nothing", async () => {
