@@ -161,7 +161,10 @@ export class Facilitator {
       const chain = await readChannel(this.payee.opts.publicClient, escrow, channelId);
       // Rule 11: the nonce the server completed the payload with must still be the channel's. A retried
       // /settle whose refund already went through fails here instead of refunding again.
-      if (e.refundNonce !== undefined && e.refundNonce !== chain.refundNonce) {
+      if (e.refundNonce === undefined) {
+        throw new PaymentError(ErrorCodes.refundPayload, "refundNonce is required: the server completes the refund payload with the channel's nonce (rule 11)", { status: 400 });
+      }
+      if (e.refundNonce !== chain.refundNonce) {
         throw new PaymentError(ErrorCodes.refundPayload, `refundNonce ${e.refundNonce} is not the channel's (${chain.refundNonce}): this refund already happened, or the payload is stale`);
       }
       const rows = e.claims ?? [];
@@ -173,9 +176,7 @@ export class Facilitator {
       let signed: Parameters<typeof claimAndRefundCalls>[3] = {};
       if (e.refundAuthorizerSignature) {
         // The signature binds nonce and amount: both must be given, and the amount goes on chain as signed.
-        if (e.refundNonce === undefined || e.amount === undefined) {
-          throw new PaymentError(ErrorCodes.refundPayload, "a signed refund needs its refundNonce and amount", { status: 400 });
-        }
+        if (e.amount === undefined) throw new PaymentError(ErrorCodes.refundPayload, "a signed refund needs its amount", { status: 400 });
         amount = e.amount;
         signed = { claim: e.claimAuthorizerSignature, refund: { nonce: e.refundNonce, signature: e.refundAuthorizerSignature } };
       } else {

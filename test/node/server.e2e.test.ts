@@ -372,6 +372,8 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       refundNonce: "0",
       claims: [{ voucher: { channel: payer.config(accept), maxClaimableAmount: "20000" }, signature: voucher.signature, totalClaimed: "20000" }],
     };
+    const { refundNonce: _omitted, ...withoutNonce } = refund;
+    expect(await post("/settle", withoutNonce)).to.include({ success: false, errorReason: "invalid_batch_settlement_evm_refund_payload" });
     const first = await post("/settle", refund);
     expect(first, JSON.stringify(first)).to.deep.include({ success: true, amount: "30000" });
     expect(first.extra.channelState).to.include({ balance: "70000", totalClaimed: "20000", refundNonce: "1" });
