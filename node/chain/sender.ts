@@ -17,6 +17,8 @@ import {
   type WalletClient,
   BaseError,
   ContractFunctionRevertedError,
+  encodeFunctionData,
+  keccak256,
 } from "viem";
 import { ChainError, ErrorCodes, type ErrorCode } from "../protocol/errors";
 
@@ -108,16 +110,7 @@ export class TxSender {
         if (this.nonce === undefined) {
           this.nonce = await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" });
         }
-        hash = await this.walletClient.writeContract({
-          address: p.address,
-          abi: p.abi as Abi,
-          functionName: p.functionName as string,
-          args: p.args as readonly unknown[],
-          nonce: this.nonce,
-          gas: p.gas,
-          chain: this.walletClient.chain,
-          account: this.walletClient.account,
-        });
+        hash = await this.sendOnce(p, this.nonce);
         this.nonce++;
         this.sent++;
       } catch (err) {
@@ -138,6 +131,36 @@ export class TxSender {
       });
     }
     return { hash, receipt };
+  }
+
+  /**
+   * Sends one transaction at `nonce`. With a local key it is signed here first, so its hash is known
+   * before it goes out: if the RPC call fails ambiguously (a timeout, "already known") but the node has
+   * the transaction, that hash is the send, and no second transaction goes out with another nonce.
+   */
+  private async sendOnce(p: { address: Hex; abi: Abi; functionName: unknown; args: unknown; gas?: bigint }, nonce: number): Promise<Hex> {
+    const account = this.walletClient.account;
+    const call = { address: p.address, abi: p.abi as Abi, functionName: p.functionName as string, args: p.args as readonly unknown[] };
+    if (account.type !== "local") {
+      return this.walletClient.writeContract({ ...call, nonce, gas: p.gas, chain: this.walletClient.chain, account });
+    }
+    const request = await this.walletClient.prepareTransactionRequest({
+      account,
+      chain: this.walletClient.chain,
+      to: p.address,
+      data: encodeFunctionData(call),
+      nonce,
+      gas: p.gas,
+    });
+    const serializedTransaction = await this.walletClient.signTransaction(request as never);
+    const hash = keccak256(serializedTransaction);
+    try {
+      await this.walletClient.sendRawTransaction({ serializedTransaction });
+    } catch (err) {
+      const known = await this.publicClient.getTransaction({ hash }).catch(() => undefined);
+      if (!known) throw err;
+    }
+    return hash;
   }
 
   /**

@@ -39,4 +39,22 @@ describe("transaction sender (hardhat node)", function () {
     expect(ok.receipt.status).to.equal("success");
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 2);
   });
+
+  it("a send whose RPC answer is lost after the node took the transaction is not sent again with another nonce", async () => {
+    const account = ctx.payers[1]!;
+    const { publicClient, walletClient } = clientsFor(ctx.chain.url, account);
+    const sendRaw = walletClient.sendRawTransaction.bind(walletClient);
+    let calls = 0;
+    (walletClient as { sendRawTransaction: unknown }).sendRawTransaction = async (a: never) => {
+      calls++;
+      await sendRaw(a);
+      throw new Error("request timed out"); // the node has it; the answer never came
+    };
+    const sender = new TxSender(publicClient as never, walletClient as never);
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    const ok = await sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 3n] });
+    expect(ok.receipt.status).to.equal("success");
+    expect(calls).to.equal(1);
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
+  });
 });
