@@ -199,9 +199,11 @@ export class ClaimEngine {
       simulationError: ErrorCodes.settleSimulationFailed,
       transactionError: ErrorCodes.settleTransactionFailed,
     });
-    await this.payee.store.appendHistory({ at: Date.now(), kind: "settle", txHash: hash, channels: [], amount, gasUsed: receipt.gasUsed });
-    this.opts.logger?.info({ tx: hash, amount: amount.toString() }, "settled");
-    return { hash, amount, gasUsed: receipt.gasUsed };
+    // What moved is in the receipt (a settle queued behind another one moves nothing and emits nothing).
+    const moved = parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Settled" }).reduce((a, e) => a + e.args.amount, 0n);
+    await this.payee.store.appendHistory({ at: Date.now(), kind: "settle", txHash: hash, channels: [], amount: moved, gasUsed: receipt.gasUsed });
+    this.opts.logger?.info({ tx: hash, amount: moved.toString() }, "settled");
+    return { hash, amount: moved, gasUsed: receipt.gasUsed };
   }
 
   /** Threshold strategy: call after each committed charge. */

@@ -10,6 +10,7 @@ import {
   type PublicClient,
   type Transport,
   getAddress,
+  parseEventLogs,
   zeroAddress,
 } from "viem";
 import type { Logger } from "pino";
@@ -337,13 +338,13 @@ export class Payee {
         if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
         const amount = requested === undefined || requested > available ? available : requested;
         const voucher = { maxClaimableAmount: p.voucher.maxClaimableAmount, signature: p.voucher.signature };
-        const { hash, next } = await this.claimAndRefund(rec, voucher, amount);
+        const { hash, next, refunded } = await this.claimAndRefund(rec, voucher, amount);
         return {
           success: true as const,
           transaction: hash,
           network: this.network,
           payer: p.channelConfig.payer,
-          amount: amount.toString(),
+          amount: refunded.toString(),
           extra: { channelState: this.channelState(next) },
         };
       },
@@ -370,8 +371,8 @@ export class Payee {
         await this.store.putChannel(rec);
         return undefined;
       }
-      const { hash } = await this.claimAndRefund(rec, { maxClaimableAmount: rec.signedMaxClaimable, signature: rec.signature }, refund);
-      return { hash, refunded: refund, claimed: claimable };
+      const { hash, refunded } = await this.claimAndRefund(rec, { maxClaimableAmount: rec.signedMaxClaimable, signature: rec.signature }, refund);
+      return { hash, refunded, claimed: claimable };
     });
   }
 
@@ -400,16 +401,18 @@ export class Payee {
       throw err;
     }
     const { hash, receipt } = sent;
+    // The contract caps a refund at what is unclaimed: the receipt says what actually went back.
+    const refunded = parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Refunded" }).reduce((a, e) => a + e.args.amount, 0n);
     const chain = await readChannel(this.opts.publicClient, this.opts.escrow, rec.channelId);
     const next = this.withChain(rec, chain);
-    await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount, gasUsed: receipt.gasUsed });
+    await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount: refunded, gasUsed: receipt.gasUsed });
     if (chain.balance === chain.totalClaimed) {
       // Fully refunded: the record's job is done (charges are in the ledger, claims on chain).
       await this.store.deleteChannel(rec.channelId);
     } else {
       await this.store.putChannel(next);
     }
-    return { hash, next };
+    return { hash, next, refunded };
   }
 
   /**

@@ -8,7 +8,7 @@ import { privateKeyToAccount } from "viem/accounts";
 import { HttpRequestError, keccak256, toHex, pad } from "viem";
 import { ChainError } from "../../node/protocol/errors";
 import { batchSettlementAbi } from "../../node/chain/abi";
-import { readChannel } from "../../node/chain/escrow";
+import { readChannel, readReceiver } from "../../node/chain/escrow";
 import { ClaimEngine } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
@@ -592,6 +592,22 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     } finally {
       await fresh.stop();
     }
+  });
+
+  it("settle: two settles queued together record what moved (the second moves nothing), not the same amount twice", async () => {
+    const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-settle"))));
+    expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
+    const claims = new ClaimEngine(node.payee, { onShutdown: false });
+    await claims.claim({ channels: [payer.channelId(accept)] });
+    const r = await readReceiver(node.payee.opts.publicClient, CANONICAL_ADDRESSES.batchSettlement, node.payee.opts.receiver, ctx.deployment.token!);
+    const unsettled = r.totalClaimed - r.totalSettled;
+    expect(unsettled >= PRICE).to.equal(true);
+    const since = Date.now() - 1;
+    const [a, b] = await Promise.all([claims.settle(), claims.settle()]);
+    expect(a.amount + b.amount).to.equal(unsettled);
+    let recorded = 0n;
+    for await (const h of node.payee.store.history(since)) if (h.kind === "settle") recorded += h.amount;
+    expect(recorded).to.equal(unsettled);
   });
 
   async function balanceOf(a: `0x${string}`): Promise<bigint> {
