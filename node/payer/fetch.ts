@@ -113,12 +113,11 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       if (done) return done;
       challenge = res;
       const body = await readPaymentRequired(res);
-      if (body?.error === ErrorCodes.cumulativeAmountMismatch) {
-        const extra = (body.accepts?.[0] as { extra?: Record<string, unknown> } | undefined)?.extra;
-        if (extra) await payer.correct(memo.requirements, extra);
-      } else {
-        await payer.store.deleteRoute(memo.key); // terms changed: fall back to the 402's requirements
-      }
+      // The corrective state is the one of this channel's entry (a server may list other networks or
+      // assets first). Anything else: the terms changed, so forget the route and take the 402 as it is.
+      const mine = body?.error === ErrorCodes.cumulativeAmountMismatch ? parseAccepts(body).find((a) => (a.extra.channelState as { channelId?: string } | undefined)?.channelId?.toLowerCase() === prepared.channelId.toLowerCase()) : undefined;
+      if (mine) await payer.correct(memo.requirements, mine.extra as Record<string, unknown>);
+      else await payer.store.deleteRoute(memo.key);
     } else {
       challenge = await send();
       if (challenge.status !== 402) return challenge;

@@ -303,6 +303,30 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     }
   });
 
+  it("a remembered route's corrective 402 is read from this channel's entry, not from whatever the server lists first", async () => {
+    const p = payer({ maxDeposit: 500_000n, depositMultiplier: 50 });
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    let paid = 0;
+    respond = (req, res) => {
+      if (!req.headers["payment-signature"]) return send402([base])(req, res);
+      paid++;
+      if (paid === 2) {
+        // The up-front payment of the remembered route meets a corrective 402 whose first entry is another network.
+        const state = { channelId, balance: "500000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "10000" };
+        return send402([{ ...base, network: "eip155:1" }, { ...base, extra: { ...base.extra, channelState: state } }], "invalid_batch_settlement_evm_cumulative_amount_mismatch")(req, res);
+      }
+      const cumulative = String(10_000 * (paid === 1 ? 1 : 2));
+      const body = { success: true, transaction: paid === 1 ? "0x" + "11".repeat(32) : "", network: "eip155:31337", amount: paid === 1 ? "500000" : "", extra: { chargedAmount: "10000", channelState: { channelId, balance: "500000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: cumulative } } };
+      res.status(200).set(HEADERS.paymentResponse, encodeBase64Json(body)).send("ok");
+    };
+    const pay = wrapFetch(fetch, p);
+    expect((await pay(url)).status).to.equal(200);
+    const second = await pay(url);
+    expect(second.status).to.equal(200);
+    expect(paid).to.equal(3);
+    expect((await p.store.getChannel(channelId))!.charged).to.equal(20_000n);
+  });
+
   it("an undecodable PAYMENT-RESPONSE fails the request without leaving the channel locked", async () => {
     const p = payer({ maxDeposit: 500_000n, depositMultiplier: 50 });
     respond = paidWith(p, () => undefined, "!!!not base64 json");
