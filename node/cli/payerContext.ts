@@ -24,6 +24,8 @@ export type PayerCliOptions = {
   maxDeposit?: string;
   decimals?: string;
   symbol?: string;
+  /** Escrow address (default: canonical); the payer's channel ids, reads and transactions all use it. */
+  escrow?: string;
 };
 
 export function readKey(keyFile: string | undefined, envName = "TOLLWAY_PAYER_KEY"): Hex {
@@ -68,7 +70,7 @@ export async function openPayerContext(o: PayerCliOptions): Promise<PayerContext
   };
   // The session key is derived from the wallet key: stable across runs, never stored or printed.
   const sessionKey = privateKeyToAccount(keccak256(toHex(`tollway-session:${key}`)));
-  const payer = createPayer({ account, sessionKey, store, chainId, publicClient, walletClient, policy });
+  const payer = createPayer({ account, sessionKey, store, chainId, publicClient, walletClient, policy, ...(o.escrow ? { escrow: o.escrow as `0x${string}` } : {}) });
   return {
     payer,
     store,

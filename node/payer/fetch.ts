@@ -158,7 +158,7 @@ export async function requestRefund(fetchImpl: typeof fetch, payer: Payer, url: 
   const challenge = await fetchImpl(url);
   const body = await readPaymentRequired(challenge);
   if (challenge.status !== 402 || !body) throw new TollwayError(`expected a 402 from ${url}, got ${challenge.status}`);
-  const requirements = stripCorrective(payer.select(parseAccepts(body)));
+  const requirements = stripCorrective(payer.select(parseAccepts(body), { forRefund: true }));
   const { header, channelId } = await payer.refundHeader(requirements, amount);
   const res = await fetchImpl(url, { headers: { [HEADERS.paymentSignature]: header } });
   const pr = res.headers.get(HEADERS.paymentResponse);

@@ -171,7 +171,7 @@ export class Payer {
   }
 
   /** Picks the batch-settlement requirement on this payer's network that its policy allows. */
-  select(accepts: readonly PaymentRequirements[]): PaymentRequirements {
+  select(accepts: readonly PaymentRequirements[], o: { forRefund?: boolean } = {}): PaymentRequirements {
     const candidates = accepts.filter((a) => a.scheme === BATCH_SETTLEMENT_SCHEME && a.network === this.network);
     if (candidates.length === 0) {
       throw new PolicyError("no_matching_requirement", `no batch-settlement requirement on ${this.network}`);
@@ -179,7 +179,7 @@ export class Payer {
     let lastError: PolicyError | undefined;
     for (const a of candidates) {
       try {
-        this.checkPolicy(a);
+        this.checkPolicy(a, o.forRefund);
         return a;
       } catch (e) {
         lastError = e as PolicyError;
@@ -188,7 +188,8 @@ export class Payer {
     throw lastError!;
   }
 
-  private checkPolicy(a: PaymentRequirements) {
+  /** Payee and asset allow-lists; the price cap too, except for a (zero-charge) refund. */
+  private checkPolicy(a: PaymentRequirements, forRefund = false) {
     const p = this.policy;
     if (p.allowedPayTo && !p.allowedPayTo.some((x) => getAddress(x) === a.payTo)) {
       throw new PolicyError("pay_to_not_allowed", `payTo ${a.payTo} is not in the allowed list`);
@@ -196,7 +197,7 @@ export class Payer {
     if (p.allowedAssets && !p.allowedAssets.some((x) => getAddress(x) === a.asset)) {
       throw new PolicyError("asset_not_allowed", `asset ${a.asset} is not in the allowed list`);
     }
-    if (p.maxPerRequest !== undefined && a.amount > p.maxPerRequest) {
+    if (!forRefund && p.maxPerRequest !== undefined && a.amount > p.maxPerRequest) {
       throw new PolicyError("max_per_request", `price ${a.amount} exceeds the maximum per request ${p.maxPerRequest}`);
     }
   }
@@ -358,7 +359,14 @@ export class Payer {
   async refunded(channelId: Hex, body: SettleResponseBody): Promise<void> {
     const ch = await this.store.getChannel(channelId);
     if (!ch || !body.success) return;
-    const balance = BigInt(body.extra?.channelState?.balance ?? ch.balance);
+    const state = body.extra?.channelState;
+    if (!body.transaction || (state && state.channelId.toLowerCase() !== channelId.toLowerCase())) {
+      throw new ServerMisbehaviorError(channelId, "refund answer without a transaction for this channel");
+    }
+    // The chain says what the balance is now; the server's word only without a chain client.
+    const balance = this.params.publicClient
+      ? (await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] }))[0]
+      : BigInt(state?.balance ?? ch.balance);
     await this.store.putChannel({ ...ch, balance, updatedAt: Date.now() });
   }
 
