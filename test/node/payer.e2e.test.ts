@@ -327,6 +327,23 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect((await p.store.getChannel(channelId))!.charged).to.equal(20_000n);
   });
 
+  it("a cooperative refund above the price cap is still asked for; an answer claiming a refund without a transaction is refused, the stored balance unchanged", async () => {
+    const p = payer({ maxPerRequest: 1n });
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    await p.store.putChannel({ channelId, config: p.configFor({ ...base, amount: 10_000n } as never), network: "eip155:31337", charged: 10_000n, signedMax: 10_000n, balance: 500_000n, spent: 10_000n, updatedAt: Date.now() });
+    let asked = false;
+    respond = (req, res) => {
+      if (!req.headers["payment-signature"]) return send402([base])(req, res);
+      asked = true;
+      const body = { success: true, transaction: "", network: "eip155:31337", payer: base.payTo, amount: "490000", extra: { channelState: { channelId, balance: "10000", totalClaimed: "10000", withdrawRequestedAt: 0, refundNonce: "1", chargedCumulativeAmount: "10000" } } };
+      res.status(200).set(HEADERS.paymentResponse, encodeBase64Json(body)).json({});
+    };
+    const err = await requestRefund(fetch, p, url).catch((e) => e);
+    expect(asked).to.equal(true);
+    expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    expect((await p.store.getChannel(channelId))!.balance).to.equal(500_000n);
+  });
+
   it("an undecodable PAYMENT-RESPONSE fails the request without leaving the channel locked", async () => {
     const p = payer({ maxDeposit: 500_000n, depositMultiplier: 50 });
     respond = paidWith(p, () => undefined, "!!!not base64 json");
