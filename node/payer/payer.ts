@@ -73,7 +73,16 @@ export type CreatePayerParameters = {
   /** Distinguishes this payer's channels from its others with the same payee (default 0). */
   salt?: Hex;
   policy?: PayerPolicy;
+  /**
+   * Serializes the requests of one channel (a voucher is valid only for the next charge). Default: in
+   * this object only. Payers that share a store from several processes or browser tabs pass a lock that
+   * spans them (the browser build uses the Web Locks API).
+   */
+  lock?: ChannelLock;
 };
+
+/** A per-channel mutex: `acquire` resolves, once the channel is free, with the function that frees it. */
+export type ChannelLock = { acquire(channelId: string): Promise<() => void> };
 
 export type PreparedPayment = {
   header: string;
@@ -94,7 +103,7 @@ export type SettleResponseBody = {
   extra?: { chargedAmount?: string; channelState?: { channelId: string; balance: string; totalClaimed?: string; chargedCumulativeAmount?: string } };
 };
 
-class Queue {
+class Queue implements ChannelLock {
   private tails = new Map<string, Promise<void>>();
   async acquire(key: string): Promise<() => void> {
     const prev = this.tails.get(key) ?? Promise.resolve();
@@ -128,12 +137,13 @@ export class Payer {
   readonly domain: EscrowDomain;
   readonly network: string;
   readonly policy: PayerPolicy;
-  private readonly queue = new Queue();
+  private readonly queue: ChannelLock;
   private readonly escrow: Address;
   private readonly collector: Address;
   private readonly salt: Hex;
 
   constructor(readonly params: CreatePayerParameters) {
+    this.queue = params.lock ?? new Queue();
     this.escrow = params.escrow ?? CANONICAL_ADDRESSES.batchSettlement;
     this.collector = params.erc3009Collector ?? CANONICAL_ADDRESSES.erc3009DepositCollector;
     this.domain = escrowDomain(params.chainId, this.escrow);

@@ -49,7 +49,7 @@ export async function connect(opts: BrowserPayerOptions) {
   // Vouchers are signed by the session key without a wallet prompt: without a page policy, at most $1 a
   // request and $20 a deposit (6-decimal stablecoins), so a payee's 402 cannot name any price it likes.
   const policy = { maxPerRequest: 1_000_000n, maxDeposit: 20_000_000n, ...opts.policy };
-  const payer = createPayer({ account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy });
+  const payer = createPayer({ account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy, ...(webLocks ? { lock: webLocks } : {}) });
   const paidFetch = wrapFetch(fetch.bind(globalThis), payer);
   return {
     address,
@@ -68,5 +68,20 @@ export async function connect(opts: BrowserPayerOptions) {
     refund: (url: string) => requestRefund(fetch.bind(globalThis), payer, url),
   };
 }
+
+/**
+ * Tabs of one origin share the IndexedDB store, so a channel's requests are serialized across them with
+ * the Web Locks API (the lock is held until the returned function is called).
+ */
+type LockManager = { request(name: string, cb: () => Promise<void>): Promise<void> };
+const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
+const webLocks = locks
+  ? {
+      acquire: (channelId: string) =>
+        new Promise<() => void>((granted) => {
+          void locks.request(`tollway-channel:${channelId}`, () => new Promise<void>((free) => granted(free)));
+        }),
+    }
+  : undefined;
 
 export { createPayer, wrapFetch, requestRefund, MemoryPayerStore, openIndexedDbPayerStore, privateKeyToAccount, generatePrivateKey };

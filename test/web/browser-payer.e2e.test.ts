@@ -87,4 +87,29 @@ describe("browser payer: headless Chromium pays for three resources (real node, 
     void keccak256;
     void toHex;
   });
+
+  it("two tabs of one origin share the channel: their requests are serialized across tabs (Web Locks), every one is paid once", async () => {
+    const wallet = ctx.payers[1] as LocalAccount;
+    const context = await browser.newContext();
+    try {
+      const pages = [await context.newPage(), await context.newPage()];
+      for (const page of pages) {
+        await page.exposeFunction("__walletSign", async (json: string) => {
+          const td = JSON.parse(json);
+          const { EIP712Domain: _d, ...types } = td.types;
+          return wallet.signTypedData({ domain: td.domain, types, primaryType: td.primaryType, message: td.message });
+        });
+        await page.addInitScript((a) => ((window as any).__walletAddress = a), wallet.address);
+        await page.goto(`${node.url}/reader.html`);
+      }
+      // The first tab opens the channel (and creates the session key both tabs then share).
+      expect((await pages[0]!.evaluate(() => (window as any).payThree(100))).results.map((r: any) => r.status)).to.deep.equal([200, 200, 200]);
+      const [a, b] = await Promise.all([pages[0]!.evaluate(() => (window as any).payThree(200)), pages[1]!.evaluate(() => (window as any).payThree(300))]);
+      expect([...a.results, ...b.results].map((r: any) => r.status)).to.deep.equal([200, 200, 200, 200, 200, 200]);
+      const rec = await node.store.getChannel(a.channels[0].channelId);
+      expect(rec!.chargedCumulative).to.equal(90_000n);
+    } finally {
+      await context.close();
+    }
+  });
 });
