@@ -29,7 +29,8 @@ export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<P
   const get = async (store: string, key: string) => req(db.transaction(store, "readonly").objectStore(store).get(key)) as Promise<string | undefined>;
   const put = (store: string, key: string, value: string) =>
     new Promise<void>((resolve, reject) => {
-      const tx = db.transaction(store, "readwrite");
+      // "strict": the write is flushed before `complete` (a voucher ceiling or the session key must survive a crash).
+      const tx = db.transaction(store, "readwrite", { durability: "strict" } as IDBTransactionOptions);
       tx.objectStore(store).put(value, key);
       tx.oncomplete = () => resolve();
       tx.onerror = () => reject(tx.error);
