@@ -24,7 +24,7 @@ function payerOptions(cmd: Command): Command {
 function operatorOptions(cmd: Command): Command {
   return cmd
     .option("--node <url>", "the payee node", process.env.TOLLWAY_NODE_URL ?? "http://127.0.0.1:4020")
-    .option("--token <token>", "admin bearer token (or TOLLWAY_ADMIN_TOKEN)")
+    .option("--token <token>", "admin bearer token; prefer TOLLWAY_ADMIN_TOKEN (an argument shows in ps)")
     .option("--decimals <n>", "token decimals for amounts", "6")
     .option("--symbol <s>", "token symbol for display", "USDC")
     .option("--json", "machine-readable output");
@@ -54,9 +54,9 @@ export function buildProgram(): Command {
       .description("your channels as a payer; with --node, every channel of a payee node (receiver side, riskiest first)")
       .option("--escrow <address>", "escrow address (default: canonical)")
       .option("--node <url>", "list the receiver-side channels of this payee node")
-      .option("--token <token>", "admin bearer token for --node (or TOLLWAY_ADMIN_TOKEN)"),
+      .option("--token <token>", "admin bearer token for --node; prefer TOLLWAY_ADMIN_TOKEN (an argument shows in ps)"),
   )
-    .addHelpText("after", "\nExamples:\n  tollway channels --json\n  tollway channels --node http://127.0.0.1:4020 --token $TOLLWAY_ADMIN_TOKEN")
+    .addHelpText("after", "\nExamples:\n  tollway channels --json\n  TOLLWAY_ADMIN_TOKEN=... tollway channels --node http://127.0.0.1:4020")
     .action(async (o) =>
       finish(o.node ? await (await import("./commands/operator")).receiverChannels(o) : await (await import("./commands/channels")).channels(o)),
     );
@@ -79,9 +79,9 @@ export function buildProgram(): Command {
       .option("--all", "operator: every channel")
       .option("--channel <id...>", "operator: these channels")
       .option("--node <url>", "operator: the payee node", process.env.TOLLWAY_NODE_URL ?? "http://127.0.0.1:4020")
-      .option("--token <token>", "operator: admin bearer token (or TOLLWAY_ADMIN_TOKEN)"),
+      .option("--token <token>", "operator: admin bearer token; prefer TOLLWAY_ADMIN_TOKEN (an argument shows in ps)"),
   )
-    .addHelpText("after", "\nExamples:\n  tollway refund http://127.0.0.1:4020/articles/1\n  tollway refund --all --token $TOLLWAY_ADMIN_TOKEN")
+    .addHelpText("after", "\nExamples:\n  tollway refund http://127.0.0.1:4020/articles/1\n  TOLLWAY_ADMIN_TOKEN=... tollway refund --all")
     .action(async (url, o) => {
       if (o.all || o.channel) return finish(await (await import("./commands/operator")).operatorRefund(o));
       if (!url) throw new ExitError(ExitCodes.usage, "refund needs a <url> (payer) or --all / --channel (operator)");
@@ -114,7 +114,7 @@ export function buildProgram(): Command {
     .action(async (o) => finish(await (await import("./commands/node")).serve(o)));
 
   operatorOptions(program.command("status").description("node health, chain head and lag, signer balance, pending claims"))
-    .addHelpText("after", "\nExample:\n  tollway status --token $TOLLWAY_ADMIN_TOKEN")
+    .addHelpText("after", "\nExample:\n  TOLLWAY_ADMIN_TOKEN=... tollway status")
     .action(async (o) => finish(await (await import("./commands/operator")).status(o)));
 
   operatorOptions(
@@ -128,7 +128,7 @@ export function buildProgram(): Command {
     .action(async (o) => finish(await (await import("./commands/operator")).settle(o)));
 
   operatorOptions(program.command("close-all").description("claim, settle and refund every channel (shutting a service down)").option("--batch <n>", "channels per claim transaction", "100"))
-    .addHelpText("after", "\nExample:\n  tollway close-all --token $TOLLWAY_ADMIN_TOKEN")
+    .addHelpText("after", "\nExample:\n  TOLLWAY_ADMIN_TOKEN=... tollway close-all")
     .action(async (o) => finish(await (await import("./commands/operator")).closeAll(o)));
 
   operatorOptions(program.command("report").description("revenue by resource, route, payer, day or hour").option("--by <grouping>", "resource | route | payer | day | hour", "resource").option("--csv", "CSV output"))
