@@ -105,12 +105,21 @@ export class TxSender {
     // for, never sent again (a second claim would be a no-op costing gas, a second refund would pay twice).
     let hash: Hex | undefined;
     let lastError: unknown;
+    // Every transaction signed for this call: before another attempt, one the node turns out to have is the send.
+    const signed: Hex[] = [];
     for (let attempt = 0; attempt <= this.retries && hash === undefined; attempt++) {
       try {
+        for (const h of signed) {
+          if (await this.publicClient.getTransaction({ hash: h }).then(() => true, () => false)) hash = h;
+        }
+        if (hash !== undefined) {
+          this.nonce = undefined;
+          break;
+        }
         if (this.nonce === undefined) {
           this.nonce = await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" });
         }
-        hash = await this.sendOnce(p, this.nonce);
+        hash = await this.sendOnce(p, this.nonce, signed);
         this.nonce++;
         this.sent++;
       } catch (err) {
@@ -138,7 +147,7 @@ export class TxSender {
    * before it goes out: if the RPC call fails ambiguously (a timeout, "already known") but the node has
    * the transaction, that hash is the send, and no second transaction goes out with another nonce.
    */
-  private async sendOnce(p: { address: Hex; abi: Abi; functionName: unknown; args: unknown; gas?: bigint }, nonce: number): Promise<Hex> {
+  private async sendOnce(p: { address: Hex; abi: Abi; functionName: unknown; args: unknown; gas?: bigint }, nonce: number, signed: Hex[]): Promise<Hex> {
     const account = this.walletClient.account;
     const call = { address: p.address, abi: p.abi as Abi, functionName: p.functionName as string, args: p.args as readonly unknown[] };
     if (account.type !== "local") {
@@ -154,6 +163,7 @@ export class TxSender {
     });
     const serializedTransaction = await this.walletClient.signTransaction(request as never);
     const hash = keccak256(serializedTransaction);
+    signed.push(hash);
     try {
       await this.walletClient.sendRawTransaction({ serializedTransaction });
     } catch (err) {

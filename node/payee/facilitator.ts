@@ -54,7 +54,18 @@ const settlePayloadSchema = z.object({ type: z.literal("settle"), receiver: addr
 type Snapshot = { channelId: Hex; balance: string; totalClaimed: string; withdrawRequestedAt: number; refundNonce: string };
 
 export class Facilitator {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
   constructor(readonly payee: Payee) {}
+
+  /** Runs `fn` after every earlier call for `key` has finished. */
+  private oneAtATime<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const run = (this.tails.get(key) ?? Promise.resolve()).then(fn, fn);
+    const tail = run.catch(() => undefined);
+    this.tails.set(key, tail);
+    void tail.then(() => this.tails.get(key) === tail && this.tails.delete(key));
+    return run;
+  }
 
   supported() {
     return {
@@ -158,37 +169,40 @@ export class Facilitator {
       if (!enriched.success) throw new PaymentError(ErrorCodes.refundPayload, "refund payload is malformed", { status: 400 });
       const e = enriched.data;
       const channelId = verified.extra.channelId;
-      const chain = await readChannel(this.payee.opts.publicClient, escrow, channelId);
-      // Rule 11: the nonce the server completed the payload with must still be the channel's. A retried
-      // /settle whose refund already went through fails here instead of refunding again.
-      if (e.refundNonce === undefined) {
-        throw new PaymentError(ErrorCodes.refundPayload, "refundNonce is required: the server completes the refund payload with the channel's nonce (rule 11)", { status: 400 });
-      }
-      if (e.refundNonce !== chain.refundNonce) {
-        throw new PaymentError(ErrorCodes.refundPayload, `refundNonce ${e.refundNonce} is not the channel's (${chain.refundNonce}): this refund already happened, or the payload is stale`);
-      }
-      const rows = e.claims ?? [];
-      // Only this channel's rows change what stays claimed on it.
-      const claimed = rows.reduce((m, r) => (this.payee.digester.channelId(r.voucher.channel) === channelId && r.totalClaimed > m ? r.totalClaimed : m), chain.totalClaimed);
-      const available = chain.balance - claimed;
-      if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
-      let amount: bigint;
-      let signed: Parameters<typeof claimAndRefundCalls>[3] = {};
-      if (e.refundAuthorizerSignature) {
-        // The signature binds nonce and amount: both must be given, and the amount goes on chain as signed.
-        if (e.amount === undefined) throw new PaymentError(ErrorCodes.refundPayload, "a signed refund needs its amount", { status: 400 });
-        amount = e.amount;
-        signed = { claim: e.claimAuthorizerSignature, refund: { nonce: e.refundNonce, signature: e.refundAuthorizerSignature } };
-      } else {
-        amount = e.amount === undefined || e.amount > available ? available : e.amount;
-        signed = { claim: e.claimAuthorizerSignature };
-      }
-      const calls = claimAndRefundCalls(c, rows, amount, signed);
-      const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
-      const after = await readChannel(this.payee.opts.publicClient, escrow, channelId);
-      // What moved: the balance went down by exactly the refund (claims do not change it).
-      const refunded = chain.balance - after.balance;
-      return { success: true, transaction: hash, network, payer: c.payer, amount: (refunded > 0n ? refunded : 0n).toString(), extra: { channelState: snapshot(channelId, after) } };
+      // One refund per channel at a time: a retried /settle waits for the first, then meets its nonce.
+      return this.oneAtATime(channelId, async () => {
+        const chain = await readChannel(this.payee.opts.publicClient, escrow, channelId);
+        // Rule 11: the nonce the server completed the payload with must still be the channel's. A retried
+        // /settle whose refund already went through fails here instead of refunding again.
+        if (e.refundNonce === undefined) {
+          throw new PaymentError(ErrorCodes.refundPayload, "refundNonce is required: the server completes the refund payload with the channel's nonce (rule 11)", { status: 400 });
+        }
+        if (e.refundNonce !== chain.refundNonce) {
+          throw new PaymentError(ErrorCodes.refundPayload, `refundNonce ${e.refundNonce} is not the channel's (${chain.refundNonce}): this refund already happened, or the payload is stale`);
+        }
+        const rows = e.claims ?? [];
+        // Only this channel's rows change what stays claimed on it.
+        const claimed = rows.reduce((m, r) => (this.payee.digester.channelId(r.voucher.channel) === channelId && r.totalClaimed > m ? r.totalClaimed : m), chain.totalClaimed);
+        const available = chain.balance - claimed;
+        if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
+        let amount: bigint;
+        let signed: Parameters<typeof claimAndRefundCalls>[3] = {};
+        if (e.refundAuthorizerSignature) {
+          // The signature binds nonce and amount: both must be given, and the amount goes on chain as signed.
+          if (e.amount === undefined) throw new PaymentError(ErrorCodes.refundPayload, "a signed refund needs its amount", { status: 400 });
+          amount = e.amount;
+          signed = { claim: e.claimAuthorizerSignature, refund: { nonce: e.refundNonce, signature: e.refundAuthorizerSignature } };
+        } else {
+          amount = e.amount === undefined || e.amount > available ? available : e.amount;
+          signed = { claim: e.claimAuthorizerSignature };
+        }
+        const calls = claimAndRefundCalls(c, rows, amount, signed);
+        const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
+        const after = await readChannel(this.payee.opts.publicClient, escrow, channelId);
+        // What moved: the balance went down by exactly the refund (claims do not change it).
+        const refunded = chain.balance - after.balance;
+        return { success: true, transaction: hash, network, payer: c.payer, amount: (refunded > 0n ? refunded : 0n).toString(), extra: { channelState: snapshot(channelId, after) } };
+      });
     }
     throw new PaymentError(ErrorCodes.unknownSettleAction, `unknown settle action "${String(type)}"`, { status: 400 });
   }

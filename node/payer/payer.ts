@@ -293,19 +293,19 @@ export class Payer {
       const balance = BigInt(state.balance);
       if (balance < cumulative) return halt(`balance ${balance} is below the charged ${cumulative}`);
       // Rule 3: the balance only goes down by this payer's own withdrawal or refund (recorded in its store).
-      // A lower one is believed only from the chain; otherwise a payee could make the payer deposit again and again.
+      // A lower report is not taken on the payee's word (it could make the payer deposit again and again),
+      // nor a reason to halt (a payee's mirror can lag a top-up): the chain decides, else what we expect.
       const expected = ch.balance + (p.deposit ?? 0n);
+      let kept = balance;
       if (balance < expected) {
-        const onchain = this.params.publicClient
-          ? (await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [p.channelId] }))[0]
-          : undefined;
-        if (onchain !== balance) return halt(`balance ${balance} is below the expected ${expected}${onchain !== undefined ? ` (chain: ${onchain})` : ""}`);
+        const onchain = await this.chainBalance(p.channelId);
+        kept = onchain !== undefined && onchain >= cumulative ? onchain : expected;
       }
       if (p.deposit !== undefined && (body.amount !== p.deposit.toString() || !body.transaction)) {
         return halt(`deposit of ${p.deposit} not confirmed by the response (amount ${body.amount})`);
       }
-      await this.store.putChannel({ ...ch, charged: cumulative, balance, spent: ch.spent + charged, updatedAt: Date.now() });
-      return { charged, balance };
+      await this.store.putChannel({ ...ch, charged: cumulative, balance: kept, spent: ch.spent + charged, updatedAt: Date.now() });
+      return { charged, balance: kept };
     } finally {
       p.release();
     }
@@ -326,8 +326,12 @@ export class Payer {
       if (!state || String(state.channelId).toLowerCase() !== channelId.toLowerCase()) {
         throw new ServerMisbehaviorError(channelId, "corrective 402 without this channel's state");
       }
-      const claimed = BigInt(state.chargedCumulativeAmount);
-      let balance = BigInt(state.balance);
+      const decimal = (v: unknown) => (typeof v === "string" && /^(0|[1-9]\d{0,77})$/.test(v) ? BigInt(v) : undefined);
+      const claimed = decimal(state.chargedCumulativeAmount);
+      const reported = decimal(state.balance);
+      if (claimed === undefined || reported === undefined) throw new ServerMisbehaviorError(channelId, "corrective 402 with malformed amounts");
+      // As in complete(): a lower balance only from the chain.
+      let balance = reported >= ch.balance ? reported : ((await this.chainBalance(channelId)) ?? ch.balance);
       const proof = extra.voucherState as { signedMaxClaimable?: string; signature?: Hex } | undefined;
       let ok = false;
       if (proof?.signature && proof.signedMaxClaimable !== undefined) {
@@ -373,11 +377,24 @@ export class Payer {
     if (!body.transaction || (state && state.channelId.toLowerCase() !== channelId.toLowerCase())) {
       throw new ServerMisbehaviorError(channelId, "refund answer without a transaction for this channel");
     }
-    // The chain says what the balance is now; the server's word only without a chain client.
-    const balance = this.params.publicClient
-      ? (await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] }))[0]
-      : BigInt(state?.balance ?? ch.balance);
+    // The chain says what the balance is now, once the refund is in; the server's word only without it.
+    let balance: bigint | undefined;
+    if (this.params.publicClient) {
+      const receipt = await this.params.publicClient.waitForTransactionReceipt({ hash: body.transaction as Hex, timeout: 60_000 }).catch(() => undefined);
+      if (receipt?.status === "success") balance = await this.chainBalance(channelId);
+    }
+    balance ??= BigInt(state?.balance ?? ch.balance);
     await this.store.putChannel({ ...ch, balance, updatedAt: Date.now() });
+  }
+
+  /** The channel's balance on chain, or undefined without a chain client or when the read fails. */
+  private async chainBalance(channelId: Hex): Promise<bigint | undefined> {
+    if (!this.params.publicClient) return undefined;
+    try {
+      return (await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] }))[0];
+    } catch {
+      return undefined;
+    }
   }
 
   /** Waits for `hash` (when a public client is configured) and throws if it reverted. */

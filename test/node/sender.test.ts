@@ -57,4 +57,25 @@ describe("transaction sender (hardhat node)", function () {
     expect(calls).to.equal(1);
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
   });
+
+  it("even when the lookup right after a lost answer fails too, the next attempt finds the signed transaction instead of sending another", async () => {
+    const account = ctx.payers[2]!;
+    const { publicClient, walletClient } = clientsFor(ctx.chain.url, account);
+    const sendRaw = walletClient.sendRawTransaction.bind(walletClient);
+    let sends = 0;
+    (walletClient as { sendRawTransaction: unknown }).sendRawTransaction = async (a: never) => {
+      sends++;
+      await sendRaw(a);
+      throw new Error("request timed out");
+    };
+    const getTransaction = publicClient.getTransaction.bind(publicClient);
+    let lookups = 0;
+    (publicClient as { getTransaction: unknown }).getTransaction = (a: never) => (++lookups === 1 ? Promise.reject(new Error("rpc flake")) : getTransaction(a));
+    const sender = new TxSender(publicClient as never, walletClient as never);
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    const ok = await sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 4n] });
+    expect(ok.receipt.status).to.equal("success");
+    expect(sends).to.equal(1);
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
+  });
 });

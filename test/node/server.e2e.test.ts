@@ -380,8 +380,12 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const again = await post("/settle", refund);
     expect(again).to.include({ success: false, errorReason: "invalid_batch_settlement_evm_refund_payload" });
     expect(again.errorMessage).to.match(/refundNonce 0 is not the channel's \(1\)/);
+    // The same refund sent twice at once (a client retrying while the first confirms): paid once.
+    const next = { ...payloadOf(await payer.refundHeader(accept, 20_000n, 10_000n)), refundNonce: "1" };
+    const both = await Promise.all([post("/settle", next), post("/settle", next)]);
+    expect(both.map((r: { success: boolean }) => r.success).sort()).to.deep.equal([false, true]);
     const onchain = await readChannel(node.payee.opts.publicClient, CANONICAL_ADDRESSES.batchSettlement, id);
-    expect(onchain.balance).to.equal(70_000n);
+    expect(onchain.balance).to.equal(60_000n);
   });
 
   it("exports Prometheus metrics and never logs the node key", async () => {
