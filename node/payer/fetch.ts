@@ -132,6 +132,8 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       const requirements = payer.select(accepts);
       if (body.error === ErrorCodes.cumulativeAmountMismatch && requirements.extra.channelState) {
         await payer.correct(requirements, requirements.extra as Record<string, unknown>);
+      } else if (body.error === ErrorCodes.cumulativeExceedsBalance) {
+        await payer.refreshBalance(requirements); // then the payment below deposits what is missing
       }
       const { res, prepared } = await payAndSend(stripCorrective(requirements));
       const done = await finish(res, prepared);

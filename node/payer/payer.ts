@@ -387,6 +387,25 @@ export class Payer {
     await this.store.putChannel({ ...ch, balance, updatedAt: Date.now() });
   }
 
+  /**
+   * After the payee answers `cumulative_exceeds_balance`: the stored balance was too high (an operator
+   * close, a refund or withdrawal done elsewhere). Takes the chain's balance, or without a chain client
+   * assumes nothing is left above the charges, so the next payment deposits.
+   */
+  async refreshBalance(r: PaymentRequirements): Promise<void> {
+    const config = this.configFor(r);
+    const channelId = computeChannelId(this.domain, config);
+    const release = await this.queue.acquire(channelId);
+    try {
+      const ch = await this.store.getChannel(channelId);
+      if (!ch) return;
+      const balance = (await this.chainBalance(channelId)) ?? ch.charged;
+      if (balance < ch.balance) await this.store.putChannel({ ...ch, balance, updatedAt: Date.now() });
+    } finally {
+      release();
+    }
+  }
+
   /** The channel's balance on chain, or undefined without a chain client or when the read fails. */
   private async chainBalance(channelId: Hex): Promise<bigint | undefined> {
     if (!this.params.publicClient) return undefined;

@@ -352,6 +352,26 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect((await p.store.getChannel(channelId))!.balance).to.equal(500_000n);
   });
 
+  it("a stored balance that is too high (the channel was drained elsewhere): the payee's cumulative_exceeds_balance makes the payer deposit, not resend the same voucher", async () => {
+    const p = payer({ maxDeposit: 500_000n, depositMultiplier: 50 });
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    await p.store.putChannel({ channelId, config: p.configFor({ ...base, amount: 10_000n } as never), network: "eip155:31337", charged: 10_000n, signedMax: 10_000n, balance: 500_000n, spent: 10_000n, updatedAt: Date.now() });
+    const kinds: string[] = [];
+    respond = (req, res) => {
+      const h = req.headers["payment-signature"];
+      if (typeof h !== "string") return send402([base])(req, res);
+      const kind = JSON.parse(Buffer.from(h, "base64").toString("utf8")).payload.type as string;
+      kinds.push(kind);
+      if (kind !== "deposit") return send402([base], "invalid_batch_settlement_evm_cumulative_exceeds_balance")(req, res);
+      const body = { success: true, transaction: "0x" + "22".repeat(32), network: "eip155:31337", amount: "500000", extra: { chargedAmount: "10000", channelState: { channelId, balance: "500000", totalClaimed: "10000", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "20000" } } };
+      res.status(200).set(HEADERS.paymentResponse, encodeBase64Json(body)).send("ok");
+    };
+    const res = await wrapFetch(fetch, p)(url);
+    expect(res.status).to.equal(200);
+    expect(kinds).to.deep.equal(["voucher", "deposit"]);
+    expect((await p.store.getChannel(channelId))!.charged).to.equal(20_000n);
+  });
+
   it("an undecodable PAYMENT-RESPONSE fails the request without leaving the channel locked", async () => {
     const p = payer({ maxDeposit: 500_000n, depositMultiplier: 50 });
     respond = paidWith(p, () => undefined, "!!!not base64 json");
