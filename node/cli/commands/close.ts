@@ -29,6 +29,7 @@ export async function withdraw(target: string, o: PayerCliOptions & { finalize?:
     if (/^0x[0-9a-fA-F]{64}$/.test(target)) {
       const stored = await ctx.store.getChannel(target.toLowerCase() as `0x${string}`);
       if (!stored) throw new ExitError(ExitCodes.usage, `no channel ${target} in this payer's store (see tollway channels)`);
+      if (stored.network !== `eip155:${o.chainId}`) throw new ExitError(ExitCodes.usage, `channel ${target} is on ${stored.network}, not eip155:${o.chainId} (--chain-id, --rpc)`);
       config = stored.config;
       id = stored.channelId;
     } else {
