@@ -18,6 +18,8 @@ function payerOptions(cmd: Command): Command {
     .option("--key-file <file>", "file holding the payer key (mode 0600)")
     .option("--decimals <n>", "token decimals for amounts", "6")
     .option("--symbol <s>", "token symbol for display", "USDC")
+    .option("--asset <address>", "pay only in this token (refuse any other asset a payee names)")
+    .option("--escrow <address>", "escrow address (default: canonical)")
     .option("--json", "machine-readable output");
 }
 
@@ -52,7 +54,6 @@ export function buildProgram(): Command {
     program
       .command("channels")
       .description("your channels as a payer; with --node, every channel of a payee node (receiver side, riskiest first)")
-      .option("--escrow <address>", "escrow address (default: canonical)")
       .option("--node <url>", "list the receiver-side channels of this payee node")
       .option("--token <token>", "admin bearer token for --node; prefer TOLLWAY_ADMIN_TOKEN (an argument shows in ps)"),
   )
@@ -88,7 +89,7 @@ export function buildProgram(): Command {
       finish(await (await import("./commands/close")).refund(url, o));
     });
 
-  payerOptions(program.command("withdraw <channel-or-url>").description("timed withdrawal (when the payee does not cooperate): a channel id from `tollway channels`, or the payee's URL").option("--finalize", "complete a withdrawal whose delay has passed").option("--escrow <address>", "escrow address"))
+  payerOptions(program.command("withdraw <channel-or-url>").description("timed withdrawal (when the payee does not cooperate): a channel id from `tollway channels`, or the payee's URL").option("--finalize", "complete a withdrawal whose delay has passed"))
     .addHelpText("after", "\nExamples:\n  tollway withdraw 0x<channel id>\n  tollway withdraw http://127.0.0.1:4020/articles/1\n  tollway withdraw 0x<channel id> --finalize")
     .action(async (url, o) => finish(await (await import("./commands/close")).withdraw(url, o)));
 

@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { type Address, type Hex, keccak256, toHex } from "viem";
+import { type Address, type Hex, getAddress, keccak256, toHex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createChainClients } from "../chain/clients";
 import { formatAmount, parsePrice } from "../protocol/amounts";
@@ -26,6 +26,8 @@ export type PayerCliOptions = {
   symbol?: string;
   /** Escrow address (default: canonical); the payer's channel ids, reads and transactions all use it. */
   escrow?: string;
+  /** The only token to pay in. */
+  asset?: string;
 };
 
 export function readKey(keyFile: string | undefined, envName = "TOLLWAY_PAYER_KEY"): Hex {
@@ -67,6 +69,7 @@ export async function openPayerContext(o: PayerCliOptions): Promise<PayerContext
     maxPerRequest: o.max ? parse(o.max) : undefined,
     budget: o.budget ? parse(o.budget) : undefined,
     maxDeposit: o.maxDeposit ? parse(o.maxDeposit) : undefined,
+    ...(o.asset ? { allowedAssets: [getAddress(o.asset)] } : {}),
   };
   // The session key is derived from the wallet key: stable across runs, never stored or printed.
   const sessionKey = privateKeyToAccount(keccak256(toHex(`tollway-session:${key}`)));

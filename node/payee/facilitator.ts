@@ -5,7 +5,7 @@
  */
 import express, { type Request, type Response, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
-import { erc20Abi, type Hex } from "viem";
+import { erc20Abi, parseEventLogs, type Hex } from "viem";
 import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
@@ -140,8 +140,10 @@ export class Facilitator {
       const r = await readReceiver(this.payee.opts.publicClient, escrow, p.data.receiver, p.data.token);
       const amount = r.totalClaimed - r.totalSettled;
       if (amount === 0n) return { success: true, transaction: "", network, amount: "0" };
-      const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "settle", args: [p.data.receiver, p.data.token], simulationError: ErrorCodes.settleSimulationFailed, transactionError: ErrorCodes.settleTransactionFailed });
-      return { success: true, transaction: hash, network, amount: amount.toString() };
+      const { hash, receipt } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "settle", args: [p.data.receiver, p.data.token], simulationError: ErrorCodes.settleSimulationFailed, transactionError: ErrorCodes.settleTransactionFailed });
+      // What moved, from the receipt (another settle may have swept it meanwhile).
+      const moved = parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Settled" }).reduce((a, e) => a + e.args.amount, 0n);
+      return { success: true, transaction: hash, network, amount: moved.toString() };
     }
     const payload = parseSchemePayload(raw);
     if (!req) throw new PaymentError(ErrorCodes.payloadType, "paymentRequirements are required for this payload type", { status: 400 });
@@ -197,11 +199,11 @@ export class Facilitator {
           signed = { claim: e.claimAuthorizerSignature };
         }
         const calls = claimAndRefundCalls(c, rows, amount, signed);
-        const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
+        const { hash, receipt } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
         const after = await readChannel(this.payee.opts.publicClient, escrow, channelId);
-        // What moved: the balance went down by exactly the refund (claims do not change it).
-        const refunded = chain.balance - after.balance;
-        return { success: true, transaction: hash, network, payer: c.payer, amount: (refunded > 0n ? refunded : 0n).toString(), extra: { channelState: snapshot(channelId, after) } };
+        // What moved, from the receipt (the contract caps a refund at what is unclaimed).
+        const refunded = parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Refunded" }).reduce((a, e) => a + e.args.amount, 0n);
+        return { success: true, transaction: hash, network, payer: c.payer, amount: refunded.toString(), extra: { channelState: snapshot(channelId, after) } };
       });
     }
     throw new PaymentError(ErrorCodes.unknownSettleAction, `unknown settle action "${String(type)}"`, { status: 400 });

@@ -77,6 +77,10 @@ describe("tollway CLI for wallet users: pay, channels, deposit, refund, withdraw
     expect(r.stderr.trim().split("\n")).to.have.length(1);
     expect(r.stderr).to.match(/^tollway: price 10000 exceeds the maximum per request 1000/);
     expect(r.stdout).to.equal("");
+    // --asset pins the token: a payee naming another one is refused the same way.
+    const other = await run(["pay", `${node.url}/articles/8`, "--asset", "0x0000000000000000000000000000000000000bad", ...common], env);
+    expect(other.code).to.equal(3);
+    expect(other.stderr).to.match(/^tollway: asset 0x\w+ is not in the allowed list/);
   });
 
   it("reads the key from a 0600 key file, and refuses a key file others can read", async () => {
