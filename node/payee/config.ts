@@ -28,7 +28,14 @@ export const nodeConfigSchema = z
     /** payTo; defaults to the node key's address. */
     receiver: addressSchema.optional(),
     withdrawDelay: z.number().int().min(900).max(30 * 24 * 3600).default(900),
-    listen: z.object({ host: z.string().default("127.0.0.1"), port: z.number().int().min(0).max(65535).default(4020) }).default({}),
+    listen: z
+      .object({
+        host: z.string().default("127.0.0.1"),
+        port: z.number().int().min(0).max(65535).default(4020),
+        /** Serve HTTPS with this PEM certificate (chain) and key (mode 0600), e.g. when bound beyond loopback. */
+        tls: z.object({ certFile: z.string(), keyFile: z.string() }).strict().optional(),
+      })
+      .default({}),
     storePath: z.string().default(".tollway/payee"),
     keyFile: z.string().optional(),
     /** Bearer token for admin, metrics and facilitator endpoints (or TOLLWAY_ADMIN_TOKEN). */

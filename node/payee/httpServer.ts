@@ -18,6 +18,8 @@
  * so express's getters (`req.ip`, `req.hostname`, `req.app`) work there.
  */
 import http, { type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from "node:http";
+import https from "node:https";
+import type { SecureContextOptions } from "node:tls";
 import type { AddressInfo, Socket } from "node:net";
 
 /** The part of an express application this needs (its request handler and its two prototypes). */
@@ -52,8 +54,11 @@ export function canBuildOnAppPrototypes(): boolean {
  * Listen on it as on any server (`server.listen(port, "127.0.0.1")`), or use `listenExpress`.
  * @example const server = createExpressServer(app); server.listen(8080, "127.0.0.1");
  */
-export function createExpressServer(app: ExpressLikeApp, options: ServerOptions = {}): Server {
-  if (!canBuildOnAppPrototypes()) return http.createServer(options, app);
+export function createExpressServer(app: ExpressLikeApp, options: ExpressServerOptions = {}): Server {
+  const { tls, ...httpOptions } = options;
+  // node's https.Server reads the same IncomingMessage / ServerResponse options as http.Server.
+  const create = (o: ServerOptions): Server => (tls ? (https.createServer({ ...tls, ...o }, app) as unknown as Server) : http.createServer(o, app));
+  if (!canBuildOnAppPrototypes()) return create(httpOptions);
   const BaseRequest = http.IncomingMessage as unknown as (this: IncomingMessage, socket: Socket) => void;
   const BaseResponse = http.ServerResponse as unknown as (this: ServerResponse, req: IncomingMessage, opts?: unknown) => void;
   function AppRequest(this: IncomingMessage, socket: Socket) {
@@ -64,21 +69,21 @@ export function createExpressServer(app: ExpressLikeApp, options: ServerOptions 
     BaseResponse.call(this, req, opts);
   }
   AppResponse.prototype = app.response;
-  return http.createServer(
-    {
-      ...options,
-      IncomingMessage: AppRequest as unknown as Ctor<IncomingMessage> as typeof IncomingMessage,
-      ServerResponse: AppResponse as unknown as Ctor<ServerResponse> as typeof ServerResponse,
-    },
-    app,
-  );
+  return create({
+    ...httpOptions,
+    IncomingMessage: AppRequest as unknown as Ctor<IncomingMessage> as typeof IncomingMessage,
+    ServerResponse: AppResponse as unknown as Ctor<ServerResponse> as typeof ServerResponse,
+  });
 }
+
+/** node:http server options, plus `tls` (certificate and key) to serve HTTPS. */
+export type ExpressServerOptions = ServerOptions & { tls?: SecureContextOptions };
 
 /**
  * `createExpressServer(app)` listening on `host` (default 127.0.0.1) and `port`; resolves with the
  * server and its URL once it listens, rejects if it cannot.
  */
-export function listenExpress(app: ExpressLikeApp, port: number, host = "127.0.0.1", options: ServerOptions = {}): Promise<{ server: Server; url: string }> {
+export function listenExpress(app: ExpressLikeApp, port: number, host = "127.0.0.1", options: ExpressServerOptions = {}): Promise<{ server: Server; url: string }> {
   const server = createExpressServer(app, options);
   return new Promise((resolve, reject) => {
     server.once("error", reject);
@@ -86,7 +91,7 @@ export function listenExpress(app: ExpressLikeApp, port: number, host = "127.0.0
       server.off("error", reject);
       const addr = server.address() as AddressInfo;
       const shown = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
-      resolve({ server, url: `http://${shown}:${addr.port}` });
+      resolve({ server, url: `${options.tls ? "https" : "http"}://${shown}:${addr.port}` });
     });
   });
 }

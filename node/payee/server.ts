@@ -15,6 +15,7 @@ import { createChainClients } from "../chain/clients";
 import { readReceiver } from "../chain/escrow";
 import { TxSender } from "../chain/sender";
 import { parsePrice } from "../protocol/amounts";
+import { ConfigError } from "../protocol/errors";
 import { ChannelStore } from "../store/channelStore";
 import { ClaimEngine, exposure } from "./claims";
 import type { NodeConfig } from "./config";
@@ -55,6 +56,9 @@ export type StartOptions = {
 export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Promise<PayeeNode> {
   const logger = opts.logger ?? pino({ level: config.logLevel, redact: ["key", "*.key", "privateKey", "authorization"] });
   const account = privateKeyToAccount(opts.key);
+  // Read first: a bad certificate or key file fails the start before anything is opened.
+  const tlsFiles = config.listen.tls;
+  const tls = tlsFiles ? { cert: fs.readFileSync(tlsFiles.certFile), key: readKeyFile(tlsFiles.keyFile) } : undefined;
   await keccakReady;
   fs.mkdirSync(config.storePath, { recursive: true });
   const store = await ChannelStore.open(config.storePath);
@@ -209,7 +213,10 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   opts.install?.(app);
 
   // Requests and responses built on the app's prototypes: no per-request hidden classes (httpServer.ts).
-  const { server, url } = await listenExpress(app, config.listen.port, config.listen.host);
+  if (!tls && !isLoopback(config.listen.host)) {
+    logger.warn({ host: config.listen.host }, "serving plain HTTP beyond loopback: bearer tokens and payments travel unencrypted (set listen.tls or put TLS in front)");
+  }
+  const { server, url } = await listenExpress(app, config.listen.port, config.listen.host, tls ? { tls } : {});
   let stopping: Promise<void> | undefined;
   watcher.start();
   claims.start();
@@ -237,6 +244,16 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
       return stopping;
     },
   };
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || host.startsWith("127.");
+}
+
+/** A TLS private key file must not be readable by group or others. */
+function readKeyFile(file: string): Buffer {
+  if ((fs.statSync(file).mode & 0o077) !== 0) throw new ConfigError(`TLS key file ${file} must not be readable by group or others (chmod 600)`);
+  return fs.readFileSync(file);
 }
 
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"]);

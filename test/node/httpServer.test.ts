@@ -1,7 +1,10 @@
 import { expect } from "chai";
 import { spawnSync } from "node:child_process";
 import express from "express";
+import fs from "node:fs";
 import http from "node:http";
+import https from "node:https";
+import os from "node:os";
 import net, { type AddressInfo } from "node:net";
 import path from "node:path";
 import { canBuildOnAppPrototypes, closeGracefully, createExpressServer, listenExpress } from "../../node/payee/httpServer";
@@ -186,5 +189,29 @@ describe("serving an express app with stable object shapes (createExpressServer)
     expect(await inFlight).to.equal("done 100");
     expect(Date.now() - started).to.be.below(1_000); // server.close alone waits for the 5 s keep-alive timeout
     agent.destroy();
+  });
+
+  it("serves HTTPS with the same shared prototypes when given a certificate and key", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-tls-"));
+    const r = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem"), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], { encoding: "utf8" });
+    expect(r.status, r.stderr).to.equal(0);
+    const cert = fs.readFileSync(path.join(dir, "cert.pem"));
+    const app = express();
+    app.get("/who", (req, res) => void res.json({ secure: req.secure, proto: Object.getPrototypeOf(req) === app.request }));
+    const { server, url } = await listenExpress(app, 0, "127.0.0.1", { tls: { cert, key: fs.readFileSync(path.join(dir, "key.pem")) } });
+    try {
+      expect(url).to.match(/^https:\/\/127\.0\.0\.1:\d+$/);
+      const body = await new Promise<string>((resolve, reject) => {
+        https.get(`${url}/who`, { ca: cert }, (res) => {
+          let b = "";
+          res.on("data", (d) => (b += d));
+          res.on("end", () => resolve(b));
+        }).on("error", reject);
+      });
+      expect(JSON.parse(body)).to.deep.equal({ secure: true, proto: canBuildOnAppPrototypes() });
+    } finally {
+      await close(server);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

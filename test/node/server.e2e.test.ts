@@ -2,6 +2,8 @@ import { expect } from "chai";
 import express from "express";
 import fs from "node:fs";
 import http from "node:http";
+import https from "node:https";
+import { spawnSync } from "node:child_process";
 import os from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
@@ -401,6 +403,36 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(logText).to.not.include(nodeKey.slice(2));
     expect(logText.toLowerCase()).to.not.include(nodeKey.slice(2).toLowerCase());
     void hardhatTestAccount;
+  });
+
+  it("listen.tls: the node serves HTTPS; a TLS key file others can read is refused", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-node-tls-"));
+    const gen = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem"), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], { encoding: "utf8" });
+    expect(gen.status, gen.stderr).to.equal(0);
+    fs.chmodSync(path.join(dir, "key.pem"), 0o600);
+    const tlsConfig = (storeDir: string) =>
+      parseNodeConfig({ ...localNodeConfig(ctx), storePath: storeDir, listen: { port: 0, tls: { certFile: path.join(dir, "cert.pem"), keyFile: path.join(dir, "key.pem") } } }, {});
+    const silent = pino({ level: "silent" });
+    const secure = await startPayeeNode(tlsConfig(fs.mkdtempSync(path.join(os.tmpdir(), "tollway-tls-store-"))), { key: nodeKey, logger: silent });
+    try {
+      expect(secure.url).to.match(/^https:\/\/127\.0\.0\.1:\d+$/);
+      const health = await new Promise<number>((resolve, reject) => {
+        https.get(`${secure.url}/health`, { ca: fs.readFileSync(path.join(dir, "cert.pem")) }, (r) => {
+          r.resume();
+          resolve(r.statusCode!);
+        }).on("error", reject);
+      });
+      expect(health).to.equal(200);
+    } finally {
+      await secure.stop();
+    }
+    fs.chmodSync(path.join(dir, "key.pem"), 0o644);
+    const refused = await startPayeeNode(tlsConfig(fs.mkdtempSync(path.join(os.tmpdir(), "tollway-tls-store-"))), { key: nodeKey, logger: silent }).then(
+      (n) => n.stop().then(() => "started"),
+      (e: Error) => e.message,
+    );
+    expect(refused).to.match(/TLS key file .* must not be readable by group or others/);
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   // Last: it stops the node.
