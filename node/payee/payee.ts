@@ -587,17 +587,17 @@ export class Payee {
     this.checkChainTiming(rec);
   }
 
-  /** A withdrawal about to finalize, or a chain view older than the risk window: no new charges. */
+  /** A channel not mirrored yet, a withdrawal about to finalize, or a chain view older than the risk window: no new charges. */
   private checkChainTiming(rec: ChannelRecord) {
+    if (this.unsynced.size > 0 && this.unsynced.has(rec.channelId)) {
+      throw new PaymentError(ErrorCodes.channelStateReadFailed, "this channel has chain events not mirrored yet; retry shortly", { status: 503 });
+    }
     if (rec.withdrawRequestedAt !== 0) {
       const finalizeAt = (rec.withdrawRequestedAt + rec.config.withdrawDelay) * 1000;
       const margin = (this.opts.withdrawalSafetyMarginS ?? 300) * 1000;
       if (this.now() > finalizeAt - margin) {
         throw new PaymentError(ErrorCodes.channelNotFound, "channel is closing: its withdrawal finalizes too soon to accept vouchers");
       }
-    }
-    if (this.unsynced.size > 0 && this.unsynced.has(rec.channelId)) {
-      throw new PaymentError(ErrorCodes.channelStateReadFailed, "this channel has chain events not mirrored yet; retry shortly", { status: 503 });
     }
     const age = this.now() - this.chainSyncedAt;
     if (age > (this.opts.riskWindowMs ?? 300_000)) {
