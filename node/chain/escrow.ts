@@ -1,5 +1,5 @@
 /** Typed reads of the escrow. */
-import { type Address, type Chain, type Hex, type PublicClient, type Transport, encodeFunctionData } from "viem";
+import { type Address, type Chain, type Hex, type Log, type PublicClient, type Transport, encodeFunctionData, parseEventLogs } from "viem";
 import type { ChannelConfig, VoucherClaim } from "../protocol/typedData";
 import { batchSettlementAbi } from "./abi";
 
@@ -65,4 +65,12 @@ export function claimAndRefundCalls(
     calls.push(encodeFunctionData({ abi: batchSettlementAbi, functionName: "refund", args: [config, amount] }));
   }
   return calls;
+}
+
+/**
+ * What a transaction moved, from its receipt's `Settled` or `Refunded` events (0 when it emitted none:
+ * a settle with nothing left, a refund capped to nothing). Reads made before a transaction can be stale.
+ */
+export function amountMoved(logs: Log[], eventName: "Settled" | "Refunded"): bigint {
+  return parseEventLogs({ abi: batchSettlementAbi, logs, eventName }).reduce((sum, e) => sum + e.args.amount, 0n);
 }

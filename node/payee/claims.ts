@@ -6,7 +6,7 @@
 import { parseEventLogs, type Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
-import { readReceiver } from "../chain/escrow";
+import { amountMoved, readReceiver } from "../chain/escrow";
 import { isRevert } from "../chain/sender";
 import { ErrorCodes } from "../protocol/errors";
 import type { VoucherClaim } from "../protocol/typedData";
@@ -40,6 +40,11 @@ export type ClaimEngineOptions = ClaimStrategy & {
   onProgress?: (done: number, total: number) => void;
 };
 
+/** A record with something a claim can still collect, and a voucher to collect it with. */
+export function hasClaim(rec: ChannelRecord): boolean {
+  return claimable(rec) > 0n && rec.signature !== "0x";
+}
+
 /** A channel's unclaimed exposure: charged but not yet claimed on chain. */
 export function exposure(rec: ChannelRecord): bigint {
   return rec.chargedCumulative > rec.totalClaimed ? rec.chargedCumulative - rec.totalClaimed : 0n;
@@ -69,7 +74,7 @@ export class ClaimEngine {
   async pending(filter?: (r: ChannelRecord) => boolean): Promise<ChannelRecord[]> {
     const out: ChannelRecord[] = [];
     for await (const rec of this.payee.store.channels()) {
-      if (claimable(rec) > 0n && rec.signature !== "0x" && (!filter || filter(rec))) out.push(rec);
+      if (hasClaim(rec) && (!filter || filter(rec))) out.push(rec);
     }
     return out;
   }
@@ -98,7 +103,7 @@ export class ClaimEngine {
       // Listed channels are read directly, not found by a scan of the whole store.
       const ids = [...new Set(select.channels.map((c) => c.toLowerCase() as Hex))];
       const found = await Promise.all(ids.map((id) => this.payee.store.getChannel(id)));
-      recs = found.filter((r): r is ChannelRecord => r !== undefined && claimable(r) > 0n && r.signature !== "0x");
+      recs = found.filter((r): r is ChannelRecord => r !== undefined && hasClaim(r));
     } else {
       recs = await this.pending();
     }
@@ -200,7 +205,7 @@ export class ClaimEngine {
       transactionError: ErrorCodes.settleTransactionFailed,
     });
     // What moved is in the receipt (a settle queued behind another one moves nothing and emits nothing).
-    const moved = parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Settled" }).reduce((a, e) => a + e.args.amount, 0n);
+    const moved = amountMoved(receipt.logs, "Settled");
     await this.payee.store.appendHistory({ at: Date.now(), kind: "settle", txHash: hash, channels: [], amount: moved, gasUsed: receipt.gasUsed });
     this.opts.logger?.info({ tx: hash, amount: moved.toString() }, "settled");
     return { hash, amount: moved, gasUsed: receipt.gasUsed };

@@ -5,10 +5,10 @@
  */
 import express, { type Request, type Response, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
-import { erc20Abi, parseEventLogs, type Hex } from "viem";
+import { erc20Abi, type Hex } from "viem";
 import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
-import { claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
+import { amountMoved, claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
 import { ChainError, ErrorCodes, PaymentError, TollwayError } from "../protocol/errors";
 import { BATCH_SETTLEMENT_SCHEME, type VoucherClaim } from "../protocol/typedData";
 import {
@@ -54,18 +54,7 @@ const settlePayloadSchema = z.object({ type: z.literal("settle"), receiver: addr
 type Snapshot = { channelId: Hex; balance: string; totalClaimed: string; withdrawRequestedAt: number; refundNonce: string };
 
 export class Facilitator {
-  private readonly tails = new Map<string, Promise<unknown>>();
-
   constructor(readonly payee: Payee) {}
-
-  /** Runs `fn` after every earlier call for `key` has finished. */
-  private oneAtATime<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const run = (this.tails.get(key) ?? Promise.resolve()).then(fn, fn);
-    const tail = run.catch(() => undefined);
-    this.tails.set(key, tail);
-    void tail.then(() => this.tails.get(key) === tail && this.tails.delete(key));
-    return run;
-  }
 
   supported() {
     return {
@@ -142,7 +131,7 @@ export class Facilitator {
       if (amount === 0n) return { success: true, transaction: "", network, amount: "0" };
       const { hash, receipt } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "settle", args: [p.data.receiver, p.data.token], simulationError: ErrorCodes.settleSimulationFailed, transactionError: ErrorCodes.settleTransactionFailed });
       // What moved, from the receipt (another settle may have swept it meanwhile).
-      const moved = parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Settled" }).reduce((a, e) => a + e.args.amount, 0n);
+      const moved = amountMoved(receipt.logs, "Settled");
       return { success: true, transaction: hash, network, amount: moved.toString() };
     }
     const payload = parseSchemePayload(raw);
@@ -171,8 +160,8 @@ export class Facilitator {
       if (!enriched.success) throw new PaymentError(ErrorCodes.refundPayload, "refund payload is malformed", { status: 400 });
       const e = enriched.data;
       const channelId = verified.extra.channelId;
-      // One refund per channel at a time: a retried /settle waits for the first, then meets its nonce.
-      return this.oneAtATime(channelId, async () => {
+      // Under the channel's lock: a retried /settle waits for the first refund, then meets its nonce.
+      return this.payee.locks.with(channelId, async () => {
         const chain = await readChannel(this.payee.opts.publicClient, escrow, channelId);
         // Rule 11: the nonce the server completed the payload with must still be the channel's. A retried
         // /settle whose refund already went through fails here instead of refunding again.
@@ -202,7 +191,7 @@ export class Facilitator {
         const { hash, receipt } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
         const after = await readChannel(this.payee.opts.publicClient, escrow, channelId);
         // What moved, from the receipt (the contract caps a refund at what is unclaimed).
-        const refunded = parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Refunded" }).reduce((a, e) => a + e.args.amount, 0n);
+        const refunded = amountMoved(receipt.logs, "Refunded");
         return { success: true, transaction: hash, network, payer: c.payer, amount: refunded.toString(), extra: { channelState: snapshot(channelId, after) } };
       });
     }

@@ -4,19 +4,21 @@
  * proxy and the facilitator API are fronts over it).
  */
 import {
+  type Abi,
   type Address,
   type Chain,
+  type ContractFunctionName,
   type Hex,
   type PublicClient,
   type Transport,
   getAddress,
-  parseEventLogs,
   zeroAddress,
 } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
-import { claimAndRefundCalls, readChannel, type OnchainChannel } from "../chain/escrow";
-import type { TxSender } from "../chain/sender";
+import { amountMoved, claimAndRefundCalls, readChannel, type OnchainChannel } from "../chain/escrow";
+import type { SendParameters, SendResult, TxSender } from "../chain/sender";
+import { claimable } from "./claims";
 import { ChainError, CumulativeMismatchError, ErrorCodes, PaymentError } from "../protocol/errors";
 import { ERC1271_MAGIC_VALUE, encodeErc3009CollectorData, erc1271Abi } from "../protocol/collectorData";
 import { createDigester, type Digester } from "../protocol/fastDigest";
@@ -188,12 +190,7 @@ export class Payee {
         }
         // What does not depend on the deposit is refused before it goes on chain (gas, the payer's tokens).
         this.checkChainTiming(rec);
-        if (rec.withdrawRequestedAt !== 0) {
-          const reserved = rec.withdrawAmount ?? rec.balance - rec.totalClaimed;
-          if (p.voucher.maxClaimableAmount > rec.balance + p.deposit.amount - reserved) {
-            throw new PaymentError(ErrorCodes.cumulativeExceedsBalance, `a withdrawal of ${reserved} is pending on this channel: the voucher exceeds what balance plus deposit leaves`);
-          }
-        }
+        this.checkWithdrawalReserve(rec, p.voucher.maxClaimableAmount, p.deposit.amount);
         const result = await this.submitDeposit(p, channelId, rec);
         deposit = result;
         rec = result.record;
@@ -364,45 +361,36 @@ export class Payee {
       if (!stored) return undefined;
       const rec = this.withChain(stored, await readChannel(this.opts.publicClient, this.opts.escrow, channelId));
       // Never above the balance (a finalized withdrawal can leave less than was charged).
-      const upTo = rec.chargedCumulative < rec.balance ? rec.chargedCumulative : rec.balance;
-      const claimable = rec.signature !== "0x" ? upTo : rec.totalClaimed;
-      const refund = rec.balance - (claimable > rec.totalClaimed ? claimable : rec.totalClaimed);
-      if (refund <= 0n && claimable <= rec.totalClaimed) {
+      const claimed = rec.signature !== "0x" ? rec.totalClaimed + claimable(rec) : rec.totalClaimed;
+      const refund = rec.balance - claimed;
+      if (refund <= 0n && claimed <= rec.totalClaimed) {
         await this.store.putChannel(rec);
         return undefined;
       }
       const { hash, refunded } = await this.claimAndRefund(rec, { maxClaimableAmount: rec.signedMaxClaimable, signature: rec.signature }, refund);
-      return { hash, refunded, claimed: claimable };
+      return { hash, refunded, claimed };
     });
   }
 
   /** One multicall: claim the charged total with `voucher` (when above the claimed total), then refund. */
   private async claimAndRefund(rec: ChannelRecord, voucher: { maxClaimableAmount: bigint; signature: Hex }, amount: bigint) {
-    const upTo = rec.chargedCumulative < rec.balance ? rec.chargedCumulative : rec.balance;
+    const upTo = rec.totalClaimed + claimable(rec);
     const claims =
       upTo > rec.totalClaimed && voucher.signature !== "0x"
         ? [{ voucher: { channel: rec.config, maxClaimableAmount: voucher.maxClaimableAmount }, signature: voucher.signature, totalClaimed: upTo }]
         : [];
     if (claims.length === 0 && amount <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "nothing to claim or refund");
     const calls = claimAndRefundCalls(rec.config, claims, amount);
-    let sent;
-    try {
-      sent = await this.opts.sender.send({
-        address: this.opts.escrow,
-        abi: batchSettlementAbi,
-        functionName: "multicall",
-        args: [calls],
-        simulationError: ErrorCodes.refundSimulationFailed,
-        transactionError: ErrorCodes.refundTransactionFailed,
-      });
-    } catch (err) {
-      // The spec's refund codes, as a payment answer (not a generic 503).
-      if (err instanceof ChainError) throw new PaymentError(err.code, err.shortMessage, { cause: err, metaMessages: err.metaMessages });
-      throw err;
-    }
-    const { hash, receipt } = sent;
+    const { hash, receipt } = await this.sendForPayment({
+      address: this.opts.escrow,
+      abi: batchSettlementAbi,
+      functionName: "multicall",
+      args: [calls],
+      simulationError: ErrorCodes.refundSimulationFailed,
+      transactionError: ErrorCodes.refundTransactionFailed,
+    });
     // The contract caps a refund at what is unclaimed: the receipt says what actually went back.
-    const refunded = parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Refunded" }).reduce((a, e) => a + e.args.amount, 0n);
+    const refunded = amountMoved(receipt.logs, "Refunded");
     const chain = await readChannel(this.opts.publicClient, this.opts.escrow, rec.channelId);
     const next = this.withChain(rec, chain);
     await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount: refunded, gasUsed: receipt.gasUsed });
@@ -573,18 +561,25 @@ export class Payee {
     if (max > rec.balance) {
       throw new PaymentError(ErrorCodes.cumulativeExceedsBalance, `voucher ${max} exceeds the channel balance ${rec.balance}`);
     }
-    if (rec.withdrawRequestedAt !== 0) {
-      // What the pending withdrawal can take is out of reach: a charge above balance - withdrawal might
-      // not be claimable once it finalizes (the watcher claims what was charged before it was seen).
-      const reserved = rec.withdrawAmount ?? rec.balance - rec.totalClaimed;
-      if (max > rec.balance - reserved) {
-        throw new PaymentError(
-          ErrorCodes.cumulativeExceedsBalance,
-          `a withdrawal of ${reserved} is pending on this channel: vouchers above ${rec.balance - reserved} are refused until it finalizes or the channel is topped up`,
-        );
-      }
-    }
+    this.checkWithdrawalReserve(rec, max);
     this.checkChainTiming(rec);
+  }
+
+  /**
+   * What a pending withdrawal can take is out of reach: a charge above balance (+ a deposit being made)
+   * − withdrawal might not be claimable once it finalizes (the watcher claims what was charged before
+   * it was seen).
+   */
+  private checkWithdrawalReserve(rec: ChannelRecord, max: bigint, deposit = 0n) {
+    if (rec.withdrawRequestedAt === 0) return;
+    const reserved = rec.withdrawAmount ?? rec.balance - rec.totalClaimed;
+    const limit = rec.balance + deposit - reserved;
+    if (max > limit) {
+      throw new PaymentError(
+        ErrorCodes.cumulativeExceedsBalance,
+        `a withdrawal of ${reserved} is pending on this channel: vouchers above ${limit} are refused until it finalizes or the channel is topped up`,
+      );
+    }
   }
 
   /** A channel not mirrored yet, a withdrawal about to finalize, or a chain view older than the risk window: no new charges. */
@@ -663,25 +658,27 @@ export class Payee {
     };
   }
 
+  /** A transaction a payment answer waits for: its chain failure becomes the payment error with the spec's code (not a generic 503). */
+  private async sendForPayment<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(p: SendParameters<abi, fn>): Promise<SendResult> {
+    try {
+      return await this.opts.sender.send(p);
+    } catch (err) {
+      if (err instanceof ChainError) throw new PaymentError(err.code, err.shortMessage, { cause: err, metaMessages: err.metaMessages });
+      throw err;
+    }
+  }
+
   private async submitDeposit(p: DepositPayload, channelId: Hex, rec: ChannelRecord): Promise<{ txHash: Hex; amount: bigint; record: ChannelRecord }> {
     const auth = p.deposit.authorization.erc3009Authorization!;
     const collectorData = encodeErc3009CollectorData(auth);
-    let result;
-    try {
-      result = await this.opts.sender.send({
-        address: this.opts.escrow,
-        abi: batchSettlementAbi,
-        functionName: "deposit",
-        args: [p.channelConfig, p.deposit.amount, this.opts.erc3009Collector, collectorData],
-        simulationError: ErrorCodes.depositSimulationFailed,
-        transactionError: ErrorCodes.depositTransactionFailed,
-      });
-    } catch (err) {
-      if (err instanceof ChainError) {
-        throw new PaymentError(err.code, err.shortMessage, { cause: err, metaMessages: err.metaMessages });
-      }
-      throw err;
-    }
+    const result = await this.sendForPayment({
+      address: this.opts.escrow,
+      abi: batchSettlementAbi,
+      functionName: "deposit",
+      args: [p.channelConfig, p.deposit.amount, this.opts.erc3009Collector, collectorData],
+      simulationError: ErrorCodes.depositSimulationFailed,
+      transactionError: ErrorCodes.depositTransactionFailed,
+    });
     const chain = await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
     const record = this.withChain(rec, chain);
     await this.store.putChannel(record);

@@ -22,7 +22,7 @@ import type { Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { readChannel, type OnchainChannel } from "../chain/escrow";
-import { claimable, type ClaimEngine } from "./claims";
+import { hasClaim, type ClaimEngine } from "./claims";
 import type { Payee } from "./payee";
 
 export type WatcherOptions = {
@@ -192,7 +192,7 @@ export class ChainWatcher {
     for (const id of this.withdrawing) {
       const rec = await this.payee.store.getChannel(id).catch(() => undefined);
       // Not on withdrawRequestedAt alone: a record whose sync failed does not show the withdrawal yet.
-      if (!rec || claimable(rec) === 0n || rec.signature === "0x") {
+      if (!rec || !hasClaim(rec)) {
         this.withdrawing.delete(id);
         this.failing.delete(id);
       } else if ((this.failing.get(id)?.nextAt ?? 0) <= now) due.push(id);
@@ -228,7 +228,7 @@ export class ChainWatcher {
   private async scanStore(): Promise<void> {
     try {
       for await (const rec of this.payee.store.channels()) {
-        if (rec.withdrawRequestedAt !== 0 && claimable(rec) > 0n) this.withdrawing.add(rec.channelId);
+        if (rec.withdrawRequestedAt !== 0 && hasClaim(rec)) this.withdrawing.add(rec.channelId);
       }
     } catch (err) {
       this.opts.logger?.warn({ err: (err as Error).message }, "could not scan the store for pending withdrawals");

@@ -103,6 +103,14 @@ export type SettleResponseBody = {
   extra?: { chargedAmount?: string; channelState?: { channelId: string; balance: string; totalClaimed?: string; chargedCumulativeAmount?: string } };
 };
 
+/**
+ * A server-sent amount: a non-negative decimal string (a negative one would pass every comparison the
+ * payer makes), else undefined.
+ */
+function decimalAmount(v: unknown): bigint | undefined {
+  return typeof v === "string" && /^(0|[1-9]\d{0,77})$/.test(v) ? BigInt(v) : undefined;
+}
+
 class Queue implements ChannelLock {
   private tails = new Map<string, Promise<void>>();
   async acquire(key: string): Promise<() => void> {
@@ -282,10 +290,9 @@ export class Payer {
         throw new ServerMisbehaviorError(p.channelId, why);
       };
       // Amounts are non-negative decimal strings: a negative charge would pass every comparison below.
-      const amount = (v: unknown) => (typeof v === "string" && /^(0|[1-9]\d{0,77})$/.test(v) ? BigInt(v) : undefined);
-      const charged = amount(body.extra?.chargedAmount);
+      const charged = decimalAmount(body.extra?.chargedAmount);
       if (!body.success || charged === undefined || !state) return halt("paid response without a valid chargedAmount and channelState");
-      if (amount(state.chargedCumulativeAmount) === undefined || amount(state.balance) === undefined) return halt("paid response with malformed channel amounts");
+      if (decimalAmount(state.chargedCumulativeAmount) === undefined || decimalAmount(state.balance) === undefined) return halt("paid response with malformed channel amounts");
       if (charged > p.requirements.amount) return halt(`charged ${charged} exceeds the price ${p.requirements.amount}`);
       if (state.channelId.toLowerCase() !== p.channelId.toLowerCase()) return halt(`response is for channel ${state.channelId}`);
       const cumulative = BigInt(state.chargedCumulativeAmount ?? "-1");
@@ -326,9 +333,8 @@ export class Payer {
       if (!state || String(state.channelId).toLowerCase() !== channelId.toLowerCase()) {
         throw new ServerMisbehaviorError(channelId, "corrective 402 without this channel's state");
       }
-      const decimal = (v: unknown) => (typeof v === "string" && /^(0|[1-9]\d{0,77})$/.test(v) ? BigInt(v) : undefined);
-      const claimed = decimal(state.chargedCumulativeAmount);
-      const reported = decimal(state.balance);
+      const claimed = decimalAmount(state.chargedCumulativeAmount);
+      const reported = decimalAmount(state.balance);
       if (claimed === undefined || reported === undefined) throw new ServerMisbehaviorError(channelId, "corrective 402 with malformed amounts");
       // As in complete(): a lower balance only from the chain.
       let balance = reported >= ch.balance ? reported : ((await this.chainBalance(channelId)) ?? ch.balance);

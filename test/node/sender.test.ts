@@ -5,6 +5,18 @@ import { ChainError } from "../../node/protocol/errors";
 import { startChain } from "../helpers/payeeHarness";
 import { clientsFor } from "../helpers/chainNode";
 
+/** Makes every raw send reach the node and then fail as if its answer were lost; counts the sends. */
+function loseAnswers(walletClient: ReturnType<typeof clientsFor>["walletClient"]): { count: number } {
+  const sent = { count: 0 };
+  const sendRaw = walletClient.sendRawTransaction.bind(walletClient);
+  (walletClient as { sendRawTransaction: unknown }).sendRawTransaction = async (a: never) => {
+    sent.count++;
+    await sendRaw(a);
+    throw new Error("request timed out"); // the node has it; the answer never came
+  };
+  return sent;
+}
+
 describe("transaction sender (hardhat node)", function () {
   this.timeout(120_000);
   let ctx: Awaited<ReturnType<typeof startChain>>;
@@ -43,31 +55,19 @@ describe("transaction sender (hardhat node)", function () {
   it("a send whose RPC answer is lost after the node took the transaction is not sent again with another nonce", async () => {
     const account = ctx.payers[1]!;
     const { publicClient, walletClient } = clientsFor(ctx.chain.url, account);
-    const sendRaw = walletClient.sendRawTransaction.bind(walletClient);
-    let calls = 0;
-    (walletClient as { sendRawTransaction: unknown }).sendRawTransaction = async (a: never) => {
-      calls++;
-      await sendRaw(a);
-      throw new Error("request timed out"); // the node has it; the answer never came
-    };
+    const sent = loseAnswers(walletClient);
     const sender = new TxSender(publicClient as never, walletClient as never);
     const before = await publicClient.getTransactionCount({ address: account.address });
     const ok = await sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 3n] });
     expect(ok.receipt.status).to.equal("success");
-    expect(calls).to.equal(1);
+    expect(sent.count).to.equal(1);
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
   });
 
   it("even when the lookup right after a lost answer fails too, the next attempt finds the signed transaction instead of sending another", async () => {
     const account = ctx.payers[2]!;
     const { publicClient, walletClient } = clientsFor(ctx.chain.url, account);
-    const sendRaw = walletClient.sendRawTransaction.bind(walletClient);
-    let sends = 0;
-    (walletClient as { sendRawTransaction: unknown }).sendRawTransaction = async (a: never) => {
-      sends++;
-      await sendRaw(a);
-      throw new Error("request timed out");
-    };
+    const sent = loseAnswers(walletClient);
     const getTransaction = publicClient.getTransaction.bind(publicClient);
     let lookups = 0;
     (publicClient as { getTransaction: unknown }).getTransaction = (a: never) => (++lookups === 1 ? Promise.reject(new Error("rpc flake")) : getTransaction(a));
@@ -75,7 +75,7 @@ describe("transaction sender (hardhat node)", function () {
     const before = await publicClient.getTransactionCount({ address: account.address });
     const ok = await sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 4n] });
     expect(ok.receipt.status).to.equal("success");
-    expect(sends).to.equal(1);
+    expect(sent.count).to.equal(1);
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
   });
 });
