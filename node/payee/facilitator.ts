@@ -10,10 +10,11 @@ import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
 import { ChainError, ErrorCodes, PaymentError, TollwayError } from "../protocol/errors";
-import { BATCH_SETTLEMENT_SCHEME, type VoucherClaim } from "../protocol/typedData";
+import { BATCH_SETTLEMENT_SCHEME, type ChannelConfig, type VoucherClaim } from "../protocol/typedData";
 import {
   addressSchema,
   channelConfigSchema,
+  managementRequirementsSchema,
   paymentRequirementsSchema,
   parseSchemePayload,
   signatureSchema,
@@ -109,11 +110,20 @@ export class Facilitator {
     return { payer: c.payer, extra: snapshot(channelId, chain) };
   }
 
-  async settle(raw: unknown, req?: PaymentRequirements): Promise<Record<string, unknown>> {
+  /**
+   * Executes a payload. `rawReq` is parsed per payload type: a claim or a settle needs none (a network,
+   * when given, must be this node's); a refund takes the server's management requirements (the stock
+   * channel manager sends `maxTimeoutSeconds: 0, extra: {}`) or a payment's; a deposit needs a payment's.
+   */
+  async settle(raw: unknown, rawReq?: unknown): Promise<Record<string, unknown>> {
     const type = (raw as { type?: unknown } | null)?.type;
     const network = this.payee.network;
     const { escrow } = this.payee.opts;
     const sender = this.payee.opts.sender;
+    if (type === "claim" || type === "settle") {
+      const given = (rawReq as { network?: unknown } | null | undefined)?.network;
+      if (given !== undefined && given !== network) throw new PaymentError(ErrorCodes.networkMismatch, `network is not ${network}`);
+    }
     if (type === "claim") {
       const p = claimPayloadSchema.safeParse(raw);
       if (!p.success) throw new PaymentError(ErrorCodes.claimPayload, "claim payload is malformed", { status: 400 });
@@ -135,8 +145,8 @@ export class Facilitator {
       return { success: true, transaction: hash, network, amount: moved.toString() };
     }
     const payload = parseSchemePayload(raw);
-    if (!req) throw new PaymentError(ErrorCodes.payloadType, "paymentRequirements are required for this payload type", { status: 400 });
-    const verified = await this.verify(payload, req);
+    if (rawReq === undefined) throw new PaymentError(ErrorCodes.payloadType, "paymentRequirements are required for this payload type", { status: 400 });
+    const verified = await this.verify(payload, payload.type === "refund" ? managementRequirements(rawReq, payload.channelConfig) : paymentRequirements(rawReq));
     const c = payload.channelConfig;
     if (payload.type === "deposit") {
       const auth = payload.deposit.authorization.erc3009Authorization;
@@ -224,20 +234,14 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
   const parse = (body: unknown) => {
     const r = requestSchema.safeParse(body);
     if (!r.success) throw new PaymentError(ErrorCodes.invalidPayment, "request must be {paymentPayload, paymentRequirements}", { status: 400 });
-    let req: PaymentRequirements | undefined;
-    if (r.data.paymentRequirements !== undefined) {
-      const pr = paymentRequirementsSchema.safeParse(r.data.paymentRequirements);
-      if (!pr.success) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are malformed", { status: 400 });
-      req = pr.data;
-    }
-    return { payload: r.data.paymentPayload.payload, req };
+    return { payload: r.data.paymentPayload.payload, req: r.data.paymentRequirements };
   };
 
   router.post("/verify", async (req, res) => {
     try {
       const { payload, req: requirements } = parse(req.body);
-      if (!requirements) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are required", { status: 400 });
-      const v = await facilitator.verify(parseSchemePayload(payload), requirements);
+      if (requirements === undefined) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are required", { status: 400 });
+      const v = await facilitator.verify(parseSchemePayload(payload), paymentRequirements(requirements));
       res.json({ isValid: true, payer: v.payer, extra: v.extra });
     } catch (err) {
       const e = toPaymentError(err);
@@ -255,6 +259,25 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
     }
   });
   return router;
+}
+
+/** A payment's requirements (verify, deposit). */
+function paymentRequirements(raw: unknown): PaymentRequirements {
+  const pr = paymentRequirementsSchema.safeParse(raw);
+  if (!pr.success) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are malformed", { status: 400 });
+  return pr.data;
+}
+
+/**
+ * A refund's requirements: a payment's, or a server's management requirements without the scheme
+ * extras. Extras left out are the channel's own (the refund acts on an existing channel, and the chain
+ * checks who may refund it); asset and payTo must still match the channel.
+ */
+function managementRequirements(raw: unknown, c: ChannelConfig): PaymentRequirements {
+  const pr = managementRequirementsSchema.safeParse(raw);
+  if (!pr.success) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are malformed", { status: 400 });
+  const { extra } = pr.data;
+  return { ...pr.data, extra: { ...extra, receiverAuthorizer: extra.receiverAuthorizer ?? c.receiverAuthorizer, withdrawDelay: extra.withdrawDelay ?? c.withdrawDelay } };
 }
 
 function toPaymentError(err: unknown): PaymentError {

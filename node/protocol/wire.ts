@@ -118,6 +118,17 @@ export const refundPayloadSchema = z.object({
 });
 
 export type PaymentRequirements = z.infer<typeof paymentRequirementsSchema>;
+
+/**
+ * The requirements a server sends with its own channel operations (claim, settle, refund) at a
+ * facilitator's /settle: no price, no timeout, and possibly no scheme extras (the stock channel
+ * manager sends `maxTimeoutSeconds: 0, extra: {}`).
+ */
+export const managementRequirementsSchema = paymentRequirementsSchema.extend({
+  maxTimeoutSeconds: z.number().nonnegative(),
+  extra: requirementsExtraSchema.partial({ receiverAuthorizer: true, withdrawDelay: true }),
+});
+export type ManagementRequirements = z.infer<typeof managementRequirementsSchema>;
 export type DepositPayload = z.infer<typeof depositPayloadSchema>;
 export type VoucherPayload = z.infer<typeof voucherPayloadSchema>;
 export type RefundPayload = z.infer<typeof refundPayloadSchema>;

@@ -6,7 +6,7 @@ import path from "node:path";
 import type { AddressInfo } from "node:net";
 import type { Server } from "node:http";
 import pino from "pino";
-import { keccak256, toHex, type LocalAccount } from "viem";
+import { erc20Abi, keccak256, toHex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { parseNodeConfig } from "../../node/payee/config";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
@@ -26,6 +26,10 @@ describe("interop: Tollway's client pays a stock @x402/express server that uses 
   let node: PayeeNode;
   let server: Server;
   let url: string;
+  let scheme: any;
+  let facilitator: any;
+  let receiver: `0x${string}`;
+  let payer: ReturnType<typeof createPayer>;
   const TOKEN = "facilitator-token-0123456789";
 
   before(async () => {
@@ -42,12 +46,13 @@ describe("interop: Tollway's client pays a stock @x402/express server that uses 
       { key: nodeKey, logger: pino({ level: "silent" }) },
     );
     const auth = { Authorization: `Bearer ${TOKEN}` };
-    const facilitator = new HTTPFacilitatorClient({
+    facilitator = new HTTPFacilitatorClient({
       url: `${node.url}/facilitator`,
       createAuthHeaders: async () => ({ verify: auth, settle: auth, supported: auth }),
     });
-    const receiver = privateKeyToAccount(keccak256(toHex("stock-server-receiver"))).address;
-    const resourceServer = new x402ResourceServer(facilitator).register("eip155:31337", new BatchSettlementEvmScheme(receiver));
+    receiver = privateKeyToAccount(keccak256(toHex("stock-server-receiver"))).address;
+    scheme = new BatchSettlementEvmScheme(receiver);
+    const resourceServer = new x402ResourceServer(facilitator).register("eip155:31337", scheme);
     const app = express();
     app.use(
       paymentMiddleware(
@@ -79,7 +84,7 @@ describe("interop: Tollway's client pays a stock @x402/express server that uses 
 
   it("deposit through the facilitator, then vouchers: every request is served and charged once", async () => {
     const account = ctx.payers[5] as LocalAccount;
-    const payer = createPayer({
+    payer = createPayer({
       account,
       sessionKey: privateKeyToAccount(keccak256(toHex("interop-session"))),
       store: new MemoryPayerStore(),
@@ -96,5 +101,28 @@ describe("interop: Tollway's client pays a stock @x402/express server that uses 
     const [ch] = await payer.store.channels();
     expect(ch!.charged).to.equal(100_000n);
     expect(ch!.balance).to.equal(1_000_000n);
+  });
+
+  const tokenBalance = (who: `0x${string}`) =>
+    ctx.publicClient.readContract({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "balanceOf", args: [who] });
+
+  it("the stock server's channel manager claims and settles through the facilitator (its minimal requirements are accepted)", async () => {
+    const manager = scheme.createChannelManager(facilitator, "eip155:31337", ctx.deployment.token);
+    const before = await tokenBalance(receiver);
+    const result = await manager.claimAndSettle();
+    expect(result.claims).to.have.length(1);
+    expect(result.claims[0].vouchers).to.equal(1);
+    expect(result.settle?.transaction).to.match(/^0x[0-9a-f]{64}$/);
+    expect((await tokenBalance(receiver)) - before).to.equal(100_000n);
+  });
+
+  it("the stock server's channel manager refunds the rest of the channel through the facilitator", async () => {
+    const [ch] = await payer.store.channels();
+    const before = await tokenBalance(ch!.config.payer);
+    const manager = scheme.createChannelManager(facilitator, "eip155:31337", ctx.deployment.token);
+    const refunds = await manager.refund();
+    expect(refunds).to.have.length(1);
+    expect(refunds[0].transaction).to.match(/^0x[0-9a-f]{64}$/);
+    expect((await tokenBalance(ch!.config.payer)) - before).to.equal(900_000n);
   });
 });
