@@ -8,7 +8,7 @@ import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, readReceiver } from "../chain/escrow";
 import { isRevert } from "../chain/sender";
-import { ErrorCodes } from "../protocol/errors";
+import { ErrorCodes, errorSummary } from "../protocol/errors";
 import type { VoucherClaim } from "../protocol/typedData";
 import type { ChannelRecord } from "../store/channelStore";
 import type { Payee } from "./payee";
@@ -133,7 +133,7 @@ export class ClaimEngine {
         } catch (err) {
           // This batch only (a race with a payer's withdrawal, a receipt that did not come): its channels
           // are named in the alert, and the next batches are still claimed.
-          const reason = (err as Error).message.split("\n")[0]!;
+          const reason = errorSummary(err);
           for (const g of good) {
             report.failed.push({ channelId: g.rec.channelId, reason });
             this.opts.logger?.error({ alert: "claim_failed", channelId: g.rec.channelId, reason }, "claim transaction failed");
@@ -181,7 +181,7 @@ export class ClaimEngine {
       // Only a revert names a bad row; an RPC failure says nothing about the rows: the run fails, to be retried.
       if (!isRevert(err)) throw err;
       if (rows.length === 1) {
-        return { good: [], bad: [{ channelId: recs[0]!.channelId, reason: (err as Error).message.split("\n")[0]! }] };
+        return { good: [], bad: [{ channelId: recs[0]!.channelId, reason: errorSummary(err) }] };
       }
       const mid = rows.length >> 1;
       const a = await this.isolate(rows.slice(0, mid), recs.slice(0, mid));
@@ -217,7 +217,7 @@ export class ClaimEngine {
     if (t !== undefined && exposure(rec) > t && !this.urgent.has(rec.channelId)) {
       this.urgent.add(rec.channelId);
       void this.claim({ channels: [rec.channelId] }).catch((err) =>
-        this.opts.logger?.error({ alert: "claim_failed", err: (err as Error).message }, "threshold claim failed"),
+        this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "threshold claim failed"),
       );
     }
   }
@@ -231,7 +231,7 @@ export class ClaimEngine {
         busy = true;
         void this.claim()
           .then(() => this.settle())
-          .catch((err) => this.opts.logger?.error({ alert: "claim_failed", err: (err as Error).message }, "periodic claim failed"))
+          .catch((err) => this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "periodic claim failed"))
           .finally(() => (busy = false));
       }, this.opts.intervalMs);
       this.timer.unref();
@@ -243,8 +243,8 @@ export class ClaimEngine {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     if (this.opts.onShutdown ?? true) {
-      await this.claim().catch((err: Error) => this.opts.logger?.error({ alert: "claim_failed", err: err.message }, "shutdown claim failed"));
-      await this.settle().catch((err: Error) => this.opts.logger?.error({ alert: "settle_failed", err: err.message }, "shutdown settle failed"));
+      await this.claim().catch((err: Error) => this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "shutdown claim failed"));
+      await this.settle().catch((err: Error) => this.opts.logger?.error({ alert: "settle_failed", err: errorSummary(err) }, "shutdown settle failed"));
     } else {
       await this.running?.catch(() => undefined);
     }

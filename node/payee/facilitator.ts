@@ -9,7 +9,7 @@ import { erc20Abi, type Hex } from "viem";
 import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
-import { ChainError, ErrorCodes, PaymentError, TollwayError } from "../protocol/errors";
+import { ChainError, ErrorCodes, PaymentError, TollwayError, errorSummary } from "../protocol/errors";
 import { BATCH_SETTLEMENT_SCHEME, type ChannelConfig, type VoucherClaim } from "../protocol/typedData";
 import {
   addressSchema,
@@ -284,5 +284,5 @@ function toPaymentError(err: unknown): PaymentError {
   if (err instanceof PaymentError) return err;
   if (err instanceof ChainError) return new PaymentError(err.code, err.shortMessage, { cause: err });
   if (err instanceof TollwayError) return new PaymentError(ErrorCodes.invalidPayment, err.shortMessage, { cause: err });
-  return new PaymentError(ErrorCodes.rpcReadFailed, (err as Error).message.split("\n")[0] ?? "internal error", { cause: err });
+  return new PaymentError(ErrorCodes.rpcReadFailed, errorSummary(err) || "internal error", { cause: err });
 }

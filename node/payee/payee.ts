@@ -19,7 +19,7 @@ import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, claimAndRefundCalls, readChannel, type OnchainChannel } from "../chain/escrow";
 import type { SendParameters, SendResult, TxSender } from "../chain/sender";
 import { claimable } from "./claims";
-import { ChainError, CumulativeMismatchError, ErrorCodes, PaymentError } from "../protocol/errors";
+import { ChainError, CumulativeMismatchError, ErrorCodes, PaymentError, errorSummary } from "../protocol/errors";
 import { ERC1271_MAGIC_VALUE, encodeErc3009CollectorData, erc1271Abi } from "../protocol/collectorData";
 import { createDigester, type Digester } from "../protocol/fastDigest";
 import {
@@ -251,7 +251,7 @@ export class Payee {
         this.opts.onCharge?.(next, amount, ctx.route);
       } catch (err) {
         // The charge is on disk: a failing hook must not turn it into "nothing was charged".
-        this.opts.logger?.error({ err: (err as Error).message, channelId: res.channelId }, "onCharge hook failed");
+        this.opts.logger?.error({ err: errorSummary(err), channelId: res.channelId }, "onCharge hook failed");
       }
       return {
         success: true,
@@ -419,7 +419,7 @@ export class Payee {
           .catch((err: Error) => {
             // The claim is on chain either way (a channel busy with a long request, say): the watcher
             // mirrors its Claimed event on the next poll. Not a reason to fail the claim run.
-            this.opts.logger?.warn({ channelId, err: err.message.split("\n")[0] }, "claimed total not recorded yet; the mirror will catch up");
+            this.opts.logger?.warn({ channelId, err: errorSummary(err) }, "claimed total not recorded yet; the mirror will catch up");
           }),
       ),
     );

@@ -15,7 +15,7 @@ import { createChainClients } from "../chain/clients";
 import { readReceiver } from "../chain/escrow";
 import { TxSender } from "../chain/sender";
 import { parsePrice } from "../protocol/amounts";
-import { ConfigError } from "../protocol/errors";
+import { ConfigError, errorSummary } from "../protocol/errors";
 import { ChannelStore } from "../store/channelStore";
 import { ClaimEngine, exposure } from "./claims";
 import type { NodeConfig } from "./config";
@@ -311,7 +311,7 @@ async function proxyTo(upstream: Upstream, req: Request, res: Response, logger: 
     if (res.destroyed) return; // the client went away (or the handler deadline cut it): nothing to answer
     const code = (err as NodeJS.ErrnoException).code;
     if (!answered && reused && replayable && attempt === 1 && code === "ECONNRESET") continue;
-    logger.warn({ err: { message: (err as Error).message, code }, path: req.originalUrl, attempt }, "upstream request failed");
+    logger.warn({ err: { message: errorSummary(err), code }, path: req.path, attempt }, "upstream request failed");
     if (answered || res.headersSent) {
       res.destroy();
     } else if (code === "ETIMEDOUT") {

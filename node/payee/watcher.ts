@@ -22,6 +22,7 @@ import type { Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { readChannel, type OnchainChannel } from "../chain/escrow";
+import { errorSummary } from "../protocol/errors";
 import { hasClaim, type ClaimEngine } from "./claims";
 import type { Payee } from "./payee";
 
@@ -134,7 +135,7 @@ export class ChainWatcher {
             // Its event stays in the next poll's range.
             this.payee.unsynced.add(id);
             if (hold === undefined || block - 1n < hold) hold = block - 1n;
-            this.opts.logger?.warn({ channelId: id, err: (err as Error).message.split("\n")[0] }, "channel not mirrored this poll; retrying");
+            this.opts.logger?.warn({ channelId: id, err: errorSummary(err) }, "channel not mirrored this poll; retrying");
           }
         }
         // With confirmations the checkpoint stays that many blocks behind head: those are scanned again.
@@ -155,14 +156,14 @@ export class ChainWatcher {
       this.failures++;
       const level = this.failures === STALE_ALERT_AFTER ? "error" : "warn";
       this.opts.logger?.[level](
-        { err: (err as Error).message.split("\n")[0], failures: this.failures, ...(level === "error" ? { alert: "chain_view_stale" } : {}) },
+        { err: errorSummary(err), failures: this.failures, ...(level === "error" ? { alert: "chain_view_stale" } : {}) },
         "chain poll failed",
       );
     }
     // In the background: a long claim run (receipts, confirmations) must not stop the polls that keep
     // the chain view fresh. One run at a time.
     this.claiming ??= this.claimWithdrawing()
-      .catch((err: Error) => this.opts.logger?.error({ alert: "withdrawal_claim_failed", err: err.message }, "withdrawal claims failed"))
+      .catch((err: Error) => this.opts.logger?.error({ alert: "withdrawal_claim_failed", err: errorSummary(err) }, "withdrawal claims failed"))
       .finally(() => (this.claiming = undefined));
   }
 
@@ -231,7 +232,7 @@ export class ChainWatcher {
         if (rec.withdrawRequestedAt !== 0 && hasClaim(rec)) this.withdrawing.add(rec.channelId);
       }
     } catch (err) {
-      this.opts.logger?.warn({ err: (err as Error).message }, "could not scan the store for pending withdrawals");
+      this.opts.logger?.warn({ err: errorSummary(err) }, "could not scan the store for pending withdrawals");
     }
   }
 

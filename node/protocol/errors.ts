@@ -167,3 +167,19 @@ export class ServerMisbehaviorError extends TollwayError {
     super(shortMessage, params);
   }
 }
+
+/**
+ * One line about an error, fit for a log: the short message (viem's and ours), else the first line,
+ * with every URL cut to its origin. RPC errors carry the endpoint URL (`URL: https://host/v2/<api key>`),
+ * the request body and call arguments in their later lines; providers put API keys in paths and queries.
+ */
+export function errorSummary(err: unknown): string {
+  const e = err as { shortMessage?: unknown; message?: unknown } | null | undefined;
+  const text = typeof e?.shortMessage === "string" && e.shortMessage ? e.shortMessage : String(e?.message ?? err);
+  return redactUrls(text.split("\n")[0] ?? "");
+}
+
+/** Cuts every http(s)/ws(s) URL in `text` to scheme://host[:port] (no credentials, path or query). */
+export function redactUrls(text: string): string {
+  return text.replace(/\b(https?|wss?):\/\/(?:[^\s/?#@"']*@)?([^\s/?#"']+)[^\s"']*/gi, "$1://$2");
+}

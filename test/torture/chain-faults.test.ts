@@ -62,7 +62,7 @@ describe("torture: chain faults", function () {
   });
   after(async () => ctx?.chain.stop());
 
-  async function node(rpcUrl: string, extra: Record<string, unknown>): Promise<PayeeNode> {
+  async function node(rpcUrl: string, extra: Record<string, unknown>, logger = pino({ level: "silent" })): Promise<PayeeNode> {
     const key = keccak256(toHex(`faults-node-${Math.random()}`));
     await ctx.testClient.setBalance({ address: privateKeyToAccount(key).address, value: 10n ** 20n });
     return startPayeeNode(
@@ -73,9 +73,30 @@ describe("torture: chain faults", function () {
         claims: { onShutdown: false },
         ...extra,
       }, {}),
-      { key, logger: pino({ level: "silent" }), install: (app) => app.get("/a/:id", (_req, res) => void res.send("ok")) },
+      { key, logger, install: (app) => app.get("/a/:id", (_req, res) => void res.send("ok")) },
     );
   }
+
+  it("an RPC URL's path and query (where providers put API keys) never reach the logs, also when every chain call fails", async () => {
+    const proxy = await tcpProxy(ctx.chain.port);
+    const lines: string[] = [];
+    const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(line) });
+    const n = await node(`${proxy.url}/v2/API_KEY_SECRET?key=QUERY_SECRET`, { pollIntervalMs: 100, claims: { onShutdown: true } }, logger);
+    const accept = (await fetchRequirements(`${n.url}/a/1`)).accept;
+    const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("faults-logs"))));
+    expect((await payWith(`${n.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, 10_000n))).status).to.equal(200);
+    await proxy.pause();
+    const deadline = Date.now() + 5000;
+    while (n.watcher.failures < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    // The shutdown claim and settle fail against the dead endpoint, and say so.
+    await n.stop();
+    await proxy.resume();
+    const logged = lines.join("");
+    expect(logged).to.include('"alert":"claim_failed"');
+    expect(logged).to.include('"alert":"settle_failed"');
+    expect(n.watcher.failures).to.be.at.least(2);
+    expect(logged).to.not.match(/SECRET/);
+  });
 
   it("RPC down: known channels keep being served within the risk window, refused beyond it, served again after catching up", async () => {
     const proxy = await tcpProxy(ctx.chain.port);
