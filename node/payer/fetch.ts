@@ -82,6 +82,11 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       return { res, prepared };
     };
 
+    // Per channel: the signed ceiling before this request, and the vouchers above it the server answered
+    // with a 402 (not charged, by its own answer). A voucher re-signed at an earlier ceiling is not one:
+    // after a lost answer the server rightly reports that amount as charged.
+    const exchange = new Map<string, { ceiling: bigint; refused: bigint[] }>();
+    const guardOf = (channelId: string) => exchange.get(channelId.toLowerCase());
     const finish = async (res: Response, prepared: PreparedPayment): Promise<Response | undefined> => {
       const pr = res.headers.get(HEADERS.paymentResponse);
       if (res.ok && pr) {
@@ -101,6 +106,9 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       }
       prepared.release();
       if (res.status !== 402) return res; // the handler failed: nothing was charged
+      const guard = guardOf(prepared.channelId) ?? { ceiling: prepared.ceiling, refused: [] };
+      if (prepared.max > prepared.ceiling) guard.refused.push(prepared.max);
+      exchange.set(prepared.channelId.toLowerCase(), guard);
       return undefined; // a 402: the caller decides (corrective or changed terms)
     };
 
@@ -116,7 +124,7 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       // The corrective state is the one of this channel's entry (a server may list other networks or
       // assets first). Anything else: the terms changed, so forget the route and take the 402 as it is.
       const mine = body?.error === ErrorCodes.cumulativeAmountMismatch ? parseAccepts(body).find((a) => (a.extra.channelState as { channelId?: string } | undefined)?.channelId?.toLowerCase() === prepared.channelId.toLowerCase()) : undefined;
-      if (mine) await payer.correct(memo.requirements, mine.extra as Record<string, unknown>);
+      if (mine) await payer.correct(memo.requirements, mine.extra as Record<string, unknown>, guardOf(prepared.channelId));
       else await payer.store.deleteRoute(memo.key);
     } else {
       challenge = await send();
@@ -131,9 +139,10 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       if (accepts.length === 0) return challenge;
       const requirements = payer.select(accepts);
       if (body.error === ErrorCodes.cumulativeAmountMismatch && requirements.extra.channelState) {
-        await payer.correct(requirements, requirements.extra as Record<string, unknown>);
-      } else if (body.error === ErrorCodes.cumulativeExceedsBalance) {
-        await payer.refreshBalance(requirements); // then the payment below deposits what is missing
+        const state = requirements.extra.channelState as { channelId?: unknown };
+        await payer.correct(requirements, requirements.extra as Record<string, unknown>, guardOf(String(state.channelId)));
+      } else if (CHAIN_RESYNC.has(body.error ?? "")) {
+        await payer.resyncFromChain(requirements); // then the payment below deposits what is missing
       }
       const { res, prepared } = await payAndSend(stripCorrective(requirements));
       const done = await finish(res, prepared);
@@ -143,6 +152,9 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
     return challenge;
   };
 }
+
+/** Refusals that say the payer's view of the channel is off: the chain has the answer. */
+const CHAIN_RESYNC = new Set<string>([ErrorCodes.cumulativeExceedsBalance, ErrorCodes.channelNotFound, ErrorCodes.cumulativeBelowClaimed]);
 
 /** Requirements without the corrective-only fields, as remembered and echoed in `accepted`. */
 function stripCorrective(r: PaymentRequirements): PaymentRequirements {
@@ -161,14 +173,20 @@ export async function requestRefund(fetchImpl: typeof fetch, payer: Payer, url: 
   const body = await readPaymentRequired(challenge);
   if (challenge.status !== 402 || !body) throw new TollwayError(`expected a 402 from ${url}, got ${challenge.status}`);
   const requirements = stripCorrective(payer.select(parseAccepts(body), { forRefund: true }));
-  const { header, channelId } = await payer.refundHeader(requirements, amount);
-  const res = await fetchImpl(url, { headers: { [HEADERS.paymentSignature]: header } });
-  const pr = res.headers.get(HEADERS.paymentResponse);
-  if (!res.ok || !pr) {
-    const err = (await readPaymentRequired(res))?.error;
-    throw new TollwayError(`refund refused (${res.status}${err ? `: ${err}` : ""})`);
+  // A corrective 402 (the server charged what this payer has not recorded: a lost answer, a new machine)
+  // resynchronises once, as for payments; the refund voucher is then signed at the corrected charges.
+  for (let attempt = 0; ; attempt++) {
+    const { header, channelId } = await payer.refundHeader(requirements, amount);
+    const res = await fetchImpl(url, { headers: { [HEADERS.paymentSignature]: header } });
+    const pr = res.headers.get(HEADERS.paymentResponse);
+    if (res.ok && pr) {
+      const settled = decodeBase64Json(pr, "PAYMENT-RESPONSE") as SettleResponseBody;
+      await payer.refunded(channelId, settled);
+      return BigInt(settled.amount ?? "0");
+    }
+    const refusal = await readPaymentRequired(res);
+    const corrective = refusal?.error === ErrorCodes.cumulativeAmountMismatch ? parseAccepts(refusal).find((a) => (a.extra.channelState as { channelId?: string } | undefined)?.channelId?.toLowerCase() === channelId.toLowerCase()) : undefined;
+    if (attempt > 0 || !corrective) throw new TollwayError(`refund refused (${res.status}${refusal?.error ? `: ${refusal.error}` : ""})`);
+    await payer.correct(requirements, corrective.extra as Record<string, unknown>);
   }
-  const settled = decodeBase64Json(pr, "PAYMENT-RESPONSE") as SettleResponseBody;
-  await payer.refunded(channelId, settled);
-  return BigInt(settled.amount ?? "0");
 }

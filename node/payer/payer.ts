@@ -90,10 +90,15 @@ export type PreparedPayment = {
   requirements: PaymentRequirements;
   kind: "deposit" | "voucher";
   max: bigint;
+  /** The channel's signed ceiling before this voucher (`max` above it: this voucher adds exposure). */
+  ceiling: bigint;
   deposit?: bigint;
   /** Releases the channel without recording a charge. */
   release(): void;
 };
+
+/** What one request already signed on a channel (see `Payer.correct`). */
+export type CorrectionGuard = { ceiling: bigint; refused: readonly bigint[] };
 
 /** The PAYMENT-RESPONSE (settle response) a payer checks. */
 export type SettleResponseBody = {
@@ -266,11 +271,9 @@ export class Payer {
             deposit: { amount: deposit.toString(), authorization: { erc3009Authorization: await this.signDeposit(r, config, channelId, deposit) } },
           }
         : { type: "voucher", channelConfig: config, voucher };
-      if (max > ch.signedMax) {
-        await this.store.putChannel({ ...ch, signedMax: max, updatedAt: Date.now() });
-      }
+      if (max > ch.signedMax) await this.store.putChannel({ ...ch, signedMax: max, updatedAt: Date.now() });
       const header = encodeBase64Json({ x402Version: 2, accepted: requirementsToWire(r), payload });
-      return { header, channelId, requirements: r, kind: deposit ? "deposit" : "voucher", max, deposit, release };
+      return { header, channelId, requirements: r, kind: deposit ? "deposit" : "voucher", max, ceiling: ch.signedMax, deposit, release };
     } catch (e) {
       release();
       throw e;
@@ -323,7 +326,14 @@ export class Payer {
    * over the claimed cumulative amount, or the amount is no more than this payer already signed for, or
    * it equals the claimed total read from the chain (never the server's word for it).
    */
-  async correct(r: PaymentRequirements, extra: Record<string, any>): Promise<void> {
+  /**
+   * Adopts a corrective 402's channel state when it is credible (see the rules below). `exchange` is what
+   * this request already signed: the ceiling before it, and the vouchers above that ceiling the server
+   * answered with a 402. The server did not charge those, by its own answer: a state built on one of them
+   * is refused, or a server answering every attempt with a corrective would collect several prices (its
+   * vouchers stay claimable) for one refused request.
+   */
+  async correct(r: PaymentRequirements, extra: Record<string, any>, exchange?: CorrectionGuard): Promise<void> {
     const config = this.configFor(r);
     const channelId = computeChannelId(this.domain, config);
     const release = await this.queue.acquire(channelId);
@@ -342,17 +352,17 @@ export class Payer {
       let ok = false;
       if (proof?.signature && proof.signedMaxClaimable !== undefined) {
         const signedMax = BigInt(proof.signedMaxClaimable);
-        ok = claimed <= signedMax && (await this.isOwnVoucher(channelId, signedMax, proof.signature));
-      } else if (claimed <= ch.signedMax) {
+        ok = claimed <= signedMax && !exchange?.refused.includes(signedMax) && (await this.isOwnVoucher(channelId, signedMax, proof.signature));
+      } else if (claimed <= (exchange?.ceiling ?? ch.signedMax)) {
         // No proof, but no more than this payer has already signed for: its exposure does not grow
         // (a server that lost its state going back to the on-chain baseline lands here).
         ok = true;
-      } else if (this.params.publicClient) {
+      } else {
         // No proof and above what we signed: only the chain's own claimed total is a baseline (the
         // server's `totalClaimed` field is its word, not the chain's).
-        const [onchainBalance, onchainClaimed] = await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] });
-        ok = claimed === onchainClaimed;
-        balance = onchainBalance;
+        const chain = await this.chainChannel(channelId);
+        ok = chain !== undefined && claimed === chain.totalClaimed;
+        if (chain) balance = chain.balance;
       }
       if (!ok) {
         throw new ServerMisbehaviorError(channelId, `corrective 402 claims ${claimed} without a valid voucher of ours or the chain's claimed total`);
@@ -398,15 +408,32 @@ export class Payer {
    * close, a refund or withdrawal done elsewhere). Takes the chain's balance, or without a chain client
    * assumes nothing is left above the charges, so the next payment deposits.
    */
-  async refreshBalance(r: PaymentRequirements): Promise<void> {
+  /**
+   * Re-reads the channel from the chain after a refusal that says the local view is off
+   * (`cumulative_exceeds_balance`, `channel_not_found`, `cumulative_below_claimed`): a lower balance is
+   * taken (the next payment deposits what is missing; without a chain client the balance is taken as
+   * spent), and a claimed total above the local charges becomes the charges (the chain claims only
+   * vouchers this payer signed, so that money is spent either way).
+   */
+  async resyncFromChain(r: PaymentRequirements): Promise<void> {
     const config = this.configFor(r);
     const channelId = computeChannelId(this.domain, config);
     const release = await this.queue.acquire(channelId);
     try {
       const ch = await this.store.getChannel(channelId);
       if (!ch) return;
-      const balance = (await this.chainBalance(channelId)) ?? ch.charged;
-      if (balance < ch.balance) await this.store.putChannel({ ...ch, balance, updatedAt: Date.now() });
+      const chain = await this.chainChannel(channelId);
+      const balance = chain?.balance ?? ch.charged;
+      const claimed = chain && chain.totalClaimed > ch.charged ? chain.totalClaimed : ch.charged;
+      if (balance >= ch.balance && claimed === ch.charged) return;
+      await this.store.putChannel({
+        ...ch,
+        balance: balance < ch.balance ? balance : ch.balance,
+        charged: claimed,
+        spent: ch.spent + (claimed - ch.charged),
+        signedMax: claimed > ch.signedMax ? claimed : ch.signedMax,
+        updatedAt: Date.now(),
+      });
     } finally {
       release();
     }
@@ -414,9 +441,15 @@ export class Payer {
 
   /** The channel's balance on chain, or undefined without a chain client or when the read fails. */
   private async chainBalance(channelId: Hex): Promise<bigint | undefined> {
+    return (await this.chainChannel(channelId))?.balance;
+  }
+
+  /** The channel's balance and claimed total on chain, or undefined without a chain client or when the read fails. */
+  private async chainChannel(channelId: Hex): Promise<{ balance: bigint; totalClaimed: bigint } | undefined> {
     if (!this.params.publicClient) return undefined;
     try {
-      return (await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] }))[0];
+      const [balance, totalClaimed] = await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] });
+      return { balance, totalClaimed };
     } catch {
       return undefined;
     }

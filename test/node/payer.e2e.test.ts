@@ -11,6 +11,7 @@ import { openPayerStore, MemoryPayerStore, type PayerStore } from "../../node/pa
 import { wrapFetch, requestRefund } from "../../node/payer/fetch";
 import { PolicyError, ServerMisbehaviorError } from "../../node/protocol/errors";
 import { HEADERS, encodeBase64Json } from "../../node/protocol/wire";
+import { ClaimEngine } from "../../node/payee/claims";
 import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
 
@@ -127,6 +128,57 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     const [ch] = await amnesiac.store.channels();
     expect(ch!.charged).to.equal(4n * PRICE); // not a unit more
     expect(ch!.spent).to.equal(4n * PRICE); // what the correction adopted counts against the budget too
+  });
+
+  it("a cooperative refund after the client lost its state: the corrective 402 resynchronises it once, then the refund goes through", async () => {
+    const account = ctx.payers[3] as LocalAccount;
+    const tokensBefore = await tokenBalance(account.address);
+    const first = makePayer(new MemoryPayerStore(), account, "payer-refund-amnesia");
+    const pay = wrapFetch(fetch, first);
+    for (let i = 0; i < 2; i++) expect((await pay(`${node.url}/articles/${i}`)).status).to.equal(200);
+    const [before] = await first.store.channels();
+    const amnesiac = makePayer(new MemoryPayerStore(), account, "payer-refund-amnesia"); // same keys, empty store
+    const refunded = await requestRefund(fetch, amnesiac, `${node.url}/articles/0`);
+    expect(refunded).to.equal(before!.balance - 2n * PRICE);
+    expect(tokensBefore - (await tokenBalance(account.address))).to.equal(2n * PRICE); // the two charges, not a unit more
+  });
+
+  it("cumulative_below_claimed (a server behind the chain, or a payer restored from an old backup): the payer takes the chain's claimed total, then signs above it", async () => {
+    const account = ctx.payers[4] as LocalAccount;
+    const store = new MemoryPayerStore();
+    const p = makePayer(store, account, "payer-below-claimed");
+    const pay = wrapFetch(fetch, p);
+    for (let i = 0; i < 3; i++) expect((await pay(`${node.url}/articles/${i}`)).status).to.equal(200);
+    const [ch] = await store.channels();
+    await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: [ch!.channelId] });
+    // an old backup: one charge recorded
+    await store.putChannel({ ...ch!, charged: PRICE, signedMax: PRICE, spent: PRICE });
+    await store.deleteRoute(`GET ${node.url}/articles/3`);
+    // A server that reports below_claimed without a channel state (as a stock server that lost its own).
+    const accept = (await (await fetch(`${node.url}/articles/3`)).json()).accepts[0];
+    const seen: bigint[] = [];
+    const app = express();
+    app.use((req, res) => {
+      const h = req.headers["payment-signature"];
+      const body = (error?: string) => ({ x402Version: 2, error, resource: { url: req.url }, accepts: [accept] });
+      if (typeof h !== "string") return void res.status(402).set(HEADERS.paymentRequired, encodeBase64Json(body())).json(body());
+      const max = BigInt(JSON.parse(Buffer.from(h, "base64").toString("utf8")).payload.voucher.maxClaimableAmount);
+      seen.push(max);
+      const b = body(max <= 3n * PRICE ? "invalid_batch_settlement_evm_cumulative_below_claimed" : "invalid_batch_settlement_evm_channel_busy");
+      res.status(402).set(HEADERS.paymentRequired, encodeBase64Json(b)).json(b);
+    });
+    const stub: import("node:http").Server = await new Promise((r) => {
+      const sv = app.listen(0, "127.0.0.1", () => r(sv));
+    });
+    try {
+      await wrapFetch(fetch, p)(`http://127.0.0.1:${(stub.address() as AddressInfo).port}/articles/3`);
+    } finally {
+      stub.close();
+    }
+    expect(seen).to.deep.equal([2n * PRICE, 4n * PRICE]);
+    const after = (await store.getChannel(ch!.channelId))!;
+    expect(after.charged).to.equal(3n * PRICE);
+    expect(after.spent).to.equal(3n * PRICE);
   });
 
   it("policy: refuses a price above maxPerRequest and a deposit above maxDeposit, signing nothing", async () => {
@@ -407,6 +459,46 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     await p.store.putChannel({ channelId, config: p.configFor({ ...base, amount: 10_000n } as never), network: "eip155:31337", charged: 30_000n, signedMax: 30_000n, balance: 1_000_000n, spent: 30_000n, updatedAt: Date.now() });
     await p.correct({ ...base, amount: 10_000n } as never, { channelState: { channelId, balance: "1000000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "0" } });
     expect((await p.store.getChannel(channelId))!.charged).to.equal(0n);
+  });
+
+  /** A stored channel with 30,000 charged and signed for; the server answers every paid attempt with `answer`. */
+  async function engaged(answer: (max: bigint, signature: string, channelId: string) => Record<string, unknown>) {
+    const p = payer();
+    const r = { ...base, amount: 10_000n } as never;
+    const channelId = p.channelIdFor(r);
+    await p.store.putChannel({ channelId, config: p.configFor(r), network: "eip155:31337", charged: 30_000n, signedMax: 30_000n, balance: 1_000_000n, spent: 30_000n, updatedAt: Date.now() });
+    const maxes: bigint[] = [];
+    respond = (req, res) => {
+      const h = req.headers["payment-signature"];
+      if (typeof h !== "string") return send402([base])(req, res);
+      const v = JSON.parse(Buffer.from(h, "base64").toString("utf8")).payload.voucher;
+      maxes.push(BigInt(v.maxClaimableAmount));
+      send402([{ ...base, extra: { ...base.extra, ...answer(BigInt(v.maxClaimableAmount), v.signature, channelId) } }], "invalid_batch_settlement_evm_cumulative_amount_mismatch")(req, res);
+    };
+    return { p, channelId, maxes };
+  }
+
+  it("a server that answers each voucher with a corrective 402 claiming that very voucher as charged gets one voucher, not one per attempt", async () => {
+    const { p, channelId, maxes } = await engaged((max, signature, channelId) => ({
+      channelState: { channelId, balance: "1000000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: max.toString() },
+      voucherState: { signedMaxClaimable: max.toString(), signature },
+    }));
+    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    expect(err.shortMessage).to.match(/without a valid voucher of ours/);
+    expect(maxes).to.deep.equal([40_000n]);
+    const ch = (await p.store.getChannel(channelId as Hex))!;
+    expect([ch.charged, ch.signedMax]).to.deep.equal([30_000n, 40_000n]);
+  });
+
+  it("...nor by claiming, without a proof, an amount between the ceiling before the request and the voucher it refused", async () => {
+    const { p, channelId, maxes } = await engaged((max, _signature, channelId) => ({
+      channelState: { channelId, balance: "1000000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: (max - 1n).toString() },
+    }));
+    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    expect(maxes).to.deep.equal([40_000n]);
+    expect((await p.store.getChannel(channelId as Hex))!.charged).to.equal(30_000n);
   });
 
   it("a corrective 402 with a forged voucher proof -> ServerMisbehaviorError, no voucher for the claimed state", async () => {
