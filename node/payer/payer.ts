@@ -235,7 +235,7 @@ export class Payer {
     const channelId = computeChannelId(this.domain, config);
     const release = await this.queue.acquire(channelId);
     try {
-      const ch = await this.loadChannel(channelId, config);
+      let ch = await this.loadChannel(channelId, config);
       if (ch.halted) throw new PolicyError("channel_halted", `channel ${channelId} is halted: ${ch.halted}`);
       if (this.policy.budget !== undefined) {
         const spent = (await this.store.channels()).reduce((s, c) => s + c.spent, 0n);
@@ -250,6 +250,15 @@ export class Payer {
       }
       if (deposit !== undefined && ch.balance + deposit < max) {
         throw new PolicyError("max_deposit", `a deposit of ${deposit} does not cover the next charge (needs ${max - ch.balance})`);
+      }
+      if (deposit === undefined && max > ch.balance) {
+        // The chain first: a deposit can be there unrecorded (the payee relayed it, then the request
+        // failed and its answer carried no PAYMENT-RESPONSE). A higher balance on chain is money of ours.
+        const onchain = await this.chainBalance(channelId);
+        if (onchain !== undefined && onchain > ch.balance) {
+          ch = { ...ch, balance: onchain, updatedAt: Date.now() };
+          await this.store.putChannel(ch);
+        }
       }
       if (deposit === undefined && max > ch.balance) {
         const needed = max - ch.balance;

@@ -11,6 +11,7 @@ import { openPayerStore, MemoryPayerStore, type PayerStore } from "../../node/pa
 import { wrapFetch, requestRefund } from "../../node/payer/fetch";
 import { PolicyError, ServerMisbehaviorError } from "../../node/protocol/errors";
 import { HEADERS, encodeBase64Json } from "../../node/protocol/wire";
+import { batchSettlementAbi } from "../../node/chain/abi";
 import { ClaimEngine } from "../../node/payee/claims";
 import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
@@ -21,13 +22,14 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
   this.timeout(240_000);
   let ctx: Awaited<ReturnType<typeof startChain>>;
   let node: Awaited<ReturnType<typeof startPayee>>;
-  const routes = { "GET /articles/:id": "$0.01", "GET /pricey": "$2" };
+  const routes = { "GET /articles/:id": "$0.01", "GET /pricey": "$2", "GET /broken": "$0.01" };
 
   before(async () => {
     ctx = await startChain();
     node = await startPayee(ctx, routes, (app) => {
       app.get("/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
       app.get("/pricey", (_req, res) => void res.send("pricey"));
+      app.get("/broken", (_req, res) => void res.status(500).send("broken"));
     });
   });
   after(async () => {
@@ -179,6 +181,27 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     const after = (await store.getChannel(ch!.channelId))!;
     expect(after.charged).to.equal(3n * PRICE);
     expect(after.spent).to.equal(3n * PRICE);
+  });
+
+  it("a request whose deposit went on chain but whose handler failed (no PAYMENT-RESPONSE): the next request finds the deposit on chain instead of depositing again", async () => {
+    const p = makePayer(new MemoryPayerStore(), ctx.payers[1] as LocalAccount, "payer-broken");
+    const { f, calls } = counting();
+    const kinds: string[] = [];
+    const seen: typeof fetch = async (input, init) => {
+      const h = new Request(input as RequestInfo, init).headers.get(HEADERS.paymentSignature);
+      if (h) kinds.push(JSON.parse(Buffer.from(h, "base64").toString("utf8")).payload.type);
+      return f(input, init);
+    };
+    const pay = wrapFetch(seen, p);
+    expect((await pay(`${node.url}/broken`)).status).to.equal(500);
+    expect((await pay(`${node.url}/articles/1`)).status).to.equal(200);
+    expect(kinds).to.deep.equal(["deposit", "voucher"]);
+    const [ch] = await p.store.channels();
+    const [onchain] = await ctx.publicClient.readContract({ address: node.payee.opts.escrow, abi: batchSettlementAbi, functionName: "channels", args: [ch!.channelId] });
+    expect(onchain).to.equal(300n * PRICE); // one deposit
+    expect(ch!.balance).to.equal(onchain);
+    expect(ch!.charged).to.equal(PRICE);
+    expect(calls.length).to.equal(4); // two 402 exchanges: a failed answer teaches no route
   });
 
   it("policy: refuses a price above maxPerRequest and a deposit above maxDeposit, signing nothing", async () => {
