@@ -72,6 +72,17 @@ export class Facilitator {
     };
   }
 
+  /**
+   * Without an authorizer's signature the node sends claim / refund itself, which the escrow allows only
+   * to a channel's receiver or receiverAuthorizer: refused before a simulation when it is neither.
+   */
+  private checkActsFor(c: ChannelConfig) {
+    const me = this.payee.opts.sender.address;
+    if (c.receiver !== me && c.receiverAuthorizer !== me) {
+      throw new PaymentError(ErrorCodes.authorizerAddressMismatch, `this facilitator (${me}) is neither the receiver nor the receiverAuthorizer of the channel, and no authorizer signature was given`);
+    }
+  }
+
   /** Stateless verification of a deposit / voucher / refund payload against on-chain state. */
   async verify(payload: SchemePayload, req: PaymentRequirements): Promise<{ payer: Hex; extra: Snapshot }> {
     const c = payload.channelConfig;
@@ -128,6 +139,7 @@ export class Facilitator {
       const p = claimPayloadSchema.safeParse(raw);
       if (!p.success) throw new PaymentError(ErrorCodes.claimPayload, "claim payload is malformed", { status: 400 });
       const claims: VoucherClaim[] = p.data.claims;
+      if (!p.data.claimAuthorizerSignature) for (const row of claims) this.checkActsFor(row.voucher.channel);
       const { hash } = p.data.claimAuthorizerSignature
         ? await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "claimWithSignature", args: [claims, p.data.claimAuthorizerSignature], simulationError: ErrorCodes.claimSimulationFailed, transactionError: ErrorCodes.claimTransactionFailed })
         : await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "claim", args: [claims], simulationError: ErrorCodes.claimSimulationFailed, transactionError: ErrorCodes.claimTransactionFailed });
@@ -194,6 +206,7 @@ export class Facilitator {
           amount = e.amount;
           signed = { claim: e.claimAuthorizerSignature, refund: { nonce: e.refundNonce, signature: e.refundAuthorizerSignature } };
         } else {
+          this.checkActsFor(c);
           amount = e.amount === undefined || e.amount > available ? available : e.amount;
           signed = { claim: e.claimAuthorizerSignature };
         }
@@ -234,7 +247,19 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
   const parse = (body: unknown) => {
     const r = requestSchema.safeParse(body);
     if (!r.success) throw new PaymentError(ErrorCodes.invalidPayment, "request must be {paymentPayload, paymentRequirements}", { status: 400 });
+    // The terms the client accepted must be the ones verified against (the spec's network_mismatch).
+    const accepted = r.data.paymentPayload.accepted as { scheme?: unknown; network?: unknown } | null | undefined;
+    const required = r.data.paymentRequirements as { scheme?: unknown; network?: unknown } | null | undefined;
+    if (accepted && required) {
+      if (accepted.scheme !== undefined && accepted.scheme !== required.scheme) throw new PaymentError(ErrorCodes.scheme, "the payload's accepted scheme is not the requirements'");
+      if (accepted.network !== undefined && accepted.network !== required.network) throw new PaymentError(ErrorCodes.networkMismatch, "the payload's accepted network is not the requirements'");
+    }
     return { payload: r.data.paymentPayload.payload, req: r.data.paymentRequirements };
+  };
+  /** The payer named by a payload's channel config, for error answers (the spec's optional `payer`). */
+  const payerOf = (body: unknown): { payer?: string } => {
+    const payer = (body as { paymentPayload?: { payload?: { channelConfig?: { payer?: unknown } } } } | null)?.paymentPayload?.payload?.channelConfig?.payer;
+    return typeof payer === "string" && /^0x[0-9a-fA-F]{40}$/.test(payer) ? { payer } : {};
   };
 
   router.post("/verify", async (req, res) => {
@@ -245,7 +270,7 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
       res.json({ isValid: true, payer: v.payer, extra: v.extra });
     } catch (err) {
       const e = toPaymentError(err);
-      res.status(e.status === 400 ? 400 : 200).json({ isValid: false, invalidReason: e.code, invalidMessage: e.shortMessage });
+      res.status(e.status === 400 ? 400 : 200).json({ isValid: false, invalidReason: e.code, invalidMessage: e.shortMessage, ...payerOf(req.body) });
     }
   });
 
@@ -255,7 +280,7 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
       res.json(await facilitator.settle(payload, requirements));
     } catch (err) {
       const e = toPaymentError(err);
-      res.status(e.status === 400 ? 400 : 200).json({ success: false, errorReason: e.code, errorMessage: e.shortMessage, transaction: "", network: facilitator.payee.network });
+      res.status(e.status === 400 ? 400 : 200).json({ success: false, errorReason: e.code, errorMessage: e.shortMessage, transaction: "", network: facilitator.payee.network, ...payerOf(req.body) });
     }
   });
   return router;

@@ -347,7 +347,15 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(ok.extra.balance).to.equal("1000000");
     const forged = { ...payload, voucher: { ...voucher, maxClaimableAmount: "50000" } };
     const bad = await (await fetch(`${node.url}/facilitator/verify`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: accept, payload: forged }, paymentRequirements: accept }) })).json();
-    expect(bad).to.include({ isValid: false, invalidReason: "invalid_batch_settlement_evm_voucher_signature" });
+    expect(bad).to.include({ isValid: false, invalidReason: "invalid_batch_settlement_evm_voucher_signature", payer: payer.account.address });
+    // the terms the payload accepted must be the requirements verified against
+    const elsewhere = await (await fetch(`${node.url}/facilitator/verify`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: { ...accept, network: "eip155:1" }, payload }, paymentRequirements: accept }) })).json();
+    expect(elsewhere).to.include({ isValid: false, invalidReason: "invalid_batch_settlement_evm_network_mismatch" });
+    // a claim the node may not send itself (neither receiver nor receiverAuthorizer) is refused before any simulation
+    const stranger = "0x000000000000000000000000000000000000dEaD";
+    const foreign = { type: "claim", claims: [{ voucher: { channel: { ...payer.config(accept), receiver: stranger, receiverAuthorizer: stranger }, maxClaimableAmount: "40000" }, signature: voucher.signature, totalClaimed: "40000" }] };
+    const refused = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, payload: foreign } }) })).json();
+    expect(refused).to.include({ success: false, errorReason: "invalid_batch_settlement_evm_authorizer_address_mismatch" });
     const claim = { type: "claim", claims: [{ voucher: { channel: payer.config(accept), maxClaimableAmount: "40000" }, signature: voucher.signature, totalClaimed: "40000" }] };
     const claimed = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, payload: claim } }) })).json();
     expect(claimed.success, JSON.stringify(claimed)).to.equal(true);
