@@ -20,18 +20,38 @@ function bucket(at: number, by: GroupBy): string {
 
 /** Revenue grouped by `by`, largest first (time buckets in time order). */
 export async function revenueBy(store: ChannelStore, by: GroupBy, range: { from?: number; to?: number } = {}): Promise<RevenueRow[]> {
-  const rows = new Map<string, { revenue: bigint; requests: number; payers: Set<string> }>();
+  return (await revenueReport(store, [by], range))[by];
+}
+
+/**
+ * Revenue under several groupings from one pass over the ledger (the dashboard wants four; a pass per
+ * grouping scanned the whole ledger that many times). Each grouping as `revenueBy` returns it.
+ * @example const { resource, minute } = await revenueReport(store, ["resource", "minute"])
+ */
+export async function revenueReport<const B extends GroupBy>(store: ChannelStore, groupings: readonly B[], range: { from?: number; to?: number } = {}): Promise<Record<B, RevenueRow[]>> {
+  const bys = [...new Set(groupings)];
+  const tables = bys.map(() => new Map<string, { revenue: bigint; requests: number; payers: Set<string> }>());
   for await (const l of store.ledger(range.from, range.to)) {
-    const key = by === "resource" ? l.resource : by === "route" ? l.route : by === "payer" ? l.payer : bucket(l.at, by);
-    const r = rows.get(key) ?? { revenue: 0n, requests: 0, payers: new Set<string>() };
-    r.revenue += l.amount;
-    r.requests++;
-    r.payers.add(l.payer);
-    rows.set(key, r);
+    for (let i = 0; i < bys.length; i++) {
+      const by = bys[i]!;
+      const key = by === "resource" ? l.resource : by === "route" ? l.route : by === "payer" ? l.payer : bucket(l.at, by);
+      const rows = tables[i]!;
+      let r = rows.get(key);
+      if (!r) rows.set(key, (r = { revenue: 0n, requests: 0, payers: new Set<string>() }));
+      r.revenue += l.amount;
+      r.requests++;
+      r.payers.add(l.payer);
+    }
   }
-  const out = [...rows].map(([key, r]) => ({ key, revenue: r.revenue, requests: r.requests, payers: r.payers.size }));
-  if (by === "day" || by === "hour" || by === "minute") return out.sort((a, b) => a.key.localeCompare(b.key));
-  return out.sort((a, b) => (b.revenue > a.revenue ? 1 : b.revenue < a.revenue ? -1 : a.key.localeCompare(b.key)));
+  const out = {} as Record<B, RevenueRow[]>;
+  bys.forEach((by, i) => {
+    const rows = [...tables[i]!].map(([key, r]) => ({ key, revenue: r.revenue, requests: r.requests, payers: r.payers.size }));
+    out[by] =
+      by === "day" || by === "hour" || by === "minute"
+        ? rows.sort((a, b) => a.key.localeCompare(b.key))
+        : rows.sort((a, b) => (b.revenue > a.revenue ? 1 : b.revenue < a.revenue ? -1 : a.key.localeCompare(b.key)));
+  });
+  return out;
 }
 
 export type ChannelRisk = {
@@ -74,11 +94,18 @@ function toRisk(r: ChannelRecord, now: number): ChannelRisk {
   };
 }
 
-/** Claims, settlements, deposits and refunds, newest first. */
+/** Claims, settlements, deposits and refunds, newest first (the last `limit`, kept in a ring while reading). */
 export async function history(store: ChannelStore, limit = 100): Promise<HistoryEvent[]> {
-  const all: HistoryEvent[] = [];
-  for await (const h of store.history()) all.push(h);
-  return all.reverse().slice(0, limit);
+  if (limit <= 0) return [];
+  const ring: HistoryEvent[] = [];
+  let next = 0;
+  for await (const h of store.history()) {
+    if (ring.length < limit) ring.push(h);
+    else ring[next] = h;
+    next = (next + 1) % limit;
+  }
+  // Oldest kept is at `next` once the ring is full: rotate, then newest first.
+  return (ring.length < limit ? ring : [...ring.slice(next), ...ring.slice(0, next)]).reverse();
 }
 
 /** Rows as CSV (bigints as decimal strings). */

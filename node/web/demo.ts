@@ -169,8 +169,44 @@ export async function startDemo(opts: DemoOptions = {}): Promise<Demo> {
   }
 }
 
+/**
+ * The demo pages' security headers. Scripts only from the site's own files (no inline script or
+ * handler), and no framing: after the first deposit an "Unlock" click pays without a prompt, so a
+ * framing site could make a reader pay by clickjacking. No referrer: the dashboard's address can carry
+ * the admin token until its script removes it.
+ */
+const DEMO_CSP = [
+  "default-src 'self'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "img-src 'self' data: blob:",
+  "media-src 'self' blob:",
+  "connect-src 'self'",
+  "object-src 'none'",
+  "base-uri 'none'",
+  "form-action 'self'",
+  "frame-ancestors 'none'",
+].join("; ");
+
+export const DEMO_SECURITY_HEADERS = {
+  "Content-Security-Policy": DEMO_CSP,
+  "X-Frame-Options": "DENY",
+  "X-Content-Type-Options": "nosniff",
+  "Referrer-Policy": "no-referrer",
+} as const;
+
+/** Sets DEMO_SECURITY_HEADERS on every response of the demo site (pages, scripts, paid content). */
+export function demoSecurityHeaders(): express.RequestHandler {
+  const entries = Object.entries(DEMO_SECURITY_HEADERS);
+  return function demoSecurityHeadersMiddleware(_req, res, next) {
+    for (const [name, value] of entries) res.setHeader(name, value);
+    next();
+  };
+}
+
 function installDemoSite(app: Express, webDir: string, deployment: Deployment) {
   const pub = path.join(__dirname, "public");
+  app.use(demoSecurityHeaders());
   for (const a of ARTICLES) {
     app.get(`/articles/${a.kind}/${a.id}`, (_req, res) => void res.type("text/plain").send(articleBody(a)));
   }

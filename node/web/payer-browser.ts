@@ -2,14 +2,36 @@
  * Browser build of the payer (bundled by scripts/build-web.js into dist/web/tollway-payer.js, global
  * `Tollway`): an EIP-1193 injected wallet signs deposits — one prompt per deposit — and a session key
  * kept in IndexedDB signs every voucher silently.
+ *
+ * The reader's way back to their money without the publisher: `channels()` lists every channel with its
+ * full config, `backup()` returns the session key and configs as a file-ready object, and `withdraw`
+ * runs the escrow's timed withdrawal from the wallet (it takes a config from a backup too, so it works
+ * after the site's data was cleared).
  */
-import { createWalletClient, custom, type Address, type EIP1193Provider, type Hex, type LocalAccount } from "viem";
+import {
+  createPublicClient,
+  createWalletClient,
+  custom,
+  defineChain,
+  type Account,
+  type Address,
+  type Chain,
+  type EIP1193Provider,
+  type Hex,
+  type LocalAccount,
+  type PublicClient,
+  type Transport,
+  type WalletClient,
+} from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
-import { createPayer, type PayerPolicy, type TypedDataSigner } from "../payer/payer";
+import { batchSettlementAbi } from "../chain/abi";
+import { createPayer, type CreatePayerParameters, type PayerPolicy, type TypedDataSigner } from "../payer/payer";
 import { wrapFetch, requestRefund } from "../payer/fetch";
 import { openIndexedDbPayerStore } from "../payer/idbStore";
 import { MemoryPayerStore } from "../payer/store";
 import { formatAmount } from "../protocol/amounts";
+import { TollwayError } from "../protocol/errors";
+import { computeChannelId, type ChannelConfig } from "../protocol/typedData";
 
 export type BrowserPayerOptions = {
   /** An injected wallet (EIP-1193), or */
@@ -20,7 +42,41 @@ export type BrowserPayerOptions = {
   policy?: PayerPolicy;
   /** IndexedDB database name (one per site/wallet). */
   dbName?: string;
+  /**
+   * Sends and reads the timed withdrawal's transactions. Default: built from `provider` (the wallet
+   * sends them; one prompt each). With only an `account`, withdrawals need these.
+   */
+  walletClient?: WalletClient<Transport, Chain, Account>;
+  publicClient?: PublicClient<Transport, Chain>;
 };
+
+/** One channel as `channels()` lists it: amounts in token units, and the config a withdrawal needs. */
+export type BrowserChannel = {
+  channelId: Hex;
+  payee: Address;
+  balance: string;
+  charged: string;
+  remaining: string;
+  config: ChannelConfig;
+  network: string;
+};
+
+/**
+ * What `backup()` returns (JSON-safe: amounts as decimal strings of atomic units). Keep it private: the
+ * session key signs vouchers on these channels, up to their balance.
+ */
+export type ChannelBackup = {
+  format: "tollway-channel-backup/1";
+  createdAt: string;
+  chainId: number;
+  escrow: Address;
+  payer: Address;
+  sessionKey: Hex;
+  channels: Array<{ channelId: Hex; network: string; config: ChannelConfig; balance: string; charged: string; signedMax: string }>;
+};
+
+/** What the withdrawal helpers take: a channel id this browser knows, a config, or a backup's channel entry. */
+export type WithdrawTarget = Hex | ChannelConfig | { config: ChannelConfig; charged?: string; balance?: string };
 
 /**
  * Connects to the injected wallet and returns a paying fetch plus helpers.
@@ -29,44 +85,198 @@ export type BrowserPayerOptions = {
 export async function connect(opts: BrowserPayerOptions) {
   let address: Address;
   let wallet: TypedDataSigner;
+  let walletClient = opts.walletClient;
+  let publicClient = opts.publicClient;
   if (opts.account) {
     address = opts.account.address;
     wallet = opts.account;
   } else if (opts.provider) {
     const [first] = (await opts.provider.request({ method: "eth_requestAccounts" })) as Address[];
-    if (!first) throw new Error("the wallet returned no account");
+    if (!first) throw new TollwayError("the wallet returned no account");
     address = first;
-    wallet = createWalletClient({ account: first, transport: custom(opts.provider) }) as TypedDataSigner;
+    // viem asserts the wallet's chain before sending a transaction: a minimal chain for the id is enough.
+    const chain = defineChain({ id: opts.chainId, name: `eip155:${opts.chainId}`, nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 }, rpcUrls: { default: { http: [] } } });
+    const client = createWalletClient({ account: first, chain, transport: custom(opts.provider) });
+    wallet = client as TypedDataSigner;
+    walletClient ??= client as WalletClient<Transport, Chain, Account>;
+    publicClient ??= createPublicClient({ chain, transport: custom(opts.provider) }) as PublicClient<Transport, Chain>;
   } else {
-    throw new Error("connect needs a provider (injected wallet) or an account (local key)");
+    throw new TollwayError("connect needs a provider (injected wallet) or an account (local key)");
   }
-  const store = await openIndexedDbPayerStore(opts.dbName ?? `tollway-payer-${address.toLowerCase()}`);
-  let key = (await store.getKey("session")) as Hex | undefined;
-  if (!key) {
-    key = generatePrivateKey();
-    await store.putKey("session", key);
+  const dbName = opts.dbName ?? `tollway-payer-${address.toLowerCase()}`;
+  let store: Awaited<ReturnType<typeof openIndexedDbPayerStore>>;
+  let key: Hex;
+  try {
+    store = await openIndexedDbPayerStore(dbName);
+    key = await sessionKey(dbName);
+  } catch (cause) {
+    // No silent fallback to memory: a channel whose key and state vanish on reload strands its deposit.
+    throw new TollwayError("this browser does not let the page keep a payment channel (IndexedDB is unavailable)", { cause });
   }
   // Vouchers are signed by the session key without a wallet prompt: without a page policy, at most $1 a
   // request and $20 a deposit (6-decimal stablecoins), so a payee's 402 cannot name any price it likes.
   const policy = { maxPerRequest: 1_000_000n, maxDeposit: 20_000_000n, ...opts.policy };
-  const payer = createPayer({ account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy, ...(webLocks ? { lock: webLocks } : {}) });
+  const base: CreatePayerParameters = { account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy, ...(webLocks ? { lock: webLocks } : {}) };
+  const payer = createPayer(base);
+  // Only the withdrawal reads the chain: the paying payer stays exactly as before (no chain reads per
+  // payment, and wallets that cannot answer eth_call still pay).
+  const withdrawer = createPayer({ ...base, ...(walletClient ? { walletClient } : {}), ...(publicClient ? { publicClient } : {}) });
   const paidFetch = wrapFetch(fetch.bind(globalThis), payer);
+  const escrow = payer.domain.verifyingContract;
+
+  /** A channel to withdraw from: its id (known to this browser), its config, or a backup's entry. */
+  const resolveTarget = async (target: WithdrawTarget): Promise<{ channelId: Hex; config: ChannelConfig; owed: bigint; balance?: bigint }> => {
+    if (typeof target === "string") {
+      const known = await store.getChannel(target);
+      if (!known) throw new TollwayError(`channel ${target} is not in this browser's store: pass its config (from a backup) instead`);
+      return { channelId: target, config: known.config, owed: known.charged, balance: known.balance };
+    }
+    const config = "config" in target ? target.config : target;
+    const channelId = computeChannelId(payer.domain, config);
+    const known = await store.getChannel(channelId);
+    if (known) return { channelId, config, owed: known.charged, balance: known.balance };
+    // A backup's entry says what the payee had charged when it was made (later charges need this key).
+    const owed = "config" in target && target.charged !== undefined ? BigInt(target.charged) : 0n;
+    const balance = "config" in target && target.balance !== undefined ? BigInt(target.balance) : undefined;
+    return { channelId, config, owed, ...(balance !== undefined ? { balance } : {}) };
+  };
+
   return {
     address,
     payer,
     fetch: paidFetch,
-    /** Channels with balance and charges, in token units. */
-    async channels(decimals = 6) {
+    /** Channels with balance and charges, in token units, and the config a withdrawal needs. */
+    async channels(decimals = 6): Promise<BrowserChannel[]> {
       return (await store.channels()).map((c) => ({
         channelId: c.channelId,
         payee: c.config.receiver,
         balance: formatAmount(c.balance, decimals),
         charged: formatAmount(c.charged, decimals),
         remaining: formatAmount(c.balance - c.charged, decimals),
+        config: c.config,
+        network: c.network,
       }));
     },
+    /** Everything needed to get this browser's deposits back elsewhere: the session key and every channel's config. */
+    async backup(): Promise<ChannelBackup> {
+      return {
+        format: "tollway-channel-backup/1",
+        createdAt: new Date().toISOString(),
+        chainId: opts.chainId,
+        escrow,
+        payer: payer.payer,
+        sessionKey: key,
+        channels: (await store.channels()).map((c) => ({
+          channelId: c.channelId,
+          network: c.network,
+          config: c.config,
+          balance: c.balance.toString(),
+          charged: c.charged.toString(),
+          signedMax: c.signedMax.toString(),
+        })),
+      };
+    },
     refund: (url: string) => requestRefund(fetch.bind(globalThis), payer, url),
+    /**
+     * The timed withdrawal, for when the payee does not cooperate: the wallet sends both transactions
+     * (they need gas). `start` asks for what is not owed to the payee (the balance above the charges, or
+     * what a backup's entry says was charged, or the chain's claimed total when higher); `finish` pays it
+     * out once the channel's withdraw delay has passed. Both take a channel id, a config, or a backup's
+     * channel entry (so they work after this browser's data is gone).
+     */
+    withdraw: {
+      async start(target: WithdrawTarget, amount?: bigint): Promise<{ channelId: Hex; amount: bigint; txHash: Hex; finalizeAfter?: number }> {
+        const { channelId, config, owed: charged, balance: stored } = await resolveTarget(target);
+        let wanted = amount;
+        if (wanted === undefined) {
+          let owed = charged;
+          let balance = stored ?? 0n;
+          if (publicClient) {
+            const [onchainBalance, claimed] = await publicClient.readContract({ address: escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] });
+            balance = onchainBalance;
+            if (claimed > owed) owed = claimed;
+          }
+          wanted = balance > owed ? balance - owed : 0n;
+        }
+        if (wanted <= 0n) throw new TollwayError(`nothing to withdraw from channel ${channelId}`);
+        const txHash = await withdrawer.initiateWithdraw(config, wanted);
+        let finalizeAfter: number | undefined;
+        if (publicClient) {
+          const receipt = await publicClient.getTransactionReceipt({ hash: txHash });
+          const block = await publicClient.getBlock({ blockNumber: receipt.blockNumber });
+          finalizeAfter = Number(block.timestamp) + config.withdrawDelay;
+        }
+        return { channelId, amount: wanted, txHash, ...(finalizeAfter !== undefined ? { finalizeAfter } : {}) };
+      },
+      async finish(target: WithdrawTarget): Promise<{ channelId: Hex; txHash: Hex }> {
+        const { channelId, config } = await resolveTarget(target);
+        // The store's balance changes after the transaction: held like a payment, so no tab pays meanwhile.
+        const release = webLocks ? await webLocks.acquire(channelId) : () => undefined;
+        try {
+          return { channelId, txHash: await withdrawer.finalizeWithdraw(config) };
+        } finally {
+          release();
+        }
+      },
+    },
   };
+}
+
+/**
+ * The session key of database `dbName`, created on first use. Read and created in one readwrite
+ * transaction (IndexedDB runs those one at a time per store), so two tabs — or two `connect` calls in
+ * one page — opening together on a first visit end with one key, never one each with the last write
+ * winning. `add` refuses to overwrite a key should another writer get there first; the key is then read
+ * back. A new key asks the browser to keep the site's storage (best effort): losing it loses the key.
+ */
+async function sessionKey(dbName: string): Promise<Hex> {
+  const db = await request(indexedDB.open(dbName));
+  try {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const { key, created } = await readOrCreate(db);
+        if (created) persistStorage();
+        return key;
+      } catch (e) {
+        if ((e as DOMException | null)?.name !== "ConstraintError" || attempt > 0) throw e;
+      }
+    }
+  } finally {
+    db.close();
+  }
+}
+
+function readOrCreate(db: IDBDatabase): Promise<{ key: Hex; created: boolean }> {
+  return new Promise((resolve, reject) => {
+    // "strict": the key is on disk before it signs anything (a voucher it signed must stay signable).
+    const tx = db.transaction("keys", "readwrite", { durability: "strict" } as IDBTransactionOptions);
+    const keys = tx.objectStore("keys");
+    let result: { key: Hex; created: boolean } | undefined;
+    const read = keys.get("session");
+    read.onsuccess = () => {
+      if (typeof read.result === "string") {
+        result = { key: read.result as Hex, created: false };
+        return;
+      }
+      const fresh = generatePrivateKey();
+      keys.add(fresh, "session");
+      result = { key: fresh, created: true };
+    };
+    tx.oncomplete = () => resolve(result!);
+    tx.onabort = () => reject(tx.error);
+  });
+}
+
+function persistStorage() {
+  const storage = (globalThis as { navigator?: { storage?: { persist?: () => Promise<boolean> } } }).navigator?.storage;
+  void storage?.persist?.().catch(() => false);
+}
+
+function request<T>(r: IDBRequest<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
 }
 
 /**

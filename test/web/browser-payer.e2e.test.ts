@@ -102,7 +102,7 @@ describe("browser payer: headless Chromium pays for three resources (real node, 
         await page.addInitScript((a) => ((window as any).__walletAddress = a), wallet.address);
         await page.goto(`${node.url}/reader.html`);
       }
-      // The first tab opens the channel (and creates the session key both tabs then share).
+      // The first tab opens the channel (the session key both tabs share: browser-keys.e2e.test.ts covers two tabs creating it at once).
       expect((await pages[0]!.evaluate(() => (window as any).payThree(100))).results.map((r: any) => r.status)).to.deep.equal([200, 200, 200]);
       const [a, b] = await Promise.all([pages[0]!.evaluate(() => (window as any).payThree(200)), pages[1]!.evaluate(() => (window as any).payThree(300))]);
       expect([...a.results, ...b.results].map((r: any) => r.status)).to.deep.equal([200, 200, 200, 200, 200, 200]);

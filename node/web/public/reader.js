@@ -1,9 +1,38 @@
 /* global Tollway */
 (async () => {
   const $ = (id) => document.getElementById(id);
-  const catalog = await (await fetch("/demo/catalog")).json();
-  const demo = await (await fetch("/demo/wallet")).json();
-  const local = Tollway.privateKeyToAccount(demo.privateKey);
+  const status = (text, isError = false) => {
+    $("status").textContent = text;
+    $("status").classList.toggle("error", isError);
+  };
+
+  /** A failure as the reader should read it (the wallet's rejection, a policy refusal, an HTTP error). */
+  function describe(e) {
+    if (e && e.code === 4001) return "you rejected the wallet request.";
+    if (e && e.name === "PolicyError") return "your payment limits refused it (" + (e.shortMessage || e.message) + ").";
+    if (e && e.name === "ServerMisbehaviorError") return "the publisher's server broke the payment rules; this channel is stopped.";
+    if (e instanceof TypeError) return "the publisher's server could not be reached.";
+    const text = (e && (e.shortMessage || e.message)) || String(e);
+    return /[.!?)]$/.test(text) ? text : text + ".";
+  }
+
+  let catalog;
+  let t;
+  let local;
+  try {
+    const get = async (url) => {
+      const res = await fetch(url);
+      if (!res.ok) throw new Error(url + " answered HTTP " + res.status);
+      return res.json();
+    };
+    catalog = await get("/demo/catalog");
+    const demo = await get("/demo/wallet");
+    local = Tollway.privateKeyToAccount(demo.privateKey);
+  } catch (e) {
+    status("The page could not start: " + describe(e) + " Reload to try again.", true);
+    document.body.dataset.error = "startup";
+    return;
+  }
   $("addr").textContent = local.address.slice(0, 8) + "…" + local.address.slice(-4);
   window.__tollwayPrompts = 0;
 
@@ -26,27 +55,46 @@
         const { EIP712Domain, ...types } = td.types;
         return local.signTypedData({ domain: td.domain, types, primaryType: td.primaryType, message: td.message });
       }
-      throw new Error("unsupported " + method);
+      throw new Error("the demo wallet does not support " + method);
     },
   };
-  const t = await Tollway.connect({ provider, chainId: catalog.chainId, policy: { maxPerRequest: 100000n, maxDeposit: 2000000n, depositMultiplier: 20 } });
+  try {
+    t = await Tollway.connect({ provider, chainId: catalog.chainId, policy: { maxPerRequest: 100000n, maxDeposit: 2000000n, depositMultiplier: 20, allowedAssets: [catalog.token] } });
+  } catch (e) {
+    status("The page could not start: " + describe(e), true);
+    document.body.dataset.error = "startup";
+    return;
+  }
 
   async function refreshBalance() {
     const chs = await t.channels(6);
     const ch = chs.find((c) => Number(c.remaining) > 0) || chs[0];
     $("balance").textContent = ch ? ch.remaining + " USDC left" : "no channel yet";
     $("close").disabled = !ch || Number(ch.remaining) <= 0;
+    $("backup").disabled = chs.length === 0;
   }
   async function pay(url) {
-    $("status").textContent = "Paying…";
-    const res = await t.fetch(url);
-    if (!res.ok) throw new Error("HTTP " + res.status);
-    $("status").textContent = "";
-    await refreshBalance();
-    return res;
+    status("Paying…");
+    try {
+      const res = await t.fetch(url);
+      if (!res.ok) throw new Error(res.status === 402 ? "the payment was not accepted (HTTP 402)." : "the server answered HTTP " + res.status + ".");
+      status("");
+      return res;
+    } finally {
+      await refreshBalance().catch(() => undefined);
+    }
   }
   const cents = (p) => Math.round(Number(p) * 100) + "c";
 
+  // Articles already paid for in this browser open from here on a reload, without paying again.
+  const unlockedKey = (url) => "tollway-unlocked:" + local.address.toLowerCase() + ":" + url;
+  const showArticle = (el, btn, body) => {
+    const div = el.querySelector(".body");
+    div.textContent = body;
+    div.hidden = false;
+    btn.textContent = "Unlocked";
+    btn.disabled = true;
+  };
   for (const a of catalog.articles) {
     const el = document.createElement("article");
     el.innerHTML = `<div class="kind"></div><h3></h3><p></p><button type="button"></button><div class="body" hidden></div>`;
@@ -60,15 +108,24 @@
       btn.disabled = true;
       try {
         const body = await (await pay(a.url)).text();
-        const div = el.querySelector(".body");
-        div.textContent = body;
-        div.hidden = false;
-        btn.textContent = "Unlocked";
+        try {
+          localStorage.setItem(unlockedKey(a.url), body);
+        } catch {
+          // storage full or disabled: the article stays readable until the page closes
+        }
+        showArticle(el, btn, body);
       } catch (e) {
         btn.disabled = false;
-        $("status").textContent = "Not unlocked: " + e.message;
+        status("Not unlocked: " + describe(e), true);
       }
     });
+    let saved = null;
+    try {
+      saved = localStorage.getItem(unlockedKey(a.url));
+    } catch {
+      // storage disabled: nothing remembered
+    }
+    if (saved !== null) showArticle(el, btn, saved);
     $("articles").appendChild(el);
   }
   for (const s of catalog.songs) {
@@ -88,7 +145,7 @@
         btn.textContent = "Paid";
       } catch (e) {
         btn.disabled = false;
-        $("status").textContent = "Not played: " + e.message;
+        status("Not played: " + describe(e), true);
       }
     });
     $("songs").appendChild(el);
@@ -96,24 +153,52 @@
   $("watch").addEventListener("click", async () => {
     $("watch").disabled = true;
     let spent = 0;
-    for (let n = 0; n < 10; n++) {
-      await pay(`${catalog.stream.url}/${n}`);
-      spent += Number(catalog.stream.price);
-      $("stream-progress").value = n + 1;
-      $("stream-cost").textContent = `Watched ${n + 1} chunks for ${spent.toFixed(3)} USDC`;
+    let n = 0;
+    try {
+      for (; n < 10; n++) {
+        await pay(`${catalog.stream.url}/${n}`);
+        spent += Number(catalog.stream.price);
+        $("stream-progress").value = n + 1;
+        $("stream-cost").textContent = `Watched ${n + 1} chunks for ${spent.toFixed(3)} USDC`;
+      }
+    } catch (e) {
+      status(`The stream stopped at chunk ${n + 1}: ` + describe(e), true);
+    } finally {
+      $("watch").disabled = false;
     }
-    $("watch").disabled = false;
   });
   $("close").addEventListener("click", async () => {
     $("close").disabled = true;
     try {
       const refunded = await t.refund(catalog.articles[0].url);
-      $("status").textContent = `Channel closed: ${(Number(refunded) / 1e6).toFixed(2)} USDC returned to your wallet.`;
+      status(`Channel closed: ${(Number(refunded) / 1e6).toFixed(2)} USDC returned to your wallet.`);
     } catch (e) {
-      $("status").textContent = "Refund failed: " + e.message;
+      status("Refund failed: " + describe(e), true);
     }
-    await refreshBalance();
+    await refreshBalance().catch(() => undefined);
   });
-  await refreshBalance();
+  // The channel's config and session key as a file: with it the deposit can be withdrawn from the escrow
+  // even if this browser's data is cleared or the publisher stops answering.
+  $("backup").addEventListener("click", async () => {
+    try {
+      const backup = await t.backup();
+      const blob = new Blob([JSON.stringify(backup, null, 2)], { type: "application/json" });
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = `tollway-channel-backup-${backup.createdAt.slice(0, 10)}.json`;
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+      status("Backup saved. Keep the file private: it can spend what is left in the channel.");
+    } catch (e) {
+      status("Backup failed: " + describe(e), true);
+    }
+  });
+  try {
+    await refreshBalance();
+  } catch (e) {
+    status("Your channel could not be read: " + describe(e), true);
+  }
   document.body.dataset.ready = "true";
 })();

@@ -1,0 +1,168 @@
+import { expect } from "chai";
+import express from "express";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { erc20Abi, type Address, type Hex, type LocalAccount } from "viem";
+import { hardhat } from "viem/chains";
+import { privateKeyToAccount } from "viem/accounts";
+import { computeChannelId, escrowDomain } from "../../node/protocol/typedData";
+import { clientsFor } from "../helpers/chainNode";
+import { startChain, startPayee } from "../helpers/payeeHarness";
+import { launchChromium } from "../helpers/browser";
+
+const { buildWeb } = require("../../scripts/build-web.js") as { buildWeb(outdir: string): Promise<string> };
+
+// An injected EIP-1193 wallet stand-in: the test's key signs, everything else goes to the test's chain.
+const PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Tollway session key test</title></head>
+<body><main><h1>Session key</h1></main>
+<script src="/tollway-payer.js"></script>
+<script>
+  window.ethereum = {
+    async request({ method, params }) {
+      if (method === "eth_requestAccounts" || method === "eth_accounts") return [window.__walletAddress];
+      if (method === "eth_chainId") return "0x7a69";
+      if (method === "eth_signTypedData_v4") return window.__walletSign(params[1]);
+      const answer = JSON.parse(await window.__walletRpc(method, JSON.stringify(params || [])));
+      if (answer.error) throw Object.assign(new Error(answer.error.message), { code: answer.error.code });
+      return answer.result;
+    },
+  };
+  window.connectTollway = () => Tollway.connect({ provider: window.ethereum, chainId: 31337, policy: { maxPerRequest: 50000n, maxDeposit: 1000000n, depositMultiplier: 20 } });
+</script></body></html>`;
+
+/**
+ * Counts navigator.storage.persist() calls (the page asks once, when it creates the session key).
+ * Set before any page script runs.
+ */
+function countPersistCalls() {
+  (window as any).__persistCalls = 0;
+  Object.defineProperty(navigator.storage, "persist", {
+    configurable: true,
+    value: async () => {
+      (window as any).__persistCalls++;
+      return true;
+    },
+  });
+}
+
+describe("browser payer: one session key per browser, and a way back to the deposit without the publisher", function () {
+  this.timeout(240_000);
+  let ctx: Awaited<ReturnType<typeof startChain>>;
+  let node: Awaited<ReturnType<typeof startPayee>>;
+  let browser: Browser;
+
+  before(async () => {
+    const outdir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-web-"));
+    const bundle = await buildWeb(outdir);
+    ctx = await startChain();
+    node = await startPayee(ctx, { "GET /articles/:id": "$0.01" }, (app) => {
+      app.get("/articles/:id", (req, res) => void res.type("text/plain").send(`article ${req.params.id}`));
+      app.get("/page.html", (_req, res) => void res.type("html").send(PAGE));
+      app.use(express.static(path.dirname(bundle)));
+    });
+    browser = await launchChromium();
+  });
+  after(async () => {
+    await browser?.close();
+    await node?.stop();
+    await ctx?.chain.stop();
+  });
+
+  async function openPage(context: BrowserContext, wallet: LocalAccount): Promise<Page> {
+    const page = await context.newPage();
+    const { walletClient } = clientsFor(ctx.chain.url, wallet);
+    await page.exposeFunction("__walletSign", async (json: string) => {
+      const td = JSON.parse(json);
+      const { EIP712Domain: _d, ...types } = td.types;
+      return wallet.signTypedData({ domain: td.domain, types, primaryType: td.primaryType, message: td.message });
+    });
+    await page.exposeFunction("__walletRpc", async (method: string, paramsJson: string) => {
+      const params = JSON.parse(paramsJson);
+      if (method === "eth_sendTransaction") {
+        const tx = params[0] as { to: Address; data?: Hex; value?: Hex };
+        const hash = await walletClient.sendTransaction({ account: wallet, chain: hardhat, to: tx.to, data: tx.data, value: tx.value ? BigInt(tx.value) : undefined });
+        return JSON.stringify({ result: hash });
+      }
+      const res = await fetch(ctx.chain.url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }) });
+      return res.text();
+    });
+    await page.addInitScript((a) => ((window as any).__walletAddress = a), wallet.address);
+    await page.addInitScript(countPersistCalls);
+    await page.goto(`${node.url}/page.html`);
+    return page;
+  }
+
+  const keyOf = (page: Page) => page.evaluate(async () => (await (window as any).connectTollway()).payer.payerAuthorizer as string);
+  const persistCalls = (page: Page) => page.evaluate(() => (window as any).__persistCalls as number);
+
+  it("two tabs, and two connects in one tab, on a first visit end with one session key, kept after a reload; storage persistence is asked for once", async () => {
+    const wallet = ctx.payers[3] as LocalAccount;
+    const context = await browser.newContext();
+    try {
+      const pages = [await openPage(context, wallet), await openPage(context, wallet)];
+      // Four connects at once: two per tab.
+      const keys = (await Promise.all(pages.map((p) => p.evaluate(async () => Promise.all([(window as any).connectTollway(), (window as any).connectTollway()]).then((ts) => ts.map((t: any) => t.payer.payerAuthorizer as string)))))).flat();
+      expect(new Set(keys).size, `session keys: ${keys.join(", ")}`).to.equal(1);
+      // Asked once, by the connect that created the key.
+      expect((await persistCalls(pages[0]!)) + (await persistCalls(pages[1]!))).to.equal(1);
+
+      for (const page of pages) await page.reload();
+      expect(await keyOf(pages[0]!)).to.equal(keys[0]);
+      expect(await keyOf(pages[1]!)).to.equal(keys[0]);
+      // The key already existed: no second request.
+      expect((await persistCalls(pages[0]!)) + (await persistCalls(pages[1]!))).to.equal(0);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("channels() and backup() carry each channel's full config; after the site's data is lost the wallet withdraws the deposit with the backup alone", async () => {
+    const wallet = ctx.payers[2] as LocalAccount;
+    const context = await browser.newContext();
+    try {
+      const page = await openPage(context, wallet);
+      const paid = await page.evaluate(async () => {
+        const t = await (window as any).connectTollway();
+        const res = await t.fetch("/articles/1");
+        return { status: res.status, channels: await t.channels(), backup: await t.backup() };
+      });
+      expect(paid.status).to.equal(200);
+      const [listed] = paid.channels;
+      const [saved] = paid.backup.channels;
+      expect(paid.backup.format).to.equal("tollway-channel-backup/1");
+      expect(listed.config).to.deep.equal(saved.config);
+      expect(saved.config.payer).to.equal(wallet.address);
+      expect(saved.config.payerAuthorizer).to.equal(privateKeyToAccount(paid.backup.sessionKey).address);
+      expect(saved.config.receiver).to.equal(node.payeeAccount.address);
+      expect(computeChannelId(escrowDomain(31337, ctx.deployment.escrow), saved.config)).to.equal(saved.channelId);
+      expect([saved.balance, saved.charged]).to.deep.equal(["200000", "10000"]); // 20 × 0.01 deposited, 0.01 charged
+
+      // "Clear site data": the session key and the channel state are gone; the next visit has a new key.
+      await page.reload();
+      await page.evaluate((name) => new Promise((ok, fail) => Object.assign(indexedDB.deleteDatabase(name), { onsuccess: ok, onerror: fail, onblocked: () => fail(new Error("blocked")) })), `tollway-payer-${wallet.address.toLowerCase()}`);
+      const token = (a: Address) => ctx.publicClient.readContract({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "balanceOf", args: [a] });
+      const before = await token(wallet.address);
+
+      const started = await page.evaluate(async (entry) => {
+        const t = await (window as any).connectTollway();
+        const r = await t.withdraw.start(entry);
+        return { key: t.payer.payerAuthorizer as string, channels: (await t.channels()).length, amount: r.amount.toString(), finalizeAfter: r.finalizeAfter as number };
+      }, saved);
+      expect(started.key).to.not.equal(saved.config.payerAuthorizer);
+      expect(started.channels).to.equal(0);
+      expect(started.amount).to.equal("190000"); // the payee's 0.01 stays claimable
+
+      await ctx.testClient.increaseTime({ seconds: saved.config.withdrawDelay + 1 });
+      await ctx.testClient.mine({ blocks: 1 });
+      await page.evaluate(async (entry) => {
+        const t = await (window as any).connectTollway();
+        await t.withdraw.finish(entry);
+      }, saved);
+      expect((await token(wallet.address)) - before).to.equal(190_000n);
+    } finally {
+      await context.close();
+    }
+  });
+});
