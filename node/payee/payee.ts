@@ -513,29 +513,31 @@ export class Payee {
       }
       return;
     }
-    // payerAuthorizer = 0: the payer signs, as an EOA or an ERC-1271 smart wallet.
+    // payerAuthorizer = 0: the payer signs, checked as the escrow checks it (OpenZeppelin's
+    // SignatureChecker): ERC-1271 when the payer has code (a smart wallet, or an EOA delegated with
+    // EIP-7702), ECDSA otherwise. An ECDSA signature from a payer with code would not claim on chain.
     const key = `${channelId}:${max}:${signature}`;
     const cached = this.erc1271Cache.get(key);
     if (cached === true) return;
     let ok: boolean;
-    const signer = await recoverSignerAsync(digest, signature);
-    if (signer === c.payer.toLowerCase()) {
-      ok = true;
+    let code: Hex | undefined;
+    try {
+      code = await this.opts.publicClient.getCode({ address: c.payer });
+    } catch (cause) {
+      throw new PaymentError(ErrorCodes.rpcReadFailed, "could not read the payer's code to check its signature", { cause, status: 503 });
+    }
+    if (!code || code === "0x") {
+      ok = (await recoverSignerAsync(digest, signature)) === c.payer.toLowerCase();
     } else {
-      const code = await this.opts.publicClient.getCode({ address: c.payer }).catch(() => undefined);
-      if (!code || code === "0x") {
-        ok = false;
-      } else {
-        ok = await this.opts.publicClient
-          .readContract({
-            address: c.payer,
-            abi: erc1271Abi,
-            functionName: "isValidSignature",
-            args: [`0x${Buffer.from(digest).toString("hex")}`, signature],
-          })
-          .then((magic) => magic === ERC1271_MAGIC_VALUE)
-          .catch(() => false);
-      }
+      ok = await this.opts.publicClient
+        .readContract({
+          address: c.payer,
+          abi: erc1271Abi,
+          functionName: "isValidSignature",
+          args: [`0x${Buffer.from(digest).toString("hex")}`, signature],
+        })
+        .then((magic) => magic === ERC1271_MAGIC_VALUE)
+        .catch(() => false);
     }
     if (!ok) throw new PaymentError(ErrorCodes.voucherSignature, "voucher signature is not valid for the payer (EOA or ERC-1271)");
     if (this.erc1271Cache.size > 10_000) this.erc1271Cache.clear();

@@ -618,5 +618,28 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
       args: [a],
     });
   }
+
+  it("payerAuthorizer = 0: a payer's ECDSA voucher is accepted only while its address has no code, as the escrow checks it (EIP-7702 delegation -> ERC-1271)", async () => {
+    class PayerSigns extends WirePayer {
+      override config(a: Accept) {
+        return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
+      }
+    }
+    const payer = new PayerSigns(ctx.payers[4] as LocalAccount, ctx.payers[4] as LocalAccount, pad("0x7702", { size: 32 }));
+    const r1 = await payWith(`${node.url}/articles/1`, await payer.depositHeader(accept, 1_000_000n, PRICE));
+    expect(r1.status, r1.text).to.equal(200);
+    // The payer's address gets code whose isValidSignature refuses (here: the token's code, which has none).
+    const tokenCode = await ctx.publicClient.getCode({ address: ctx.deployment.token! });
+    await ctx.testClient.setCode({ address: payer.account.address, bytecode: tokenCode! });
+    try {
+      const r2 = await payWith(`${node.url}/articles/2`, await payer.voucherHeader(accept, 2n * PRICE));
+      expect(r2.status).to.equal(402);
+      expect(r2.paymentRequired.error).to.equal("invalid_batch_settlement_evm_voucher_signature");
+      expect((await node.store.getChannel(payer.channelId(accept)))!.chargedCumulative).to.equal(PRICE);
+    } finally {
+      await ctx.testClient.setCode({ address: payer.account.address, bytecode: "0x" });
+    }
+    const r3 = await payWith(`${node.url}/articles/3`, await payer.voucherHeader(accept, 2n * PRICE));
+    expect(r3.status, r3.text).to.equal(200);
+  });
 });
-void pad;
