@@ -2,21 +2,27 @@
  * The `tollway` command. Declares commands only; each lives in commands/ and is loaded when used.
  * Errors: user errors print one line (no stack trace) and exit with a distinct code.
  */
-import { Command } from "commander";
+import { Command, Option } from "commander";
 import { ExitCodes, ExitError, describeError, exitCodeOf } from "./errors";
+import { batchArg, chainIdArg, channelIdArg, decimalsArg, repeatable } from "./parsers";
 
 const EXIT_HELP = `
 Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 refused by your policy, 4 the server broke the
 payment rules, 5 chain error, 6 HTTP error status.
 Keys: TOLLWAY_PAYER_KEY (0x + 64 hex) or --key-file (mode 0600); never printed.`;
 
-function payerOptions(cmd: Command): Command {
+/** --rpc and --chain-id, defaulting to TOLLWAY_RPC_URL / TOLLWAY_CHAIN_ID (checked like the arguments). */
+function chainOptions(cmd: Command): Command {
   return cmd
-    .option("--rpc <url>", "chain RPC URL", process.env.TOLLWAY_RPC_URL ?? "http://127.0.0.1:8545")
-    .option("--chain-id <id>", "chain id", process.env.TOLLWAY_CHAIN_ID ?? "31337")
+    .addOption(new Option("--rpc <url>", "chain RPC URL").env("TOLLWAY_RPC_URL").default("http://127.0.0.1:8545"))
+    .addOption(new Option("--chain-id <id>", "chain id (a positive integer)").env("TOLLWAY_CHAIN_ID").argParser(chainIdArg).default(31337));
+}
+
+function payerOptions(cmd: Command): Command {
+  return chainOptions(cmd)
     .option("--store <dir>", "payer state (LevelDB); default ~/.tollway/payer/<address>")
-    .option("--key-file <file>", "file holding the payer key (mode 0600)")
-    .option("--decimals <n>", "token decimals for amounts", "6")
+    .option("--key-file <file>", "file holding the payer key (mode 0600); not together with TOLLWAY_PAYER_KEY")
+    .option("--decimals <n>", "token decimals for amounts (0-36)", decimalsArg, 6)
     .option("--symbol <s>", "token symbol for display", "USDC")
     .option("--asset <address>", "pay only in this token (refuse any other asset a payee names)")
     .option("--escrow <address>", "escrow address (default: canonical)")
@@ -25,11 +31,16 @@ function payerOptions(cmd: Command): Command {
 
 function operatorOptions(cmd: Command): Command {
   return cmd
-    .option("--node <url>", "the payee node", process.env.TOLLWAY_NODE_URL ?? "http://127.0.0.1:4020")
+    .addOption(nodeOption("the payee node"))
     .option("--token <token>", "admin bearer token; prefer TOLLWAY_ADMIN_TOKEN (an argument shows in ps)")
-    .option("--decimals <n>", "token decimals for amounts", "6")
+    .option("--decimals <n>", "token decimals for amounts (0-36)", decimalsArg, 6)
     .option("--symbol <s>", "token symbol for display", "USDC")
     .option("--json", "machine-readable output");
+}
+
+/** --node, defaulting to TOLLWAY_NODE_URL. */
+function nodeOption(description: string): Option {
+  return new Option("--node <url>", description).env("TOLLWAY_NODE_URL").default("http://127.0.0.1:4020");
 }
 
 export function buildProgram(): Command {
@@ -41,7 +52,7 @@ export function buildProgram(): Command {
       .command("pay <url>")
       .description("fetch a URL like curl, paying its 402 (body on stdout, charge on stderr)")
       .option("-X, --request <method>", "HTTP method")
-      .option("-H, --header <header...>", "request header(s), 'Name: value'")
+      .option("-H, --header <header>", "request header 'Name: value' (repeatable)", repeatable())
       .option("-d, --data <body>", "request body (implies POST)")
       .option("--max <amount>", "most to pay for this request, in token units", "1")
       .option("--budget <amount>", "most to pay in total over all channels")
@@ -77,14 +88,24 @@ export function buildProgram(): Command {
       .command("refund [url]")
       .description("payer: ask the payee at <url> for a cooperative refund; operator (--all | --channel): claim and refund channels of --node")
       .option("--amount <amount>", "partial refund (payer)")
-      .option("--all", "operator: every channel")
-      .option("--channel <id...>", "operator: these channels")
-      .option("--node <url>", "operator: the payee node", process.env.TOLLWAY_NODE_URL ?? "http://127.0.0.1:4020")
+      .option("--all", "operator: every channel (needs --yes)")
+      .option("--channel <id>", "operator: this channel (repeatable)", repeatable(channelIdArg))
+      .option("--yes", "operator: really refund every channel with --all")
+      .addOption(nodeOption("operator: the payee node"))
       .option("--token <token>", "operator: admin bearer token; prefer TOLLWAY_ADMIN_TOKEN (an argument shows in ps)"),
   )
-    .addHelpText("after", "\nExamples:\n  tollway refund http://127.0.0.1:4020/articles/1\n  TOLLWAY_ADMIN_TOKEN=... tollway refund --all")
+    .addHelpText("after", "\nExamples:\n  tollway refund http://127.0.0.1:4020/articles/1\n  TOLLWAY_ADMIN_TOKEN=... tollway refund --all --yes")
     .action(async (url, o) => {
-      if (o.all || o.channel) return finish(await (await import("./commands/operator")).operatorRefund(o));
+      const operatorMode = o.all || o.channel;
+      if (url && operatorMode) {
+        throw new ExitError(ExitCodes.usage, "refund takes a <url> (payer: your channel with that payee) or --all / --channel (operator: channels of --node), not both");
+      }
+      if (operatorMode) {
+        const op = await import("./commands/operator");
+        if (o.all && o.channel) throw new ExitError(ExitCodes.usage, "--all or --channel, not both");
+        if (o.all && !o.yes) return finish(await op.confirmationNeeded(o, "refund --all", "refund"));
+        return finish(await op.operatorRefund(o));
+      }
       if (!url) throw new ExitError(ExitCodes.usage, "refund needs a <url> (payer) or --all / --channel (operator)");
       finish(await (await import("./commands/close")).refund(url, o));
     });
@@ -94,12 +115,8 @@ export function buildProgram(): Command {
     .action(async (url, o) => finish(await (await import("./commands/close")).withdraw(url, o)));
 
   // ---- operators --------------------------------------------------------------------------
-  program
-    .command("deploy")
-    .description("deploy the escrow and collectors to a network; writes deployments/<chainId>.json")
-    .option("--rpc <url>", "chain RPC URL", process.env.TOLLWAY_RPC_URL ?? "http://127.0.0.1:8545")
-    .option("--chain-id <id>", "chain id", process.env.TOLLWAY_CHAIN_ID ?? "31337")
-    .option("--key-file <file>", "deployer key file (mode 0600); or TOLLWAY_DEPLOYER_KEY")
+  chainOptions(program.command("deploy").description("deploy the escrow and collectors to a network; writes deployments/<chainId>.json"))
+    .option("--key-file <file>", "deployer key file (mode 0600); or TOLLWAY_DEPLOYER_KEY (not both)")
     .option("--canonical", "local chains only: place the contracts at the canonical x402 addresses")
     .option("--test-token", "also deploy the test stablecoin")
     .option("--out <dir>", "deployments folder", "deployments")
@@ -110,7 +127,7 @@ export function buildProgram(): Command {
   program
     .command("serve")
     .description("run a payee node from a config file (express routes or reverse-proxy upstreams)")
-    .requiredOption("--config <file>", "node config (JSON); TOLLWAY_* environment variables override it")
+    .requiredOption("--config <file>", "node config (JSON; relative paths in it are relative to its folder); TOLLWAY_* environment variables override it (docs/RUNBOOK.md)")
     .addHelpText("after", "\nExample:\n  TOLLWAY_PAYEE_KEY=0x... tollway serve --config tollway.json")
     .action(async (o) => finish(await (await import("./commands/node")).serve(o)));
 
@@ -119,18 +136,35 @@ export function buildProgram(): Command {
     .action(async (o) => finish(await (await import("./commands/operator")).status(o)));
 
   operatorOptions(
-    program.command("claim").description("claim charged vouchers on chain, in batches").option("--all", "every channel with unclaimed charges").option("--channel <id...>", "these channels").option("--batch <n>", "channels per transaction", "100"),
+    program
+      .command("claim")
+      .description("claim charged vouchers on chain, in batches")
+      .option("--all", "every channel with unclaimed charges")
+      .option("--channel <id>", "this channel (repeatable)", repeatable(channelIdArg))
+      .option("--batch <n>", "channels per claim call (1-10000)", batchArg, 100),
   )
-    .addHelpText("after", "\nExamples:\n  tollway claim --all\n  tollway claim --channel 0xabc...")
-    .action(async (o) => finish(await (await import("./commands/operator")).claim(o)));
+    .addHelpText("after", "\nExamples:\n  tollway claim --all\n  tollway claim --channel 0xabc... --channel 0xdef...")
+    .action(async (o) => {
+      if (o.all && o.channel) throw new ExitError(ExitCodes.usage, "--all or --channel, not both");
+      finish(await (await import("./commands/operator")).claim(o));
+    });
 
   operatorOptions(program.command("settle").description("transfer claimed funds to the receiver (one transaction)"))
     .addHelpText("after", "\nExample:\n  tollway settle")
     .action(async (o) => finish(await (await import("./commands/operator")).settle(o)));
 
-  operatorOptions(program.command("close-all").description("claim, settle and refund every channel (shutting a service down)").option("--batch <n>", "channels per claim transaction", "100"))
-    .addHelpText("after", "\nExample:\n  TOLLWAY_ADMIN_TOKEN=... tollway close-all")
-    .action(async (o) => finish(await (await import("./commands/operator")).closeAll(o)));
+  operatorOptions(
+    program
+      .command("close-all")
+      .description("claim, settle and refund every channel (shutting a service down)")
+      .option("--batch <n>", "channels per claim call (1-10000)", batchArg, 100)
+      .option("--yes", "really close every channel (without it: print what would happen and exit 2)"),
+  )
+    .addHelpText("after", "\nExample:\n  TOLLWAY_ADMIN_TOKEN=... tollway close-all --yes")
+    .action(async (o) => {
+      const op = await import("./commands/operator");
+      finish(o.yes ? await op.closeAll(o) : await op.confirmationNeeded(o, "close-all", "close"));
+    });
 
   operatorOptions(program.command("report").description("revenue by resource, route, payer, day or hour").option("--by <grouping>", "resource | route | payer | day | hour", "resource").option("--csv", "CSV output"))
     .addHelpText("after", "\nExamples:\n  tollway report --by payer\n  tollway report --by day --csv > revenue.csv")

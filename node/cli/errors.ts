@@ -34,10 +34,19 @@ export function exitCodeOf(err: unknown): number {
   return ExitCodes.internal;
 }
 
-/** One line for a user: the decoded revert for contract errors, the short message otherwise. */
+/**
+ * What to tell a user: the decoded revert for contract errors, the short message otherwise. A ConfigError
+ * adds its details (which field is wrong and why, the reason a file could not be read), one per line.
+ */
 export function describeError(err: unknown): string {
   const rev = decodeRevert(err);
   if (rev) return `the contract refused: ${rev.errorName}(${rev.args.map(String).join(", ")})`;
+  if (err instanceof ConfigError) {
+    // The cause only when the error has no details of its own: those already say it, in words that do not
+    // quote the file (a JSON.parse message can quote the text around the error, e.g. an admin token).
+    const details = err.metaMessages.length || !(err.cause instanceof Error) ? err.metaMessages : [err.cause.message.split("\n")[0]!];
+    return [err.shortMessage, ...details.map((d) => `  ${d}`)].join("\n");
+  }
   const e = err as { shortMessage?: string; message?: string };
   return e.shortMessage ?? e.message ?? String(err);
 }

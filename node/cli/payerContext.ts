@@ -15,14 +15,16 @@ import { ExitCodes, ExitError } from "./errors";
 
 export type PayerCliOptions = {
   rpc: string;
-  chainId: string;
+  /** Parsed by the CLI (a positive integer). */
+  chainId: number;
   store?: string;
   keyFile?: string;
   json?: boolean;
   max?: string;
   budget?: string;
   maxDeposit?: string;
-  decimals?: string;
+  /** Token decimals for amounts, parsed by the CLI (0-36). */
+  decimals?: number;
   symbol?: string;
   /** Escrow address (default: canonical); the payer's channel ids, reads and transactions all use it. */
   escrow?: string;
@@ -30,10 +32,20 @@ export type PayerCliOptions = {
   asset?: string;
 };
 
-export function readKey(keyFile: string | undefined, envName = "TOLLWAY_PAYER_KEY"): Hex {
-  let key = process.env[envName];
+/**
+ * The key from `envName` or from a key file readable by its owner only. Both at once is refused (exit 2):
+ * an exported key must not silently replace the file the command names.
+ */
+export function readKey(keyFile: string | undefined, envName = "TOLLWAY_PAYER_KEY", env: NodeJS.ProcessEnv = process.env): Hex {
+  let key = env[envName];
+  if (key && keyFile) throw new ExitError(ExitCodes.usage, `both ${envName} and --key-file are set: unset ${envName} to use ${keyFile}, or drop --key-file`);
   if (!key && keyFile) {
-    const st = fs.statSync(keyFile);
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(keyFile);
+    } catch (e) {
+      throw new ExitError(ExitCodes.usage, `cannot read key file ${keyFile}: ${(e as Error).message}`);
+    }
     if ((st.mode & 0o077) !== 0) throw new ExitError(ExitCodes.usage, `key file ${keyFile} must be readable by its owner only (chmod 600)`);
     key = fs.readFileSync(keyFile, "utf8").trim();
   }
@@ -57,12 +69,12 @@ export type PayerContext = {
 export async function openPayerContext(o: PayerCliOptions): Promise<PayerContext> {
   const key = readKey(o.keyFile);
   const account = privateKeyToAccount(key);
-  const chainId = Number(o.chainId);
+  const chainId = o.chainId;
   const { publicClient, walletClient } = createChainClients({ rpcUrl: o.rpc, chainId }, account);
   const dir = o.store ?? path.join(os.homedir(), ".tollway", "payer", account.address.toLowerCase());
   fs.mkdirSync(dir, { recursive: true });
   const store = await openPayerStore(dir);
-  const decimals = Number(o.decimals ?? 6);
+  const decimals = o.decimals ?? 6;
   const symbol = o.symbol ?? "USDC";
   const parse = (v: string) => parsePrice(v, decimals);
   const policy: PayerPolicy = {

@@ -4,12 +4,85 @@
  * key file that must be mode 0600; it is never logged.
  */
 import fs from "node:fs";
+import path from "node:path";
 import { z } from "zod";
 import type { Hex } from "viem";
 import { ConfigError } from "../protocol/errors";
 import { addressSchema } from "../protocol/wire";
 
 const priceSchema = z.union([z.string().regex(/^\$?\d+(\.\d+)?$/, 'a price like "$0.01"'), z.bigint()]);
+
+/** The methods a route key may name; "GTE /a" is refused rather than left to never match (and serve unpaid). */
+export const ROUTE_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
+
+/** Why a route key is unusable, or undefined: "[METHOD ]/path" with METHOD one of ROUTE_METHODS. */
+function routeKeyProblem(key: string): string | undefined {
+  const m = /^(?:(\S+)\s+)?(\/.*)$/.exec(key.trim());
+  if (!m) return `a route key must look like "GET /path/:param" or "/path", not "${key}"`;
+  const method = m[1];
+  if (method !== undefined && !(ROUTE_METHODS as readonly string[]).includes(method)) {
+    return `unknown HTTP method "${method}" (use one of ${ROUTE_METHODS.join(", ")}, upper case)`;
+  }
+  return undefined;
+}
+
+/** A record of routes whose keys are checked by routeKeyProblem; each problem is reported at its key. */
+function routeRecord<T extends z.ZodTypeAny>(value: T) {
+  return z.record(value).superRefine((routes, ctx) => {
+    for (const key of Object.keys(routes)) {
+      const problem = routeKeyProblem(key);
+      if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: [key], message: problem });
+    }
+  });
+}
+
+// Every object is strict: a misspelt key ("decimal", "treshold", "timeout") is an error, never a silent default.
+const assetSchema = z
+  .object({
+    address: addressSchema,
+    name: z.string().default("USDC"),
+    version: z.string().default("2"),
+    decimals: z.number().int().min(0).max(36).default(6),
+    symbol: z.string().default("USDC"),
+  })
+  .strict();
+
+const tlsSchema = z.object({ certFile: z.string().min(1), keyFile: z.string().min(1) }).strict();
+
+const listenSchema = z
+  .object({
+    /** An empty host would bind every interface. */
+    host: z.string().min(1, "listen.host must not be empty (it would bind every interface)").default("127.0.0.1"),
+    port: z.number().int().min(0).max(65535).default(4020),
+    /** Serve HTTPS with this PEM certificate (chain) and key (mode 0600), e.g. when bound beyond loopback. */
+    tls: tlsSchema.optional(),
+  })
+  .strict();
+
+const claimsSchema = z
+  .object({
+    threshold: priceSchema.optional(),
+    intervalMs: z.number().int().positive().optional(),
+    batchSize: z.number().int().min(1).max(500).default(100),
+    onShutdown: z.boolean().default(true),
+  })
+  .strict();
+
+const routeSchema = z.object({ price: priceSchema, description: z.string().optional(), mimeType: z.string().optional() }).strict();
+
+const proxyRouteSchema = z
+  .object({
+    upstream: z.string().url(),
+    price: priceSchema,
+    description: z.string().optional(),
+    mimeType: z.string().optional(),
+    /** The upstream must answer (and keep sending) within this many ms, else 504 upstream_timeout, uncharged. */
+    timeoutMs: z.number().int().min(1).max(600_000).default(30_000),
+  })
+  .strict();
+
+/** Where the store goes when the config does not say; relative to the config file's folder (loadNodeConfig). */
+export const DEFAULT_STORE_PATH = ".tollway/payee";
 
 export const nodeConfigSchema = z
   .object({
@@ -18,57 +91,30 @@ export const nodeConfigSchema = z
     confirmations: z.number().int().nonnegative().default(0),
     escrow: addressSchema,
     erc3009Collector: addressSchema,
-    asset: z.object({
-      address: addressSchema,
-      name: z.string().default("USDC"),
-      version: z.string().default("2"),
-      decimals: z.number().int().min(0).max(36).default(6),
-      symbol: z.string().default("USDC"),
-    }),
+    asset: assetSchema,
     /** payTo; defaults to the node key's address. */
     receiver: addressSchema.optional(),
     withdrawDelay: z.number().int().min(900).max(30 * 24 * 3600).default(900),
-    listen: z
-      .object({
-        host: z.string().default("127.0.0.1"),
-        port: z.number().int().min(0).max(65535).default(4020),
-        /** Serve HTTPS with this PEM certificate (chain) and key (mode 0600), e.g. when bound beyond loopback. */
-        tls: z.object({ certFile: z.string(), keyFile: z.string() }).strict().optional(),
-      })
-      .default({}),
-    storePath: z.string().default(".tollway/payee"),
-    keyFile: z.string().optional(),
+    listen: listenSchema.default({}),
+    storePath: z.string().min(1).default(DEFAULT_STORE_PATH),
+    keyFile: z.string().min(1).optional(),
     /** Bearer token for admin, metrics and facilitator endpoints (or TOLLWAY_ADMIN_TOKEN). */
-    adminToken: z.string().min(16, "adminToken must be at least 16 characters").optional(),
+    adminToken: z
+      .string()
+      .regex(/^\S*$/, "adminToken must not contain whitespace")
+      .min(16, "adminToken must be at least 16 characters")
+      .optional(),
     facilitator: z.boolean().default(true),
     riskWindowMs: z.number().int().positive().default(300_000),
     /** How often the chain watcher polls the escrow's events (ms). */
     pollIntervalMs: z.number().int().min(50).default(2_000),
     /** Most blocks the watcher asks for in one eth_getLogs (RPC providers cap the range). */
     maxBlockRange: z.number().int().min(1).max(100_000).default(2_000),
-    claims: z
-      .object({
-        threshold: priceSchema.optional(),
-        intervalMs: z.number().int().positive().optional(),
-        batchSize: z.number().int().min(1).max(500).default(100),
-        onShutdown: z.boolean().default(true),
-      })
-      .default({}),
+    claims: claimsSchema.default({}),
     /** Express-style paid routes served by a handler the embedding app installs. */
-    routes: z.record(priceSchema.or(z.object({ price: priceSchema, description: z.string().optional(), mimeType: z.string().optional() }))).default({}),
+    routes: routeRecord(z.union([priceSchema, routeSchema])).default({}),
     /** Reverse proxy: route key -> upstream base URL and price. */
-    proxy: z
-      .record(
-        z.object({
-          upstream: z.string().url(),
-          price: priceSchema,
-          description: z.string().optional(),
-          mimeType: z.string().optional(),
-          /** The upstream must answer (and keep sending) within this many ms, else 504 upstream_timeout, uncharged. */
-          timeoutMs: z.number().int().min(1).max(600_000).default(30_000),
-        }),
-      )
-      .default({}),
+    proxy: routeRecord(proxyRouteSchema).default({}),
     /** On stop, requests in flight get this long (ms) to finish before their connections are cut (uncharged). */
     shutdownDrainMs: z.number().int().min(0).max(600_000).default(10_000),
     /** Worker threads recovering voucher signers; default all cores but one (at most 4), 0 = main thread. */
@@ -77,53 +123,164 @@ export const nodeConfigSchema = z
   })
   .strict();
 
+/** Every key the config knows, at any depth: the candidates for "did you mean" hints. */
+const KNOWN_KEYS = [nodeConfigSchema, assetSchema, tlsSchema, listenSchema, claimsSchema, routeSchema, proxyRouteSchema].flatMap((s) => Object.keys(s.shape));
+
+/** The known key a misspelt one most likely meant (case-insensitive edit distance at most 2), if any. */
+function didYouMean(key: string): string | undefined {
+  let best: { key: string; d: number } | undefined;
+  for (const known of KNOWN_KEYS) {
+    const d = editDistance(key.toLowerCase(), known.toLowerCase());
+    if (d <= 2 && (!best || d < best.d)) best = { key: known, d };
+  }
+  return best?.key;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length]!;
+}
+
+/** One line per zod issue: "path: message", with a hint for a misspelt key. */
+function describeIssue(issue: z.ZodIssue): string {
+  const where = issue.path.map((p, i) => (typeof p === "string" && /^[A-Za-z_$][\w$]*$/.test(p) ? `${i ? "." : ""}${p}` : `[${JSON.stringify(p)}]`)).join("") || "(root)";
+  if (issue.code === z.ZodIssueCode.unrecognized_keys) {
+    const keys = issue.keys.map((k) => {
+      const hint = didYouMean(k);
+      return hint ? `"${k}" (did you mean "${hint}"?)` : `"${k}"`;
+    });
+    return `${where}: unknown key${keys.length > 1 ? "s" : ""} ${keys.join(", ")}`;
+  }
+  return `${where}: ${issue.message}`;
+}
+
 export type NodeConfig = z.infer<typeof nodeConfigSchema>;
 
-const ENV_OVERRIDES: Record<string, (v: string) => [string, unknown]> = {
-  TOLLWAY_RPC_URL: (v) => ["rpcUrl", v],
-  TOLLWAY_CHAIN_ID: (v) => ["chainId", Number(v)],
-  TOLLWAY_PORT: (v) => ["listen", { port: Number(v) }],
-  TOLLWAY_HOST: (v) => ["listen", { host: v }],
-  TOLLWAY_STORE: (v) => ["storePath", v],
-  TOLLWAY_ADMIN_TOKEN: (v) => ["adminToken", v],
-  TOLLWAY_LOG_LEVEL: (v) => ["logLevel", v],
-  TOLLWAY_RECOVERY_THREADS: (v) => ["recoveryThreads", Number(v)],
-};
+/**
+ * The environment variables that override the config (documented in docs/RUNBOOK.md). Numbers must be
+ * plain decimal digits: " " (0), "0x50" (80) or "1e3" (1000) are refused, not read as some other number.
+ */
+export const NODE_ENV_OVERRIDES = [
+  { name: "TOLLWAY_RPC_URL", path: ["rpcUrl"], kind: "string" },
+  { name: "TOLLWAY_CHAIN_ID", path: ["chainId"], kind: "uint" },
+  { name: "TOLLWAY_PORT", path: ["listen", "port"], kind: "uint" },
+  { name: "TOLLWAY_HOST", path: ["listen", "host"], kind: "string" },
+  { name: "TOLLWAY_STORE", path: ["storePath"], kind: "string" },
+  { name: "TOLLWAY_ADMIN_TOKEN", path: ["adminToken"], kind: "string" },
+  { name: "TOLLWAY_LOG_LEVEL", path: ["logLevel"], kind: "string" },
+  { name: "TOLLWAY_RECOVERY_THREADS", path: ["recoveryThreads"], kind: "uint" },
+] as const;
 
-/** Parses a config object (file contents merged with environment overrides). */
+/** The names of the overrides set (non-empty) in `env`, e.g. to tell an operator what replaced the file's values. */
+export function activeEnvOverrides(env: NodeJS.ProcessEnv = process.env): string[] {
+  return NODE_ENV_OVERRIDES.filter((o) => env[o.name] !== undefined && env[o.name] !== "").map((o) => o.name);
+}
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/**
+ * Parses a config object (file contents merged with environment overrides). Relative paths are kept as
+ * given (relative to the working directory); loadNodeConfig resolves a file's against its folder.
+ */
 export function parseNodeConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env): NodeConfig {
-  const merged: Record<string, unknown> = { ...(raw as Record<string, unknown>) };
-  for (const [name, apply] of Object.entries(ENV_OVERRIDES)) {
-    const v = env[name];
+  if (!isPlainObject(raw)) throw new ConfigError("Invalid Tollway node configuration", { metaMessages: ["(root): the config must be a JSON object"] });
+  const merged: Record<string, unknown> = { ...raw };
+  const envProblems: string[] = [];
+  for (const o of NODE_ENV_OVERRIDES) {
+    const v = env[o.name];
     if (v === undefined || v === "") continue;
-    const [key, value] = apply(v);
-    merged[key] = key === "listen" ? { ...(merged.listen as object), ...(value as object) } : value;
+    let value: string | number = v;
+    if (o.kind === "uint") {
+      value = /^\d+$/.test(v) ? Number(v) : NaN;
+      if (!Number.isSafeInteger(value)) {
+        envProblems.push(`${o.name}: must be a whole number in decimal digits, got ${JSON.stringify(v)}`);
+        continue;
+      }
+    }
+    if (o.path.length === 1) merged[o.path[0]] = value;
+    else merged[o.path[0]] = { ...(isPlainObject(merged[o.path[0]]) ? (merged[o.path[0]] as object) : {}), [o.path[1]]: value };
   }
+  if (envProblems.length) throw new ConfigError("Invalid Tollway environment override", { metaMessages: envProblems });
   const parsed = nodeConfigSchema.safeParse(merged);
   if (!parsed.success) {
-    throw new ConfigError("Invalid Tollway node configuration", {
-      metaMessages: parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`),
-    });
+    throw new ConfigError("Invalid Tollway node configuration", { metaMessages: parsed.error.issues.map(describeIssue) });
   }
   return parsed.data;
 }
 
+/**
+ * Reads and parses a JSON config file (with environment overrides). Relative paths in the file
+ * (`storePath`, its default `.tollway/payee`, `keyFile`, `listen.tls.certFile` / `keyFile`) are resolved
+ * against the file's folder, so the node finds the same store whatever its working directory; paths from
+ * the environment (TOLLWAY_STORE) stay relative to the working directory.
+ */
 export function loadNodeConfig(file: string, env: NodeJS.ProcessEnv = process.env): NodeConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (cause) {
+    throw new ConfigError(`Cannot read config file ${file}`, { cause, metaMessages: [(cause as Error).message] });
+  }
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, "utf8"));
+    raw = JSON.parse(text);
   } catch (cause) {
-    throw new ConfigError(`Cannot read config file ${file}`, { cause });
+    throw new ConfigError(`Cannot read config file ${file}`, { cause, metaMessages: [jsonSyntaxProblem(text, cause as Error)] });
   }
-  return parseNodeConfig(raw, env);
+  return parseNodeConfig(resolveFilePaths(raw, path.dirname(path.resolve(file))), env);
 }
 
-/** The node's private key: TOLLWAY_PAYEE_KEY, else a key file readable by the owner only. */
+/**
+ * Where JSON.parse stopped, as "line L, column C" (V8's own message may quote the text around the error,
+ * and a config file can hold the admin token: it is not repeated).
+ */
+function jsonSyntaxProblem(text: string, err: Error): string {
+  const pos = /at position (\d+)/.exec(err.message);
+  if (pos) {
+    const before = text.slice(0, Number(pos[1]));
+    const line = before.split("\n").length;
+    const column = before.length - before.lastIndexOf("\n");
+    return `invalid JSON at line ${line}, column ${column}: ${err.message.replace(/ in JSON at position \d+.*$/s, "")}`;
+  }
+  if (/end of JSON input/.test(err.message)) return "invalid JSON: the file ends too early";
+  const token = /^Unexpected token (.+?), /s.exec(err.message);
+  return token ? `invalid JSON: unexpected ${token[1]!.replace(/\n/g, "\\n")}` : "invalid JSON";
+}
+
+/** A copy of a config object with its relative file paths resolved against `dir`. */
+function resolveFilePaths(raw: unknown, dir: string): unknown {
+  if (!isPlainObject(raw)) return raw;
+  const at = (p: unknown) => (typeof p === "string" && p !== "" ? path.resolve(dir, p) : p);
+  const out: Record<string, unknown> = { ...raw, storePath: at(raw.storePath === undefined ? DEFAULT_STORE_PATH : raw.storePath) };
+  if (raw.keyFile !== undefined) out.keyFile = at(raw.keyFile);
+  const listen = raw.listen;
+  if (isPlainObject(listen) && isPlainObject(listen.tls)) {
+    out.listen = { ...listen, tls: { ...listen.tls, certFile: at(listen.tls.certFile), keyFile: at(listen.tls.keyFile) } };
+  }
+  return out;
+}
+
+/**
+ * The node's private key: TOLLWAY_PAYEE_KEY or a key file readable by the owner only (`keyFile`). Both
+ * at once is refused: a stale exported key must not silently replace the file the config names.
+ */
 export function loadNodeKey(config: NodeConfig, env: NodeJS.ProcessEnv = process.env): Hex {
-  const fromEnv = env.TOLLWAY_PAYEE_KEY;
-  let key: string | undefined = fromEnv;
+  let key: string | undefined = env.TOLLWAY_PAYEE_KEY;
+  if (key && config.keyFile) {
+    throw new ConfigError("Both TOLLWAY_PAYEE_KEY and keyFile are set", { metaMessages: [`Unset TOLLWAY_PAYEE_KEY to use ${config.keyFile}, or remove keyFile from the config.`] });
+  }
   if (!key && config.keyFile) {
-    const st = fs.statSync(config.keyFile);
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(config.keyFile);
+    } catch (cause) {
+      throw new ConfigError(`Cannot read key file ${config.keyFile}`, { cause, metaMessages: [(cause as Error).message] });
+    }
     if ((st.mode & 0o077) !== 0) {
       throw new ConfigError(`Key file ${config.keyFile} must not be readable by group or others (chmod 600)`);
     }

@@ -39,7 +39,7 @@ describe("tollway CLI for wallet users: pay, channels, deposit, refund, withdraw
       app.post("/api", (req, res) => {
         let body = "";
         req.on("data", (d) => (body += d));
-        req.on("end", () => void res.json({ echo: body, type: req.headers["content-type"] }));
+        req.on("end", () => void res.json({ echo: body, type: req.headers["content-type"], trace: req.headers["x-trace"] }));
       });
     });
     const { walletClient, publicClient } = clientsFor(ctx.chain.url, hardhatTestAccount(0));
@@ -64,9 +64,10 @@ describe("tollway CLI for wallet users: pay, channels, deposit, refund, withdraw
     expect(r.code, r.stderr).to.equal(0);
     expect(r.stdout).to.equal("article 7");
     expect(r.stderr).to.match(/paid 0\.01 USDC \(with a deposit\); channel balance 0\.49 USDC left of 0\.5 USDC/);
-    const post = await run(["pay", "-X", "POST", "-H", "Content-Type: application/json", "-d", '{"q":1}', `${node.url}/api`, ...common], env);
+    // The --help example's order: a repeatable -H (not variadic) leaves the URL after it alone.
+    const post = await run(["pay", "-X", "POST", "-d", '{"q":1}', "-H", "X-Trace: 1", "-H", "Content-Type: application/json", `${node.url}/api`, ...common], env);
     expect(post.code, post.stderr).to.equal(0);
-    expect(JSON.parse(post.stdout)).to.deep.equal({ echo: '{"q":1}', type: "application/json" });
+    expect(JSON.parse(post.stdout)).to.deep.equal({ echo: '{"q":1}', type: "application/json", trace: "1" });
     expect(post.stderr).to.match(/paid 0\.02 USDC; channel balance 0\.47 USDC/);
     expect(r.stderr + post.stderr).to.not.include(key.slice(2));
   });
@@ -94,6 +95,14 @@ describe("tollway CLI for wallet users: pay, channels, deposit, refund, withdraw
     expect(bad.code).to.equal(2);
     expect(bad.stderr).to.match(/must be readable by its owner only/);
     expect(bad.stderr + ok.stdout).to.not.include(key.slice(2));
+    // An exported key and an explicit --key-file: refused, not silently the exported one.
+    fs.chmodSync(file, 0o600);
+    const both = await run(["channels", "--key-file", file, ...common], { TOLLWAY_PAYER_KEY: keccak256(toHex("another-wallet")) });
+    expect(both.code).to.equal(2);
+    expect(both.stderr).to.equal(`tollway: both TOLLWAY_PAYER_KEY and --key-file are set: unset TOLLWAY_PAYER_KEY to use ${file}, or drop --key-file\n`);
+    const missing = await run(["channels", "--key-file", path.join(dir, "missing.key"), ...common], {});
+    expect(missing.code).to.equal(2);
+    expect(missing.stderr).to.match(/^tollway: cannot read key file .*missing\.key: ENOENT/);
   });
 
   it("deposit tops up, channels --json reports balance and charges, refund returns the rest", async () => {

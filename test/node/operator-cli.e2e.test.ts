@@ -14,6 +14,7 @@ import { createPayer } from "../../node/payer/payer";
 import { MemoryPayerStore } from "../../node/payer/store";
 import { wrapFetch } from "../../node/payer/fetch";
 import { localNodeConfig, startChain } from "../helpers/payeeHarness";
+import { main } from "../../node/cli/cli";
 
 const BIN = path.join(__dirname, "..", "..", "bin", "tollway.js");
 const TOKEN = "operator-token-0123456789abcdef";
@@ -103,11 +104,11 @@ describe("tollway CLI for operators: status, channels, report, claim, settle, re
   it("close-all claims, settles and refunds every channel; a re-run finds nothing left", async () => {
     const pay = wrapFetch(fetch, createPayer({ account: ctx.payers[0] as LocalAccount, store: new MemoryPayerStore(), chainId: 31337, publicClient: ctx.publicClient as never }));
     expect((await pay(`${node.url}/brief/9`)).status).to.equal(200);
-    const r = await run(["close-all", "--json", ...op]);
+    const r = await run(["close-all", "--yes", "--json", ...op]);
     expect(r.code, r.stderr).to.equal(0);
     const refunds = JSON.parse(r.stdout.trim().split("\n").pop()!).refunded;
     expect(refunds).to.have.length(3);
-    const again = await run(["close-all", "--json", ...op]);
+    const again = await run(["close-all", "--yes", "--json", ...op]);
     expect(JSON.parse(again.stdout.trim().split("\n").pop()!).refunded).to.deep.equal([]);
   });
 
@@ -139,6 +140,7 @@ describe("tollway CLI for operators: status, channels, report, claim, settle, re
       });
       proc.once("exit", (code) => reject(new Error(`serve exited ${code}: ${err}`)));
     });
+    expect(err).to.match(/serving on http:\S+ \(Ctrl-C to stop\); eip155:31337 via 127\.0\.0\.1:\d+, store \S+\/store\n/);
     const pay = wrapFetch(fetch, createPayer({ account: ctx.payers[4] as LocalAccount, store: new MemoryPayerStore(), chainId: 31337 }));
     const res = await pay(`${url}/api/hello`);
     expect(res.status).to.equal(200);
@@ -147,5 +149,165 @@ describe("tollway CLI for operators: status, channels, report, claim, settle, re
     proc.kill("SIGINT");
     expect(await exited).to.equal(0);
     up.close();
+  });
+});
+
+/**
+ * Runs the CLI in this process (no chain, no ts-node start-up) with `env` set for the call; captures what
+ * it writes. Resolves to -1 if it has not finished within `ms` (a command that would loop forever).
+ */
+async function cli(args: string[], env: Record<string, string> = {}, ms = 5_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  const out = { stdout: "", stderr: "" };
+  const writes = { stdout: process.stdout.write, stderr: process.stderr.write };
+  process.stdout.write = ((c: string | Uint8Array) => ((out.stdout += String(c)), true)) as typeof process.stdout.write;
+  process.stderr.write = ((c: string | Uint8Array) => ((out.stderr += String(c)), true)) as typeof process.stderr.write;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const code = await Promise.race([main(["node", "tollway", ...args]), new Promise<number>((r) => (timer = setTimeout(() => r(-1), ms)))]);
+    return { code, ...out };
+  } finally {
+    clearTimeout(timer);
+    process.stdout.write = writes.stdout;
+    process.stderr.write = writes.stderr;
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
+describe("tollway CLI for operators: input checks against a mock admin API", function () {
+  const ids = [1, 2, 3].map((i) => `0x${String(i).repeat(64)}`);
+  const channels = ids.map((channelId) => ({ channelId, payer: "0x" + "44".repeat(20), balance: "500000", charged: "30000", claimed: "10000", exposure: "20000", secondsToFinalize: null }));
+  let calls: string[];
+  let server: import("node:http").Server;
+  let url: string;
+  let op: string[];
+
+  before(async () => {
+    const app = express().use(express.json());
+    app.use((req, _res, next) => {
+      calls.push(`${req.method} ${req.path.replace(/^\/admin\/api/, "")}${req.method === "POST" ? ` ${JSON.stringify(req.body)}` : ""}`);
+      next();
+    });
+    app.get("/admin/api/channels", (_req, res) => void res.json(channels));
+    app.post("/admin/api/claim", (req, res) => void res.json({ transactions: [], failed: [], claimedChannels: req.body.channels.length }));
+    app.post("/admin/api/settle", (_req, res) => void res.json({}));
+    app.post("/admin/api/refund", (req, res) => void res.json({ refunded: req.body.channels.map((channelId: string) => ({ channelId, refunded: "470000", claimed: "30000", hash: "0x" + "ee".repeat(32) })), failed: [] }));
+    // A node without adminToken (server.ts) and one with a different token.
+    app.get("/disabled/admin/api/status", (_req, res) => void res.status(403).json({ error: "admin endpoints are disabled: set adminToken" }));
+    app.get("/wrong/admin/api/status", (_req, res) => void res.status(401).json({ error: "unauthorized", message: "a valid bearer token is required" }));
+    server = await new Promise((r) => {
+      const s = app.listen(0, "127.0.0.1", () => r(s));
+    });
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    op = ["--node", url, "--token", TOKEN];
+  });
+  beforeEach(() => {
+    calls = [];
+  });
+  after(() => server?.close());
+
+  it("--batch must be a positive whole number: 0, -1, abc, 1.5, 0x10 exit 2 at once, before any call", async () => {
+    for (const bad of ["0", "-1", "abc", "1.5", "0x10", "1e3", " "]) {
+      for (const cmd of ["claim", "close-all"]) {
+        const r = await cli([cmd, "--all", "--yes", "--batch", bad, ...op].filter((a) => cmd === "close-all" || a !== "--yes"), {}, 1_000);
+        expect(r.code, `${cmd} --batch ${JSON.stringify(bad)}: ${r.stderr}`).to.equal(2);
+        expect(r.stderr).to.include(`option '--batch <n>' argument '${bad}' is invalid. Use a whole number from 1 to 10000.`);
+      }
+    }
+    expect(calls).to.deep.equal([]);
+    const ok = await cli(["claim", "--all", "--batch", "2", ...op]);
+    expect(ok.code, ok.stderr).to.equal(0);
+    expect(calls).to.deep.equal(["GET /channels", `POST /claim {"channels":["${ids[0]}","${ids[1]}"]}`, `POST /claim {"channels":["${ids[2]}"]}`]);
+  });
+
+  it("--decimals and --chain-id (and TOLLWAY_CHAIN_ID) take plain digits only", async () => {
+    const dec = await cli(["status", "--decimals", "6x", ...op]);
+    expect(dec.code).to.equal(2);
+    expect(dec.stderr).to.include("option '--decimals <n>' argument '6x' is invalid. Use a whole number from 0 to 36.");
+    expect((await cli(["claim", "--all", "--decimals", "37", ...op])).code).to.equal(2);
+    for (const bad of ["1e3", "0x10", "0", "-5"]) {
+      const r = await cli(["channels", "--chain-id", bad, "--store", "/nonexistent"], { TOLLWAY_PAYER_KEY: "0x" + "01".repeat(32) });
+      expect(r.code, r.stderr).to.equal(2);
+      expect(r.stderr).to.include(`option '--chain-id <id>' argument '${bad}' is invalid.`);
+    }
+    const env = await cli(["deploy", "--rpc", "http://127.0.0.1:9"], { TOLLWAY_CHAIN_ID: "0x2105" });
+    expect(env.code).to.equal(2);
+    expect(env.stderr).to.include("option '--chain-id <id>' value '0x2105' from env 'TOLLWAY_CHAIN_ID' is invalid.");
+    expect(calls).to.deep.equal([]);
+  });
+
+  it("refund <url> with --all or --channel is ambiguous: exit 2, nothing sent to the node", async () => {
+    for (const extra of [["--all"], ["--all", "--yes"], ["--channel", ids[0]!]]) {
+      const r = await cli(["refund", "http://some-other-payee.example/articles/1", ...extra], { TOLLWAY_ADMIN_TOKEN: TOKEN, TOLLWAY_NODE_URL: url });
+      expect(r.code, r.stderr).to.equal(2);
+      expect(r.stderr).to.match(/^tollway: refund takes a <url> \(payer: .*\) or --all \/ --channel \(operator: .*\), not both\n$/);
+    }
+    expect(calls).to.deep.equal([]);
+  });
+
+  it("refund --all and close-all without --yes print what they would do and exit 2; with --yes they run", async () => {
+    const r = await cli(["refund", "--all", ...op]);
+    expect(r.code).to.equal(2);
+    expect(r.stderr).to.equal(
+      `tollway: would claim 0.06 USDC of unclaimed charges and refund 3 channels of ${url} (1.41 USDC back to payers)\ntollway: nothing done; run \`tollway refund --all --yes\` to do it\n`,
+    );
+    const c = await cli(["close-all", ...op]);
+    expect(c.code).to.equal(2);
+    expect(c.stderr).to.match(/^tollway: would claim 0\.06 USDC of unclaimed charges, settle, and refund 3 channels of .* \(1\.41 USDC back to payers\)\ntollway: nothing done; run `tollway close-all --yes`/);
+    expect(calls).to.deep.equal(["GET /channels", "GET /channels"]);
+    calls = [];
+    const yes = await cli(["refund", "--all", "--yes", ...op]);
+    expect(yes.code, yes.stderr).to.equal(0);
+    expect(calls.filter((c) => c.startsWith("POST /refund"))).to.have.length(3);
+    calls = [];
+    const closed = await cli(["close-all", "--yes", "--json", ...op]);
+    expect(closed.code, closed.stderr).to.equal(0);
+    expect(calls.map((c) => c.split(" ").slice(0, 2).join(" "))).to.deep.equal(["GET /channels", "POST /claim", "POST /settle", "GET /channels", "POST /refund", "POST /refund", "POST /refund"]);
+  });
+
+  it("--channel is a repeatable single-value option, checked as a channel id", async () => {
+    const r = await cli(["claim", "--channel", ids[0]!, "--channel", ids[2]!, ...op]);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(calls).to.deep.equal([`POST /claim {"channels":["${ids[0]}","${ids[2]}"]}`]);
+    const bad = await cli(["claim", "--channel", "0xabc", ...op]);
+    expect(bad.code).to.equal(2);
+    expect(bad.stderr).to.include("option '--channel <id>' argument '0xabc' is invalid.");
+    expect((await cli(["claim", "--all", "--channel", ids[0]!, ...op])).code).to.equal(2);
+    expect(calls).to.have.length(1);
+  });
+
+  it("tells a node with admin endpoints disabled (403) from a refused token (401)", async () => {
+    const disabled = await cli(["status", "--node", `${url}/disabled`, "--token", TOKEN]);
+    expect(disabled.code).to.equal(2);
+    expect(disabled.stderr).to.equal("tollway: the node's admin API is not available (403: admin endpoints are disabled: set adminToken)\n");
+    const wrong = await cli(["status", "--node", `${url}/wrong`, "--token", TOKEN]);
+    expect(wrong.code).to.equal(2);
+    expect(wrong.stderr).to.equal("tollway: the node refused the admin token\n");
+  });
+
+  it("serve prints why a config is invalid (each field) or unreadable (the OS error, where the JSON breaks)", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-badcfg-"));
+    const config = path.join(dir, "bad.json");
+    fs.writeFileSync(config, JSON.stringify({ escrow: "0x" + "11".repeat(20), erc3009Collector: "0x" + "22".repeat(20), asset: { address: "0x" + "33".repeat(20), decimal: 18 }, withdrawDelay: 10 }));
+    const bad = await cli(["serve", "--config", config]);
+    expect(bad.code).to.equal(2);
+    expect(bad.stderr).to.equal(
+      'tollway: Invalid Tollway node configuration\n  asset: unknown key "decimal" (did you mean "decimals"?)\n  withdrawDelay: Number must be greater than or equal to 900\n',
+    );
+    const env = await cli(["serve", "--config", config], { TOLLWAY_PORT: "0x50" });
+    expect(env.stderr).to.equal('tollway: Invalid Tollway environment override\n  TOLLWAY_PORT: must be a whole number in decimal digits, got "0x50"\n');
+    const missing = await cli(["serve", "--config", path.join(dir, "missing.json")]);
+    expect(missing.code).to.equal(2);
+    expect(missing.stderr).to.match(/^tollway: Cannot read config file .*missing\.json\n {2}ENOENT: no such file or directory/);
+    fs.writeFileSync(config, '{\n  "adminToken": "secret-token-0123456789" x\n}');
+    const broken = await cli(["serve", "--config", config]);
+    expect(broken.code).to.equal(2);
+    expect(broken.stderr).to.equal(`tollway: Cannot read config file ${config}\n  invalid JSON at line 2, column 43: Expected ',' or '}' after property value\n`);
+    fs.writeFileSync(config, '{\n  "adminToken": "secret-token-0123456789",\n  "b": tru\n}');
+    expect((await cli(["serve", "--config", config])).stderr).to.not.include("secret-token");
   });
 });

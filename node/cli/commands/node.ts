@@ -3,16 +3,16 @@ import path from "node:path";
 import { privateKeyToAccount } from "viem/accounts";
 import { createChainClients } from "../../chain/clients";
 import { deployTollway, writeDeployment } from "../../chain/deploy";
-import { loadNodeConfig, loadNodeKey } from "../../payee/config";
+import { activeEnvOverrides, loadNodeConfig, loadNodeKey } from "../../payee/config";
 import { startPayeeNode } from "../../payee/server";
 import { readKey } from "../payerContext";
 
 export async function deploy(
-  o: { rpc: string; chainId: string; keyFile?: string; canonical?: boolean; testToken?: boolean; out?: string; json?: boolean },
+  o: { rpc: string; chainId: number; keyFile?: string; canonical?: boolean; testToken?: boolean; out?: string; json?: boolean },
   out: NodeJS.WritableStream = process.stdout,
 ): Promise<number> {
   const account = privateKeyToAccount(readKey(o.keyFile, "TOLLWAY_DEPLOYER_KEY"));
-  const { publicClient, walletClient } = createChainClients({ rpcUrl: o.rpc, chainId: Number(o.chainId) }, account);
+  const { publicClient, walletClient } = createChainClients({ rpcUrl: o.rpc, chainId: o.chainId }, account);
   const deployment = await deployTollway({
     walletClient: walletClient!,
     publicClient: publicClient as never,
@@ -28,12 +28,25 @@ export async function deploy(
 
 export async function serve(o: { config: string }): Promise<number> {
   const config = loadNodeConfig(o.config);
-  const node = await startPayeeNode(config, { key: loadNodeKey(config) });
-  process.stderr.write(`tollway: serving on ${node.url} (Ctrl-C to stop)\n`);
+  const key = loadNodeKey(config);
+  // TOLLWAY_RPC_URL / TOLLWAY_CHAIN_ID are also the payer commands' defaults: say when they retarget the node.
+  const overrides = activeEnvOverrides();
+  if (overrides.length) process.stderr.write(`tollway: the environment overrides ${o.config}: ${overrides.join(", ")}\n`);
+  const node = await startPayeeNode(config, { key });
+  process.stderr.write(`tollway: serving on ${node.url} (Ctrl-C to stop); eip155:${config.chainId} via ${rpcHost(config.rpcUrl)}, store ${path.resolve(config.storePath)}\n`);
   await new Promise<void>((resolve) => {
     const stop = () => void node.stop().then(resolve);
     process.once("SIGINT", stop);
     process.once("SIGTERM", stop);
   });
   return 0;
+}
+
+/** The RPC's host only: the rest of the URL often carries the provider's API key. */
+function rpcHost(url: string): string {
+  try {
+    return new URL(url).host;
+  } catch {
+    return "(unparsable RPC URL)";
+  }
 }

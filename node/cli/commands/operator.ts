@@ -7,7 +7,7 @@
 import { ExitCodes, ExitError } from "../errors";
 import { formatAmount } from "../../protocol/amounts";
 
-export type OperatorOptions = { node: string; token?: string; json?: boolean; decimals?: string; symbol?: string };
+export type OperatorOptions = { node: string; token?: string; json?: boolean; decimals?: number; symbol?: string };
 
 async function api(o: OperatorOptions, path: string, body?: unknown): Promise<any> {
   const token = o.token ?? process.env.TOLLWAY_ADMIN_TOKEN;
@@ -23,12 +23,17 @@ async function api(o: OperatorOptions, path: string, body?: unknown): Promise<an
     throw new ExitError(ExitCodes.http, `cannot reach the node at ${o.node}: ${(e as Error).message}`);
   }
   const json = await res.json().catch(() => ({}));
-  if (res.status === 401 || res.status === 403) throw new ExitError(ExitCodes.usage, "the node refused the admin token");
+  if (res.status === 401) throw new ExitError(ExitCodes.usage, "the node refused the admin token");
+  if (res.status === 403) {
+    // A node without adminToken answers 403 to every admin call: the token is not the problem.
+    const why = typeof json.error === "string" ? json.error : "forbidden";
+    throw new ExitError(ExitCodes.usage, `the node's admin API is not available (403: ${why})`);
+  }
   if (!res.ok) throw new ExitError(res.status >= 500 ? ExitCodes.chain : ExitCodes.http, `${path}: ${json.message ?? res.status}`);
   return json;
 }
 
-const units = (o: OperatorOptions) => (v: string | bigint) => `${formatAmount(BigInt(v), Number(o.decimals ?? 6))} ${o.symbol ?? "USDC"}`;
+const units = (o: OperatorOptions) => (v: string | bigint) => `${formatAmount(BigInt(v), o.decimals ?? 6)} ${o.symbol ?? "USDC"}`;
 
 function progress(label: string, done: number, total: number, out: NodeJS.WriteStream | NodeJS.WritableStream) {
   const tty = (out as NodeJS.WriteStream).isTTY;
@@ -71,12 +76,14 @@ export async function receiverChannels(o: OperatorOptions, out: NodeJS.WritableS
   return 0;
 }
 
-export async function claim(o: OperatorOptions & { all?: boolean; channel?: string[]; batch?: string }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+export async function claim(o: OperatorOptions & { all?: boolean; channel?: string[]; batch?: number }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   if (!o.all && !o.channel?.length) throw new ExitError(ExitCodes.usage, "say which channels: --all or --channel <id> (repeatable)");
+  const size = o.batch ?? 100;
+  // 0, a negative or a fractional size would never finish the loop below; NaN would claim nothing.
+  if (!Number.isSafeInteger(size) || size < 1) throw new ExitError(ExitCodes.usage, `the batch size must be a positive whole number, not ${size}`);
   const ids: string[] = o.channel?.length
     ? o.channel
     : (await api(o, "/channels")).filter((c: any) => BigInt(c.exposure) > 0n).map((c: any) => c.channelId);
-  const size = Number(o.batch ?? 100);
   const txs: any[] = [];
   const failed: any[] = [];
   let claimed = 0;
@@ -119,11 +126,35 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
   return failed.length > 0 ? ExitCodes.chain : 0;
 }
 
-export async function closeAll(o: OperatorOptions & { batch?: string }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+export async function closeAll(o: OperatorOptions & { batch?: number }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const c = await claim({ ...o, all: true, json: o.json }, out, err);
   await settle(o, out);
   const r = await operatorRefund({ ...o, all: true }, out, err);
   return c !== 0 ? c : r;
+}
+
+/**
+ * `refund --all` and `close-all` without --yes: prints what they would do (channel count, deposits,
+ * charges and what would go back to payers) and returns the usage exit code without touching a channel.
+ */
+export async function confirmationNeeded(o: OperatorOptions, command: "refund --all" | "close-all", action: "refund" | "close", err: NodeJS.WritableStream = process.stderr): Promise<number> {
+  let plan: string;
+  try {
+    const rows: any[] = await api(o, "/channels");
+    const u = units(o);
+    const unclaimed = rows.reduce((s: bigint, r: any) => s + BigInt(r.exposure), 0n);
+    // What closeChannel gives back: the balance beyond what was charged (charges are claimed first).
+    const back = rows.reduce((s: bigint, r: any) => s + (BigInt(r.balance) > BigInt(r.charged) ? BigInt(r.balance) - BigInt(r.charged) : 0n), 0n);
+    plan =
+      action === "close"
+        ? `would claim ${u(unclaimed)} of unclaimed charges, settle, and refund ${rows.length} channels of ${o.node} (${u(back)} back to payers)`
+        : `would claim ${u(unclaimed)} of unclaimed charges and refund ${rows.length} channels of ${o.node} (${u(back)} back to payers)`;
+  } catch (e) {
+    plan = `would ${action} every channel of ${o.node} (could not list them: ${(e as Error).message})`;
+  }
+  err.write(`tollway: ${plan}\n`);
+  err.write(`tollway: nothing done; run \`tollway ${command} --yes\` to do it\n`);
+  return ExitCodes.usage;
 }
 
 function report(o: OperatorOptions, out: NodeJS.WritableStream, r: { claimedChannels: number; transactions: any[]; failed: any[] }) {
