@@ -9,21 +9,18 @@ import { z } from "zod";
 import type { Hex } from "viem";
 import { ConfigError } from "../protocol/errors";
 import { addressSchema } from "../protocol/wire";
+import { routePattern } from "./middleware";
 
 const priceSchema = z.union([z.string().regex(/^\$?\d+(\.\d+)?$/, 'a price like "$0.01"'), z.bigint()]);
 
-/** The methods a route key may name; "GTE /a" is refused rather than left to never match (and serve unpaid). */
-export const ROUTE_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
-
-/** Why a route key is unusable, or undefined: "[METHOD ]/path" with METHOD one of ROUTE_METHODS. */
+/** Why a route key is unusable (the payment middleware's own parser says), or undefined. */
 function routeKeyProblem(key: string): string | undefined {
-  const m = /^(?:(\S+)\s+)?(\/.*)$/.exec(key.trim());
-  if (!m) return `a route key must look like "GET /path/:param" or "/path", not "${key}"`;
-  const method = m[1];
-  if (method !== undefined && !(ROUTE_METHODS as readonly string[]).includes(method)) {
-    return `unknown HTTP method "${method}" (use one of ${ROUTE_METHODS.join(", ")}, upper case)`;
+  try {
+    routePattern(key);
+    return undefined;
+  } catch (err) {
+    return (err as ConfigError).shortMessage ?? String(err);
   }
-  return undefined;
 }
 
 /** A record of routes whose keys are checked by routeKeyProblem; each problem is reported at its key. */

@@ -117,6 +117,9 @@ function compileRoutes(routes: RoutesConfig, decimals: number): CompiledRoute[] 
   });
 }
 
+/** The methods a route key may name; "GTE /a" is refused rather than left to never match (and serve unpaid). */
+export const ROUTE_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
+
 /**
  * The method and path matcher of a route key ("GET /articles/:id", "/files/*.pdf", "/v1/file-:id"): `:param`
  * matches within one segment and `*` matches anything, as in express 4 paths; everything else is literal.
@@ -125,8 +128,12 @@ function compileRoutes(routes: RoutesConfig, decimals: number): CompiledRoute[] 
  * it gives a 404, which is not charged). The reverse proxy forwards by the same matcher.
  */
 export function routePattern(key: string): { method: string | undefined; regex: RegExp } {
-  const m = /^(?:([A-Z]+)\s+)?(\/.*)$/.exec(key.trim());
+  const m = /^(?:(\S+)\s+)?(\/.*)$/.exec(key.trim());
   if (!m) throw new ConfigError(`Route key "${key}" must look like "GET /path/:param"`);
+  if (m[1] !== undefined && !(ROUTE_METHODS as readonly string[]).includes(m[1])) {
+    // A method no request has ("GTE") would never match, and the route's handler would serve unpaid.
+    throw new ConfigError(`Route key "${key}": unknown HTTP method "${m[1]}" (use one of ${ROUTE_METHODS.join(", ")}, upper case)`);
+  }
   if (/[?+()[\]]/.test(m[2]!)) {
     // Express would read these as optional parts or regular expressions and serve paths this matcher
     // would not charge for: refused rather than guessed.

@@ -10,12 +10,14 @@ import http from "node:http";
 import https from "node:https";
 import pino, { type Logger } from "pino";
 import client from "prom-client";
+import { domainSeparator, erc20Abi, type PublicClient } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createChainClients } from "../chain/clients";
 import { readReceiver } from "../chain/escrow";
 import { TxSender } from "../chain/sender";
 import { parsePrice } from "../protocol/amounts";
 import { ConfigError, errorSummary } from "../protocol/errors";
+import { CANONICAL_ADDRESSES } from "../protocol/typedData";
 import { ChannelStore } from "../store/channelStore";
 import { ClaimEngine, exposure } from "./claims";
 import type { NodeConfig } from "./config";
@@ -60,9 +62,10 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   const tlsFiles = config.listen.tls;
   const tls = tlsFiles ? { cert: fs.readFileSync(tlsFiles.certFile), key: readKeyFile(tlsFiles.keyFile) } : undefined;
   await keccakReady;
+  const { publicClient, walletClient } = createChainClients({ rpcUrl: config.rpcUrl, chainId: config.chainId }, account);
+  await checkChainSettings(config, publicClient, logger);
   fs.mkdirSync(config.storePath, { recursive: true });
   const store = await ChannelStore.open(config.storePath);
-  const { publicClient, walletClient } = createChainClients({ rpcUrl: config.rpcUrl, chainId: config.chainId }, account);
   const sender = new TxSender(publicClient, walletClient!, config.confirmations);
 
   const registry = new client.Registry();
@@ -245,6 +248,43 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     },
   };
 }
+
+/**
+ * The config's chain facts against the chain, before anything is opened: the RPC's chain id, code at the
+ * escrow and collector, and the asset's decimals (prices are scaled by them: a wrong value misprices
+ * every route by powers of ten) and EIP-712 domain (name / version: deposits are signed over it). A
+ * mismatch refuses the start; a chain that cannot be reached only warns (known channels can still be
+ * served within the risk window), and so does an escrow other than the canonical one (stock x402
+ * clients compute channel ids against the canonical address).
+ */
+async function checkChainSettings(config: NodeConfig, publicClient: PublicClient, logger: Logger): Promise<void> {
+  if (config.escrow !== CANONICAL_ADDRESSES.batchSettlement) {
+    logger.warn({ escrow: config.escrow, canonical: CANONICAL_ADDRESSES.batchSettlement }, "escrow is not at the canonical address: stock x402 clients will compute other channel ids and be refused");
+  }
+  const problems: string[] = [];
+  try {
+    const chainId = await publicClient.getChainId();
+    if (chainId !== config.chainId) problems.push(`chainId: the RPC serves chain ${chainId}, the config says ${config.chainId}`);
+    for (const [field, address] of [["escrow", config.escrow], ["erc3009Collector", config.erc3009Collector], ["asset.address", config.asset.address]] as const) {
+      const code = await publicClient.getCode({ address });
+      if (!code || code === "0x") problems.push(`${field}: no contract at ${address} on chain ${chainId}`);
+    }
+    if (problems.length === 0) {
+      const decimals = await publicClient.readContract({ address: config.asset.address, abi: erc20Abi, functionName: "decimals" });
+      if (decimals !== config.asset.decimals) problems.push(`asset.decimals: the token has ${decimals}, the config says ${config.asset.decimals}`);
+      const expected = domainSeparator({ domain: { name: config.asset.name, version: config.asset.version, chainId: config.chainId, verifyingContract: config.asset.address } });
+      const actual = await publicClient.readContract({ address: config.asset.address, abi: domainSeparatorAbi, functionName: "DOMAIN_SEPARATOR" }).catch(() => undefined);
+      if (actual === undefined) logger.warn({ asset: config.asset.address }, "the token has no DOMAIN_SEPARATOR(): asset.name and asset.version are not checked");
+      else if (actual !== expected) problems.push(`asset.name / asset.version: "${config.asset.name}" / "${config.asset.version}" is not the token's EIP-712 domain`);
+    }
+  } catch (err) {
+    logger.warn({ err: errorSummary(err) }, "could not check the config against the chain (unreachable?): chain id, contracts and token settings unverified");
+    return;
+  }
+  if (problems.length > 0) throw new ConfigError("The configuration does not match the chain", { metaMessages: problems });
+}
+
+const domainSeparatorAbi = [{ type: "function", name: "DOMAIN_SEPARATOR", stateMutability: "view", inputs: [], outputs: [{ name: "", type: "bytes32" }] }] as const;
 
 function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || host.startsWith("127.");

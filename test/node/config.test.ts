@@ -3,6 +3,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { NODE_ENV_OVERRIDES, loadNodeConfig, loadNodeKey, parseNodeConfig } from "../../node/payee/config";
+import { routePattern } from "../../node/payee/middleware";
 import { ConfigError } from "../../node/protocol/errors";
 
 const base = {
@@ -68,9 +69,11 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
     it('"GTE /a" and "get /a" are refused; every whitelisted method and a method-less path are accepted', () => {
       const e = configError(() => parseNodeConfig({ ...base, routes: { "GTE /a": "$0.01" }, proxy: { "get /b": { upstream: "http://127.0.0.1:9", price: "$0.01" } } }, {}));
       expect(e.metaMessages).to.deep.equal([
-        'routes["GTE /a"]: unknown HTTP method "GTE" (use one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, upper case)',
-        'proxy["get /b"]: unknown HTTP method "get" (use one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, upper case)',
+        'routes["GTE /a"]: Route key "GTE /a": unknown HTTP method "GTE" (use one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, upper case)',
+        'proxy["get /b"]: Route key "get /b": unknown HTTP method "get" (use one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, upper case)',
       ]);
+      // The same check where the middleware compiles its routes (an app calling paymentMiddleware directly).
+      expect(() => routePattern("GTE /a")).to.throw(/unknown HTTP method "GTE"/);
       expect(details(configError(() => parseNodeConfig({ ...base, routes: { "articles/1": "$0.01" } }, {})))).to.match(/must look like "GET \/path\/:param"/);
       const routes = Object.fromEntries(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].map((m) => [`${m} /${m.toLowerCase()}`, "$0.01"]));
       expect(Object.keys(parseNodeConfig({ ...base, routes: { ...routes, "/any": "$0.01" } }, {}).routes)).to.have.length(8);

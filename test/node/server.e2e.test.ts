@@ -443,6 +443,31 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  it("a config that does not match the chain refuses the start and says why (token decimals, EIP-712 name/version, chain id, contracts); nothing is opened", async () => {
+    const silent = pino({ level: "silent" });
+    const base = localNodeConfig(ctx);
+    const attempt = async (raw: Record<string, unknown>) => {
+      const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "tollway-mismatch-")), "store");
+      const outcome = await startPayeeNode(parseNodeConfig({ ...base, storePath: dir, ...raw }, {}), { key: nodeKey, logger: silent }).then(
+        (n) => n.stop().then(() => "started"),
+        (e: Error) => e.message,
+      );
+      return { outcome, opened: fs.existsSync(dir) };
+    };
+    const cases: Array<[Record<string, unknown>, RegExp]> = [
+      [{ asset: { ...base.asset, decimals: 18 } }, /asset\.decimals: the token has 6, the config says 18/],
+      [{ asset: { ...base.asset, name: "USD Coin" } }, /asset\.name \/ asset\.version/],
+      [{ chainId: 8453 }, /chainId: the RPC serves chain 31337, the config says 8453/],
+      [{ erc3009Collector: "0x000000000000000000000000000000000000dEaD" }, /erc3009Collector: no contract at/],
+    ];
+    for (const [raw, why] of cases) {
+      const { outcome, opened } = await attempt(raw);
+      expect(outcome, JSON.stringify(raw)).to.match(why);
+      expect(opened).to.equal(false);
+    }
+    expect((await attempt({})).outcome).to.equal("started");
+  });
+
   // Last: it stops the node.
   it("stop: a paid request in flight still gets its answer and its charge; then the node refuses connections, and a second stop is a no-op", async () => {
     const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-drain"))));
