@@ -78,6 +78,9 @@ const proxyRouteSchema = z
   })
   .strict();
 
+/** A bearer token: at least 16 characters, no whitespace. */
+const tokenSchema = (name: string) => z.string().regex(/^\S*$/, `${name} must not contain whitespace`).min(16, `${name} must be at least 16 characters`);
+
 /** Where the store goes when the config does not say; relative to the config file's folder (loadNodeConfig). */
 export const DEFAULT_STORE_PATH = ".tollway/payee";
 
@@ -95,12 +98,12 @@ export const nodeConfigSchema = z
     listen: listenSchema.default({}),
     storePath: z.string().min(1).default(DEFAULT_STORE_PATH),
     keyFile: z.string().min(1).optional(),
-    /** Bearer token for admin, metrics and facilitator endpoints (or TOLLWAY_ADMIN_TOKEN). */
-    adminToken: z
-      .string()
-      .regex(/^\S*$/, "adminToken must not contain whitespace")
-      .min(16, "adminToken must be at least 16 characters")
-      .optional(),
+    /** Bearer token for the admin API (refunds, claims), and for metrics / facilitator unless they have their own (or TOLLWAY_ADMIN_TOKEN). */
+    adminToken: tokenSchema("adminToken").optional(),
+    /** Bearer token for /metrics only (a scrape credential that cannot refund or claim). */
+    metricsToken: tokenSchema("metricsToken").optional(),
+    /** Bearer token for /facilitator only (given to the x402 servers that use this node as facilitator). */
+    facilitatorToken: tokenSchema("facilitatorToken").optional(),
     facilitator: z.boolean().default(true),
     riskWindowMs: z.number().int().positive().default(300_000),
     /** How often the chain watcher polls the escrow's events (ms). */
@@ -169,6 +172,8 @@ export const NODE_ENV_OVERRIDES = [
   { name: "TOLLWAY_HOST", path: ["listen", "host"], kind: "string" },
   { name: "TOLLWAY_STORE", path: ["storePath"], kind: "string" },
   { name: "TOLLWAY_ADMIN_TOKEN", path: ["adminToken"], kind: "string" },
+  { name: "TOLLWAY_METRICS_TOKEN", path: ["metricsToken"], kind: "string" },
+  { name: "TOLLWAY_FACILITATOR_TOKEN", path: ["facilitatorToken"], kind: "string" },
   { name: "TOLLWAY_LOG_LEVEL", path: ["logLevel"], kind: "string" },
   { name: "TOLLWAY_RECOVERY_THREADS", path: ["recoveryThreads"], kind: "uint" },
 ] as const;

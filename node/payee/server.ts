@@ -119,12 +119,18 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
 
   const app = express();
   app.disable("x-powered-by");
-  const adminToken = config.adminToken;
-  const admin = adminToken ? requireBearer(adminToken) : (_req: Request, res: Response) => void res.status(403).json({ error: "admin endpoints are disabled: set adminToken" });
+  // One token per surface: a scrape credential or a facilitator client's token cannot refund or claim.
+  // Metrics and facilitator fall back to the admin token when they have none of their own.
+  const guard = (token: string | undefined, setting: string) =>
+    token ? requireBearer(token) : (_req: Request, res: Response) => void res.status(403).json({ error: `these endpoints are disabled: set ${setting}` });
+  const admin = guard(config.adminToken, "adminToken");
+  const metricsAccess = guard(config.metricsToken ?? config.adminToken, "metricsToken or adminToken");
+  const facilitatorAccess = guard(config.facilitatorToken ?? config.adminToken, "facilitatorToken or adminToken");
 
   app.get("/health", async (_req, res) => {
-    // Unauthenticated: the head is cached for a second, so /health cannot spend the RPC quota.
-    const head = await publicClient.getBlockNumber({ cacheTime: 1_000 }).catch(() => undefined);
+    // Unauthenticated: the head is cached for a second, so /health cannot spend the RPC quota. A probe
+    // gets its answer within HEALTH_RPC_TIMEOUT_MS (a hung RPC is a 503, not a hung probe).
+    const head = await within(HEALTH_RPC_TIMEOUT_MS, publicClient.getBlockNumber({ cacheTime: 1_000 })).catch(() => undefined);
     const lagMs = Date.now() - payee.chainSyncedAt;
     // Beyond the risk window the node refuses new charges: not healthy even if the RPC answers.
     const ok = head !== undefined && lagMs <= config.riskWindowMs;
@@ -137,11 +143,11 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
       recoveryThreads: recoveryThreads(),
     });
   });
-  app.get("/metrics", admin, async (_req, res) => {
+  app.get("/metrics", metricsAccess, async (_req, res) => {
     res.set("Content-Type", registry.contentType).send(await registry.metrics());
   });
   if (config.facilitator) {
-    app.use("/facilitator", admin, facilitatorRouter(new Facilitator(payee)));
+    app.use("/facilitator", facilitatorAccess, facilitatorRouter(new Facilitator(payee)));
   }
   app.use(
     "/admin/api",
@@ -285,6 +291,18 @@ async function checkChainSettings(config: NodeConfig, publicClient: PublicClient
 }
 
 const domainSeparatorAbi = [{ type: "function", name: "DOMAIN_SEPARATOR", stateMutability: "view", inputs: [], outputs: [{ name: "", type: "bytes32" }] }] as const;
+
+/** How long /health waits for the chain head before answering 503. */
+const HEALTH_RPC_TIMEOUT_MS = 2_000;
+
+/** `p`, or a rejection after `ms`. */
+function within<T>(ms: number, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
 
 function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || host.startsWith("127.");

@@ -43,9 +43,9 @@ export type TypedDataSigner =
   | WalletClient<Transport, Chain | undefined, Account>;
 
 export type PayerPolicy = {
-  /** Most one request may cost (atomic units). */
+  /** Most one request may cost (atomic units; default 1,000,000: $1 of a 6-decimal stablecoin). */
   maxPerRequest?: bigint;
-  /** Largest single deposit. */
+  /** Largest single deposit (atomic units; default 20,000,000: $20 of a 6-decimal stablecoin). */
   maxDeposit?: bigint;
   /** A new deposit covers this many requests at the current price (default 50). */
   depositMultiplier?: number;
@@ -96,6 +96,10 @@ export type PreparedPayment = {
   /** Releases the channel without recording a charge. */
   release(): void;
 };
+
+/** Default caps (atomic units): $1 a request and $20 a deposit of a 6-decimal stablecoin. Set others explicitly. */
+export const DEFAULT_MAX_PER_REQUEST = 1_000_000n;
+export const DEFAULT_MAX_DEPOSIT = 20_000_000n;
 
 /** What one request already signed on a channel (see `Payer.correct`). */
 export type CorrectionGuard = { ceiling: bigint; refused: readonly bigint[] };
@@ -169,7 +173,9 @@ export class Payer {
         ? zeroAddress // smart wallet: vouchers are checked by ERC-1271 on the payer
         : this.payer;
     this.salt = params.salt ?? toHex(0, { size: 32 });
-    this.policy = params.policy ?? {};
+    // Caps by default: a payee's 402 names the price, and vouchers are signed without a prompt.
+    const policy = params.policy ?? {};
+    this.policy = { ...policy, maxPerRequest: policy.maxPerRequest ?? DEFAULT_MAX_PER_REQUEST, maxDeposit: policy.maxDeposit ?? DEFAULT_MAX_DEPOSIT };
   }
 
   get store(): PayerStore {

@@ -331,6 +331,24 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     });
   }
 
+  it("without a policy the payer still caps: a price above $1 (6 decimals) is refused unsigned, a deposit is at most $20", async () => {
+    const bare = createPayer({ account: privateKeyToAccount(keccak256(toHex("hostile-owner-2"))), sessionKey: privateKeyToAccount(keccak256(toHex("hostile-session-2"))), store: new MemoryPayerStore(), chainId: 31337 });
+    respond = send402([{ ...base, amount: "1000001" }]);
+    const before = signedHeaders.length;
+    const err = await wrapFetch(fetch, bare)(url).catch((e) => e);
+    expect(err).to.be.instanceOf(PolicyError);
+    expect(err.violation).to.equal("max_per_request");
+    expect(signedHeaders.length).to.equal(before);
+    const deposits: string[] = [];
+    respond = (req, res) => {
+      const h = req.headers["payment-signature"];
+      if (typeof h === "string") deposits.push(JSON.parse(Buffer.from(h, "base64").toString("utf8")).payload.deposit?.amount);
+      send402([{ ...base, amount: "1000000" }])(req, res);
+    };
+    await wrapFetch(fetch, bare)(url);
+    expect(deposits[0]).to.equal("20000000"); // 50 x the price would be 50,000,000
+  });
+
   it("a server that overcharges -> ServerMisbehaviorError; the channel is halted and nothing more is signed", async () => {
     const p = payer();
     let paidOnce = false;

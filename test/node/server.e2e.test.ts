@@ -179,6 +179,23 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(sup.kinds[0].extra.receiverAuthorizer).to.equal(node.payee.receiverAuthorizer);
   });
 
+  it("metricsToken and facilitatorToken open only their own endpoints: a scrape or facilitator credential cannot refund", async () => {
+    const tokens = { adminToken: "admin-token-0123456789", metricsToken: "metrics-token-0123456789", facilitatorToken: "facilitator-token-012345" };
+    const scoped = await startPayeeNode(parseNodeConfig({ ...localNodeConfig(ctx), storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-scoped-")), ...tokens }, {}), { key: nodeKey, logger: pino({ level: "silent" }) });
+    try {
+      const status = async (p: string, token: string, method = "GET") =>
+        (await fetch(`${scoped.url}${p}`, { method, headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" }, ...(method === "POST" ? { body: '{"all":true}' } : {}) })).status;
+      const seen = {
+        metrics: [await status("/metrics", tokens.metricsToken), await status("/facilitator/supported", tokens.metricsToken), await status("/admin/api/summary", tokens.metricsToken), await status("/admin/api/refund", tokens.metricsToken, "POST")],
+        facilitator: [await status("/metrics", tokens.facilitatorToken), await status("/facilitator/supported", tokens.facilitatorToken), await status("/admin/api/summary", tokens.facilitatorToken), await status("/admin/api/refund", tokens.facilitatorToken, "POST")],
+        admin: [await status("/metrics", tokens.adminToken), await status("/facilitator/supported", tokens.adminToken), await status("/admin/api/summary", tokens.adminToken)],
+      };
+      expect(seen).to.deep.equal({ metrics: [200, 401, 401, 401], facilitator: [401, 200, 401, 401], admin: [401, 401, 200] });
+    } finally {
+      await scoped.stop();
+    }
+  });
+
   it("reverse proxy: charges only when the upstream answers < 400, streams its body", async () => {
     const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session"))));
     const accept = (await fetchRequirements(`${node.url}/api/ok/1`)).accept;

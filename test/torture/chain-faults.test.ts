@@ -19,10 +19,14 @@ import { clientsFor } from "../helpers/chainNode";
 import { localNodeConfig, startChain } from "../helpers/payeeHarness";
 import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
 
-/** A pausable TCP proxy: paused = the RPC endpoint stops answering (connections refused). */
+/**
+ * A pausable TCP proxy: paused = the RPC endpoint stops answering (connections refused); hanging = it
+ * takes connections and never answers.
+ */
 async function tcpProxy(targetPort: number) {
   const sockets = new Set<net.Socket>();
   let server: net.Server | undefined;
+  let hanging = false;
   const port = await new Promise<number>((resolve) => {
     const probe = net.createServer().listen(0, "127.0.0.1", () => {
       const p = (probe.address() as net.AddressInfo).port;
@@ -32,6 +36,12 @@ async function tcpProxy(targetPort: number) {
   const listen = () =>
     new Promise<void>((resolve) => {
       server = net.createServer((client) => {
+        if (hanging) {
+          sockets.add(client);
+          client.on("close", () => sockets.delete(client));
+          client.on("error", () => client.destroy());
+          return;
+        }
         const upstream = net.connect(targetPort, "127.0.0.1");
         for (const s of [client, upstream]) {
           sockets.add(s);
@@ -51,6 +61,14 @@ async function tcpProxy(targetPort: number) {
         server!.close(() => resolve());
       }),
     resume: listen,
+    hang: () => {
+      hanging = true;
+      for (const s of sockets) s.destroy();
+    },
+    unhang: () => {
+      hanging = false;
+      for (const s of sockets) s.destroy();
+    },
   };
 }
 
@@ -131,6 +149,26 @@ describe("torture: chain faults", function () {
       expect(n.watcher.failures).to.equal(0);
     } finally {
       await n.stop();
+    }
+  });
+
+  it("an RPC that takes connections and never answers: /health says 503 within seconds (a probe is not left hanging)", async () => {
+    const proxy = await tcpProxy(ctx.chain.port);
+    const n = await node(proxy.url, { pollIntervalMs: 100 });
+    try {
+      expect((await fetch(`${n.url}/health`)).status).to.equal(200);
+      proxy.hang();
+      await new Promise((r) => setTimeout(r, 1100)); // past the head's 1 s cache
+      const t0 = Date.now();
+      const health = await fetch(`${n.url}/health`);
+      const tookMs = Date.now() - t0;
+      expect(health.status).to.equal(503);
+      expect((await health.json()).chainHead).to.equal(undefined);
+      expect(tookMs).to.be.below(4_000); // the RPC client's own timeout is 10 s x 3 attempts
+    } finally {
+      proxy.unhang();
+      await n.stop();
+      await proxy.pause();
     }
   });
 
