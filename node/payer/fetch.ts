@@ -16,7 +16,15 @@ export type WrapFetchOptions = {
   onPayment?: (info: PaymentInfo, response: Response) => void;
   /** Deposit (top up) this much with the next paid request, whatever the balance (tollway deposit). */
   deposit?: bigint;
+  /**
+   * Most ms to wait for a response's headers (default 120,000). A paid request holds its channel until
+   * answered: a server that never answers must not stall every later payment on the channel. (A body
+   * still streaming after its headers is not cut.)
+   */
+  timeoutMs?: number;
 };
+
+const DEFAULT_TIMEOUT_MS = 120_000;
 
 type PaymentRequiredBody = { x402Version?: number; error?: string; accepts?: unknown[] };
 
@@ -63,11 +71,18 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
     const original = new Request(input, init);
     const key = routeKey(original);
     const collection = collectionKey(original);
-    const send = (header?: string) => {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const send = async (header?: string) => {
       const r = original.clone();
       const headers = new Headers(r.headers);
       if (header) headers.set(HEADERS.paymentSignature, header);
-      return fetchImpl(new Request(r, { headers }));
+      const deadline = new AbortController();
+      const timer = setTimeout(() => deadline.abort(new TollwayError(`no answer from ${original.url} within ${timeoutMs} ms`)), timeoutMs);
+      try {
+        return await fetchImpl(new Request(r, { headers, signal: AbortSignal.any([original.signal, deadline.signal]) }));
+      } finally {
+        clearTimeout(timer);
+      }
     };
 
     const payAndSend = async (requirements: PaymentRequirements): Promise<{ res: Response; prepared: PreparedPayment }> => {

@@ -25,7 +25,7 @@ import {
 } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { batchSettlementAbi } from "../chain/abi";
-import { createPayer, type CreatePayerParameters, type PayerPolicy, type TypedDataSigner } from "../payer/payer";
+import { createPayer, type ChannelLock, type CreatePayerParameters, type PayerPolicy, type TypedDataSigner } from "../payer/payer";
 import { wrapFetch, requestRefund } from "../payer/fetch";
 import { openIndexedDbPayerStore } from "../payer/idbStore";
 import { MemoryPayerStore } from "../payer/store";
@@ -42,6 +42,8 @@ export type BrowserPayerOptions = {
   policy?: PayerPolicy;
   /** IndexedDB database name (one per site/wallet). */
   dbName?: string;
+  /** Most ms a payment waits for its channel while another tab pays on it (default 60,000). */
+  lockWaitMs?: number;
   /**
    * Sends and reads the timed withdrawal's transactions. Default: built from `provider` (the wallet
    * sends them; one prompt each). With only an `account`, withdrawals need these.
@@ -116,7 +118,8 @@ export async function connect(opts: BrowserPayerOptions) {
   // Vouchers are signed by the session key without a wallet prompt: without a page policy, at most $1 a
   // request and $20 a deposit (6-decimal stablecoins), so a payee's 402 cannot name any price it likes.
   const policy = { maxPerRequest: 1_000_000n, maxDeposit: 20_000_000n, ...opts.policy };
-  const base: CreatePayerParameters = { account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy, ...(webLocks ? { lock: webLocks } : {}) };
+  const channelLock = webLocks(opts.lockWaitMs ?? 60_000);
+  const base: CreatePayerParameters = { account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy, ...(channelLock ? { lock: channelLock } : {}) };
   const payer = createPayer(base);
   // Only the withdrawal reads the chain: the paying payer stays exactly as before (no chain reads per
   // payment, and wallets that cannot answer eth_call still pay).
@@ -211,7 +214,7 @@ export async function connect(opts: BrowserPayerOptions) {
       async finish(target: WithdrawTarget): Promise<{ channelId: Hex; txHash: Hex }> {
         const { channelId, config } = await resolveTarget(target);
         // The store's balance changes after the transaction: held like a payment, so no tab pays meanwhile.
-        const release = webLocks ? await webLocks.acquire(channelId) : () => undefined;
+        const release = channelLock ? await channelLock.acquire(channelId) : () => undefined;
         try {
           return { channelId, txHash: await withdrawer.finalizeWithdraw(config) };
         } finally {
@@ -281,17 +284,23 @@ function request<T>(r: IDBRequest<T>): Promise<T> {
 
 /**
  * Tabs of one origin share the IndexedDB store, so a channel's requests are serialized across them with
- * the Web Locks API (the lock is held until the returned function is called).
+ * the Web Locks API (the lock is held until the returned function is called). A tab waits at most
+ * `waitMs` for it: the holder may be another tab's deposit waiting on an unanswered wallet prompt.
  */
-type LockManager = { request(name: string, cb: () => Promise<void>): Promise<void> };
+type LockManager = { request(name: string, options: { signal?: AbortSignal }, cb: () => Promise<void>): Promise<void> };
 const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
-const webLocks = locks
-  ? {
-      acquire: (channelId: string) =>
-        new Promise<() => void>((granted) => {
-          void locks.request(`tollway-channel:${channelId}`, () => new Promise<void>((free) => granted(free)));
-        }),
-    }
-  : undefined;
+function webLocks(waitMs: number): ChannelLock | undefined {
+  if (!locks) return undefined;
+  return {
+    acquire: (channelId: string) =>
+      new Promise<() => void>((granted, refused) => {
+        locks
+          .request(`tollway-channel:${channelId}`, { signal: AbortSignal.timeout(waitMs) }, () => new Promise<void>((free) => granted(free)))
+          .catch((err: { name?: string }) => {
+            refused(err?.name === "TimeoutError" ? new TollwayError(`another tab has been paying on this channel for ${waitMs} ms (a wallet prompt left open?); try again`) : err);
+          });
+      }),
+  };
+}
 
 export { createPayer, wrapFetch, requestRefund, MemoryPayerStore, openIndexedDbPayerStore, privateKeyToAccount, generatePrivateKey };

@@ -9,7 +9,7 @@ import { privateKeyToAccount } from "viem/accounts";
 import { createPayer, type Payer } from "../../node/payer/payer";
 import { openPayerStore, MemoryPayerStore, type PayerStore } from "../../node/payer/store";
 import { wrapFetch, requestRefund } from "../../node/payer/fetch";
-import { PolicyError, ServerMisbehaviorError } from "../../node/protocol/errors";
+import { PolicyError, ServerMisbehaviorError, TollwayError } from "../../node/protocol/errors";
 import { HEADERS, encodeBase64Json } from "../../node/protocol/wire";
 import { batchSettlementAbi } from "../../node/chain/abi";
 import { ClaimEngine } from "../../node/payee/claims";
@@ -347,6 +347,23 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     };
     await wrapFetch(fetch, bare)(url);
     expect(deposits[0]).to.equal("20000000"); // 50 x the price would be 50,000,000
+  });
+
+  it("a paid request the server never answers times out and frees its channel: the next payment on it is signed", async () => {
+    const p = payer();
+    respond = (req, res) => {
+      if (typeof req.headers["payment-signature"] !== "string") send402([base])(req, res);
+      // a paid request: never answered
+    };
+    const before = signedHeaders.length;
+    const err = await wrapFetch(fetch, p, { timeoutMs: 300 })(url).catch((e) => e);
+    expect(err).to.be.instanceOf(TollwayError);
+    expect(err.shortMessage).to.match(/no answer from .* within 300 ms/);
+    expect(signedHeaders.length).to.equal(before + 1);
+    // the channel is free: a second request signs again (at the same ceiling) instead of waiting forever
+    const second = await wrapFetch(fetch, p, { timeoutMs: 300 })(url).catch((e) => e);
+    expect(second).to.be.instanceOf(TollwayError);
+    expect(signedHeaders.length).to.equal(before + 2);
   });
 
   it("a server that overcharges -> ServerMisbehaviorError; the channel is halted and nothing more is signed", async () => {

@@ -34,6 +34,18 @@ const PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>
     }
     return { results, channels: await t.channels() };
   };
+  // Holds the channel's Web Lock as another tab would (e.g. its deposit waiting on the wallet), then pays.
+  window.payWhileHeld = async (waitMs) => {
+    const t = await Tollway.connect({ provider: window.ethereum, chainId: 31337, lockWaitMs: waitMs, policy: { maxPerRequest: 50000n, maxDeposit: 1000000n, depositMultiplier: 20 } });
+    const [ch] = await t.channels();
+    let free;
+    const held = new Promise((r) => navigator.locks.request("tollway-channel:" + ch.channelId, () => new Promise((f) => { free = f; r(); })));
+    await held;
+    const refused = await t.fetch("/articles/900").then((r) => "status " + r.status, (e) => e.message);
+    free();
+    const after = await t.fetch("/articles/901");
+    return { refused, after: after.status };
+  };
 </script></body></html>`;
 
 describe("browser payer: headless Chromium pays for three resources (real node, real chain)", function () {
@@ -86,6 +98,12 @@ describe("browser payer: headless Chromium pays for three resources (real node, 
     expect(rec!.chargedCumulative).to.equal(60_000n);
     void keccak256;
     void toHex;
+
+    // A payment waiting on a channel another tab holds gives up after lockWaitMs with a reason, and
+    // the channel pays again once it is free.
+    const blocked = await page.evaluate(() => (window as any).payWhileHeld(300));
+    expect(blocked.refused).to.match(/another tab has been paying on this channel for 300 ms/);
+    expect(blocked.after).to.equal(200);
   });
 
   it("two tabs of one origin share the channel: their requests are serialized across tabs (Web Locks), every one is paid once", async () => {
