@@ -5,7 +5,7 @@
  */
 import express, { type Request, type Response, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
-import { erc20Abi, type Hex } from "viem";
+import type { Hex } from "viem";
 import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
@@ -101,15 +101,7 @@ export class Facilitator {
     if (payload.type === "deposit") {
       // Rule 8, and a deposit that would fail at /settle is not valid now either.
       this.payee.checkDepositAuthorization(payload);
-      let held: bigint;
-      try {
-        held = await this.payee.opts.publicClient.readContract({ address: c.token, abi: erc20Abi, functionName: "balanceOf", args: [c.payer] });
-      } catch (cause) {
-        throw new PaymentError(ErrorCodes.rpcReadFailed, "could not read the payer's token balance", { cause, status: 503 });
-      }
-      if (held < payload.deposit.amount) {
-        throw new PaymentError(ErrorCodes.insufficientBalance, `the payer holds ${held}, less than the deposit of ${payload.deposit.amount}`);
-      }
+      await this.payee.checkPayerFunds(payload);
     }
     const max = payload.voucher.maxClaimableAmount;
     const effective = chain.balance + (payload.type === "deposit" ? payload.deposit.amount : 0n);

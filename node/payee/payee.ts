@@ -11,6 +11,7 @@ import {
   type Hex,
   type PublicClient,
   type Transport,
+  erc20Abi,
   getAddress,
   zeroAddress,
 } from "viem";
@@ -191,6 +192,7 @@ export class Payee {
         // What does not depend on the deposit is refused before it goes on chain (gas, the payer's tokens).
         this.checkChainTiming(rec);
         this.checkWithdrawalReserve(rec, p.voucher.maxClaimableAmount, p.deposit.amount);
+        await this.checkPayerFunds(p);
         const result = await this.submitDeposit(p, channelId, rec);
         deposit = result;
         rec = result.record;
@@ -553,6 +555,20 @@ export class Payee {
     const nowS = BigInt(Math.floor(this.now() / 1000));
     if (auth.validAfter > nowS) throw new PaymentError(ErrorCodes.authorizationValidAfter, "authorization is not valid yet");
     if (auth.validBefore <= nowS + 5n) throw new PaymentError(ErrorCodes.authorizationValidBefore, "authorization has expired");
+  }
+
+  /** Rule 8: the payer holds the tokens it deposits (also used by the facilitator). */
+  async checkPayerFunds(p: DepositPayload): Promise<void> {
+    const payer = p.channelConfig.payer;
+    let held: bigint;
+    try {
+      held = await this.opts.publicClient.readContract({ address: p.channelConfig.token, abi: erc20Abi, functionName: "balanceOf", args: [payer] });
+    } catch (cause) {
+      throw new PaymentError(ErrorCodes.rpcReadFailed, "could not read the payer's token balance", { cause, status: 503 });
+    }
+    if (held < p.deposit.amount) {
+      throw new PaymentError(ErrorCodes.insufficientBalance, `the payer holds ${held}, less than the deposit of ${p.deposit.amount}`);
+    }
   }
 
   private checkChannelState(rec: ChannelRecord, max: bigint) {

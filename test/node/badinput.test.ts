@@ -451,7 +451,7 @@ describe("payee node: hostile requests are refused with the spec code and leave 
     { name: "deposit: 3009 signed to the escrow instead of the collector", build: depA(() => {}, () => ({ to: CANONICAL_ADDRESSES.batchSettlement })), expectStatus: 402, expectError: E.depositSimulationFailed },
     { name: "deposit: 3009 salt changed after signing", build: depA((e) => void (e.payload.deposit.authorization.erc3009Authorization.salt = keccak256(toHex("other salt")))), expectStatus: 402, expectError: E.depositSimulationFailed },
     { name: "deposit: validBefore changed after signing", build: depA((e) => void (e.payload.deposit.authorization.erc3009Authorization.validBefore = (nowS() + 7200n).toString())), expectStatus: 402, expectError: E.depositSimulationFailed },
-    { name: "deposit: more than the payer's token balance", build: depA(() => {}, () => ({ amount: 2_000_000_000n })), expectStatus: 402, expectError: E.depositSimulationFailed },
+    { name: "deposit: more than the payer's token balance", build: depA(() => {}, () => ({ amount: 2_000_000_000n })), expectStatus: 402, expectError: E.insufficientBalance },
     {
       name: "deposit: replayed (already used) ERC-3009 authorization with a fresh voucher",
       build: depA((e) => {
@@ -479,7 +479,7 @@ describe("payee node: hostile requests are refused with the spec code and leave 
         return e;
       }),
       expectStatus: 402,
-      expectError: E.depositSimulationFailed,
+      expectError: E.insufficientBalance, // rule 8, before anything is simulated
     },
     { name: "deposit on a fresh channel with a voucher not equal to the price", build: depFresh(() => ({ amount: 20_000n, max: 2n * PRICE })), expectStatus: 402, expectError: E.cumulativeAmountMismatch },
     { name: "deposit on a fresh channel whose voucher exceeds the deposit", build: depFresh(() => ({ amount: 5_000n, max: PRICE })), expectStatus: 402, expectError: E.cumulativeExceedsBalance },
