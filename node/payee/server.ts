@@ -79,17 +79,45 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     registers: [registry],
   });
   const claimFailures = new client.Counter({ name: "tollway_claim_failures_total", help: "Channels that could not be claimed", registers: [registry] });
+  // A sum over every channel record: scanned at most once per EXPOSURE_SCAN_MS (a scrape every 15 s of a
+  // store with a million channels would otherwise scan it all each time), never twice at once.
+  let exposureScan: { at: number; sum: Promise<bigint> } | undefined;
   const exposureGauge = new client.Gauge({
     name: "tollway_unclaimed_exposure_atomic",
-    help: "Charged but unclaimed amount over all channels",
+    help: `Charged but unclaimed amount over all channels (recomputed at most every ${EXPOSURE_SCAN_MS / 1000} s)`,
     registers: [registry],
     async collect() {
-      let sum = 0n;
-      for await (const rec of store.channels()) sum += exposure(rec);
-      this.set(Number(sum));
+      if (!exposureScan || Date.now() - exposureScan.at > EXPOSURE_SCAN_MS) {
+        const sum = (async () => {
+          let total = 0n;
+          for await (const rec of store.channels()) total += exposure(rec);
+          return total;
+        })();
+        exposureScan = { at: Date.now(), sum };
+        sum.catch(() => (exposureScan = undefined));
+      }
+      this.set(Number(await exposureScan.sum));
     },
   });
   void exposureGauge;
+  // Alertable without parsing logs: the chain view's age (beyond riskWindowMs new charges are refused)
+  // and the watcher's consecutive failed polls (chain_view_stale after 5).
+  new client.Gauge({
+    name: "tollway_chain_view_age_seconds",
+    help: "Seconds since the node last mirrored the chain",
+    registers: [registry],
+    collect() {
+      this.set((Date.now() - payee.chainSyncedAt) / 1000);
+    },
+  });
+  new client.Gauge({
+    name: "tollway_watcher_failed_polls",
+    help: "Consecutive chain polls that failed",
+    registers: [registry],
+    collect() {
+      this.set(watcher.failures);
+    },
+  });
 
   const payee = new Payee({
     store,
@@ -291,6 +319,9 @@ async function checkChainSettings(config: NodeConfig, publicClient: PublicClient
 }
 
 const domainSeparatorAbi = [{ type: "function", name: "DOMAIN_SEPARATOR", stateMutability: "view", inputs: [], outputs: [{ name: "", type: "bytes32" }] }] as const;
+
+/** The unclaimed-exposure gauge is recomputed (a scan of every channel record) at most this often. */
+const EXPOSURE_SCAN_MS = 30_000;
 
 /** How long /health waits for the chain head before answering 503. */
 const HEALTH_RPC_TIMEOUT_MS = 2_000;

@@ -424,6 +424,13 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(m).to.include("tollway_payment_latency_seconds_bucket");
     const exposure = Number(/tollway_unclaimed_exposure_atomic (\d+)/.exec(m)?.[1]);
     expect(exposure).to.be.at.least(10_000);
+    // The exposure sum scans every channel record: a scrape within 30 s of the last scan reuses it.
+    expect((await payWith(`${node.url}/paid/2`, await payer.voucherHeader(accept, 20_000n))).status).to.equal(200);
+    const again = await (await fetch(`${node.url}/metrics`, { headers: { Authorization: `Bearer ${TOKEN}` } })).text();
+    expect(again).to.match(/tollway_paid_requests_total\{route="GET \/paid\/:id"\} 2/);
+    expect(Number(/tollway_unclaimed_exposure_atomic (\d+)/.exec(again)?.[1])).to.equal(exposure);
+    expect(Number(/tollway_chain_view_age_seconds ([\d.e-]+)/.exec(again)?.[1])).to.be.within(0, 60);
+    expect(again).to.match(/tollway_watcher_failed_polls 0/);
     expect(logText.length).to.be.greaterThan(0);
     expect(logText).to.not.include(nodeKey.slice(2));
     expect(logText.toLowerCase()).to.not.include(nodeKey.slice(2).toLowerCase());
