@@ -462,7 +462,9 @@ export function deploymentPath(dir: string, chainId: number): string {
 }
 
 /**
- * Writes `<dir>/<chainId>.json` (creating `dir`), atomically via a temporary file.
+ * Writes `<dir>/<chainId>.json` (creating `dir`), atomically via a temporary file. A record already
+ * there that names other contracts is kept as `<chainId>.<its block>.json` first: it may be the escrow
+ * that still holds funds.
  *
  * @param dir The deployments folder, e.g. "deployments".
  * @param deployment What `deployTollway` returned.
@@ -474,6 +476,12 @@ export function writeDeployment(dir: string, deployment: Deployment): string {
   const file = deploymentPath(dir, deployment.chainId);
   const json: DeploymentFile = { ...deployment, blockNumber: deployment.blockNumber.toString() };
   fs.mkdirSync(dir, { recursive: true });
+  if (fs.existsSync(file)) {
+    const previous = JSON.parse(fs.readFileSync(file, "utf8")) as Partial<DeploymentFile>;
+    if (previous.escrow !== json.escrow || previous.blockNumber !== json.blockNumber) {
+      fs.copyFileSync(file, path.join(dir, `${deployment.chainId}.${previous.blockNumber ?? "previous"}.json`));
+    }
+  }
   const tmp = `${file}.${process.pid}.tmp`;
   fs.writeFileSync(tmp, `${JSON.stringify(json, null, 2)}\n`);
   fs.renameSync(tmp, file);

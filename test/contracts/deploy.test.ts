@@ -219,6 +219,14 @@ describe("deployTollway: canonical placement on the in-process chain", function 
       expect(json.blockNumber).to.equal(deployment.blockNumber.toString());
       expect(json.escrow).to.equal(getAddress(CANONICAL_ADDRESSES.batchSettlement));
       expect(readDeployment(dir, 31337)).to.deep.equal(deployment);
+      // Writing the same record again keeps no copy; a redeployment keeps the earlier record beside it.
+      writeDeployment(dir, deployment);
+      expect(fs.readdirSync(dir).sort()).to.deep.equal(["31337.json"]);
+      const redeployed = { ...deployment, escrow: getAddress("0x00000000000000000000000000000000000000e5"), blockNumber: deployment.blockNumber + 10n };
+      writeDeployment(dir, redeployed);
+      expect(fs.readdirSync(dir).sort()).to.deep.equal([`31337.${deployment.blockNumber}.json`, "31337.json"]);
+      expect(readDeployment(dir, 31337).escrow).to.equal(redeployed.escrow);
+      expect(JSON.parse(fs.readFileSync(path.join(dir, `31337.${deployment.blockNumber}.json`), "utf8")).escrow).to.equal(json.escrow);
 
       expect(() => readDeployment(dir, 1)).to.throw(DeploymentNotFoundError).with.property("code", "DEPLOYMENT_NOT_FOUND");
       fs.writeFileSync(path.join(dir, "5.json"), JSON.stringify({ ...json, chainId: 5, escrow: "0x1234" }));
