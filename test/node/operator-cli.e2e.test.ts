@@ -10,6 +10,7 @@ import { keccak256, toHex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { parseNodeConfig } from "../../node/payee/config";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
+import { ChannelStore } from "../../node/store/channelStore";
 import { createPayer } from "../../node/payer/payer";
 import { MemoryPayerStore } from "../../node/payer/store";
 import { wrapFetch } from "../../node/payer/fetch";
@@ -148,6 +149,20 @@ describe("tollway CLI for operators: status, channels, report, claim, settle, re
     const exited = new Promise<number | null>((r) => proc.once("exit", (c) => r(c)));
     proc.kill("SIGINT");
     expect(await exited).to.equal(0);
+
+    // A SIGTERM while the node is still starting: it comes up, then stops cleanly (exit 0, store closed).
+    const early: ChildProcess = spawn(process.execPath, [BIN, "serve", "--config", config], { env: { ...process.env, TOLLWAY_PAYEE_KEY: nodeKey }, stdio: ["ignore", "pipe", "pipe"] });
+    let earlyErr = "";
+    const earlyExit = new Promise<number | null>((r) => early.once("exit", (c) => r(c)));
+    early.stderr!.on("data", (c) => {
+      const first = !earlyErr.includes("starting");
+      earlyErr += c;
+      if (first && earlyErr.includes("tollway: starting")) early.kill("SIGTERM");
+    });
+    expect(await earlyExit, earlyErr).to.equal(0);
+    expect(earlyErr).to.match(/serving on/);
+    const reopened = await ChannelStore.open(path.join(dir, "store"));
+    await reopened.close();
     up.close();
   });
 });

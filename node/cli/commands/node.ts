@@ -32,14 +32,32 @@ export async function serve(o: { config: string }): Promise<number> {
   // TOLLWAY_RPC_URL / TOLLWAY_CHAIN_ID are also the payer commands' defaults: say when they retarget the node.
   const overrides = activeEnvOverrides();
   if (overrides.length) process.stderr.write(`tollway: the environment overrides ${o.config}: ${overrides.join(", ")}\n`);
-  const node = await startPayeeNode(config, { key });
-  process.stderr.write(`tollway: serving on ${node.url} (Ctrl-C to stop); eip155:${config.chainId} via ${rpcHost(config.rpcUrl)}, store ${path.resolve(config.storePath)}\n`);
-  await new Promise<void>((resolve) => {
-    const stop = () => void node.stop().then(resolve);
-    process.once("SIGINT", stop);
-    process.once("SIGTERM", stop);
-  });
-  return 0;
+  // Signals are taken from the start: one that arrives while the node starts (a first chain poll can take
+  // a while on a dead RPC) stops it as soon as it is up, store closed. A second one exits at once.
+  let signals = 0;
+  let onSignal = () => undefined as void;
+  const handler = () => {
+    if (++signals > 1) {
+      process.stderr.write("tollway: second signal, exiting now (charges already on disk are kept)\n");
+      process.exit(130);
+    }
+    onSignal();
+  };
+  process.on("SIGINT", handler);
+  process.on("SIGTERM", handler);
+  try {
+    process.stderr.write(`tollway: starting (checks the chain, opens the store)\n`);
+    const node = await startPayeeNode(config, { key });
+    process.stderr.write(`tollway: serving on ${node.url} (Ctrl-C to stop); eip155:${config.chainId} via ${rpcHost(config.rpcUrl)}, store ${path.resolve(config.storePath)}\n`);
+    await new Promise<void>((resolve, reject) => {
+      onSignal = () => void node.stop().then(resolve, reject);
+      if (signals > 0) onSignal();
+    });
+    return 0;
+  } finally {
+    process.off("SIGINT", handler);
+    process.off("SIGTERM", handler);
+  }
 }
 
 /** The RPC's host only: the rest of the URL often carries the provider's API key. */
