@@ -7,7 +7,7 @@
  */
 import { ErrorCodes, PolicyError, ServerMisbehaviorError, TollwayError } from "../protocol/errors";
 import { HEADERS, decodeBase64Json, paymentRequirementsSchema, type PaymentRequirements } from "../protocol/wire";
-import type { Payer, PreparedPayment, SettleResponseBody } from "./payer";
+import { exhausts, type Payer, type PreparedPayment, type SettleResponseBody } from "./payer";
 
 export type PaymentInfo = { channelId: string; charged: bigint; balance: bigint; kind: "deposit" | "voucher"; requirements: PaymentRequirements };
 
@@ -76,12 +76,18 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       const r = original.clone();
       const headers = new Headers(r.headers);
       if (header) headers.set(HEADERS.paymentSignature, header);
+      // The caller's signal and the deadline, combined by hand (AbortSignal.any is missing from browsers
+      // this bundle supports: Firefox < 124, Safari < 17.4).
       const deadline = new AbortController();
       const timer = setTimeout(() => deadline.abort(new TollwayError(`no answer from ${original.url} within ${timeoutMs} ms`)), timeoutMs);
+      const follow = () => deadline.abort(original.signal.reason);
+      if (original.signal.aborted) follow();
+      else original.signal.addEventListener("abort", follow, { once: true });
       try {
-        return await fetchImpl(new Request(r, { headers, signal: AbortSignal.any([original.signal, deadline.signal]) }));
+        return await fetchImpl(new Request(r, { headers, signal: deadline.signal }));
       } finally {
         clearTimeout(timer);
+        original.signal.removeEventListener("abort", follow);
       }
     };
 
@@ -98,8 +104,8 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
     };
 
     // Per channel: the signed ceiling before this request, and the vouchers above it the server answered
-    // with a 402 (not charged, by its own answer). A voucher re-signed at an earlier ceiling is not one:
-    // after a lost answer the server rightly reports that amount as charged.
+    // with a 402 (see CorrectionGuard). A voucher re-signed at an earlier ceiling is not one: after a lost
+    // answer the server rightly reports that amount as charged.
     const exchange = new Map<string, { ceiling: bigint; refused: bigint[] }>();
     const guardOf = (channelId: string) => exchange.get(channelId.toLowerCase());
     const finish = async (res: Response, prepared: PreparedPayment): Promise<Response | undefined> => {
@@ -129,6 +135,7 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
 
     // 1. Known route: pay up-front (one round trip).
     let challenge: Response | undefined;
+    let corrected: string | undefined; // the channel the current challenge already corrected
     const memo = (await payer.store.getRoute(key)) ?? (await payer.store.getRoute(collection));
     if (memo) {
       const { res, prepared } = await payAndSend(memo.requirements);
@@ -139,8 +146,12 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       // The corrective state is the one of this channel's entry (a server may list other networks or
       // assets first). Anything else: the terms changed, so forget the route and take the 402 as it is.
       const mine = body?.error === ErrorCodes.cumulativeAmountMismatch ? parseAccepts(body).find((a) => (a.extra.channelState as { channelId?: string } | undefined)?.channelId?.toLowerCase() === prepared.channelId.toLowerCase()) : undefined;
-      if (mine) await payer.correct(memo.requirements, mine.extra as Record<string, unknown>, guardOf(prepared.channelId));
-      else await payer.store.deleteRoute(memo.key);
+      if (mine) {
+        if (exhausts(guardOf(prepared.channelId), await payer.correct(memo.requirements, mine.extra as Record<string, unknown>))) return challenge;
+        corrected = prepared.channelId.toLowerCase();
+      } else {
+        await payer.store.deleteRoute(memo.key);
+      }
     } else {
       challenge = await send();
       if (challenge.status !== 402) return challenge;
@@ -153,12 +164,16 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       const accepts = parseAccepts(body);
       if (accepts.length === 0) return challenge;
       const requirements = payer.select(accepts);
+      const channelId = payer.channelIdFor(requirements).toLowerCase();
+      let charged: bigint | undefined;
       if (body.error === ErrorCodes.cumulativeAmountMismatch && requirements.extra.channelState) {
-        const state = requirements.extra.channelState as { channelId?: unknown };
-        await payer.correct(requirements, requirements.extra as Record<string, unknown>, guardOf(String(state.channelId)));
+        if (corrected !== channelId) charged = await payer.correct(requirements, requirements.extra as Record<string, unknown>);
       } else if (CHAIN_RESYNC.has(body.error ?? "")) {
-        await payer.resyncFromChain(requirements); // then the payment below deposits what is missing
+        charged = await payer.resyncFromChain(requirements, body.error!); // then the payment below deposits what is missing
       }
+      corrected = undefined;
+      // The adopted charges are this request's own refused vouchers: recorded, and nothing more is signed.
+      if (exhausts(guardOf(channelId), charged)) return challenge;
       const { res, prepared } = await payAndSend(stripCorrective(requirements));
       const done = await finish(res, prepared);
       if (done) return done;

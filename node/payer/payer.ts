@@ -101,8 +101,21 @@ export type PreparedPayment = {
 export const DEFAULT_MAX_PER_REQUEST = 1_000_000n;
 export const DEFAULT_MAX_DEPOSIT = 20_000_000n;
 
-/** What one request already signed on a channel (see `Payer.correct`). */
+/**
+ * What one request already signed on a channel: the signed ceiling before it, and the vouchers above it
+ * the server answered with a 402. Charges adopted (from a corrective 402 or the chain) above that
+ * ceiling and up to the highest refused voucher can only be this request's own vouchers: they are
+ * recorded (the server holds them), but the request signs nothing more, or a server refusing every
+ * attempt (claiming each voucher on chain first, say) would collect a price per attempt.
+ */
 export type CorrectionGuard = { ceiling: bigint; refused: readonly bigint[] };
+
+/** Adopted charges that exhaust what this request may sign (see `CorrectionGuard`). */
+export function exhausts(guard: CorrectionGuard | undefined, charged: bigint | undefined): boolean {
+  if (!guard || charged === undefined || guard.refused.length === 0) return false;
+  const highest = guard.refused.reduce((a, b) => (b > a ? b : a));
+  return charged > guard.ceiling && charged <= highest;
+}
 
 /** The PAYMENT-RESPONSE (settle response) a payer checks. */
 export type SettleResponseBody = {
@@ -339,16 +352,10 @@ export class Payer {
   /**
    * Adopts the server's state from a corrective 402, but only if its proof is the payer's own signature
    * over the claimed cumulative amount, or the amount is no more than this payer already signed for, or
-   * it equals the claimed total read from the chain (never the server's word for it).
+   * it equals the claimed total read from the chain (never the server's word for it). Returns the
+   * channel's charges after it (see `CorrectionGuard` for what a request does with them).
    */
-  /**
-   * Adopts a corrective 402's channel state when it is credible (see the rules below). `exchange` is what
-   * this request already signed: the ceiling before it, and the vouchers above that ceiling the server
-   * answered with a 402. The server did not charge those, by its own answer: a state built on one of them
-   * is refused, or a server answering every attempt with a corrective would collect several prices (its
-   * vouchers stay claimable) for one refused request.
-   */
-  async correct(r: PaymentRequirements, extra: Record<string, any>, exchange?: CorrectionGuard): Promise<void> {
+  async correct(r: PaymentRequirements, extra: Record<string, any>): Promise<bigint> {
     const config = this.configFor(r);
     const channelId = computeChannelId(this.domain, config);
     const release = await this.queue.acquire(channelId);
@@ -367,8 +374,8 @@ export class Payer {
       let ok = false;
       if (proof?.signature && proof.signedMaxClaimable !== undefined) {
         const signedMax = BigInt(proof.signedMaxClaimable);
-        ok = claimed <= signedMax && !exchange?.refused.includes(signedMax) && (await this.isOwnVoucher(channelId, signedMax, proof.signature));
-      } else if (claimed <= (exchange?.ceiling ?? ch.signedMax)) {
+        ok = claimed <= signedMax && (await this.isOwnVoucher(channelId, signedMax, proof.signature));
+      } else if (claimed <= ch.signedMax) {
         // No proof, but no more than this payer has already signed for: its exposure does not grow
         // (a server that lost its state going back to the on-chain baseline lands here).
         ok = true;
@@ -385,6 +392,7 @@ export class Payer {
       // What the correction adds counts against the budget like any charge.
       const spent = ch.spent + (claimed > ch.charged ? claimed - ch.charged : 0n);
       await this.store.putChannel({ ...ch, charged: claimed, balance, spent, signedMax: claimed > ch.signedMax ? claimed : ch.signedMax, updatedAt: Date.now() });
+      return claimed;
     } finally {
       release();
     }
@@ -419,28 +427,26 @@ export class Payer {
   }
 
   /**
-   * After the payee answers `cumulative_exceeds_balance`: the stored balance was too high (an operator
-   * close, a refund or withdrawal done elsewhere). Takes the chain's balance, or without a chain client
-   * assumes nothing is left above the charges, so the next payment deposits.
-   */
-  /**
    * Re-reads the channel from the chain after a refusal that says the local view is off
    * (`cumulative_exceeds_balance`, `channel_not_found`, `cumulative_below_claimed`): a lower balance is
-   * taken (the next payment deposits what is missing; without a chain client the balance is taken as
-   * spent), and a claimed total above the local charges becomes the charges (the chain claims only
-   * vouchers this payer signed, so that money is spent either way).
+   * taken (the next payment deposits what is missing), and a claimed total above the local charges
+   * becomes the charges (the chain claims only vouchers this payer signed: that money is spent either
+   * way). Without a chain client only `cumulative_exceeds_balance` is acted on, by taking the balance as
+   * spent (the payee's word, but all it can cause is a deposit into the payer's own channel). Returns
+   * the channel's charges after it.
    */
-  async resyncFromChain(r: PaymentRequirements): Promise<void> {
+  async resyncFromChain(r: PaymentRequirements, code: string): Promise<bigint | undefined> {
     const config = this.configFor(r);
     const channelId = computeChannelId(this.domain, config);
     const release = await this.queue.acquire(channelId);
     try {
       const ch = await this.store.getChannel(channelId);
-      if (!ch) return;
+      if (!ch) return undefined;
       const chain = await this.chainChannel(channelId);
+      if (!chain && code !== ErrorCodes.cumulativeExceedsBalance) return ch.charged;
       const balance = chain?.balance ?? ch.charged;
       const claimed = chain && chain.totalClaimed > ch.charged ? chain.totalClaimed : ch.charged;
-      if (balance >= ch.balance && claimed === ch.charged) return;
+      if (balance >= ch.balance && claimed === ch.charged) return ch.charged;
       await this.store.putChannel({
         ...ch,
         balance: balance < ch.balance ? balance : ch.balance,
@@ -449,6 +455,7 @@ export class Payer {
         signedMax: claimed > ch.signedMax ? claimed : ch.signedMax,
         updatedAt: Date.now(),
       });
+      return claimed;
     } finally {
       release();
     }

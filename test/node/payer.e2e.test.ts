@@ -204,6 +204,59 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     expect(calls.length).to.equal(4); // two 402 exchanges: a failed answer teaches no route
   });
 
+  it("lost state, the payee one price ahead: its proof is the very voucher the payer re-signs; adopted without a false alarm, and the next request pays", async () => {
+    const account = ctx.payers[5] as LocalAccount;
+    const first = makePayer(new MemoryPayerStore(), account, "payer-one-ahead");
+    expect((await wrapFetch(fetch, first)(`${node.url}/articles/1`)).status).to.equal(200);
+    const amnesiac = makePayer(new MemoryPayerStore(), account, "payer-one-ahead");
+    const pay = wrapFetch(fetch, amnesiac);
+    expect((await pay(`${node.url}/articles/2`)).status).to.equal(402); // this request's voucher is the one already charged
+    expect((await pay(`${node.url}/articles/2`)).status).to.equal(200);
+    const [ch] = await amnesiac.store.channels();
+    expect(ch!.charged).to.equal(2n * PRICE);
+    expect((await node.store.getChannel(ch!.channelId))!.chargedCumulative).to.equal(2n * PRICE);
+  });
+
+  it("a payee that claims each new voucher on chain, then refuses it (cumulative_below_claimed): the payer takes the chain's total but signs nothing more in that request", async () => {
+    const account = ctx.payers[5] as LocalAccount;
+    const p = makePayer(new MemoryPayerStore(), account, "payer-claimed-refusal");
+    expect((await wrapFetch(fetch, p)(`${node.url}/articles/1`)).status).to.equal(200);
+    const accept = (await (await fetch(`${node.url}/articles/2`)).json()).accepts[0];
+    const seen: bigint[] = [];
+    const app = express();
+    app.use(async (req, res) => {
+      const h = req.headers["payment-signature"];
+      const body = (error?: string) => ({ x402Version: 2, error, resource: { url: req.url }, accepts: [accept] });
+      if (typeof h !== "string") return void res.status(402).set(HEADERS.paymentRequired, encodeBase64Json(body())).json(body());
+      const payload = JSON.parse(Buffer.from(h, "base64").toString("utf8")).payload;
+      const max = BigInt(payload.voucher.maxClaimableAmount);
+      seen.push(max);
+      // The payee (this node's key is the receiverAuthorizer) claims the voucher, then says it is below the claimed total.
+      await node.payee.opts.sender.send({
+        address: node.payee.opts.escrow,
+        abi: batchSettlementAbi,
+        functionName: "claim",
+        args: [[{ voucher: { channel: payload.channelConfig, maxClaimableAmount: max }, signature: payload.voucher.signature, totalClaimed: max }]],
+        simulationError: "invalid_batch_settlement_evm_claim_simulation_failed",
+        transactionError: "invalid_batch_settlement_evm_claim_transaction_failed",
+      } as never);
+      const b = body("invalid_batch_settlement_evm_cumulative_below_claimed");
+      res.status(402).set(HEADERS.paymentRequired, encodeBase64Json(b)).json(b);
+    });
+    const stub: import("node:http").Server = await new Promise((r) => {
+      const sv = app.listen(0, "127.0.0.1", () => r(sv));
+    });
+    try {
+      const res = await wrapFetch(fetch, p)(`http://127.0.0.1:${(stub.address() as AddressInfo).port}/articles/2`);
+      expect(res.status).to.equal(402);
+    } finally {
+      stub.close();
+    }
+    expect(seen).to.deep.equal([2n * PRICE]); // one voucher, one price lost to a dishonest payee: not one per attempt
+    const [ch] = await p.store.channels();
+    expect(ch!.charged).to.equal(2n * PRICE);
+  });
+
   it("policy: refuses a price above maxPerRequest and a deposit above maxDeposit, signing nothing", async () => {
     const payer = makePayer(new MemoryPayerStore(), ctx.payers[3] as LocalAccount, "payer-d", { maxPerRequest: 1_000_000n, maxDeposit: 1_000_000n });
     const { f, calls } = counting();
@@ -541,22 +594,37 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
       channelState: { channelId, balance: "1000000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: max.toString() },
       voucherState: { signedMaxClaimable: max.toString(), signature },
     }));
-    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
-    expect(err).to.be.instanceOf(ServerMisbehaviorError);
-    expect(err.shortMessage).to.match(/without a valid voucher of ours/);
+    const res = await wrapFetch(fetch, p)(url);
+    expect(res.status).to.equal(402);
     expect(maxes).to.deep.equal([40_000n]);
+    // Recorded (the server holds that voucher), but nothing more was signed in this request.
     const ch = (await p.store.getChannel(channelId as Hex))!;
-    expect([ch.charged, ch.signedMax]).to.deep.equal([30_000n, 40_000n]);
+    expect([ch.charged, ch.signedMax]).to.deep.equal([40_000n, 40_000n]);
   });
 
   it("...nor by claiming, without a proof, an amount between the ceiling before the request and the voucher it refused", async () => {
     const { p, channelId, maxes } = await engaged((max, _signature, channelId) => ({
       channelState: { channelId, balance: "1000000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: (max - 1n).toString() },
     }));
-    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
-    expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    const res = await wrapFetch(fetch, p)(url);
+    expect(res.status).to.equal(402);
     expect(maxes).to.deep.equal([40_000n]);
-    expect((await p.store.getChannel(channelId as Hex))!.charged).to.equal(30_000n);
+    expect((await p.store.getChannel(channelId as Hex))!.charged).to.equal(39_999n);
+  });
+
+  it("the request's own deadline: wrapFetch does not need AbortSignal.any (missing in Firefox < 124, Safari < 17.4)", async () => {
+    const any = (AbortSignal as { any?: unknown }).any;
+    delete (AbortSignal as { any?: unknown }).any;
+    try {
+      respond = send402([{ ...base, amount: "100001" }]);
+      const err = await wrapFetch(fetch, payer())(url).catch((e) => e);
+      expect(err).to.be.instanceOf(PolicyError); // got the 402 and read it: the request went out
+      const aborted = new AbortController();
+      aborted.abort(new Error("caller gave up"));
+      expect(await wrapFetch(fetch, payer())(url, { signal: aborted.signal }).catch((e) => (e as Error).message)).to.equal("caller gave up");
+    } finally {
+      (AbortSignal as { any?: unknown }).any = any;
+    }
   });
 
   it("a corrective 402 with a forged voucher proof -> ServerMisbehaviorError, no voucher for the claimed state", async () => {
