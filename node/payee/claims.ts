@@ -251,7 +251,8 @@ export class ClaimEngine {
   }
 }
 
-function toClaimRow(rec: ChannelRecord): VoucherClaim {
+/** The claim row that collects what a record charged (up to its balance) with its stored voucher. */
+export function toClaimRow(rec: ChannelRecord): VoucherClaim {
   return {
     voucher: { channel: rec.config, maxClaimableAmount: rec.signedMaxClaimable },
     signature: rec.signature,

@@ -5,7 +5,7 @@
  */
 import express, { type Request, type Response, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
-import type { Hex } from "viem";
+import { encodeFunctionData, type Hex } from "viem";
 import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
@@ -24,6 +24,7 @@ import {
   type SchemePayload,
 } from "../protocol/wire";
 import { z } from "zod";
+import { hasClaim, toClaimRow } from "./claims";
 import type { Payee } from "./payee";
 
 /** Express middleware: requires `Authorization: Bearer <token>`. */
@@ -185,9 +186,15 @@ export class Facilitator {
         if (e.refundNonce !== chain.refundNonce) {
           throw new PaymentError(ErrorCodes.refundPayload, `refundNonce ${e.refundNonce} is not the channel's (${chain.refundNonce}): this refund already happened, or the payload is stale`);
         }
+        // A channel this node serves itself: what it charged and has not claimed is claimed first, in the
+        // same transaction (as closeChannel does), so a refund asked for here never hands those charges
+        // back to the payer, whoever asks.
+        const own = await this.payee.store.getChannel(channelId);
+        const ownRow = own && hasClaim(own) ? toClaimRow(own) : undefined;
+        const ownClaim = ownRow && ownRow.totalClaimed > chain.totalClaimed ? [encodeFunctionData({ abi: batchSettlementAbi, functionName: "claim", args: [[ownRow]] })] : [];
         const rows = e.claims ?? [];
         // Only this channel's rows change what stays claimed on it.
-        const claimed = rows.reduce((m, r) => (this.payee.digester.channelId(r.voucher.channel) === channelId && r.totalClaimed > m ? r.totalClaimed : m), chain.totalClaimed);
+        const claimed = [...rows, ...(ownClaim.length ? [ownRow!] : [])].reduce((m, r) => (this.payee.digester.channelId(r.voucher.channel) === channelId && r.totalClaimed > m ? r.totalClaimed : m), chain.totalClaimed);
         const available = chain.balance - claimed;
         if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
         let amount: bigint;
@@ -202,7 +209,7 @@ export class Facilitator {
           amount = e.amount === undefined || e.amount > available ? available : e.amount;
           signed = { claim: e.claimAuthorizerSignature };
         }
-        const calls = claimAndRefundCalls(c, rows, amount, signed);
+        const calls = [...ownClaim, ...claimAndRefundCalls(c, rows, amount, signed)];
         const { hash, receipt } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
         const after = await readChannel(this.payee.opts.publicClient, escrow, channelId);
         // What moved, from the receipt (the contract caps a refund at what is unclaimed).

@@ -147,8 +147,10 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
 
   const app = express();
   app.disable("x-powered-by");
-  // One token per surface: a scrape credential or a facilitator client's token cannot refund or claim.
-  // Metrics and facilitator fall back to the admin token when they have none of their own.
+  // One token per surface: a scrape credential opens only /metrics; a facilitator client's token opens
+  // only /facilitator (which claims, settles and refunds channels that name this node as authorizer, as
+  // any facilitator does; a refund of a channel this node serves claims its charges first), never the
+  // admin API. Metrics and facilitator fall back to the admin token when they have none of their own.
   const guard = (token: string | undefined, setting: string) =>
     token ? requireBearer(token) : (_req: Request, res: Response) => void res.status(403).json({ error: `these endpoints are disabled: set ${setting}` });
   const admin = guard(config.adminToken, "adminToken");

@@ -437,6 +437,22 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     void hardhatTestAccount;
   });
 
+  it("facilitator: a refund of a channel this node serves claims the node's unclaimed charges first, whoever asks and whatever rows they send", async () => {
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-own-refund"))));
+    const accept = (await fetchRequirements(`${node.url}/paid/1`)).accept;
+    expect((await payWith(`${node.url}/paid/1`, await payer.depositHeader(accept, 100_000n, 10_000n))).status).to.equal(200);
+    expect((await payWith(`${node.url}/paid/2`, await payer.voucherHeader(accept, 20_000n))).status).to.equal(200);
+    const id = payer.channelId(accept);
+    // A facilitator client asks for a refund with the minimal requirements and no claim rows: the payer's
+    // zero-charge voucher, as if nothing had been charged.
+    const refund = { type: "refund", channelConfig: payer.config(accept), voucher: await payer.voucher(accept, 0n), refundNonce: "0" };
+    const minimal = { scheme: "batch-settlement", network: "eip155:31337", asset: accept.asset, amount: "0", payTo: accept.payTo, maxTimeoutSeconds: 0, extra: {} };
+    const answer = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" }, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: minimal, payload: refund }, paymentRequirements: minimal }) })).json();
+    expect(answer, JSON.stringify(answer)).to.deep.include({ success: true, amount: "80000" });
+    const onchain = await readChannel(node.payee.opts.publicClient, node.payee.opts.escrow, id);
+    expect([onchain.balance, onchain.totalClaimed]).to.deep.equal([20_000n, 20_000n]); // the charges stayed, claimed
+  });
+
   it("listen.tls: the node serves HTTPS; a TLS key file others can read is refused", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-node-tls-"));
     const gen = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem"), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], { encoding: "utf8" });
