@@ -170,6 +170,8 @@ export function buildProgram(): Command {
     .addHelpText("after", "\nExamples:\n  tollway report --by payer\n  tollway report --by day --csv > revenue.csv")
     .action(async (o) => finish(await (await import("./commands/operator")).revenueReport(o)));
 
+  // A stray argument is an error, not ignored: `claim --channel A B` must not claim A alone and exit 0.
+  for (const command of program.commands) command.allowExcessArguments(false);
   return program;
 }
 

@@ -234,7 +234,27 @@ export function loadNodeConfig(file: string, env: NodeJS.ProcessEnv = process.en
   } catch (cause) {
     throw new ConfigError(`Cannot read config file ${file}`, { cause, metaMessages: [jsonSyntaxProblem(text, cause as Error)] });
   }
-  return parseNodeConfig(resolveFilePaths(raw, path.dirname(path.resolve(file))), env);
+  const config = parseNodeConfig(resolveFilePaths(raw, path.dirname(path.resolve(file))), env);
+  checkStoreNotMoved(config, raw, env);
+  return config;
+}
+
+/**
+ * Up to this version a relative `storePath` (or the default) was taken from the working directory. A
+ * node upgraded in place would now open a new, empty store beside its config file and never claim the
+ * vouchers held in the old one: refused when the new place has no store and the old one has.
+ */
+function checkStoreNotMoved(config: NodeConfig, raw: unknown, env: NodeJS.ProcessEnv) {
+  if (env.TOLLWAY_STORE) return; // the environment names it (working-directory semantics, as before)
+  const given = isPlainObject(raw) && typeof raw.storePath === "string" ? raw.storePath : DEFAULT_STORE_PATH;
+  if (path.isAbsolute(given)) return;
+  const previous = path.resolve(given);
+  const isStore = (dir: string) => fs.existsSync(path.join(dir, "CURRENT"));
+  if (previous !== config.storePath && isStore(previous) && !isStore(config.storePath)) {
+    throw new ConfigError("The store moved: relative paths in a config file are now taken from the file's folder", {
+      metaMessages: [`the store is at ${previous}`, `the config now points at ${config.storePath}, where there is none`, `set "storePath": ${JSON.stringify(previous)} in the config (or move the store there)`],
+    });
+  }
 }
 
 /**

@@ -153,6 +153,26 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
       expect(parseNodeConfig(base, {}).storePath).to.equal(".tollway/payee");
     });
 
+    it("refuses to start on an empty store beside the config when the store is where earlier versions put it (the working directory)", () => {
+      const work = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-cwd-"));
+      const cwd = process.cwd();
+      process.chdir(work);
+      try {
+        const file = write("moved.json", { ...base });
+        expect(loadNodeConfig(file, {}).storePath).to.equal(path.join(dir, ".tollway", "payee")); // no store anywhere: fine
+        fs.mkdirSync(path.join(work, ".tollway", "payee"), { recursive: true });
+        fs.writeFileSync(path.join(work, ".tollway", "payee", "CURRENT"), "MANIFEST-000001\n");
+        const moved = configError(() => loadNodeConfig(file, {}));
+        expect(moved.shortMessage).to.match(/The store moved/);
+        expect(details(moved)).to.include(path.join(work, ".tollway", "payee"));
+        // Once the config names it, or the store is where the config points, it starts.
+        expect(loadNodeConfig(write("named.json", { ...base, storePath: path.join(work, ".tollway", "payee") }), {}).storePath).to.equal(path.join(work, ".tollway", "payee"));
+      } finally {
+        process.chdir(cwd);
+        fs.rmSync(work, { recursive: true, force: true });
+      }
+    });
+
     it("says why a file cannot be read: the OS error, or where the JSON breaks (without quoting the file)", () => {
       const missing = configError(() => loadNodeConfig(path.join(dir, "nope.json"), {}));
       expect(missing.shortMessage).to.match(/^Cannot read config file .*nope\.json$/);

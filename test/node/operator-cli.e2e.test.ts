@@ -292,6 +292,10 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
     expect(bad.code).to.equal(2);
     expect(bad.stderr).to.include("option '--channel <id>' argument '0xabc' is invalid.");
     expect((await cli(["claim", "--all", "--channel", ids[0]!, ...op])).code).to.equal(2);
+    // The variadic habit, `--channel A B`: B is a stray argument, refused (not A claimed alone, exit 0).
+    const stray = await cli(["claim", "--channel", ids[0]!, ids[1]!, ...op]);
+    expect(stray.code).to.equal(2);
+    expect(stray.stderr).to.match(/too many arguments/);
     expect(calls).to.have.length(1);
   });
 
