@@ -477,9 +477,16 @@ export function writeDeployment(dir: string, deployment: Deployment): string {
   const json: DeploymentFile = { ...deployment, blockNumber: deployment.blockNumber.toString() };
   fs.mkdirSync(dir, { recursive: true });
   if (fs.existsSync(file)) {
-    const previous = JSON.parse(fs.readFileSync(file, "utf8")) as Partial<DeploymentFile>;
-    if (previous.escrow !== json.escrow || previous.blockNumber !== json.blockNumber) {
-      fs.copyFileSync(file, path.join(dir, `${deployment.chainId}.${previous.blockNumber ?? "previous"}.json`));
+    // Kept whatever it holds (the contracts are deployed by now: this must not fail the write).
+    let previous: Partial<DeploymentFile> | undefined;
+    try {
+      previous = JSON.parse(fs.readFileSync(file, "utf8")) as Partial<DeploymentFile>;
+    } catch {
+      previous = undefined;
+    }
+    if (previous?.escrow !== json.escrow || previous?.blockNumber !== json.blockNumber) {
+      const tag = previous?.blockNumber !== undefined && /^\d+$/.test(String(previous.blockNumber)) ? String(previous.blockNumber) : `previous-${Date.now()}`;
+      fs.copyFileSync(file, path.join(dir, `${deployment.chainId}.${tag}.json`));
     }
   }
   const tmp = `${file}.${process.pid}.tmp`;

@@ -4,6 +4,7 @@
  */
 import express, { type Router } from "express";
 import { formatAmount } from "../protocol/amounts";
+import { errorSummary } from "../protocol/errors";
 import type { ChannelStore } from "../store/channelStore";
 import { z } from "zod";
 import type { Hex } from "viem";
@@ -76,7 +77,7 @@ export function adminRouter(deps: AdminDeps): Router {
       res.set("Cache-Control", "no-store").json(big(await fn(req)));
     } catch (e) {
       const status = (e as { status?: number }).status ?? 500;
-      res.status(status).json({ error: status === 400 ? "bad_request" : "operation_failed", message: (e as Error).message.split("\n")[0] });
+      res.status(status).json({ error: status === 400 ? "bad_request" : "operation_failed", message: errorSummary(e) });
     }
   };
   router.get("/status", wrap(() => deps.status()));
@@ -101,7 +102,7 @@ export function adminRouter(deps: AdminDeps): Router {
         if (r) done.push({ channelId: id, ...r });
       } catch (err) {
         // One channel that cannot be closed now does not stop the others.
-        failed.push({ channelId: id, reason: (err as Error).message.split("\n")[0] });
+        failed.push({ channelId: id, reason: errorSummary(err) });
       }
     }
     return { refunded: done, failed };

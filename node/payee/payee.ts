@@ -105,6 +105,14 @@ export type PaymentResponseBody = {
   extra: { chargedAmount?: string; channelState: ChannelStateWire };
 };
 
+/**
+ * How long a payer's "has code" answer is reused: an EOA that gains code later (an EIP-7702 delegation)
+ * is checked as the escrow checks it within this time.
+ */
+const PAYER_CODE_TTL_MS = 30_000;
+/** How stale the chain view may be before new charges are refused, unless configured (ms). */
+const DEFAULT_RISK_WINDOW_MS = 300_000;
+
 export class Payee {
   readonly locks = new ChannelLocks();
   readonly digester: Digester;
@@ -522,13 +530,7 @@ export class Payee {
     const cached = this.erc1271Cache.get(key);
     if (cached === true) return;
     let ok: boolean;
-    let code: Hex | undefined;
-    try {
-      code = await this.opts.publicClient.getCode({ address: c.payer });
-    } catch (cause) {
-      throw new PaymentError(ErrorCodes.rpcReadFailed, "could not read the payer's code to check its signature", { cause, status: 503 });
-    }
-    if (!code || code === "0x") {
+    if (!(await this.payerHasCode(c.payer))) {
       ok = (await recoverSignerAsync(digest, signature)) === c.payer.toLowerCase();
     } else {
       ok = await this.opts.publicClient
@@ -545,6 +547,29 @@ export class Payee {
     if (this.erc1271Cache.size > 10_000) this.erc1271Cache.clear();
     this.erc1271Cache.set(key, true);
   }
+
+  /**
+   * Whether the payer's address has code, as the escrow will see it: read at most every
+   * PAYER_CODE_TTL_MS per payer (not an RPC per voucher), and when the RPC fails the last answer serves
+   * within the risk window, as known channels are served.
+   */
+  private async payerHasCode(payer: Address): Promise<boolean> {
+    const known = this.payerCode.get(payer);
+    const now = this.now();
+    if (known && now - known.at < PAYER_CODE_TTL_MS) return known.hasCode;
+    try {
+      const code = await this.opts.publicClient.getCode({ address: payer });
+      const hasCode = code !== undefined && code !== "0x";
+      if (this.payerCode.size >= 10_000) this.payerCode.clear();
+      this.payerCode.set(payer, { hasCode, at: now });
+      return hasCode;
+    } catch (cause) {
+      if (known && now - known.at < (this.opts.riskWindowMs ?? DEFAULT_RISK_WINDOW_MS)) return known.hasCode;
+      throw new PaymentError(ErrorCodes.rpcReadFailed, "could not read the payer's code to check its signature", { cause, status: 503 });
+    }
+  }
+
+  private readonly payerCode = new Map<Address, { hasCode: boolean; at: number }>();
 
   /** A deposit's ERC-3009 authorization is present and inside its validity window (also used by the facilitator). */
   checkDepositAuthorization(p: DepositPayload) {
@@ -613,7 +638,7 @@ export class Payee {
       }
     }
     const age = this.now() - this.chainSyncedAt;
-    if (age > (this.opts.riskWindowMs ?? 300_000)) {
+    if (age > (this.opts.riskWindowMs ?? DEFAULT_RISK_WINDOW_MS)) {
       throw new PaymentError(ErrorCodes.channelStateReadFailed, `chain view is ${Math.round(age / 1000)} s old (beyond the risk window); refusing new charges`, { status: 503 });
     }
   }

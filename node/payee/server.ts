@@ -79,24 +79,33 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     registers: [registry],
   });
   const claimFailures = new client.Counter({ name: "tollway_claim_failures_total", help: "Channels that could not be claimed", registers: [registry] });
-  // A sum over every channel record: scanned at most once per EXPOSURE_SCAN_MS (a scrape every 15 s of a
-  // store with a million channels would otherwise scan it all each time), never twice at once.
-  let exposureScan: { at: number; sum: Promise<bigint> } | undefined;
+  // A sum over every channel record: scanned in the background, at most one scan at a time and one per
+  // EXPOSURE_SCAN_MS after the last finished (a scrape every 15 s of a store with a million channels would
+  // otherwise scan it all each time). A scrape waits only for the first scan; later ones report the last sum.
+  let exposureSum: bigint | undefined;
+  let exposureScanning: Promise<void> | undefined;
+  let exposureScannedAt = 0;
+  const scanExposure = () =>
+    (exposureScanning ??= (async () => {
+      let total = 0n;
+      for await (const rec of store.channels()) total += exposure(rec);
+      exposureSum = total;
+    })()
+      .catch((err) => logger.warn({ err: errorSummary(err) }, "could not sum the unclaimed exposure"))
+      .finally(() => {
+        exposureScanning = undefined;
+        exposureScannedAt = Date.now();
+      }));
   const exposureGauge = new client.Gauge({
     name: "tollway_unclaimed_exposure_atomic",
     help: `Charged but unclaimed amount over all channels (recomputed at most every ${EXPOSURE_SCAN_MS / 1000} s)`,
     registers: [registry],
     async collect() {
-      if (!exposureScan || Date.now() - exposureScan.at > EXPOSURE_SCAN_MS) {
-        const sum = (async () => {
-          let total = 0n;
-          for await (const rec of store.channels()) total += exposure(rec);
-          return total;
-        })();
-        exposureScan = { at: Date.now(), sum };
-        sum.catch(() => (exposureScan = undefined));
+      if (Date.now() - exposureScannedAt > EXPOSURE_SCAN_MS) {
+        const scan = scanExposure();
+        if (exposureSum === undefined) await scan;
       }
-      this.set(Number(await exposureScan.sum));
+      if (exposureSum !== undefined) this.set(Number(exposureSum));
     },
   });
   void exposureGauge;
@@ -314,6 +323,7 @@ async function checkChainSettings(config: NodeConfig, publicClient: PublicClient
       else if (actual !== expected) problems.push(`asset.name / asset.version: "${config.asset.name}" / "${config.asset.version}" is not the token's EIP-712 domain`);
     }
   } catch (err) {
+    if (problems.length > 0) throw new ConfigError("The configuration does not match the chain", { metaMessages: [...problems, `(then a chain read failed: ${errorSummary(err)})`] });
     logger.warn({ err: errorSummary(err) }, "could not check the config against the chain (unreachable?): chain id, contracts and token settings unverified");
     return;
   }

@@ -205,7 +205,7 @@ export class ChainWatcher {
       failed = (await this.claims.claim({ channels: due })).failed;
     } catch (err) {
       thrown = true;
-      failed = due.map((channelId) => ({ channelId, reason: (err as Error).message.split("\n")[0]! }));
+      failed = due.map((channelId) => ({ channelId, reason: errorSummary(err) }));
     }
     const failedIds = new Set(failed.map((f) => f.channelId));
     for (const id of due) {

@@ -181,5 +181,5 @@ export function errorSummary(err: unknown): string {
 
 /** Cuts every http(s)/ws(s) URL in `text` to scheme://host[:port] (no credentials, path or query). */
 export function redactUrls(text: string): string {
-  return text.replace(/\b(https?|wss?):\/\/(?:[^\s/?#@"']*@)?([^\s/?#"']+)[^\s"']*/gi, "$1://$2");
+  return text.replace(/\b(https?|wss?):\/\/(?:[^\s/?#]*@)?([^\s/?#"'@),>]+)[^\s"'),>]*/gi, "$1://$2");
 }

@@ -121,7 +121,7 @@ export async function startDemo(opts: DemoOptions = {}): Promise<Demo> {
       routes,
       claims: { threshold: "$0.20", intervalMs: 60_000, onShutdown: true },
       logLevel: "warn",
-    });
+    }, {}); // not the shell's TOLLWAY_* overrides: an exported admin token or RPC would not be the demo's
     const node = await startPayeeNode(config, {
       key: hardhatTestKey(1),
       logger,

@@ -227,6 +227,13 @@ describe("deployTollway: canonical placement on the in-process chain", function 
       expect(fs.readdirSync(dir).sort()).to.deep.equal([`31337.${deployment.blockNumber}.json`, "31337.json"]);
       expect(readDeployment(dir, 31337).escrow).to.equal(redeployed.escrow);
       expect(JSON.parse(fs.readFileSync(path.join(dir, `31337.${deployment.blockNumber}.json`), "utf8")).escrow).to.equal(json.escrow);
+      // A previous record that cannot be read is kept as it is, and the new one still written.
+      fs.writeFileSync(path.join(dir, "31337.json"), "{ not json");
+      writeDeployment(dir, deployment);
+      expect(readDeployment(dir, 31337)).to.deep.equal(deployment);
+      const kept = fs.readdirSync(dir).filter((f) => /^31337\.previous-\d+\.json$/.test(f));
+      expect(kept).to.have.length(1);
+      expect(fs.readFileSync(path.join(dir, kept[0]!), "utf8")).to.equal("{ not json");
 
       expect(() => readDeployment(dir, 1)).to.throw(DeploymentNotFoundError).with.property("code", "DEPLOYMENT_NOT_FOUND");
       fs.writeFileSync(path.join(dir, "5.json"), JSON.stringify({ ...json, chainId: 5, escrow: "0x1234" }));

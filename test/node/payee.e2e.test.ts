@@ -12,6 +12,7 @@ import { readChannel, readReceiver } from "../../node/chain/escrow";
 import { ClaimEngine } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
+import { encodeErc3009CollectorData } from "../../node/protocol/collectorData";
 import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
 import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
@@ -619,27 +620,30 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     });
   }
 
-  it("payerAuthorizer = 0: a payer's ECDSA voucher is accepted only while its address has no code, as the escrow checks it (EIP-7702 delegation -> ERC-1271)", async () => {
+  it("payerAuthorizer = 0: vouchers are checked as the escrow checks them: a payer address with code (an EIP-7702 delegation) is asked ERC-1271, its plain ECDSA signature refused", async () => {
     class PayerSigns extends WirePayer {
       override config(a: Accept) {
         return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
       }
     }
     const payer = new PayerSigns(ctx.payers[4] as LocalAccount, ctx.payers[4] as LocalAccount, pad("0x7702", { size: 32 }));
-    const r1 = await payWith(`${node.url}/articles/1`, await payer.depositHeader(accept, 1_000_000n, PRICE));
-    expect(r1.status, r1.text).to.equal(200);
-    // The payer's address gets code whose isValidSignature refuses (here: the token's code, which has none).
+    // The channel is funded on chain by the payer itself: the node first meets it at its first voucher.
+    const payload = JSON.parse(Buffer.from(await payer.depositHeader(accept, 1_000_000n, PRICE), "base64").toString("utf8")).payload;
+    const auth = payload.deposit.authorization.erc3009Authorization;
+    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
+    const data = encodeErc3009CollectorData({ validAfter: BigInt(auth.validAfter), validBefore: BigInt(auth.validBefore), salt: auth.salt, signature: auth.signature });
+    const hash = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "deposit", args: [payer.config(accept), 1_000_000n, CANONICAL_ADDRESSES.erc3009DepositCollector, data], chain: null } as never);
+    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
+    // Then the payer's address gets code whose isValidSignature refuses (here: the token's code, which has none).
     const tokenCode = await ctx.publicClient.getCode({ address: ctx.deployment.token! });
     await ctx.testClient.setCode({ address: payer.account.address, bytecode: tokenCode! });
     try {
-      const r2 = await payWith(`${node.url}/articles/2`, await payer.voucherHeader(accept, 2n * PRICE));
-      expect(r2.status).to.equal(402);
-      expect(r2.paymentRequired.error).to.equal("invalid_batch_settlement_evm_voucher_signature");
-      expect((await node.store.getChannel(payer.channelId(accept)))!.chargedCumulative).to.equal(PRICE);
+      const r = await payWith(`${node.url}/articles/2`, await payer.voucherHeader(accept, PRICE));
+      expect(r.status).to.equal(402);
+      expect(r.paymentRequired.error).to.equal("invalid_batch_settlement_evm_voucher_signature");
+      expect((await node.store.getChannel(payer.channelId(accept)))?.chargedCumulative ?? 0n).to.equal(0n);
     } finally {
       await ctx.testClient.setCode({ address: payer.account.address, bytecode: "0x" });
     }
-    const r3 = await payWith(`${node.url}/articles/3`, await payer.voucherHeader(accept, 2n * PRICE));
-    expect(r3.status, r3.text).to.equal(200);
   });
 });

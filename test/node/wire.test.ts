@@ -1,7 +1,7 @@
 import { expect } from "chai";
 import fc from "fast-check";
 import { fastVoucherEnvelope, parsePaymentPayload, decodePaymentSignature, encodeBase64Json } from "../../node/protocol/wire";
-import { WireFormatError } from "../../node/protocol/errors";
+import { WireFormatError, errorSummary, redactUrls } from "../../node/protocol/errors";
 
 const valid = () => ({
   x402Version: 2,
@@ -97,5 +97,26 @@ describe("wire codec: the hand-written voucher fast path agrees with the zod sch
     const raw: any = valid();
     raw.payload.voucher.maxClaimableAmount = "-5";
     expect(() => decodePaymentSignature(encodeBase64Json(raw))).to.throw(WireFormatError).with.property("code", "invalid_batch_settlement_evm_voucher_payload");
+  });
+});
+
+describe("redactUrls / errorSummary: URLs in log lines keep only their origin", () => {
+  const cases: Array<[string, string]> = [
+    ["HTTP request failed. URL: https://eth.example/v2/KEY123?x=1#f", "HTTP request failed. URL: https://eth.example"],
+    ["https://user:p@ss@host/x", "https://host"],
+    ["(https://h/K), retrying", "(https://h), retrying"],
+    ["https://a.b/K,https://c.d/K2", "https://a.b,https://c.d"],
+    ["http://[::1]:8545/key", "http://[::1]:8545"],
+    ["wss://node.example:443/ws/KEY", "wss://node.example:443"],
+    ["http://127.0.0.1:8545", "http://127.0.0.1:8545"],
+    ["no url here", "no url here"],
+  ];
+  for (const [text, expected] of cases) {
+    it(`${text} -> ${expected}`, () => expect(redactUrls(text)).to.equal(expected));
+  }
+  it("errorSummary: the short message's first line, redacted", () => {
+    const err = Object.assign(new Error("Request failed\nURL: https://rpc.example/v3/SECRET\nbody"), { shortMessage: "fetch to https://rpc.example/v3/SECRET failed" });
+    expect(errorSummary(err)).to.equal("fetch to https://rpc.example failed");
+    expect(errorSummary(new Error("first https://x.example/KEY line\nsecond"))).to.equal("first https://x.example line");
   });
 });

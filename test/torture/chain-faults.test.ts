@@ -172,6 +172,28 @@ describe("torture: chain faults", function () {
     }
   });
 
+  it("RPC down: a channel whose payer signs itself (payerAuthorizer = 0) is served within the risk window too (its code was read before)", async () => {
+    const proxy = await tcpProxy(ctx.chain.port);
+    const n = await node(proxy.url, { riskWindowMs: 60_000, pollIntervalMs: 100 });
+    try {
+      const accept = (await fetchRequirements(`${n.url}/a/1`)).accept;
+      class PayerSigns extends WirePayer {
+        override config(a: typeof accept) {
+          return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
+        }
+      }
+      const payer = new PayerSigns(ctx.payers[3] as LocalAccount, ctx.payers[3] as LocalAccount);
+      expect((await payWith(`${n.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, 10_000n))).status).to.equal(200);
+      await proxy.pause();
+      const within = await payWith(`${n.url}/a/2`, await payer.voucherHeader(accept, 20_000n));
+      expect(within.status, within.text).to.equal(200);
+    } finally {
+      await proxy.resume();
+      await n.stop();
+      await proxy.pause();
+    }
+  });
+
   it("a deposit that is reorganised away is never counted (confirmations = 2)", async () => {
     const n = await node(ctx.chain.url, { confirmations: 2 });
     try {

@@ -41,6 +41,7 @@ export async function serve(o: { config: string }): Promise<number> {
       process.stderr.write("tollway: second signal, exiting now (charges already on disk are kept)\n");
       process.exit(130);
     }
+    process.stderr.write("tollway: stopping (requests in flight finish, outstanding vouchers are claimed)…\n");
     onSignal();
   };
   process.on("SIGINT", handler);
