@@ -115,9 +115,10 @@ export async function connect(opts: BrowserPayerOptions) {
     // No silent fallback to memory: a channel whose key and state vanish on reload strands its deposit.
     throw new TollwayError("this browser does not let the page keep a payment channel (IndexedDB is unavailable)", { cause });
   }
-  // Vouchers are signed by the session key without a wallet prompt: without a page policy, at most $1 a
-  // request and $20 a deposit (6-decimal stablecoins), so a payee's 402 cannot name any price it likes.
-  const policy = { maxPerRequest: 1_000_000n, maxDeposit: 20_000_000n, ...opts.policy };
+  // Vouchers are signed by the session key without a wallet prompt: without a page policy, createPayer's
+  // caps apply (at most $1 a request and $20 a deposit of a 6-decimal stablecoin), so a payee's 402
+  // cannot name any price it likes.
+  const policy = opts.policy ?? {};
   const channelLock = webLocks(opts.lockWaitMs ?? 60_000);
   const base: CreatePayerParameters = { account: wallet, sessionKey: privateKeyToAccount(key), store, chainId: opts.chainId, policy, ...(channelLock ? { lock: channelLock } : {}) };
   const payer = createPayer(base);
