@@ -189,7 +189,8 @@ export class Facilitator {
         // A channel this node serves itself: what it charged and has not claimed is claimed first, in the
         // same transaction (as closeChannel does), so a refund asked for here never hands those charges
         // back to the payer, whoever asks.
-        const own = await this.payee.store.getChannel(channelId);
+        const stored = await this.payee.store.getChannel(channelId);
+        const own = stored ? this.payee.withChain(stored, chain) : undefined; // the chain's balance caps the claim
         const ownRow = own && hasClaim(own) ? toClaimRow(own) : undefined;
         const ownClaim = ownRow && ownRow.totalClaimed > chain.totalClaimed ? [encodeFunctionData({ abi: batchSettlementAbi, functionName: "claim", args: [[ownRow]] })] : [];
         const rows = e.claims ?? [];
@@ -211,9 +212,11 @@ export class Facilitator {
         }
         const calls = [...ownClaim, ...claimAndRefundCalls(c, rows, amount, signed)];
         const { hash, receipt } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
-        const after = await readChannel(this.payee.opts.publicClient, escrow, channelId);
-        // What moved, from the receipt (the contract caps a refund at what is unclaimed).
-        const refunded = amountMoved(receipt.logs, "Refunded");
+        // What moved, from the receipt (the contract caps a refund at what is unclaimed); a channel this
+        // node serves has its record and history updated as for its own refunds.
+        const { refunded, chain: after } = own
+          ? await this.payee.recordRefund(own, hash, receipt)
+          : { refunded: amountMoved(receipt.logs, "Refunded"), chain: await readChannel(this.payee.opts.publicClient, escrow, channelId) };
         return { success: true, transaction: hash, network, payer: c.payer, amount: refunded.toString(), extra: { channelState: snapshot(channelId, after) } };
       });
     }

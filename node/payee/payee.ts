@@ -9,6 +9,7 @@ import {
   type Chain,
   type ContractFunctionName,
   type Hex,
+  type Log,
   type PublicClient,
   type Transport,
   erc20Abi,
@@ -121,7 +122,9 @@ export class Payee {
   readonly withdrawDelay: number;
   /** Last time the chain view was confirmed current (ms); set by the mirror. */
   chainSyncedAt: number;
-  private readonly erc1271Cache = new Map<string, boolean>();
+  private readonly payerSignatureCache = new Map<string, boolean>();
+  /** Whether a payer's address has code, and when that was read (payerHasCode). */
+  private readonly payerCode = new Map<Address, { hasCode: boolean; at: number }>();
   private readonly now: () => number;
 
   constructor(readonly opts: PayeeOptions) {
@@ -399,18 +402,23 @@ export class Payee {
       simulationError: ErrorCodes.refundSimulationFailed,
       transactionError: ErrorCodes.refundTransactionFailed,
     });
-    // The contract caps a refund at what is unclaimed: the receipt says what actually went back.
+    const { next, refunded } = await this.recordRefund(rec, hash, receipt);
+    return { hash, next, refunded };
+  }
+
+  /**
+   * After a refund transaction (under the channel's lock): the record follows the chain, the history
+   * gets the refund (what the receipt's events moved: the contract caps a refund at what is unclaimed),
+   * and a fully refunded channel's record is dropped (its charges are in the ledger, its claims on chain).
+   */
+  async recordRefund(rec: ChannelRecord, hash: Hex, receipt: { logs: Log[]; gasUsed: bigint }): Promise<{ next: ChannelRecord; refunded: bigint; chain: OnchainChannel }> {
     const refunded = amountMoved(receipt.logs, "Refunded");
     const chain = await readChannel(this.opts.publicClient, this.opts.escrow, rec.channelId);
     const next = this.withChain(rec, chain);
     await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount: refunded, gasUsed: receipt.gasUsed });
-    if (chain.balance === chain.totalClaimed) {
-      // Fully refunded: the record's job is done (charges are in the ledger, claims on chain).
-      await this.store.deleteChannel(rec.channelId);
-    } else {
-      await this.store.putChannel(next);
-    }
-    return { hash, next, refunded };
+    if (chain.balance === chain.totalClaimed) await this.store.deleteChannel(rec.channelId);
+    else await this.store.putChannel(next);
+    return { next, refunded, chain };
   }
 
   /**
@@ -527,7 +535,7 @@ export class Payee {
     // SignatureChecker): ERC-1271 when the payer has code (a smart wallet, or an EOA delegated with
     // EIP-7702), ECDSA otherwise. An ECDSA signature from a payer with code would not claim on chain.
     const key = `${channelId}:${max}:${signature}`;
-    const cached = this.erc1271Cache.get(key);
+    const cached = this.payerSignatureCache.get(key);
     if (cached === true) return;
     let ok: boolean;
     if (!(await this.payerHasCode(c.payer))) {
@@ -544,8 +552,8 @@ export class Payee {
         .catch(() => false);
     }
     if (!ok) throw new PaymentError(ErrorCodes.voucherSignature, "voucher signature is not valid for the payer (EOA or ERC-1271)");
-    if (this.erc1271Cache.size > 10_000) this.erc1271Cache.clear();
-    this.erc1271Cache.set(key, true);
+    if (this.payerSignatureCache.size > 10_000) this.payerSignatureCache.clear();
+    this.payerSignatureCache.set(key, true);
   }
 
   /**
@@ -568,8 +576,6 @@ export class Payee {
       throw new PaymentError(ErrorCodes.rpcReadFailed, "could not read the payer's code to check its signature", { cause, status: 503 });
     }
   }
-
-  private readonly payerCode = new Map<Address, { hasCode: boolean; at: number }>();
 
   /** A deposit's ERC-3009 authorization is present and inside its validity window (also used by the facilitator). */
   checkDepositAuthorization(p: DepositPayload) {
@@ -684,7 +690,8 @@ export class Payee {
     return rec;
   }
 
-  private withChain(rec: ChannelRecord, chain: OnchainChannel): ChannelRecord {
+  /** A record updated with the chain's view of its channel (used under the channel's lock). */
+  withChain(rec: ChannelRecord, chain: OnchainChannel): ChannelRecord {
     if (chain.totalClaimed > rec.chargedCumulative) {
       // The chain has claimed more than this record charged (a store restored from an older backup):
       // the spec's baseline, charged = claimed, with no voucher needed to prove it.

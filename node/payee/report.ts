@@ -94,18 +94,12 @@ function toRisk(r: ChannelRecord, now: number): ChannelRisk {
   };
 }
 
-/** Claims, settlements, deposits and refunds, newest first (the last `limit`, kept in a ring while reading). */
+/** Claims, settlements, deposits and refunds: the newest `limit`, newest first (read backwards, not scanned). */
 export async function history(store: ChannelStore, limit = 100): Promise<HistoryEvent[]> {
   if (limit <= 0) return [];
-  const ring: HistoryEvent[] = [];
-  let next = 0;
-  for await (const h of store.history()) {
-    if (ring.length < limit) ring.push(h);
-    else ring[next] = h;
-    next = (next + 1) % limit;
-  }
-  // Oldest kept is at `next` once the ring is full: rotate, then newest first.
-  return (ring.length < limit ? ring : [...ring.slice(next), ...ring.slice(0, next)]).reverse();
+  const out: HistoryEvent[] = [];
+  for await (const h of store.history(undefined, undefined, { latest: limit })) out.push(h);
+  return out;
 }
 
 /** Rows as CSV (bigints as decimal strings). */

@@ -319,7 +319,7 @@ async function checkChainSettings(config: NodeConfig, publicClient: PublicClient
       if (decimals !== config.asset.decimals) problems.push(`asset.decimals: the token has ${decimals}, the config says ${config.asset.decimals}`);
       const expected = domainSeparator({ domain: { name: config.asset.name, version: config.asset.version, chainId: config.chainId, verifyingContract: config.asset.address } });
       const actual = await publicClient.readContract({ address: config.asset.address, abi: domainSeparatorAbi, functionName: "DOMAIN_SEPARATOR" }).catch(() => undefined);
-      if (actual === undefined) logger.warn({ asset: config.asset.address }, "the token has no DOMAIN_SEPARATOR(): asset.name and asset.version are not checked");
+      if (actual === undefined) logger.warn({ asset: config.asset.address }, "could not read the token's DOMAIN_SEPARATOR() (none, or the read failed): asset.name and asset.version are not checked");
       else if (actual !== expected) problems.push(`asset.name / asset.version: "${config.asset.name}" / "${config.asset.version}" is not the token's EIP-712 domain`);
     }
   } catch (err) {

@@ -7,7 +7,7 @@
  */
 import { ErrorCodes, PolicyError, ServerMisbehaviorError, TollwayError } from "../protocol/errors";
 import { HEADERS, decodeBase64Json, paymentRequirementsSchema, type PaymentRequirements } from "../protocol/wire";
-import { exhausts, type Payer, type PreparedPayment, type SettleResponseBody } from "./payer";
+import type { Payer, PreparedPayment, SettleResponseBody } from "./payer";
 
 export type PaymentInfo = { channelId: string; charged: bigint; balance: bigint; kind: "deposit" | "voucher"; requirements: PaymentRequirements };
 
@@ -84,10 +84,10 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       if (original.signal.aborted) follow();
       else original.signal.addEventListener("abort", follow, { once: true });
       try {
+        // The deadline covers the headers; the caller's signal keeps covering the body (the listener stays).
         return await fetchImpl(new Request(r, { headers, signal: deadline.signal }));
       } finally {
         clearTimeout(timer);
-        original.signal.removeEventListener("abort", follow);
       }
     };
 
@@ -103,10 +103,9 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       return { res, prepared };
     };
 
-    // Per channel: the signed ceiling before this request, and the vouchers above it the server answered
-    // with a 402 (see CorrectionGuard). A voucher re-signed at an earlier ceiling is not one: after a lost
-    // answer the server rightly reports that amount as charged.
-    const exchange = new Map<string, { ceiling: bigint; refused: bigint[] }>();
+    // Per channel, what this request signed (see Exchange). A voucher re-signed at an earlier ceiling is
+    // not a refused one: after a lost answer the server rightly reports that amount as charged.
+    const exchange = new Map<string, Exchange>();
     const guardOf = (channelId: string) => exchange.get(channelId.toLowerCase());
     const finish = async (res: Response, prepared: PreparedPayment): Promise<Response | undefined> => {
       const pr = res.headers.get(HEADERS.paymentResponse);
@@ -127,8 +126,8 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       }
       prepared.release();
       if (res.status !== 402) return res; // the handler failed: nothing was charged
-      const guard = guardOf(prepared.channelId) ?? { ceiling: prepared.ceiling, refused: [] };
-      if (prepared.max > prepared.ceiling) guard.refused.push(prepared.max);
+      const guard: Exchange = guardOf(prepared.channelId) ?? { ceiling: prepared.ceiling };
+      if (prepared.max > prepared.ceiling && (guard.highestRefused === undefined || prepared.max > guard.highestRefused)) guard.highestRefused = prepared.max;
       exchange.set(prepared.channelId.toLowerCase(), guard);
       return undefined; // a 402: the caller decides (corrective or changed terms)
     };
@@ -181,6 +180,21 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
     }
     return challenge;
   };
+}
+
+/**
+ * What one request signed on a channel: the signed ceiling before it, and the highest voucher above it
+ * the server answered with a 402. Charges adopted (from a corrective 402 or the chain) above that ceiling
+ * and up to that voucher can only be this request's own vouchers: they are recorded (the server holds
+ * them), but the request signs nothing more, or a server refusing every attempt (claiming each voucher on
+ * chain first, say) would collect a price per attempt.
+ */
+type Exchange = { ceiling: bigint; highestRefused?: bigint };
+
+/** Adopted charges that exhaust what this request may sign (see Exchange). */
+function exhausts(guard: Exchange | undefined, charged: bigint | undefined): boolean {
+  if (guard?.highestRefused === undefined || charged === undefined) return false;
+  return charged > guard.ceiling && charged <= guard.highestRefused;
 }
 
 /** Refusals that say the payer's view of the channel is off: the chain has the answer. */

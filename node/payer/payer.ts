@@ -101,22 +101,6 @@ export type PreparedPayment = {
 export const DEFAULT_MAX_PER_REQUEST = 1_000_000n;
 export const DEFAULT_MAX_DEPOSIT = 20_000_000n;
 
-/**
- * What one request already signed on a channel: the signed ceiling before it, and the vouchers above it
- * the server answered with a 402. Charges adopted (from a corrective 402 or the chain) above that
- * ceiling and up to the highest refused voucher can only be this request's own vouchers: they are
- * recorded (the server holds them), but the request signs nothing more, or a server refusing every
- * attempt (claiming each voucher on chain first, say) would collect a price per attempt.
- */
-export type CorrectionGuard = { ceiling: bigint; refused: readonly bigint[] };
-
-/** Adopted charges that exhaust what this request may sign (see `CorrectionGuard`). */
-export function exhausts(guard: CorrectionGuard | undefined, charged: bigint | undefined): boolean {
-  if (!guard || charged === undefined || guard.refused.length === 0) return false;
-  const highest = guard.refused.reduce((a, b) => (b > a ? b : a));
-  return charged > guard.ceiling && charged <= highest;
-}
-
 /** The PAYMENT-RESPONSE (settle response) a payer checks. */
 export type SettleResponseBody = {
   success: boolean;
@@ -353,7 +337,7 @@ export class Payer {
    * Adopts the server's state from a corrective 402, but only if its proof is the payer's own signature
    * over the claimed cumulative amount, or the amount is no more than this payer already signed for, or
    * it equals the claimed total read from the chain (never the server's word for it). Returns the
-   * channel's charges after it (see `CorrectionGuard` for what a request does with them).
+   * channel's charges after it (wrapFetch's `Exchange` says what a request does with them).
    */
   async correct(r: PaymentRequirements, extra: Record<string, any>): Promise<bigint> {
     const config = this.configFor(r);
@@ -382,7 +366,7 @@ export class Payer {
       } else {
         // No proof and above what we signed: only the chain's own claimed total is a baseline (the
         // server's `totalClaimed` field is its word, not the chain's).
-        const chain = await this.chainChannel(channelId);
+        const chain = await this.chainChannel(channelId, { strict: true });
         ok = chain !== undefined && claimed === chain.totalClaimed;
         if (chain) balance = chain.balance;
       }
@@ -466,13 +450,17 @@ export class Payer {
     return (await this.chainChannel(channelId))?.balance;
   }
 
-  /** The channel's balance and claimed total on chain, or undefined without a chain client or when the read fails. */
-  private async chainChannel(channelId: Hex): Promise<{ balance: bigint; totalClaimed: bigint } | undefined> {
+  /**
+   * The channel's balance and claimed total on chain; undefined without a chain client, and when the read
+   * fails unless `strict` (then a ChainError: an RPC failure must not read as the server's fault).
+   */
+  private async chainChannel(channelId: Hex, o: { strict?: boolean } = {}): Promise<{ balance: bigint; totalClaimed: bigint } | undefined> {
     if (!this.params.publicClient) return undefined;
     try {
       const [balance, totalClaimed] = await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] });
       return { balance, totalClaimed };
-    } catch {
+    } catch (cause) {
+      if (o.strict) throw new ChainError(ErrorCodes.rpcReadFailed, "could not read the channel from the chain", { cause });
       return undefined;
     }
   }
@@ -495,11 +483,15 @@ export class Payer {
     const w = this.requireWallet();
     const hash = await w.writeContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "finalizeWithdraw", args: [config], chain: w.chain, account: w.account });
     await this.confirmed(hash, "finalizeWithdraw");
+    // The stored balance follows the chain, under the channel's lock (as a payment's record is written).
     const id = computeChannelId(this.domain, config);
-    const ch = await this.store.getChannel(id);
-    if (ch && this.params.publicClient) {
-      const [balance] = await this.params.publicClient.readContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "channels", args: [id] });
-      await this.store.putChannel({ ...ch, balance, updatedAt: Date.now() });
+    const release = await this.queue.acquire(id);
+    try {
+      const ch = await this.store.getChannel(id);
+      const chain = ch ? await this.chainChannel(id) : undefined; // unread: the next payment's checks resync it
+      if (ch && chain) await this.store.putChannel({ ...ch, balance: chain.balance, updatedAt: Date.now() });
+    } finally {
+      release();
     }
     return hash;
   }

@@ -128,7 +128,6 @@ export const managementRequirementsSchema = paymentRequirementsSchema.extend({
   maxTimeoutSeconds: z.number().nonnegative(),
   extra: requirementsExtraSchema.partial({ receiverAuthorizer: true, withdrawDelay: true }),
 });
-export type ManagementRequirements = z.infer<typeof managementRequirementsSchema>;
 export type DepositPayload = z.infer<typeof depositPayloadSchema>;
 export type VoucherPayload = z.infer<typeof voucherPayloadSchema>;
 export type RefundPayload = z.infer<typeof refundPayloadSchema>;

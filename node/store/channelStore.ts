@@ -243,9 +243,11 @@ export class ChannelStore {
     }
   }
 
-  /** History events between two times. */
-  async *history(from = 0, to = 9_999_999_999_999): AsyncGenerator<HistoryEvent> {
-    for await (const value of this.db.values({ gte: `h:${pad(from, 13)}`, lt: `h:${pad(to, 13)}` })) {
+  /** History events between two times, oldest first (or the newest `latest`, newest first). */
+  async *history(from = 0, to = 9_999_999_999_999, o: { latest?: number } = {}): AsyncGenerator<HistoryEvent> {
+    const range = { gte: `h:${pad(from, 13)}`, lt: `h:${pad(to, 13)}` };
+    const values = o.latest !== undefined ? this.db.values({ ...range, reverse: true, limit: o.latest }) : this.db.values(range);
+    for await (const value of values) {
       const raw = JSON.parse(value);
       raw.amount = BigInt(raw.amount);
       raw.gasUsed = BigInt(raw.gasUsed);

@@ -214,13 +214,8 @@ export async function connect(opts: BrowserPayerOptions) {
       },
       async finish(target: WithdrawTarget): Promise<{ channelId: Hex; txHash: Hex }> {
         const { channelId, config } = await resolveTarget(target);
-        // The store's balance changes after the transaction: held like a payment, so no tab pays meanwhile.
-        const release = channelLock ? await channelLock.acquire(channelId) : () => undefined;
-        try {
-          return { channelId, txHash: await withdrawer.finalizeWithdraw(config) };
-        } finally {
-          release();
-        }
+        // finalizeWithdraw writes the stored balance under the channel's (cross-tab) lock itself.
+        return { channelId, txHash: await withdrawer.finalizeWithdraw(config) };
       },
     },
   };

@@ -612,6 +612,18 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect((await p.store.getChannel(channelId as Hex))!.charged).to.equal(39_999n);
   });
 
+  it("the caller's signal still stops a body that is arriving after the headers (the deadline covers only the headers)", async () => {
+    respond = (_req, res) => {
+      res.write("first;");
+      setTimeout(() => res.end("second"), 1_500);
+    };
+    const caller = new AbortController();
+    const res = await wrapFetch(fetch, payer())(url, { signal: caller.signal });
+    expect(res.status).to.equal(200);
+    caller.abort(new Error("reader closed the tab"));
+    expect(await res.text().then(() => "read to the end", (e: Error) => e.name)).to.be.oneOf(["AbortError", "Error"]);
+  });
+
   it("the request's own deadline: wrapFetch does not need AbortSignal.any (missing in Firefox < 124, Safari < 17.4)", async () => {
     const any = (AbortSignal as { any?: unknown }).any;
     delete (AbortSignal as { any?: unknown }).any;

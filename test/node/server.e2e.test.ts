@@ -451,6 +451,11 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(answer, JSON.stringify(answer)).to.deep.include({ success: true, amount: "80000" });
     const onchain = await readChannel(node.payee.opts.publicClient, node.payee.opts.escrow, id);
     expect([onchain.balance, onchain.totalClaimed]).to.deep.equal([20_000n, 20_000n]); // the charges stayed, claimed
+    // The node's own books follow at once, as for its own refunds: the record is done, the history has it.
+    expect(await node.store.getChannel(id)).to.equal(undefined);
+    const events: Array<{ kind: string; txHash: string }> = [];
+    for await (const h of node.store.history()) events.push(h);
+    expect(events.some((h) => h.kind === "refund" && h.txHash === answer.transaction)).to.equal(true);
   });
 
   it("listen.tls: the node serves HTTPS; a TLS key file others can read is refused", async () => {

@@ -36,10 +36,10 @@ export async function serve(o: { config: string }): Promise<number> {
   // a while on a dead RPC) stops it as soon as it is up, store closed. A second one exits at once.
   let signals = 0;
   let onSignal = () => undefined as void;
-  const handler = () => {
+  const handler = (signal: NodeJS.Signals) => {
     if (++signals > 1) {
       process.stderr.write("tollway: second signal, exiting now (charges already on disk are kept)\n");
-      process.exit(130);
+      process.exit(signal === "SIGINT" ? 130 : 143);
     }
     process.stderr.write("tollway: stopping (requests in flight finish, outstanding vouchers are claimed)…\n");
     onSignal();
