@@ -472,6 +472,19 @@ export class Payer {
   }
 
   /** The timed withdrawal, for when the payee does not cooperate: initiate, then finalize after the delay. */
+  /**
+   * What a timed withdrawal should ask for: the channel's balance on chain above what this payer owes the
+   * payee, the larger of its charges (`charged`, default the stored ones) and the chain's claimed total.
+   * The payee's earned charges stay claimable; one rule for every front (CLI, browser).
+   */
+  async withdrawable(channelId: Hex, charged?: bigint): Promise<bigint> {
+    const chain = await this.chainChannel(channelId, { strict: true });
+    if (!chain) throw new TollwayError("a publicClient is needed to read the channel's balance");
+    const known = charged ?? (await this.store.getChannel(channelId))?.charged ?? 0n;
+    const owed = chain.totalClaimed > known ? chain.totalClaimed : known;
+    return chain.balance > owed ? chain.balance - owed : 0n;
+  }
+
   async initiateWithdraw(config: ChannelConfig, amount: bigint): Promise<Hex> {
     const w = this.requireWallet();
     const hash = await w.writeContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [config, amount], chain: w.chain, account: w.account });

@@ -24,7 +24,6 @@ import {
   type WalletClient,
 } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
-import { batchSettlementAbi } from "../chain/abi";
 import { createPayer, type ChannelLock, type CreatePayerParameters, type PayerPolicy, type TypedDataSigner } from "../payer/payer";
 import { wrapFetch, requestRefund } from "../payer/fetch";
 import { openIndexedDbPayerStore } from "../payer/idbStore";
@@ -193,14 +192,8 @@ export async function connect(opts: BrowserPayerOptions) {
         const { channelId, config, owed: charged, balance: stored } = await resolveTarget(target);
         let wanted = amount;
         if (wanted === undefined) {
-          let owed = charged;
-          let balance = stored ?? 0n;
-          if (publicClient) {
-            const [onchainBalance, claimed] = await publicClient.readContract({ address: escrow, abi: batchSettlementAbi, functionName: "channels", args: [channelId] });
-            balance = onchainBalance;
-            if (claimed > owed) owed = claimed;
-          }
-          wanted = balance > owed ? balance - owed : 0n;
+          if (publicClient) wanted = await withdrawer.withdrawable(channelId, charged);
+          else wanted = stored !== undefined && stored > charged ? stored - charged : 0n;
         }
         if (wanted <= 0n) throw new TollwayError(`nothing to withdraw from channel ${channelId}`);
         const txHash = await withdrawer.initiateWithdraw(config, wanted);

@@ -1,7 +1,5 @@
 /** `tollway refund <url>` (cooperative) and `tollway withdraw <url> [--finalize]` (timed, on chain). */
-import { batchSettlementAbi } from "../../chain/abi";
 import { requestRefund } from "../../payer/fetch";
-import { CANONICAL_ADDRESSES } from "../../protocol/typedData";
 import { HEADERS, decodeBase64Json, paymentRequirementsSchema } from "../../protocol/wire";
 import { ExitCodes, ExitError } from "../errors";
 import { openPayerContext, type PayerCliOptions } from "../payerContext";
@@ -44,14 +42,12 @@ export async function withdraw(target: string, o: PayerCliOptions & { finalize?:
       config = ctx.payer.configFor(r);
       id = ctx.payer.channelIdFor(r);
     }
-    const escrow = (o.escrow ?? CANONICAL_ADDRESSES.batchSettlement) as `0x${string}`;
     if (o.finalize) {
       const hash = await ctx.payer.finalizeWithdraw(config);
       out.write(o.json ? JSON.stringify({ finalized: hash }) + "\n" : `withdrawal finalized: ${hash}\n`);
     } else {
-      const [balance, claimed] = await ctx.publicClient.readContract({ address: escrow, abi: batchSettlementAbi, functionName: "channels", args: [id] });
-      const amount = balance - claimed;
-      if (amount === 0n) throw new ExitError(ExitCodes.usage, "nothing to withdraw: the channel has no unclaimed balance");
+      const amount = await ctx.payer.withdrawable(id);
+      if (amount === 0n) throw new ExitError(ExitCodes.usage, "nothing to withdraw: the channel's balance is what you owe the payee");
       const hash = await ctx.payer.initiateWithdraw(config, amount);
       out.write(o.json ? JSON.stringify({ initiated: hash, amount: amount.toString(), delaySeconds: config.withdrawDelay }) + "\n" : `withdrawal of ${ctx.fmt(amount)} initiated (${hash}); finalize after ${config.withdrawDelay} s with --finalize\n`);
     }
