@@ -11,7 +11,7 @@ import { createChainClients } from "../chain/clients";
 import { formatAmount, parsePrice } from "../protocol/amounts";
 import { createPayer, type Payer, type PayerPolicy } from "../payer/payer";
 import { openPayerStore, type PayerStore } from "../payer/store";
-import { ExitCodes, ExitError } from "./errors";
+import { loadPrivateKey } from "../chain/keys";
 
 export type PayerCliOptions = {
   rpc: string;
@@ -32,26 +32,9 @@ export type PayerCliOptions = {
   asset?: string;
 };
 
-/**
- * The key from `envName` or from a key file readable by its owner only. Both at once is refused (exit 2):
- * an exported key must not silently replace the file the command names.
- */
+/** The key from `envName` or from a key file readable by its owner only (node/chain/keys.ts). */
 export function readKey(keyFile: string | undefined, envName = "TOLLWAY_PAYER_KEY", env: NodeJS.ProcessEnv = process.env): Hex {
-  let key = env[envName];
-  if (key && keyFile) throw new ExitError(ExitCodes.usage, `both ${envName} and --key-file are set: unset ${envName} to use ${keyFile}, or drop --key-file`);
-  if (!key && keyFile) {
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(keyFile);
-    } catch (e) {
-      throw new ExitError(ExitCodes.usage, `cannot read key file ${keyFile}: ${(e as Error).message}`);
-    }
-    if ((st.mode & 0o077) !== 0) throw new ExitError(ExitCodes.usage, `key file ${keyFile} must be readable by its owner only (chmod 600)`);
-    key = fs.readFileSync(keyFile, "utf8").trim();
-  }
-  if (!key) throw new ExitError(ExitCodes.usage, `no key: set ${envName} or pass --key-file (mode 0600)`);
-  if (!/^0x[0-9a-fA-F]{64}$/.test(key)) throw new ExitError(ExitCodes.usage, "the key must be 32 bytes of 0x-prefixed hex");
-  return key as Hex;
+  return loadPrivateKey({ envName, file: keyFile, setting: "--key-file", env });
 }
 
 export type PayerContext = {

@@ -7,6 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import type { Hex } from "viem";
+import { loadPrivateKey } from "../chain/keys";
 import { ConfigError } from "../protocol/errors";
 import { addressSchema } from "../protocol/wire";
 import { routePattern } from "./middleware";
@@ -287,28 +288,7 @@ function resolveFilePaths(raw: unknown, dir: string): unknown {
   return out;
 }
 
-/**
- * The node's private key: TOLLWAY_PAYEE_KEY or a key file readable by the owner only (`keyFile`). Both
- * at once is refused: a stale exported key must not silently replace the file the config names.
- */
+/** The node's private key: TOLLWAY_PAYEE_KEY or a key file readable by the owner only (`keyFile`), not both. */
 export function loadNodeKey(config: NodeConfig, env: NodeJS.ProcessEnv = process.env): Hex {
-  let key: string | undefined = env.TOLLWAY_PAYEE_KEY;
-  if (key && config.keyFile) {
-    throw new ConfigError("Both TOLLWAY_PAYEE_KEY and keyFile are set", { metaMessages: [`Unset TOLLWAY_PAYEE_KEY to use ${config.keyFile}, or remove keyFile from the config.`] });
-  }
-  if (!key && config.keyFile) {
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(config.keyFile);
-    } catch (cause) {
-      throw new ConfigError(`Cannot read key file ${config.keyFile}`, { cause, metaMessages: [(cause as Error).message] });
-    }
-    if ((st.mode & 0o077) !== 0) {
-      throw new ConfigError(`Key file ${config.keyFile} must not be readable by group or others (chmod 600)`);
-    }
-    key = fs.readFileSync(config.keyFile, "utf8").trim();
-  }
-  if (!key) throw new ConfigError("No node key: set TOLLWAY_PAYEE_KEY or keyFile (mode 0600)");
-  if (!/^0x[0-9a-fA-F]{64}$/.test(key)) throw new ConfigError("The node key must be 32 bytes of 0x-prefixed hex");
-  return key as Hex;
+  return loadPrivateKey({ envName: "TOLLWAY_PAYEE_KEY", file: config.keyFile, setting: "keyFile", env });
 }

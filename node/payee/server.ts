@@ -16,6 +16,7 @@ import { createChainClients } from "../chain/clients";
 import { readReceiver } from "../chain/escrow";
 import { TxSender } from "../chain/sender";
 import { parsePrice } from "../protocol/amounts";
+import { readOwnerOnlyFile } from "../chain/keys";
 import { ConfigError, errorSummary } from "../protocol/errors";
 import { CANONICAL_ADDRESSES } from "../protocol/typedData";
 import { ChannelStore } from "../store/channelStore";
@@ -60,7 +61,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   const account = privateKeyToAccount(opts.key);
   // Read first: a bad certificate or key file fails the start before anything is opened.
   const tlsFiles = config.listen.tls;
-  const tls = tlsFiles ? { cert: fs.readFileSync(tlsFiles.certFile), key: readKeyFile(tlsFiles.keyFile) } : undefined;
+  const tls = tlsFiles ? { cert: fs.readFileSync(tlsFiles.certFile), key: readOwnerOnlyFile(tlsFiles.keyFile, "TLS key file") } : undefined;
   await keccakReady;
   const { publicClient, walletClient } = createChainClients({ rpcUrl: config.rpcUrl, chainId: config.chainId }, account);
   await checkChainSettings(config, publicClient, logger);
@@ -349,12 +350,6 @@ function within<T>(ms: number, p: Promise<T>): Promise<T> {
 
 function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || host.startsWith("127.");
-}
-
-/** A TLS private key file must not be readable by group or others. */
-function readKeyFile(file: string): Buffer {
-  if ((fs.statSync(file).mode & 0o077) !== 0) throw new ConfigError(`TLS key file ${file} must not be readable by group or others (chmod 600)`);
-  return fs.readFileSync(file);
 }
 
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"]);

@@ -99,10 +99,10 @@ describe("tollway CLI for wallet users: pay, channels, deposit, refund, withdraw
     fs.chmodSync(file, 0o600);
     const both = await run(["channels", "--key-file", file, ...common], { TOLLWAY_PAYER_KEY: keccak256(toHex("another-wallet")) });
     expect(both.code).to.equal(2);
-    expect(both.stderr).to.equal(`tollway: both TOLLWAY_PAYER_KEY and --key-file are set: unset TOLLWAY_PAYER_KEY to use ${file}, or drop --key-file\n`);
+    expect(both.stderr).to.equal(`tollway: Both TOLLWAY_PAYER_KEY and --key-file are set\n  Unset TOLLWAY_PAYER_KEY to use ${file}, or drop --key-file.\n`);
     const missing = await run(["channels", "--key-file", path.join(dir, "missing.key"), ...common], {});
     expect(missing.code).to.equal(2);
-    expect(missing.stderr).to.match(/^tollway: cannot read key file .*missing\.key: ENOENT/);
+    expect(missing.stderr).to.match(/^tollway: Cannot read key file .*missing\.key\n  ENOENT/);
   });
 
   it("deposit tops up, channels --json reports balance and charges, refund returns the rest", async () => {

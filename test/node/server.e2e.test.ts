@@ -484,7 +484,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       (n) => n.stop().then(() => "started"),
       (e: Error) => e.message,
     );
-    expect(refused).to.match(/TLS key file .* must not be readable by group or others/);
+    expect(refused).to.match(/TLS key file .* must be readable by its owner only/);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
