@@ -69,6 +69,8 @@ function parseAccepts(body: PaymentRequiredBody): PaymentRequirements[] {
 export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFetchOptions = {}): typeof fetch {
   return async function tollwayFetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
     const original = new Request(input, init);
+    // The caller's own signal (the copy on `original` is linked to it only weakly by undici).
+    const callerSignal = init?.signal ?? (input instanceof Request ? input.signal : undefined);
     const key = routeKey(original);
     const collection = collectionKey(original);
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -76,16 +78,13 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
       const r = original.clone();
       const headers = new Headers(r.headers);
       if (header) headers.set(HEADERS.paymentSignature, header);
-      // The caller's signal and the deadline, combined by hand (AbortSignal.any is missing from browsers
-      // this bundle supports: Firefox < 124, Safari < 17.4).
+      // The deadline covers the headers; the caller's signal the whole exchange, body included.
       const deadline = new AbortController();
       const timer = setTimeout(() => deadline.abort(new TollwayError(`no answer from ${original.url} within ${timeoutMs} ms`)), timeoutMs);
-      const follow = () => deadline.abort(original.signal.reason);
-      if (original.signal.aborted) follow();
-      else original.signal.addEventListener("abort", follow, { once: true });
       try {
-        // The deadline covers the headers; the caller's signal keeps covering the body (the listener stays).
-        return await fetchImpl(new Request(r, { headers, signal: deadline.signal }));
+        // The signal goes in `init`: on a Request object it is linked to the fetch only weakly by undici,
+        // and a garbage collection then cuts the caller's abort off from a body still arriving.
+        return await fetchImpl(r, { headers, signal: combine(deadline, callerSignal) });
       } finally {
         clearTimeout(timer);
       }
@@ -195,6 +194,20 @@ type Exchange = { ceiling: bigint; highestRefused?: bigint };
 function exhausts(guard: Exchange | undefined, charged: bigint | undefined): boolean {
   if (guard?.highestRefused === undefined || charged === undefined) return false;
   return charged > guard.ceiling && charged <= guard.highestRefused;
+}
+
+/**
+ * The deadline's signal, also aborted by the caller's. AbortSignal.any where it exists (it keeps the
+ * combination alive as long as the request uses it); by hand elsewhere (Firefox < 124, Safari < 17.4), a
+ * listener on the caller's signal that lives as long as that signal does.
+ */
+function combine(deadline: AbortController, caller: AbortSignal | null | undefined): AbortSignal {
+  if (!caller) return deadline.signal;
+  const any = (AbortSignal as { any?: (signals: AbortSignal[]) => AbortSignal }).any;
+  if (any) return any.call(AbortSignal, [caller, deadline.signal]);
+  if (caller.aborted) deadline.abort(caller.reason);
+  else caller.addEventListener("abort", () => deadline.abort(caller.reason), { once: true });
+  return deadline.signal;
 }
 
 /** Refusals that say the payer's view of the channel is off: the chain has the answer. */

@@ -471,20 +471,19 @@ export class Payer {
     if (receipt && receipt.status !== "success") throw new ChainError(ErrorCodes.transactionReverted, `${what} reverted`, { metaMessages: [`tx: ${hash}`] });
   }
 
-  /** The timed withdrawal, for when the payee does not cooperate: initiate, then finalize after the delay. */
   /**
-   * What a timed withdrawal should ask for: the channel's balance on chain above what this payer owes the
-   * payee, the larger of its charges (`charged`, default the stored ones) and the chain's claimed total.
-   * The payee's earned charges stay claimable; one rule for every front (CLI, browser).
+   * What a timed withdrawal asks for: everything not claimed on chain. That is the scheme's rule, and it
+   * costs an honest payee nothing: the escrow pays out only what is still unclaimed at finalize, and the
+   * payee claims its charges during the delay (a Tollway node's watcher does). A payee that is gone, or
+   * never claims, forfeits them. One rule for every front (CLI, browser).
    */
-  async withdrawable(channelId: Hex, charged?: bigint): Promise<bigint> {
+  async withdrawable(channelId: Hex): Promise<bigint> {
     const chain = await this.chainChannel(channelId, { strict: true });
     if (!chain) throw new TollwayError("a publicClient is needed to read the channel's balance");
-    const known = charged ?? (await this.store.getChannel(channelId))?.charged ?? 0n;
-    const owed = chain.totalClaimed > known ? chain.totalClaimed : known;
-    return chain.balance > owed ? chain.balance - owed : 0n;
+    return chain.balance - chain.totalClaimed;
   }
 
+  /** The timed withdrawal, for when the payee does not cooperate: initiate, then finalize after the delay. */
   async initiateWithdraw(config: ChannelConfig, amount: bigint): Promise<Hex> {
     const w = this.requireWallet();
     const hash = await w.writeContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [config, amount], chain: w.chain, account: w.account });
@@ -497,8 +496,14 @@ export class Payer {
     const hash = await w.writeContract({ address: this.escrow, abi: batchSettlementAbi, functionName: "finalizeWithdraw", args: [config], chain: w.chain, account: w.account });
     await this.confirmed(hash, "finalizeWithdraw");
     // The stored balance follows the chain, under the channel's lock (as a payment's record is written).
+    // The money has moved: a lock that cannot be had (another tab paying) skips the update, never the hash.
     const id = computeChannelId(this.domain, config);
-    const release = await this.queue.acquire(id);
+    let release: () => void;
+    try {
+      release = await this.queue.acquire(id);
+    } catch {
+      return hash;
+    }
     try {
       const ch = await this.store.getChannel(id);
       const chain = ch ? await this.chainChannel(id) : undefined; // unread: the next payment's checks resync it

@@ -182,17 +182,17 @@ export async function connect(opts: BrowserPayerOptions) {
     refund: (url: string) => requestRefund(fetch.bind(globalThis), payer, url),
     /**
      * The timed withdrawal, for when the payee does not cooperate: the wallet sends both transactions
-     * (they need gas). `start` asks for what is not owed to the payee (the balance above the charges, or
-     * what a backup's entry says was charged, or the chain's claimed total when higher); `finish` pays it
-     * out once the channel's withdraw delay has passed. Both take a channel id, a config, or a backup's
-     * channel entry (so they work after this browser's data is gone).
+     * (they need gas). `start` asks for everything unclaimed on chain (Payer.withdrawable; without a chain
+     * reader, the known balance above the known charges); `finish` pays out what is still unclaimed once
+     * the channel's withdraw delay has passed (the payee claims its charges meanwhile). Both take a channel
+     * id, a config, or a backup's channel entry (so they work after this browser's data is gone).
      */
     withdraw: {
       async start(target: WithdrawTarget, amount?: bigint): Promise<{ channelId: Hex; amount: bigint; txHash: Hex; finalizeAfter?: number }> {
         const { channelId, config, owed: charged, balance: stored } = await resolveTarget(target);
         let wanted = amount;
         if (wanted === undefined) {
-          if (publicClient) wanted = await withdrawer.withdrawable(channelId, charged);
+          if (publicClient) wanted = await withdrawer.withdrawable(channelId);
           else wanted = stored !== undefined && stored > charged ? stored - charged : 0n;
         }
         if (wanted <= 0n) throw new TollwayError(`nothing to withdraw from channel ${channelId}`);

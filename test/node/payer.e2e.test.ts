@@ -1,15 +1,17 @@
 import { expect } from "chai";
 import express from "express";
 import fs from "node:fs";
+import v8 from "node:v8";
+import vm from "node:vm";
 import os from "node:os";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
-import { getAddress, keccak256, toHex, type LocalAccount, type Hex } from "viem";
+import { createPublicClient, getAddress, http, keccak256, toHex, type LocalAccount, type Hex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createPayer, type Payer } from "../../node/payer/payer";
 import { openPayerStore, MemoryPayerStore, type PayerStore } from "../../node/payer/store";
 import { wrapFetch, requestRefund } from "../../node/payer/fetch";
-import { PolicyError, ServerMisbehaviorError, TollwayError } from "../../node/protocol/errors";
+import { ChainError, PolicyError, ServerMisbehaviorError, TollwayError } from "../../node/protocol/errors";
 import { HEADERS, encodeBase64Json } from "../../node/protocol/wire";
 import { batchSettlementAbi } from "../../node/chain/abi";
 import { ClaimEngine } from "../../node/payee/claims";
@@ -612,16 +614,25 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect((await p.store.getChannel(channelId as Hex))!.charged).to.equal(39_999n);
   });
 
-  it("the caller's signal still stops a body that is arriving after the headers (the deadline covers only the headers)", async () => {
+  /** A paid-route body arriving slowly; the caller aborts after the headers, after garbage collections. */
+  async function abortBodyAfterGc(): Promise<string> {
     respond = (_req, res) => {
       res.write("first;");
       setTimeout(() => res.end("second"), 1_500);
     };
+    v8.setFlagsFromString("--expose-gc");
+    const gc = vm.runInNewContext("gc") as () => void;
     const caller = new AbortController();
     const res = await wrapFetch(fetch, payer())(url, { signal: caller.signal });
     expect(res.status).to.equal(200);
+    for (let i = 0; i < 3; i++) gc(); // some runtimes link a Request's signal to the caller's only weakly
+    await new Promise((r) => setTimeout(r, 20));
     caller.abort(new Error("reader closed the tab"));
-    expect(await res.text().then(() => "read to the end", (e: Error) => e.name)).to.be.oneOf(["AbortError", "Error"]);
+    return res.text().then(() => "read to the end", (e: Error) => e.name);
+  }
+
+  it("the caller's signal still stops a body that is arriving after the headers, also after a GC (the deadline covers only the headers)", async () => {
+    expect(await abortBodyAfterGc()).to.be.oneOf(["AbortError", "Error"]);
   });
 
   it("the request's own deadline: wrapFetch does not need AbortSignal.any (missing in Firefox < 124, Safari < 17.4)", async () => {
@@ -634,9 +645,32 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
       const aborted = new AbortController();
       aborted.abort(new Error("caller gave up"));
       expect(await wrapFetch(fetch, payer())(url, { signal: aborted.signal }).catch((e) => (e as Error).message)).to.equal("caller gave up");
+      expect(await abortBodyAfterGc()).to.be.oneOf(["AbortError", "Error"]);
     } finally {
       (AbortSignal as { any?: unknown }).any = any;
     }
+  });
+
+  it("a corrective 402 that only the chain could confirm, with the RPC down: a chain error, not the server's fault", async () => {
+    const p = createPayer({
+      account: privateKeyToAccount(keccak256(toHex("hostile-owner-rpc"))),
+      sessionKey: privateKeyToAccount(keccak256(toHex("hostile-session-rpc"))),
+      store: new MemoryPayerStore(),
+      chainId: 31337,
+      publicClient: createPublicClient({ transport: http("http://127.0.0.1:9", { retryCount: 0 }) }) as never,
+      policy: { maxPerRequest: 100_000n, allowedAssets: [token], allowedPayTo: [payTo] },
+    });
+    const r = { ...base, amount: 10_000n } as never;
+    const channelId = p.channelIdFor(r);
+    await p.store.putChannel({ channelId, config: p.configFor(r), network: "eip155:31337", charged: 30_000n, signedMax: 30_000n, balance: 1_000_000n, spent: 30_000n, updatedAt: Date.now() });
+    respond = send402(
+      [{ ...base, extra: { ...base.extra, channelState: { channelId, balance: "1000000", totalClaimed: "900000", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "900000" } } }],
+      "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+    );
+    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(err).to.be.instanceOf(ChainError);
+    expect(err.code).to.equal("invalid_batch_settlement_evm_rpc_read_failed");
+    expect(err).to.not.be.instanceOf(ServerMisbehaviorError);
   });
 
   it("a corrective 402 with a forged voucher proof -> ServerMisbehaviorError, no voucher for the claimed state", async () => {

@@ -9,6 +9,7 @@ import { hardhat } from "viem/chains";
 import { privateKeyToAccount } from "viem/accounts";
 import { computeChannelId, escrowDomain } from "../../node/protocol/typedData";
 import { clientsFor } from "../helpers/chainNode";
+import { ClaimEngine } from "../../node/payee/claims";
 import { startChain, startPayee } from "../helpers/payeeHarness";
 import { launchChromium } from "../helpers/browser";
 
@@ -152,8 +153,11 @@ describe("browser payer: one session key per browser, and a way back to the depo
       }, saved);
       expect(started.key).to.not.equal(saved.config.payerAuthorizer);
       expect(started.channels).to.equal(0);
-      expect(started.amount).to.equal("190000"); // the payee's 0.01 stays claimable
+      expect(started.amount).to.equal("200000"); // everything unclaimed: the escrow pays out only what is still unclaimed at finalize
 
+      // During the delay the payee claims its 0.01 (a Tollway node's watcher does this on its own).
+      const claimed = await new ClaimEngine(node.payee, { onShutdown: false }).claim();
+      expect(claimed.failed).to.deep.equal([]);
       await ctx.testClient.increaseTime({ seconds: saved.config.withdrawDelay + 1 });
       await ctx.testClient.mine({ blocks: 1 });
       await page.evaluate(async (entry) => {

@@ -47,7 +47,7 @@ export async function withdraw(target: string, o: PayerCliOptions & { finalize?:
       out.write(o.json ? JSON.stringify({ finalized: hash }) + "\n" : `withdrawal finalized: ${hash}\n`);
     } else {
       const amount = await ctx.payer.withdrawable(id);
-      if (amount === 0n) throw new ExitError(ExitCodes.usage, "nothing to withdraw: the channel's balance is what you owe the payee");
+      if (amount === 0n) throw new ExitError(ExitCodes.usage, "nothing to withdraw: the channel has no unclaimed balance");
       const hash = await ctx.payer.initiateWithdraw(config, amount);
       out.write(o.json ? JSON.stringify({ initiated: hash, amount: amount.toString(), delaySeconds: config.withdrawDelay }) + "\n" : `withdrawal of ${ctx.fmt(amount)} initiated (${hash}); finalize after ${config.withdrawDelay} s with --finalize\n`);
     }
