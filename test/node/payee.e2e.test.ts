@@ -33,11 +33,12 @@ function onFirstSocketWrite(res: import("express").Response, observe: () => void
   } as typeof sock.write;
   res.once("finish", () => void (sock.write = sockWrite));
 }
-const routes = { "GET /articles/:id": { price: "$0.01" }, "GET /fail": "$0.01", "GET /metered": "$0.05", "GET /relocals": "$0.01", "GET /late-charge": "$0.05" } as const;
+const routes = { "GET /cached/:id": "$0.01", "GET /articles/:id": { price: "$0.01" }, "GET /fail": "$0.01", "GET /metered": "$0.05", "GET /relocals": "$0.01", "GET /late-charge": "$0.05" } as const;
 /** What charge() did when /late-charge called it after its answer had started. */
 const lateCharge: string[] = [];
 function install(app: import("express").Express) {
   app.get("/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
+  app.get("/cached/:id", (req, res) => void res.set("Cache-Control", "private, max-age=60").send(`cached ${req.params.id}`));
   app.get("/fail", (_req, res) => void res.status(500).send("boom"));
   // a handler that replaces res.locals (some view engines and middleware do)
   app.get("/relocals", (_req, res) => {
@@ -108,6 +109,7 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
       expect(r.status, r.text).to.equal(200);
       expect(r.text).to.equal(`article ${i}`);
       expect(r.paymentResponse.extra.chargedAmount).to.equal("10000");
+      expect(r.res.headers.get("cache-control")).to.equal("no-store"); // a paid answer is this payer's alone
       charged += PRICE;
       expect(r.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal(charged.toString());
     }
@@ -115,6 +117,12 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     const fail = await payWith(`${node.url}/fail`, await payer.voucherHeader(accept, charged + PRICE));
     expect(fail.status).to.equal(500);
     expect(fail.paymentResponse).to.equal(undefined);
+    // A handler's own Cache-Control is kept.
+    const cachedAccept = (await fetchRequirements(`${node.url}/cached/1`)).accept;
+    const cached = await payWith(`${node.url}/cached/1`, await payer.voucherHeader(cachedAccept, charged + PRICE));
+    expect(cached.status, cached.text).to.equal(200);
+    expect(cached.res.headers.get("cache-control")).to.equal("private, max-age=60");
+    charged += PRICE;
     // replaying an acknowledged voucher is refused with a corrective 402
     const replay = await payWith(`${node.url}/articles/5`, await payer.voucherHeader(accept, charged));
     expect(replay.status).to.equal(402);
