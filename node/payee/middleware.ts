@@ -255,10 +255,11 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
         }
         const body: PaymentResponseBody = await payee.commit(reservation, amount, { route: routeKey, resource: req.originalUrl });
         res.setHeader(HEADERS.paymentResponse, encodeBase64Json(body));
-        // A paid answer is this payer's: not for a shared cache (free content for the next reader), nor for
-        // the payer's own cache (a stale PAYMENT-RESPONSE replayed on its next payment). A handler that
-        // sets its own Cache-Control keeps it.
-        if (!res.hasHeader("Cache-Control")) res.setHeader("Cache-Control", "no-store");
+        // A paid answer is this payer's and this payment's: not for a shared cache (free content for the
+        // next reader), nor for the payer's own (a stale PAYMENT-RESPONSE replayed into its next payment,
+        // which the payer must refuse). Always no-store, whatever the handler, express.static or an
+        // upstream set.
+        res.setHeader("Cache-Control", "no-store");
         try {
           options.onPaid?.(routeKey, amount, Number(process.hrtime.bigint() - started) / 1000);
         } catch (err) {

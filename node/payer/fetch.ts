@@ -70,7 +70,7 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
   return async function tollwayFetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
     const original = new Request(input, init);
     // The caller's own signal (the copy on `original` is linked to it only weakly by undici).
-    const callerSignal = init?.signal ?? (input instanceof Request ? input.signal : undefined);
+    const callerSignal = init && "signal" in init ? init.signal : input instanceof Request ? input.signal : undefined;
     const key = routeKey(original);
     const collection = collectionKey(original);
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;

@@ -508,6 +508,8 @@ export class Payer {
       const ch = await this.store.getChannel(id);
       const chain = ch ? await this.chainChannel(id) : undefined; // unread: the next payment's checks resync it
       if (ch && chain) await this.store.putChannel({ ...ch, balance: chain.balance, updatedAt: Date.now() });
+    } catch {
+      // The withdrawal is done either way: the stored balance is resynchronised by the next payment's checks.
     } finally {
       release();
     }

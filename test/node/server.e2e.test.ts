@@ -43,7 +43,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   before(async () => {
     ctx = await startChain();
     const up = express();
-    up.get("/api/ok/:id", (req, res) => void res.json({ id: req.params.id, from: "upstream" }));
+    up.get("/api/ok/:id", (req, res) => void res.set("Cache-Control", "public, max-age=3600").json({ id: req.params.id, from: "upstream" }));
     up.get("/api/broken", (_req, res) => void res.status(502).send("bad gateway"));
     up.get("/base/*", (req, res) => void res.set("X-Upstream", "base").json({ url: req.originalUrl, host: req.headers.host, signature: req.headers["payment-signature"] ?? null, authorization: req.headers.authorization ?? null }));
     up.get("/admin", (_req, res) => void res.send("upstream admin"));
@@ -203,6 +203,8 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const first = await payWith(`${node.url}/api/ok/1`, await payer.depositHeader(accept, 1_000_000n, 20_000n));
     expect(first.status, first.text).to.equal(200);
     expect(JSON.parse(first.text)).to.deep.equal({ id: "1", from: "upstream" });
+    // The upstream's "public" caching does not reach a paid answer: a shared cache must not keep it.
+    expect(first.res.headers.get("cache-control")).to.equal("no-store");
     const broken = await payWith(`${node.url}/api/broken`, await payer.voucherHeader(accept, 40_000n));
     expect(broken.status).to.equal(502);
     expect(broken.paymentResponse).to.equal(undefined);
