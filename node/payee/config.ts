@@ -11,6 +11,7 @@ import { loadPrivateKey } from "../chain/keys";
 import { ConfigError } from "../protocol/errors";
 import { addressSchema } from "../protocol/wire";
 import { routePattern } from "./middleware";
+import { DEFAULT_RISK_WINDOW_MS } from "./payee";
 
 const priceSchema = z.union([z.string().regex(/^\$?\d+(\.\d+)?$/, 'a price like "$0.01"'), z.bigint()]);
 
@@ -106,7 +107,7 @@ export const nodeConfigSchema = z
     /** Bearer token for /facilitator only (given to the x402 servers that use this node as facilitator). */
     facilitatorToken: tokenSchema("facilitatorToken").optional(),
     facilitator: z.boolean().default(true),
-    riskWindowMs: z.number().int().positive().default(300_000),
+    riskWindowMs: z.number().int().positive().default(DEFAULT_RISK_WINDOW_MS),
     /** How often the chain watcher polls the escrow's events (ms). */
     pollIntervalMs: z.number().int().min(50).default(2_000),
     /** Most blocks the watcher asks for in one eth_getLogs (RPC providers cap the range). */

@@ -112,7 +112,7 @@ export type PaymentResponseBody = {
  */
 const PAYER_CODE_TTL_MS = 30_000;
 /** How stale the chain view may be before new charges are refused, unless configured (ms). */
-const DEFAULT_RISK_WINDOW_MS = 300_000;
+export const DEFAULT_RISK_WINDOW_MS = 300_000;
 
 export class Payee {
   readonly locks = new ChannelLocks();

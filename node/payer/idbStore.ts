@@ -19,7 +19,7 @@ function toJson(v: unknown): string {
 }
 
 /** Opens (creating) the IndexedDB database `name` with stores for channels, routes and keys. */
-export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<PayerStore & { getKey(id: string): Promise<string | undefined>; putKey(id: string, v: string): Promise<void> }> {
+export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<PayerStore & { getOrCreateKey(id: string, make: () => string): Promise<{ key: string; created: boolean }> }> {
   const open = indexedDB.open(name, 1);
   open.onupgradeneeded = () => {
     const db = open.result;
@@ -68,7 +68,29 @@ export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<P
     async close() {
       db.close();
     },
-    getKey: (id) => get("keys", id),
-    putKey: (id, v) => put("keys", id, v),
+    /**
+     * The key `id`, created with `make` on first use. Read and created in one readwrite transaction
+     * (IndexedDB runs those one at a time per store, across tabs), so two tabs opening together on a first
+     * visit end with one key, never one each with the last write winning; `add` never overwrites one.
+     */
+    getOrCreateKey: (id, make) =>
+      new Promise((resolve, reject) => {
+        // "strict": the key is on disk before it signs anything (a voucher it signed must stay signable).
+        const tx = db.transaction("keys", "readwrite", { durability: "strict" } as IDBTransactionOptions);
+        const keys = tx.objectStore("keys");
+        let result: { key: string; created: boolean } | undefined;
+        const read = keys.get(id);
+        read.onsuccess = () => {
+          if (typeof read.result === "string") {
+            result = { key: read.result, created: false };
+            return;
+          }
+          const fresh = make();
+          keys.add(fresh, id);
+          result = { key: fresh, created: true };
+        };
+        tx.oncomplete = () => resolve(result!);
+        tx.onabort = () => reject(tx.error);
+      }),
   };
 }

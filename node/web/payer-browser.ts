@@ -109,7 +109,10 @@ export async function connect(opts: BrowserPayerOptions) {
   let key: Hex;
   try {
     store = await openIndexedDbPayerStore(dbName);
-    key = await sessionKey(dbName);
+    // One key per wallet, also when two tabs open together on a first visit (getOrCreateKey is atomic).
+    const session = await store.getOrCreateKey("session", generatePrivateKey);
+    if (session.created) persistStorage();
+    key = session.key as Hex;
   } catch (cause) {
     // No silent fallback to memory: a channel whose key and state vanish on reload strands its deposit.
     throw new TollwayError("this browser does not let the page keep a payment channel (IndexedDB is unavailable)", { cause });
@@ -214,61 +217,10 @@ export async function connect(opts: BrowserPayerOptions) {
   };
 }
 
-/**
- * The session key of database `dbName`, created on first use. Read and created in one readwrite
- * transaction (IndexedDB runs those one at a time per store), so two tabs — or two `connect` calls in
- * one page — opening together on a first visit end with one key, never one each with the last write
- * winning. `add` refuses to overwrite a key should another writer get there first; the key is then read
- * back. A new key asks the browser to keep the site's storage (best effort): losing it loses the key.
- */
-async function sessionKey(dbName: string): Promise<Hex> {
-  const db = await request(indexedDB.open(dbName));
-  try {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const { key, created } = await readOrCreate(db);
-        if (created) persistStorage();
-        return key;
-      } catch (e) {
-        if ((e as DOMException | null)?.name !== "ConstraintError" || attempt > 0) throw e;
-      }
-    }
-  } finally {
-    db.close();
-  }
-}
-
-function readOrCreate(db: IDBDatabase): Promise<{ key: Hex; created: boolean }> {
-  return new Promise((resolve, reject) => {
-    // "strict": the key is on disk before it signs anything (a voucher it signed must stay signable).
-    const tx = db.transaction("keys", "readwrite", { durability: "strict" } as IDBTransactionOptions);
-    const keys = tx.objectStore("keys");
-    let result: { key: Hex; created: boolean } | undefined;
-    const read = keys.get("session");
-    read.onsuccess = () => {
-      if (typeof read.result === "string") {
-        result = { key: read.result as Hex, created: false };
-        return;
-      }
-      const fresh = generatePrivateKey();
-      keys.add(fresh, "session");
-      result = { key: fresh, created: true };
-    };
-    tx.oncomplete = () => resolve(result!);
-    tx.onabort = () => reject(tx.error);
-  });
-}
-
+/** Asks the browser to keep the site's storage (best effort): losing it loses the session key. */
 function persistStorage() {
   const storage = (globalThis as { navigator?: { storage?: { persist?: () => Promise<boolean> } } }).navigator?.storage;
   void storage?.persist?.().catch(() => false);
-}
-
-function request<T>(r: IDBRequest<T>): Promise<T> {
-  return new Promise((resolve, reject) => {
-    r.onsuccess = () => resolve(r.result);
-    r.onerror = () => reject(r.error);
-  });
 }
 
 /**

@@ -52,30 +52,32 @@ describe("transaction sender (hardhat node)", function () {
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 2);
   });
 
-  it("a send whose RPC answer is lost after the node took the transaction is not sent again with another nonce", async () => {
-    const account = ctx.payers[1]!;
+  /**
+   * One approve through a TxSender whose RPC loses the answer to the first send (and `meddle` adds more
+   * faults): the transaction is on chain once, with one nonce.
+   */
+  async function sendsOnceLosingAnswers(payer: number, amount: bigint, meddle: (publicClient: ReturnType<typeof clientsFor>["publicClient"]) => void = () => undefined) {
+    const account = ctx.payers[payer]!;
     const { publicClient, walletClient } = clientsFor(ctx.chain.url, account);
     const sent = loseAnswers(walletClient);
+    meddle(publicClient);
     const sender = new TxSender(publicClient as never, walletClient as never);
     const before = await publicClient.getTransactionCount({ address: account.address });
-    const ok = await sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 3n] });
+    const ok = await sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, amount] });
     expect(ok.receipt.status).to.equal("success");
     expect(sent.count).to.equal(1);
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
+  }
+
+  it("a send whose RPC answer is lost after the node took the transaction is not sent again with another nonce", async () => {
+    await sendsOnceLosingAnswers(1, 3n);
   });
 
   it("even when the lookup right after a lost answer fails too, the next attempt finds the signed transaction instead of sending another", async () => {
-    const account = ctx.payers[2]!;
-    const { publicClient, walletClient } = clientsFor(ctx.chain.url, account);
-    const sent = loseAnswers(walletClient);
-    const getTransaction = publicClient.getTransaction.bind(publicClient);
-    let lookups = 0;
-    (publicClient as { getTransaction: unknown }).getTransaction = (a: never) => (++lookups === 1 ? Promise.reject(new Error("rpc flake")) : getTransaction(a));
-    const sender = new TxSender(publicClient as never, walletClient as never);
-    const before = await publicClient.getTransactionCount({ address: account.address });
-    const ok = await sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 4n] });
-    expect(ok.receipt.status).to.equal("success");
-    expect(sent.count).to.equal(1);
-    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
+    await sendsOnceLosingAnswers(2, 4n, (publicClient) => {
+      const getTransaction = publicClient.getTransaction.bind(publicClient);
+      let lookups = 0;
+      (publicClient as { getTransaction: unknown }).getTransaction = (a: never) => (++lookups === 1 ? Promise.reject(new Error("rpc flake")) : getTransaction(a));
+    });
   });
 });

@@ -1,8 +1,4 @@
 import { expect } from "chai";
-import express from "express";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { erc20Abi, type Address, type Hex, type LocalAccount } from "viem";
 import { hardhat } from "viem/chains";
@@ -10,10 +6,7 @@ import { privateKeyToAccount } from "viem/accounts";
 import { computeChannelId, escrowDomain } from "../../node/protocol/typedData";
 import { clientsFor } from "../helpers/chainNode";
 import { ClaimEngine } from "../../node/payee/claims";
-import { startChain, startPayee } from "../helpers/payeeHarness";
-import { launchChromium } from "../helpers/browser";
-
-const { buildWeb } = require("../../scripts/build-web.js") as { buildWeb(outdir: string): Promise<string> };
+import { startBrowserHarness } from "../helpers/browser";
 
 // An injected EIP-1193 wallet stand-in: the test's key signs, everything else goes to the test's chain.
 const PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Tollway session key test</title></head>
@@ -50,26 +43,16 @@ function countPersistCalls() {
 
 describe("browser payer: one session key per browser, and a way back to the deposit without the publisher", function () {
   this.timeout(240_000);
-  let ctx: Awaited<ReturnType<typeof startChain>>;
-  let node: Awaited<ReturnType<typeof startPayee>>;
+  let h: Awaited<ReturnType<typeof startBrowserHarness>>;
+  let ctx: typeof h.ctx;
+  let node: typeof h.node;
   let browser: Browser;
 
   before(async () => {
-    const outdir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-web-"));
-    const bundle = await buildWeb(outdir);
-    ctx = await startChain();
-    node = await startPayee(ctx, { "GET /articles/:id": "$0.01" }, (app) => {
-      app.get("/articles/:id", (req, res) => void res.type("text/plain").send(`article ${req.params.id}`));
-      app.get("/page.html", (_req, res) => void res.type("html").send(PAGE));
-      app.use(express.static(path.dirname(bundle)));
-    });
-    browser = await launchChromium();
+    h = await startBrowserHarness("/page.html", PAGE);
+    ({ ctx, node, browser } = h);
   });
-  after(async () => {
-    await browser?.close();
-    await node?.stop();
-    await ctx?.chain.stop();
-  });
+  after(async () => h?.stop());
 
   async function openPage(context: BrowserContext, wallet: LocalAccount): Promise<Page> {
     const page = await context.newPage();

@@ -1,14 +1,7 @@
 import { expect } from "chai";
-import express from "express";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import type { Browser } from "playwright-core";
 import { keccak256, toHex, type LocalAccount } from "viem";
-import { startChain, startPayee } from "../helpers/payeeHarness";
-import { artifactPath, launchChromium } from "../helpers/browser";
-
-const { buildWeb } = require("../../scripts/build-web.js") as { buildWeb(outdir: string): Promise<string> };
+import { artifactPath, startBrowserHarness } from "../helpers/browser";
 
 const PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Tollway browser payer test</title></head>
 <body><main><h1>Paid reading</h1><ol id="out"></ol></main>
@@ -50,26 +43,16 @@ const PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>
 
 describe("browser payer: headless Chromium pays for three resources (real node, real chain)", function () {
   this.timeout(240_000);
-  let ctx: Awaited<ReturnType<typeof startChain>>;
-  let node: Awaited<ReturnType<typeof startPayee>>;
+  let h: Awaited<ReturnType<typeof startBrowserHarness>>;
+  let ctx: typeof h.ctx;
+  let node: typeof h.node;
   let browser: Browser;
 
   before(async () => {
-    const outdir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-web-"));
-    const bundle = await buildWeb(outdir);
-    ctx = await startChain();
-    node = await startPayee(ctx, { "GET /articles/:id": "$0.01" }, (app) => {
-      app.get("/articles/:id", (req, res) => void res.type("text/plain").send(`article ${req.params.id}`));
-      app.get("/reader.html", (_req, res) => void res.type("html").send(PAGE));
-      app.use(express.static(path.dirname(bundle)));
-    });
-    browser = await launchChromium();
+    h = await startBrowserHarness("/reader.html", PAGE);
+    ({ ctx, node, browser } = h);
   });
-  after(async () => {
-    await browser?.close();
-    await node?.stop();
-    await ctx?.chain.stop();
-  });
+  after(async () => h?.stop());
 
   it("one wallet prompt for the deposit, none per paid request; state survives a reload", async () => {
     const wallet = ctx.payers[0] as LocalAccount;
