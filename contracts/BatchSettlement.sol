@@ -7,6 +7,7 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
 import {Multicall} from "@openzeppelin/contracts/utils/Multicall.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 import {IBatchSettlement} from "./interfaces/IBatchSettlement.sol";
@@ -48,7 +49,8 @@ contract BatchSettlement is IBatchSettlement, EIP712, Multicall, ReentrancyGuard
     struct PendingCredit {
         address receiver;
         address token;
-        uint128 amount;
+        // uint256: rows of several channels can sum past uint128 for a token whose supply exceeds it.
+        uint256 amount;
     }
 
     constructor() EIP712("x402 Batch Settlement", "1") {}
@@ -298,7 +300,7 @@ contract BatchSettlement is IBatchSettlement, EIP712, Multicall, ReentrancyGuard
             credit.receiver = receiver;
             credit.token = token;
         }
-        // Cannot overflow: the sum of a receiver's claims is bounded by the channel balances, all uint128.
+        // Cannot overflow: a batch has far fewer than 2^128 rows of at most 2^128 - 1 each.
         unchecked {
             credit.amount += delta;
         }
@@ -308,7 +310,8 @@ contract BatchSettlement is IBatchSettlement, EIP712, Multicall, ReentrancyGuard
     /// @dev Writes the summed claims of a run of rows to the receiver's totals.
     function _flushCredit(PendingCredit memory credit) private {
         if (credit.amount == 0) return;
-        receivers[credit.receiver][credit.token].totalClaimed += credit.amount;
+        // A sum past uint128 reverts (SafeCastOverflowedUintDowncast) rather than credit the receiver less.
+        receivers[credit.receiver][credit.token].totalClaimed += SafeCast.toUint128(credit.amount);
         credit.amount = 0;
     }
 

@@ -268,6 +268,22 @@ describe("BatchSettlement", () => {
       expect(await receiverState(f, receiver, f.usdc.address)).to.deep.equal({ totalClaimed: 600n, totalSettled: 0n });
     });
 
+    it("reverts SafeCastOverflowedUintDowncast when one batch's rows for a receiver sum past uint128, crediting nothing", async () => {
+      const f = await loadEscrow();
+      await f.usdc.write.mint([f.payer.account.address, 2n ** 128n]);
+      const half = 2n ** 127n;
+      const A = await openChannel(f, half, { salt: salt(71) });
+      const B = await openChannel(f, half, { salt: salt(72) });
+      const rows = [await claimRow(f, A.config, half), await claimRow(f, B.config, half)];
+      // Unchecked, the credit wrapped to 0: both channels claimed in full, the receiver credited nothing.
+      await expectRevert(f.escrow.write.claim([rows], { account: f.receiver.account }), "SafeCastOverflowedUintDowncast", [128, 2n ** 128n]);
+      expect(await channelState(f, A.id)).to.deep.equal({ balance: half, totalClaimed: 0n });
+      expect(await receiverState(f, f.receiver.account.address, f.usdc.address)).to.deep.equal({ totalClaimed: 0n, totalSettled: 0n });
+      // Each row alone fits.
+      await send(f, f.escrow.write.claim([[rows[0]]], { account: f.receiver.account }));
+      expect(await receiverState(f, f.receiver.account.address, f.usdc.address)).to.deep.equal({ totalClaimed: half, totalSettled: 0n });
+    });
+
     it("may be called by the receiverAuthorizer (Claimed.sender is the caller)", async () => {
       const f = await loadEscrow();
       const { config, id } = await openChannel(f, 1_000n);
