@@ -3,7 +3,7 @@
  * claimed funds with `settle`. One bad row never blocks a batch: each batch is simulated first and
  * failing rows are isolated by bisection, claimed around, and reported as an alert.
  */
-import { parseEventLogs, type Hex } from "viem";
+import { parseEventLogs, zeroAddress, type Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, readReceiver } from "../chain/escrow";
@@ -16,6 +16,13 @@ import type { Payee } from "./payee";
 export type ClaimStrategy = {
   /** Claim when a channel's unclaimed charges exceed this (atomic units). */
   threshold?: bigint;
+  /**
+   * The threshold for channels whose payer signs its own vouchers (payerAuthorizer = 0; default: `threshold`).
+   * The escrow checks those at claim time with the payer's code as it is then: a smart wallet, or an EOA that
+   * later delegates with EIP-7702, can stop honouring vouchers the node already served for. A lower
+   * threshold bounds what that can cost.
+   */
+  payerSignedThreshold?: bigint;
   /** Claim everything every N ms. */
   intervalMs?: number;
   /** Rows per claim transaction (default 100). */
@@ -213,7 +220,7 @@ export class ClaimEngine {
 
   /** Threshold strategy: call after each committed charge. */
   noteCharge(rec: ChannelRecord): void {
-    const t = this.opts.threshold;
+    const t = rec.config.payerAuthorizer === zeroAddress ? (this.opts.payerSignedThreshold ?? this.opts.threshold) : this.opts.threshold;
     if (t !== undefined && exposure(rec) > t && !this.urgent.has(rec.channelId)) {
       this.urgent.add(rec.channelId);
       void this.claim({ channels: [rec.channelId] }).catch((err) =>

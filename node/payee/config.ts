@@ -61,6 +61,7 @@ const listenSchema = z
 const claimsSchema = z
   .object({
     threshold: priceSchema.optional(),
+    payerSignedThreshold: priceSchema.optional(),
     intervalMs: z.number().int().positive().optional(),
     batchSize: z.number().int().min(1).max(500).default(100),
     onShutdown: z.boolean().default(true),

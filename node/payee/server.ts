@@ -147,6 +147,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   });
   const claims = new ClaimEngine(payee, {
     threshold: config.claims.threshold !== undefined ? parsePrice(config.claims.threshold, config.asset.decimals) : undefined,
+    payerSignedThreshold: config.claims.payerSignedThreshold !== undefined ? parsePrice(config.claims.payerSignedThreshold, config.asset.decimals) : undefined,
     intervalMs: config.claims.intervalMs,
     batchSize: config.claims.batchSize,
     onShutdown: config.claims.onShutdown,

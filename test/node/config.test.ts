@@ -52,14 +52,14 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
         {
           ...base,
           asset: { ...base.asset, decimals: 18 },
-          claims: { threshold: "$5", intervalMs: 600_000 },
+          claims: { threshold: "$5", payerSignedThreshold: "$0.10", intervalMs: 600_000 },
           routes: { "GET /a": "$0.01", "/b": { price: "$0.02", description: "b" } },
           proxy: { "POST /api/*": { upstream: "http://127.0.0.1:9", price: "$0.01", timeoutMs: 1000 } },
         },
         {},
       );
       expect(c.asset.decimals).to.equal(18);
-      expect(c.claims).to.deep.equal({ threshold: "$5", intervalMs: 600_000, batchSize: 100, onShutdown: true });
+      expect(c.claims).to.deep.equal({ threshold: "$5", payerSignedThreshold: "$0.10", intervalMs: 600_000, batchSize: 100, onShutdown: true });
       expect(c.proxy["POST /api/*"]!.timeoutMs).to.equal(1000);
       expect(c.listen).to.deep.equal({ host: "127.0.0.1", port: 4020 });
     });

@@ -628,6 +628,39 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     });
   }
 
+  it("threshold claims: a channel is claimed once its unclaimed charges pass the threshold, a payer-signed one (payerAuthorizer = 0) at its lower threshold", async () => {
+    let claims: ClaimEngine | undefined;
+    const second = await startPayee(ctx, routes as never, install, { onCharge: (rec) => claims?.noteCharge(rec) });
+    claims = new ClaimEngine(second.payee, { threshold: 25_000n, payerSignedThreshold: 5_000n, onShutdown: false });
+    class PayerSigns extends WirePayer {
+      override config(a: Accept) {
+        return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
+      }
+    }
+    const viaSessionKey = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("threshold-a"))), pad("0x7401", { size: 32 }));
+    const selfSigned = new PayerSigns(ctx.payers[5] as LocalAccount, ctx.payers[5] as LocalAccount, pad("0x7402", { size: 32 }));
+    const claimedOnChain = async (p: WirePayer) => (await readChannel(ctx.publicClient as never, CANONICAL_ADDRESSES.batchSettlement, p.channelId(accept))).totalClaimed;
+    async function until(p: WirePayer, total: bigint) {
+      for (let i = 0; i < 100 && (await claimedOnChain(p)) < total; i++) await new Promise((r) => setTimeout(r, 100));
+    }
+    try {
+      // Session-key channel: 10,000 and 20,000 stay below 25,000; the third charge (30,000) claims all 30,000.
+      expect((await payWith(`${second.url}/articles/1`, await viaSessionKey.depositHeader(accept, 1_000_000n, PRICE))).status).to.equal(200);
+      for (const total of [2n * PRICE, 3n * PRICE]) {
+        expect((await payWith(`${second.url}/articles/1`, await viaSessionKey.voucherHeader(accept, total))).status).to.equal(200);
+      }
+      await until(viaSessionKey, 3n * PRICE);
+      expect(await claimedOnChain(viaSessionKey)).to.equal(3n * PRICE); // had it fired at 20,000, 20,000 would be claimed
+      // Payer-signed channel: its first charge (10,000 > 5,000) is claimed at once.
+      expect((await payWith(`${second.url}/articles/2`, await selfSigned.depositHeader(accept, 1_000_000n, PRICE))).status).to.equal(200);
+      await until(selfSigned, PRICE);
+      expect(await claimedOnChain(selfSigned)).to.equal(PRICE);
+      await claims.stop();
+    } finally {
+      await second.stop();
+    }
+  });
+
   it("payerAuthorizer = 0: vouchers are checked as the escrow checks them: a payer address with code (an EIP-7702 delegation) is asked ERC-1271, its plain ECDSA signature refused", async () => {
     class PayerSigns extends WirePayer {
       override config(a: Accept) {
