@@ -55,6 +55,8 @@ const listenSchema = z
     port: z.number().int().min(0).max(65535).default(4020),
     /** Serve HTTPS with this PEM certificate (chain) and key (mode 0600), e.g. when bound beyond loopback. */
     tls: tlsSchema.optional(),
+    /** A client must send its request headers within this (slow-header connections are closed; node's default is 60 s). */
+    headersTimeoutMs: z.number().int().min(500).max(300_000).default(10_000),
   })
   .strict();
 

@@ -99,8 +99,9 @@ export function listenExpress(app: ExpressLikeApp, port: number, host = "127.0.0
 /**
  * Stops `server` without cutting requests in flight: it stops accepting connections, answers every
  * further request on a kept-alive connection with `Connection: close`, closes connections as they go
- * idle, and after `timeoutMs` cuts whatever is still open (a paid request cut that way is not charged:
- * its answer never started). Resolves once every connection is closed. For a payee this matters: a paid
+ * idle, and after `timeoutMs` cuts whatever is still open (a paid request cut that way before its
+ * charge was decided is not charged; one whose charge was already committed keeps it, and the payer's
+ * next voucher is answered with the corrective 402 that carries it). Resolves once every connection is closed. For a payee this matters: a paid
  * request that is mid-way when the operator restarts the node still gets its answer and its charge.
  */
 export function closeGracefully(server: Server, timeoutMs = 10_000): Promise<void> {

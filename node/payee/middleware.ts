@@ -50,7 +50,16 @@ export type MiddlewareOptions = {
 export type PaidRequestContext = {
   readonly reservation: Reservation;
   readonly route: string;
-  /** Charge less than the signed maximum (metered handlers). */
+  /**
+   * Charge less than the signed maximum (metered handlers). Call it before the first byte of the answer.
+   * Never throws (in an async express 4 handler a throw is an unhandled rejection that ends the node):
+   * an amount outside 0..maximum is clamped into it, above to the signed maximum and below 0 to 0, and
+   * anything that is not a bigint (a JS caller's number, say) counts as 0; each with a process warning
+   * (code TOLLWAY_CHARGE_CLAMPED). A call after the answer started is ignored with a warning
+   * (TOLLWAY_LATE_CHARGE).
+   * @param amount atomic units, 0..reservation.maxCharge
+   * @example res.locals.tollway.charge(tokens * RATE) // never more than the payer signed for
+   */
   charge(amount: bigint): void;
   /** The amount that will be committed. */
   readonly amount: bigint;
@@ -78,8 +87,16 @@ class PaidContext implements PaidRequestContext {
       });
       return;
     }
-    if (n < 0n || n > this.reservation.maxCharge) {
-      throw new PaymentError(ErrorCodes.chargeExceedsSignedCumulative, `charge ${n} is outside 0..${this.reservation.maxCharge}`);
+    const max = this.reservation.maxCharge;
+    if (typeof n !== "bigint" || n < 0n || n > max) {
+      // Clamped, not thrown, for the same reason as above. Above the maximum the payer signed for, the
+      // maximum is what it agreed to pay; below 0, or not an amount at all, nothing.
+      const clamped = typeof n === "bigint" && n > max ? max : 0n;
+      const why = typeof n === "bigint" ? `is outside 0..${max} (the signed maximum)` : `is not a bigint amount (a ${typeof n})`;
+      process.emitWarning(`charge(${String(n)}) on ${this.route} ${why}: ${clamped} is charged instead.`, {
+        code: "TOLLWAY_CHARGE_CLAMPED",
+      });
+      n = clamped;
     }
     this.#amount = n;
   }
@@ -172,6 +189,9 @@ export function sendPaymentRequired(
   res.json(body);
 }
 
+/** Longest path a ledger row records as its resource (the rest is cut). */
+const RESOURCE_MAX_LENGTH = 512;
+
 /**
  * Builds the payment middleware for `routes`, verified and committed by `payee`.
  * @example app.use(paymentMiddleware({ "GET /articles/:id": "$0.01" }, payee))
@@ -183,15 +203,24 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
 
   return async function tollwayPaymentMiddleware(req: Request, res: Response, next: NextFunction) {
     const path = req.path;
+    const method = req.method;
     let route: CompiledRoute | undefined;
     for (const r of compiled) {
-      // HEAD runs express's GET handlers: it pays as a GET.
-      if ((r.method === undefined || r.method === req.method || (req.method === "HEAD" && r.method === "GET")) && r.regex.test(path)) {
+      // HEAD runs express's GET handlers: it pays as a GET. A key without a method charges every method
+      // but a CORS preflight: a browser sends that without the payment, so charging it would shut
+      // cross-origin payers out. It is answered by the app (a cors middleware, express's automatic
+      // OPTIONS), unpaid; a key that names OPTIONS still charges it.
+      if (
+        (r.method === undefined ? !(method === "OPTIONS" && req.headers["access-control-request-method"] !== undefined) : r.method === method || (method === "HEAD" && r.method === "GET")) &&
+        r.regex.test(path)
+      ) {
         route = r;
         break;
       }
     }
     if (!route) return next();
+    // Read now: express changes req.baseUrl (and req.url) while the handler's routers run.
+    const mount = req.baseUrl;
     const started = process.hrtime.bigint();
     res.setHeader("Access-Control-Expose-Headers", EXPOSED_HEADERS);
     // Only 402 answers carry the URL: build it on demand, not on every paid request.
@@ -253,7 +282,11 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
           payee.release(reservation);
           return;
         }
-        const body: PaymentResponseBody = await payee.commit(reservation, amount, { route: routeKey, resource: req.originalUrl });
+        // The ledger keeps the path (with the mount point, if any) only: not the query string (a payer's
+        // tokens, and up to 16 KB of attacker-chosen text per row), and not past RESOURCE_MAX_LENGTH.
+        const full = mount === "" ? path : mount + path;
+        const resource = full.length > RESOURCE_MAX_LENGTH ? full.slice(0, RESOURCE_MAX_LENGTH) : full;
+        const body: PaymentResponseBody = await payee.commit(reservation, amount, { route: routeKey, resource });
         res.setHeader(HEADERS.paymentResponse, encodeBase64Json(body));
         // A paid answer is this payer's and this payment's: not for a shared cache (free content for the
         // next reader), nor for the payer's own (a stale PAYMENT-RESPONSE replayed into its next payment,
@@ -297,7 +330,9 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
 /**
  * Defers everything the handler writes until `decide(status)` has run (which commits the charge and
  * sets PAYMENT-RESPONSE), then lets it through. If the commit fails, the handler's response is dropped
- * and a 503 goes out instead: nothing is served that was not durably paid for.
+ * and a 503 goes out instead: nothing is served that was not durably paid for. If the status changes
+ * after the answer started (a handler that fails after its first write), the answer is cut and the
+ * charge stands, as for a stream broken after its first byte.
  *
  * Hot path (express responses): one small state object per response and the three methods installed
  * once on express's response prototype (no closures, no shape change per request); other responses
@@ -325,6 +360,7 @@ export function interceptResponse(
     // A pipelined response waiting behind another has no socket yet (and emits no 'close' if the
     // client goes): its request's socket is the one to watch.
     socket: res.socket ?? res.req?.socket ?? undefined,
+    status: 0,
     own: undefined,
   };
   // On the response itself, under a symbol: not in res.locals (handlers may replace that object) and
@@ -469,8 +505,8 @@ function holdOrPass(res: Response, method: AnyFn, args: unknown[], own: boolean)
   const st = (res as unknown as Record<symbol, Interception | undefined>)[kInterception];
   if (st === undefined || st.phase === DONE || (st.own !== undefined) !== own) return method.apply(res, args);
   if (method === st.writeHead) {
-    checkWriteHead(args);
-    res.statusCode = Number(args[0]) | 0;
+    if (st.phase === DECIDING) return writeHeadAfterStart(res, args);
+    args = holdWriteHead(res, args);
   } else {
     checkChunk(args[0], method === st.end);
   }
@@ -479,18 +515,43 @@ function holdOrPass(res: Response, method: AnyFn, args: unknown[], own: boolean)
   return method === st.write ? true : res;
 }
 
-function checkWriteHead(args: unknown[]) {
+/**
+ * A writeHead once the answer has started (a writeHead, write or end is held). To node the headers are
+ * not written yet (`_header` unset, headersSent false), so code that writes them only when they are
+ * not calls writeHead(statusCode) again: node's flushHeaders and _implicitHeader (the usual event-stream
+ * start `writeHead(200, {...}); flushHeaders()`), and wrappers such as compression's write. Replayed, that
+ * second call would throw ERR_HTTP_HEADERS_SENT after the charge: it is dropped, as those callers would
+ * not have made it had the headers been written. A writeHead that carries a message or headers is a
+ * real second writeHead, which node refuses: refused here too, in the handler, before the charge.
+ */
+function writeHeadAfterStart(res: Response, args: unknown[]): Response {
+  if (typeof args[1] === "string" || (args[2] ?? args[1]) != null) {
+    throw Object.assign(new Error("Cannot write headers after they are sent to the client"), { code: "ERR_HTTP_HEADERS_SENT" });
+  }
+  return res;
+}
+
+/**
+ * Checks a writeHead as node would (a call node refuses is refused at once: held, it would only fail
+ * after the charge) and returns the arguments to hold. Its headers are set now, as node's progressive
+ * path (a paid response always has headers already) sets them when it runs, and only the status and
+ * message are held: so the headers the middleware sets once the charge is committed (no-store,
+ * PAYMENT-RESPONSE) are not overwritten by the handler's when it is replayed.
+ */
+function holdWriteHead(res: Response, args: unknown[]): unknown[] {
   const code = Number(args[0]) | 0;
   if (code < 100 || code > 999) throw new RangeError(`Invalid status code: ${String(args[0])}`);
-  let i = 1;
-  if (typeof args[1] === "string") {
-    validateHeaderValue("statusMessage", args[1]);
-    i = 2;
+  const message = typeof args[1] === "string" ? args[1] : undefined;
+  if (message !== undefined) validateHeaderValue("statusMessage", message);
+  // As node reads writeHead(status[, message][, headers]).
+  const headers = message !== undefined ? args[2] : (args[2] ?? args[1]);
+  if (headers === undefined || headers === null || typeof headers !== "object") {
+    res.statusCode = code;
+    return args;
   }
-  const headers = args[i];
+  // All checked before anything is set: a refused writeHead leaves the response as it was.
   if (Array.isArray(headers)) {
-    // A paid response always has headers set already, so node takes its "progressive" path: a flat
-    // [name, value, ...] list of even length, each pair as setHeader would take it.
+    // A flat [name, value, ...] list of even length, each pair as setHeader takes it.
     if (headers.length % 2 !== 0) {
       throw Object.assign(new TypeError(`The argument 'headers' is invalid. Received ${JSON.stringify(headers)}`), { code: "ERR_INVALID_ARG_VALUE" });
     }
@@ -499,13 +560,18 @@ function checkWriteHead(args: unknown[]) {
       validateHeaderName(headers[k] as string);
       validateHeaderValue(headers[k] as string, headers[k + 1] as string);
     }
-  } else if (headers !== undefined && headers !== null && typeof headers === "object") {
-    for (const [name, value] of Object.entries(headers)) {
+    for (let k = 0; k < headers.length; k += 2) if (headers[k]) res.setHeader(headers[k] as string, headers[k + 1] as string);
+  } else {
+    const names = Object.keys(headers);
+    for (const name of names) {
       if (!name) continue;
       validateHeaderName(name);
-      validateHeaderValue(name, value as string);
+      validateHeaderValue(name, (headers as Record<string, unknown>)[name] as string);
     }
+    for (const name of names) if (name) res.setHeader(name, (headers as Record<string, string>)[name]!);
   }
+  res.statusCode = code;
+  return message === undefined ? [args[0]] : [args[0], message];
 }
 
 function checkChunk(chunk: unknown, isEnd: boolean) {
@@ -531,6 +597,8 @@ type Interception = {
   write: AnyFn;
   end: AnyFn;
   socket: Socket | undefined;
+  /** The status the charge was decided on (the answer's status when its first call was held). */
+  status: number;
   /** Our own-property wrappers, when held through own properties (put back only if still in place). */
   own: BaseMethods | undefined;
   /** performance.now() after which a handler that has not started its answer is cut off. */
@@ -561,13 +629,23 @@ function begin(res: Response, st: Interception) {
   if (st.phase !== OPEN) return;
   st.phase = DECIDING;
   if (st.deadline !== undefined) deadlines.delete(st);
-  st.decide(res.statusCode)
+  st.status = res.statusCode;
+  st.decide(st.status)
     .then(
       () => {
         restore(res, st);
         st.phase = DONE;
         const calls = st.pending;
         st.pending = [];
+        if (res.statusCode !== st.status) {
+          // The handler failed after its answer had started: express's error handler, seeing nothing
+          // sent, set a 500 and wrote its page, held behind the paid answer's first bytes. Plain express
+          // would cut the connection there; so does this. The charge, decided on the status the answer
+          // started with, is on disk, as for a stream broken after its first byte.
+          st.onReplayError(new TollwayError(`paid answer cut: its status changed from ${st.status} to ${res.statusCode} after it had started`));
+          res.destroy();
+          return;
+        }
         // Several held calls (headers, body chunks, end) leave in one writev, not one syscall each.
         const socket = calls.length > 2 ? res.socket : null;
         socket?.cork();
@@ -587,8 +665,11 @@ function begin(res: Response, st: Interception) {
         st.pending = [];
         const code = err instanceof PaymentError ? err.code : ErrorCodes.invalidPayment;
         res.statusCode = 503;
-        res.removeHeader("Content-Length");
-        res.removeHeader(HEADERS.paymentResponse);
+        res.statusMessage = "Service Unavailable";
+        // None of the handler's headers describe this answer (Content-Encoding would break its decoding,
+        // ETag and Cache-Control would let it be kept); the CORS ones stay so a browser payer can read it.
+        for (const name of res.getHeaderNames()) if (!name.startsWith("access-control-")) res.removeHeader(name);
+        res.setHeader("Cache-Control", "no-store");
         res.setHeader("Content-Type", "application/json");
         res.end(JSON.stringify({ error: code, message: "the payment could not be committed; nothing was charged" }));
       },

@@ -12,6 +12,7 @@ import {
   type Log,
   type PublicClient,
   type Transport,
+  encodeFunctionData,
   erc20Abi,
   getAddress,
   zeroAddress,
@@ -110,6 +111,8 @@ export type PaymentResponseBody = {
  * How long a payer's "has code" answer is reused: an EOA that gains code later (an EIP-7702 delegation)
  * is checked as the escrow checks it within this time.
  */
+/** ERC-1271's answer for a valid signature as a full return word: the selector, zero-padded. */
+const ERC1271_MAGIC_WORD = ERC1271_MAGIC_VALUE + "0".repeat(56);
 const PAYER_CODE_TTL_MS = 30_000;
 /** How stale the chain view may be before new charges are refused, unless configured (ms). */
 export const DEFAULT_RISK_WINDOW_MS = 300_000;
@@ -413,7 +416,7 @@ export class Payee {
    */
   async recordRefund(rec: ChannelRecord, hash: Hex, receipt: { logs: Log[]; gasUsed: bigint }): Promise<{ next: ChannelRecord; refunded: bigint; chain: OnchainChannel }> {
     const refunded = amountMoved(receipt.logs, "Refunded");
-    const chain = await readChannel(this.opts.publicClient, this.opts.escrow, rec.channelId);
+    const chain = await this.readBack(rec.channelId, `the refund (${hash})`);
     const next = this.withChain(rec, chain);
     await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount: refunded, gasUsed: receipt.gasUsed });
     if (chain.balance === chain.totalClaimed) await this.store.deleteChannel(rec.channelId);
@@ -541,14 +544,14 @@ export class Payee {
     if (!(await this.payerHasCode(c.payer))) {
       ok = (await recoverSignerAsync(digest, signature)) === c.payer.toLowerCase();
     } else {
+      // The whole first return word must be the selector, zero-padded, as OpenZeppelin's SignatureChecker
+      // requires (a decoded bytes4 would also take a word with trailing bytes that the escrow refuses).
       ok = await this.opts.publicClient
-        .readContract({
-          address: c.payer,
-          abi: erc1271Abi,
-          functionName: "isValidSignature",
-          args: [`0x${Buffer.from(digest).toString("hex")}`, signature],
+        .call({
+          to: c.payer,
+          data: encodeFunctionData({ abi: erc1271Abi, functionName: "isValidSignature", args: [`0x${Buffer.from(digest).toString("hex")}`, signature] }),
         })
-        .then((magic) => magic === ERC1271_MAGIC_VALUE)
+        .then(({ data }) => data !== undefined && data.length >= 66 && data.slice(0, 66).toLowerCase() === ERC1271_MAGIC_WORD)
         .catch(() => false);
     }
     if (!ok) throw new PaymentError(ErrorCodes.voucherSignature, "voucher signature is not valid for the payer (EOA or ERC-1271)");
@@ -718,6 +721,18 @@ export class Payee {
     }
   }
 
+  /**
+   * The channel read back after this node's own transaction. An RPC failure here is a 503 the client can
+   * retry, not a raw client error (its message would carry the RPC URL); the watcher mirrors the event.
+   */
+  private async readBack(channelId: Hex, what: string): Promise<OnchainChannel> {
+    try {
+      return await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
+    } catch (cause) {
+      throw new PaymentError(ErrorCodes.channelStateReadFailed, `${what} is on chain, but the channel could not be read back; retry shortly`, { cause, status: 503 });
+    }
+  }
+
   private async submitDeposit(p: DepositPayload, channelId: Hex, rec: ChannelRecord): Promise<{ txHash: Hex; amount: bigint; record: ChannelRecord }> {
     const auth = p.deposit.authorization.erc3009Authorization!;
     const collectorData = encodeErc3009CollectorData(auth);
@@ -729,7 +744,7 @@ export class Payee {
       simulationError: ErrorCodes.depositSimulationFailed,
       transactionError: ErrorCodes.depositTransactionFailed,
     });
-    const chain = await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
+    const chain = await this.readBack(channelId, `the deposit (${result.hash})`);
     const record = this.withChain(rec, chain);
     await this.store.putChannel(record);
     await this.store.appendHistory({

@@ -25,7 +25,7 @@ import type { NodeConfig } from "./config";
 import { adminRouter } from "./adminApi";
 import { closeGracefully, listenExpress } from "./httpServer";
 import { Facilitator, facilitatorRouter, requireBearer } from "./facilitator";
-import { paymentMiddleware, routePattern, type RoutesConfig } from "./middleware";
+import { paymentMiddleware, type PaidRequestContext, type RoutesConfig } from "./middleware";
 import { Payee } from "./payee";
 import { keccakReady, recoveryBackend } from "./recover";
 import { recoveryThreads } from "./recoverPool";
@@ -242,31 +242,44 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
       onError: (_route, err) => refused.inc({ code: (err as { code?: string }).code ?? "internal" }),
     }),
   );
-  for (const [key, p] of Object.entries(config.proxy)) {
-    // The payment middleware's own matcher: the proxy forwards exactly what the middleware charges for.
-    const { method = "GET", regex: pathRe } = routePattern(key);
-    const upstream = upstreamOf(p.upstream, p.timeoutMs);
+  // The proxy forwards by the route the payment middleware reserved for: what is charged is what is
+  // forwarded (a config route "GET /api/*" at $0.001 must not open a proxied "GET /api/premium/*" at $1),
+  // with no second matcher to disagree with the first.
+  const upstreams = new Map(Object.entries(config.proxy).map(([key, p]) => [key, upstreamOf(p.upstream, p.timeoutMs)]));
+  if (upstreams.size > 0) {
     app.use(async (req, res, next) => {
-      // HEAD is paid as a GET (routePattern): forwarded as one too.
-      if ((req.method !== method && !(req.method === "HEAD" && method === "GET")) || !pathRe.test(req.path)) return next();
-      // Never forward without a payment reservation (belt and braces: the matchers are the same).
-      if (res.locals.tollway === undefined) return next();
-      if (hasDotSegment(req.path)) {
-        // "/api/../admin" matches "/api/*" but an upstream that normalises paths would serve /admin:
-        // refused (a 4xx, so nothing is charged).
-        res.status(400).json({ error: "invalid_path", message: "a proxied path may not contain . or .. segments" });
+      const upstream = upstreams.get((res.locals.tollway as PaidRequestContext | undefined)?.route ?? "");
+      if (upstream === undefined) return next();
+      const target = req.originalUrl;
+      // Only a plain origin-form target goes out as it came: an absolute-form one ("http://vhost/api/x")
+      // would choose the upstream's virtual host, a "#" hides what follows from the route match, and
+      // "/api/../admin" (also encoded, or "..;") matches "/api/*" but an upstream that normalises paths
+      // would serve /admin. Refused with a 4xx, so nothing is charged.
+      if (!target.startsWith("/") || target.startsWith("//") || target.includes("#") || hasDotSegment(req.path)) {
+        res.status(400).json({ error: "invalid_path", message: "a proxied path must be a plain path without . or .. segments" });
         return;
       }
       await proxyTo(upstream, req, res, logger).catch(next);
     });
   }
   opts.install?.(app);
+  // Last: an error nothing else answered. Express's own handler would send its stack as HTML (a chain
+  // error's message carries the RPC URL, API key included) and print it past the log redaction.
+  app.use((err: unknown, req: Request, res: Response, _next: express.NextFunction) => {
+    logger.error({ err: errorSummary(err), method: req.method, path: req.path }, "unhandled error");
+    if (res.headersSent) return void res.destroy();
+    const status = (err as { status?: unknown })?.status;
+    if (typeof status === "number" && status >= 400 && status < 500) return void res.status(status).json({ error: "bad_request" });
+    res.status(500).json({ error: "internal_error", message: "the server could not answer this request" });
+  });
 
   // Requests and responses built on the app's prototypes: no per-request hidden classes (httpServer.ts).
   if (!tls && !isLoopback(config.listen.host)) {
     logger.warn({ host: config.listen.host }, "serving plain HTTP beyond loopback: bearer tokens and payments travel unencrypted (set listen.tls or put TLS in front)");
   }
-  const { server, url } = await listenExpress(app, config.listen.port, config.listen.host, tls ? { tls } : {});
+  // Slow-header connections are closed after headersTimeoutMs (checked every quarter of it, not node's 30 s).
+  const timeouts = { headersTimeout: config.listen.headersTimeoutMs, connectionsCheckingInterval: Math.max(250, config.listen.headersTimeoutMs / 4) };
+  const { server, url } = await listenExpress(app, config.listen.port, config.listen.host, tls ? { tls, ...timeouts } : timeouts);
   let stopping: Promise<void> | undefined;
   watcher.start();
   claims.start();
@@ -354,6 +367,20 @@ function isLoopback(host: string): boolean {
 }
 
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"]);
+/**
+ * Not taken from the client: an upstream behind the node trusts these from its proxy (IP allowlists, rate
+ * limits), so a payer could claim any address. The node sets X-Forwarded-For itself.
+ */
+const CLIENT_FORWARDING = new Set(["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"]);
+/** Not taken from the upstream: the payment middleware's own (an upstream's expose list would hide PAYMENT-RESPONSE from browsers). */
+const PAYMENT_OWNED = new Set(["access-control-expose-headers", "payment-response", "payment-required", "payment-signature"]);
+
+/** Hop-by-hop names: the fixed ones and those the message's own Connection header lists. */
+function hopByHop(connection: string | string[] | undefined): (name: string) => boolean {
+  if (connection === undefined) return (k) => HOP_BY_HOP.has(k);
+  const listed = new Set(String(connection).toLowerCase().split(",").map((x) => x.trim()));
+  return (k) => HOP_BY_HOP.has(k) || listed.has(k);
+}
 const agents = { "http:": new http.Agent({ keepAlive: true, maxSockets: 256 }), "https:": new https.Agent({ keepAlive: true, maxSockets: 256 }) };
 
 /**
@@ -363,10 +390,13 @@ const agents = { "http:": new http.Agent({ keepAlive: true, maxSockets: 256 }), 
  */
 type Upstream = { request: typeof http.request; agent: http.Agent; hostname: string; port: string; prefix: string; auth?: string; timeoutMs: number };
 
-/** A "." or ".." path segment, also percent-encoded or between backslashes (which some servers take for "/"). */
+/**
+ * A "." or ".." path segment, also percent-encoded, between backslashes (which some servers take for "/"),
+ * or followed by path parameters ("..;x", which Tomcat, Jetty and Spring read as "..").
+ */
 export function hasDotSegment(path: string): boolean {
   return path.split(/[/\\]|%2f|%5c/i).some((seg) => {
-    const s = seg.replace(/%2e/gi, ".");
+    const s = seg.replace(/%2e/gi, ".").replace(/(;|%3b).*$/i, "");
     return s === "." || s === "..";
   });
 }
@@ -431,11 +461,13 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
   return new Promise((resolve) => {
     const headers: Record<string, string | string[]> = {};
     const inbound = req.headers;
+    const inboundHop = hopByHop(inbound.connection);
     for (const k in inbound) {
       const v = inbound[k];
-      if (v === undefined || k === "host" || k === "payment-signature" || HOP_BY_HOP.has(k)) continue;
+      if (v === undefined || k === "host" || k === "payment-signature" || CLIENT_FORWARDING.has(k) || inboundHop(k)) continue;
       headers[k] = v;
     }
+    if (req.socket.remoteAddress) headers["x-forwarded-for"] = req.socket.remoteAddress;
     const options = {
       hostname: upstream.hostname,
       port: upstream.port,
@@ -463,9 +495,10 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
       const status = ur.statusCode ?? 502;
       res.status(status);
       const outbound = ur.headers;
+      const outboundHop = hopByHop(outbound.connection);
       for (const k in outbound) {
         const v = outbound[k];
-        if (v !== undefined && !HOP_BY_HOP.has(k)) res.setHeader(k, v);
+        if (v !== undefined && !outboundHop(k) && !PAYMENT_OWNED.has(k)) res.setHeader(k, v);
       }
       const declared = Number(ur.headers["content-length"]);
       const hasBody = req.method !== "HEAD" && status !== 204 && status !== 304 && status >= 200;
@@ -474,7 +507,16 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
       let received = 0;
       ur.on("data", (chunk: Buffer) => {
         if (!whole) {
-          res.write(chunk);
+          // Backpressure: a slow client must not make the node buffer the whole upstream body. The idle
+          // timer pauses with it (a slow reader is not a stalled upstream).
+          if (!res.write(chunk)) {
+            ur.pause();
+            up.setTimeout(0);
+            res.once("drain", () => {
+              up.setTimeout(upstream.timeoutMs);
+              ur.resume();
+            });
+          }
           return;
         }
         chunks.push(chunk);

@@ -2,7 +2,8 @@ import { expect } from "chai";
 import express from "express";
 import http from "node:http";
 import net, { type AddressInfo } from "node:net";
-import { interceptResponse, manageResponsePrototype } from "../../node/payee/middleware";
+import { gzipSync } from "node:zlib";
+import { interceptResponse, manageResponsePrototype, paymentMiddleware, type PaidRequestContext } from "../../node/payee/middleware";
 
 /** One express app on loopback whose single route runs `handle`; returns its URL and a closer. */
 async function serve(handle: (req: express.Request, res: express.Response) => void) {
@@ -134,5 +135,253 @@ describe("holding a paid response (interceptResponse)", () => {
     expect(await r.text()).to.equal("ok");
     await s.close();
     expect(result).to.deep.equal({ laterStillInPlace: true, laterCalls: 1 });
+  });
+});
+
+const A = "0x" + "11".repeat(20);
+
+/** A well-formed voucher PAYMENT-SIGNATURE; the fake payee below accepts any. */
+const voucherHeader = Buffer.from(
+  JSON.stringify({
+    x402Version: 2,
+    accepted: { scheme: "batch-settlement", network: "eip155:31337", amount: "10", asset: A, payTo: A, maxTimeoutSeconds: 60, extra: { receiverAuthorizer: A, withdrawDelay: 900 } },
+    payload: {
+      type: "voucher",
+      channelConfig: { payer: A, payerAuthorizer: A, receiver: A, receiverAuthorizer: A, token: A, withdrawDelay: 900, salt: "0x" + "00".repeat(32) },
+      voucher: { channelId: "0x" + "22".repeat(32), maxClaimableAmount: "10", signature: "0x" + "33".repeat(65) },
+    },
+  }),
+).toString("base64");
+
+/**
+ * A payee that authorizes every voucher for at most 10 and whose commit takes `commitMs` (an fsync):
+ * it records what the middleware asked of it in `events`.
+ */
+function fakePayee(events: string[], commitMs = 30, fail = false) {
+  return {
+    opts: { asset: { decimals: 6 } },
+    requirements: (amount: bigint) => ({ amount }),
+    authorize: async () => {
+      events.push("authorize");
+      return { channelId: "0x", payer: A, maxCharge: 10n, voucherMax: 10n, signature: "0x", settled: false };
+    },
+    commit: async (r: { settled: boolean }, amount: bigint, ctx: { route: string; resource: string }) => {
+      await new Promise((res) => setTimeout(res, commitMs));
+      if (fail) throw new Error("IO error: fsync failed");
+      r.settled = true;
+      events.push(`commit ${amount} ${ctx.resource}`);
+      return { success: true, transaction: "", network: "x", payer: A, amount: "", extra: { chargedAmount: String(amount), channelState: {} } };
+    },
+    release: (r: { settled: boolean }) => {
+      r.settled = true;
+      events.push("release");
+    },
+  };
+}
+
+/** An express app with the payment middleware over `routes` (a fake payee) and `install`'s handlers. */
+async function servePaid(routes: Record<string, string>, install: (app: express.Express) => void, payee: ReturnType<typeof fakePayee>, events: string[]) {
+  const app = express();
+  app.set("env", "test"); // express's error handler logs nothing
+  app.use(paymentMiddleware(routes, payee as never, { onError: (_route, err) => events.push(`onError ${(err as Error).message}`) }));
+  install(app);
+  const server = await new Promise<http.Server>((resolve) => {
+    const s = app.listen(0, "127.0.0.1", () => resolve(s));
+  });
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
+
+const paid = { headers: { "payment-signature": voucherHeader } };
+
+describe("paid answers through paymentMiddleware (a payee whose commit takes an fsync's time)", () => {
+  it("an event stream started with writeHead then flushHeaders is delivered whole after the charge", async () => {
+    const events: string[] = [];
+    const s = await servePaid({ "GET /x": "10" }, (app) =>
+      app.get("/x", (_req, res) => {
+        res.writeHead(200, { "Content-Type": "text/event-stream" });
+        res.flushHeaders(); // node calls writeHead(statusCode) again while the first is held
+        res.write("data: 1\n\n");
+        res.end("data: 2\n\n");
+      }), fakePayee(events, 5), events);
+    const r = await fetch(`${s.url}/x`, paid);
+    expect(r.status).to.equal(200);
+    expect(r.headers.get("content-type")).to.equal("text/event-stream");
+    expect(r.headers.get("payment-response")).to.not.equal(null);
+    expect(await r.text()).to.equal("data: 1\n\ndata: 2\n\n");
+    await s.close();
+    expect(events).to.deep.equal(["authorize", "commit 10 /x"]);
+  });
+
+  it("a wrapper that starts the headers itself on each write (as compression does) is delivered whole", async () => {
+    const events: string[] = [];
+    const s = await servePaid({ "GET /x": "10" }, (app) =>
+      app.get("/x", (_req, res) => {
+        const write = res.write;
+        res.write = function (this: express.Response, ...a: unknown[]) {
+          if (!(this as unknown as { _header?: string })._header) (this as unknown as { _implicitHeader(): void })._implicitHeader();
+          return (write as (...x: unknown[]) => boolean).apply(this, a);
+        } as typeof res.write;
+        res.write("a");
+        res.write("b");
+        res.end("c");
+      }), fakePayee(events, 5), events);
+    const r = await fetch(`${s.url}/x`, paid);
+    expect(r.status).to.equal(200);
+    expect(await r.text()).to.equal("abc");
+    await s.close();
+    expect(events).to.deep.equal(["authorize", "commit 10 /x"]);
+  });
+
+  it("a second writeHead with headers after the answer started throws in the handler, as node would, not after the charge", async () => {
+    const events: string[] = [];
+    const s = await servePaid({ "GET /x": "10" }, (app) =>
+      app.get("/x", (_req, res) => {
+        res.writeHead(200, { "Content-Type": "text/plain" });
+        try {
+          res.writeHead(200, { "X-Late": "1" });
+        } catch (err) {
+          events.push((err as { code?: string }).code ?? "threw");
+        }
+        res.end("ok");
+      }), fakePayee(events, 5), events);
+    const r = await fetch(`${s.url}/x`, paid);
+    expect(r.status).to.equal(200);
+    expect(r.headers.get("x-late")).to.equal(null);
+    expect(await r.text()).to.equal("ok");
+    await s.close();
+    expect(events).to.deep.equal(["authorize", "ERR_HTTP_HEADERS_SENT", "commit 10 /x"]);
+  });
+
+  it("a handler that fails after its first write while the charge is committed: the answer is cut, never a 500 carrying PAYMENT-RESPONSE", async () => {
+    const events: string[] = [];
+    const s = await servePaid({ "GET /x": "10" }, (app) =>
+      app.get("/x", (_req, res, next) => {
+        res.write("partial-");
+        next(new Error("boom")); // express's finalhandler sets 500 and writes its page: held too
+      }), fakePayee(events, 30), events);
+    const outcome = await fetch(`${s.url}/x`, paid).then(
+      async (r) => `status ${r.status} payment-response ${r.headers.get("payment-response") !== null} body ${await r.text().catch(() => "cut")}`,
+      () => "cut",
+    );
+    await s.close();
+    expect(outcome).to.equal("cut");
+    // Charged: the answer had started at 200 (as a stream broken after its first byte is).
+    expect(events.slice(0, 2)).to.deep.equal(["authorize", "commit 10 /x"]);
+    expect(events[2]).to.match(/^onError .*status changed from 200 to 500/);
+  });
+
+  it("charge() out of range never throws (an async handler's rejection would take the node down): clamped into 0..max with a warning", async () => {
+    const cases: Array<[unknown, string]> = [
+      [11n, "commit 10 /x"],
+      [-1n, "commit 0 /x"],
+      [5, "commit 0 /x"], // a JS caller's number is not an amount: charged nothing
+      [7n, "commit 7 /x"],
+    ];
+    const warnings: string[] = [];
+    const onWarning = (w: Error & { code?: string }) => void warnings.push(w.code ?? "");
+    process.on("warning", onWarning);
+    try {
+      for (const [n, expected] of cases) {
+        const events: string[] = [];
+        const s = await servePaid({ "GET /x": "10" }, (app) =>
+          app.get("/x", (_req, res) => {
+            (res.locals.tollway as PaidRequestContext).charge(n as bigint);
+            res.send("metered");
+          }), fakePayee(events, 1), events);
+        const r = await fetch(`${s.url}/x`, paid);
+        expect(r.status, String(n)).to.equal(200);
+        await s.close();
+        expect(events, String(n)).to.deep.equal(["authorize", expected]);
+      }
+      await new Promise((r) => setImmediate(r));
+    } finally {
+      process.removeListener("warning", onWarning);
+    }
+    expect(warnings).to.deep.equal(["TOLLWAY_CHARGE_CLAMPED", "TOLLWAY_CHARGE_CLAMPED", "TOLLWAY_CHARGE_CLAMPED"]);
+  });
+
+  it("a paid answer is always no-store, even with a Cache-Control given to writeHead (object or flat list)", async () => {
+    const forms: unknown[] = [{ "Cache-Control": "public, max-age=3600", "X-A": "1" }, ["Cache-Control", "public, max-age=3600", "X-A", "1"]];
+    for (const headers of forms) {
+      const events: string[] = [];
+      const s = await servePaid({ "GET /x": "10" }, (app) =>
+        app.get("/x", (_req, res) => {
+          (res.writeHead as (...a: unknown[]) => unknown)(201, "Made", headers);
+          res.end("paid content");
+        }), fakePayee(events, 1), events);
+      const r = await fetch(`${s.url}/x`, paid);
+      expect(r.status).to.equal(201);
+      expect(r.statusText).to.equal("Made");
+      expect(r.headers.get("cache-control"), JSON.stringify(headers)).to.equal("no-store");
+      expect(r.headers.get("x-a")).to.equal("1");
+      expect(await r.text()).to.equal("paid content");
+      await s.close();
+    }
+  });
+
+  it("a commit that fails answers a plain JSON 503: none of the handler's headers (gzip, ETag, caching) are left on it", async () => {
+    const events: string[] = [];
+    const s = await servePaid({ "GET /x": "10", "GET /y": "10" }, (app) => {
+      app.get("/x", (_req, res) => {
+        res.setHeader("Access-Control-Allow-Origin", "*"); // as a cors middleware sets it
+        res.setHeader("Content-Encoding", "gzip");
+        res.setHeader("ETag", '"v1"');
+        res.setHeader("Content-Disposition", "attachment");
+        res.end(gzipSync("paid content"));
+      });
+      app.get("/y", (_req, res) => {
+        res.writeHead(200, { "Content-Encoding": "gzip", "Cache-Control": "public, max-age=60" });
+        res.end(gzipSync("paid content"));
+      });
+    }, fakePayee(events, 1, true), events);
+    for (const path of ["/x", "/y"]) {
+      const r = await fetch(`${s.url}${path}`, paid);
+      expect(r.status, path).to.equal(503);
+      for (const name of ["content-encoding", "etag", "content-disposition", "payment-response"]) expect(r.headers.get(name), `${path} ${name}`).to.equal(null);
+      expect(r.headers.get("cache-control"), path).to.equal("no-store");
+      expect(r.headers.get("access-control-expose-headers"), path).to.match(/PAYMENT-RESPONSE/i);
+      if (path === "/x") expect(r.headers.get("access-control-allow-origin"), "CORS headers stay").to.equal("*");
+      expect(((await r.json()) as { error: string }).error, path).to.equal("invalid_payment");
+    }
+    await s.close();
+  });
+
+  it("a CORS preflight to a route key without a method passes through unpaid; any other OPTIONS is still charged", async () => {
+    const events: string[] = [];
+    const s = await servePaid({ "/x": "10", "OPTIONS /y": "10" }, (app) => {
+      app.get("/x", (_req, res) => void res.send("paid"));
+      app.options("/y", (_req, res) => void res.send("options"));
+    }, fakePayee(events, 1), events);
+    const preflight = { method: "OPTIONS", headers: { Origin: "http://elsewhere", "Access-Control-Request-Method": "GET" } };
+    const r = await fetch(`${s.url}/x`, preflight);
+    expect(r.status).to.equal(200); // express's automatic OPTIONS answer (Allow: GET, HEAD)
+    expect(r.headers.get("allow")).to.match(/GET/);
+    expect((await fetch(`${s.url}/x`, { method: "OPTIONS" })).status, "a plain OPTIONS").to.equal(402);
+    expect((await fetch(`${s.url}/y`, preflight)).status, "a route that names OPTIONS").to.equal(402);
+    expect((await fetch(`${s.url}/x`)).status).to.equal(402);
+    await s.close();
+    expect(events).to.deep.equal([]);
+  });
+
+  it("the ledger's resource is the path, without the query string, capped at 512 characters", async () => {
+    const events: string[] = [];
+    const s = await servePaid({ "GET /x/*": "10", "GET /r/y": "10" }, (app) => {
+      app.get("/x/*", (_req, res) => void res.send("ok"));
+      // answered inside a router: express has changed req.baseUrl by the time the charge is committed
+      app.use("/r", express.Router().get("/y", (_req, res) => void res.send("ok")));
+    }, fakePayee(events, 1), events);
+    expect((await fetch(`${s.url}/x/a?token=secret&pad=${"q".repeat(4000)}`, paid)).status).to.equal(200);
+    const long = `/x/${"p".repeat(600)}`;
+    expect((await fetch(`${s.url}${long}?q=1`, paid)).status).to.equal(200);
+    expect((await fetch(`${s.url}/r/y?q=1`, paid)).status).to.equal(200);
+    await s.close();
+    expect(events).to.deep.equal(["authorize", "commit 10 /x/a", "authorize", `commit 10 ${long.slice(0, 512)}`, "authorize", "commit 10 /r/y"]);
   });
 });

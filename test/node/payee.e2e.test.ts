@@ -687,4 +687,35 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
       await ctx.testClient.setCode({ address: payer.account.address, bytecode: "0x" });
     }
   });
+  it("payerAuthorizer = 0 and ERC-1271: the whole answer word must be the magic value, zero-padded, as the escrow requires", async () => {
+    class PayerSigns extends WirePayer {
+      override config(a: Accept) {
+        return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
+      }
+    }
+    const payer = new PayerSigns(ctx.payers[3] as LocalAccount, ctx.payers[3] as LocalAccount, pad("0x1271", { size: 32 }));
+    const payload = JSON.parse(Buffer.from(await payer.depositHeader(accept, 1_000_000n, PRICE), "base64").toString("utf8")).payload;
+    const auth = payload.deposit.authorization.erc3009Authorization;
+    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
+    const data = encodeErc3009CollectorData({ validAfter: BigInt(auth.validAfter), validBefore: BigInt(auth.validBefore), salt: auth.salt, signature: auth.signature });
+    const hash = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "deposit", args: [payer.config(accept), 1_000_000n, CANONICAL_ADDRESSES.erc3009DepositCollector, data], chain: null } as never);
+    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
+    // Code that answers every call with one 32-byte word: PUSH32 word, PUSH1 0, MSTORE, PUSH1 32, PUSH1 0, RETURN.
+    const answering = (word: string) => `0x7f${word}60005260206000f3` as const;
+    const channelId = payer.channelId(accept);
+    try {
+      await ctx.testClient.setCode({ address: payer.account.address, bytecode: answering("1626ba7e" + "00".repeat(27) + "01") });
+      const r = await payWith(`${node.url}/articles/3`, await payer.voucherHeader(accept, PRICE));
+      expect(r.status).to.equal(402);
+      expect(r.paymentRequired.error).to.equal("invalid_batch_settlement_evm_voucher_signature");
+      expect((await node.store.getChannel(channelId))?.chargedCumulative ?? 0n).to.equal(0n);
+      // The same voucher against a wallet whose word is exactly the magic value: accepted (a fresh signature,
+      // the node caches only accepted ones).
+      await ctx.testClient.setCode({ address: payer.account.address, bytecode: answering("1626ba7e" + "00".repeat(28)) });
+      const ok = await payWith(`${node.url}/articles/3`, await payer.voucherHeader(accept, PRICE));
+      expect(ok.status, ok.text).to.equal(200);
+    } finally {
+      await ctx.testClient.setCode({ address: payer.account.address, bytecode: "0x" });
+    }
+  });
 });

@@ -25,6 +25,18 @@ import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
 // Hardhat's well-known test account #1 (public test key, local chains only), derived from the test mnemonic.
 import { hardhatTestAccount } from "../helpers/chainNode";
 
+/** A GET with the request target exactly as given (fetch would normalise it) and any headers. */
+function rawGet(base: string, target: string, headers: Record<string, string>) {
+  return new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+    const u = new URL(base);
+    http.get({ host: u.hostname, port: u.port, path: target, headers }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    }).on("error", reject);
+  });
+}
+
 describe("payee node server: config, proxy, facilitator, metrics, access", function () {
   this.timeout(180_000);
   let ctx: Awaited<ReturnType<typeof startChain>>;
@@ -36,6 +48,8 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   /** Raw upstream connections that have closed. */
   const rawClosed = new Set<number>();
   let logText = "";
+  /** Bytes the /big/* upstream has written so far. */
+  let bigWritten = 0;
   const TOKEN = "test-admin-token-0123456789";
   const nodeKey = keccak256(toHex("tollway-test-node-key")); // a fresh local key, funded below
   const storePath = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-server-"));
@@ -45,7 +59,20 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const up = express();
     up.get("/api/ok/:id", (req, res) => void res.set("Cache-Control", "public, max-age=3600").json({ id: req.params.id, from: "upstream" }));
     up.get("/api/broken", (_req, res) => void res.status(502).send("bad gateway"));
-    up.get("/base/*", (req, res) => void res.set("X-Upstream", "base").json({ url: req.originalUrl, host: req.headers.host, signature: req.headers["payment-signature"] ?? null, authorization: req.headers.authorization ?? null }));
+    up.get("/base/*", (req, res) =>
+      void res
+        .set({ "X-Upstream": "base", "Access-Control-Expose-Headers": "X-Upstream" })
+        .json({ url: req.originalUrl, host: req.headers.host, signature: req.headers["payment-signature"] ?? null, authorization: req.headers.authorization ?? null, forwardedFor: req.headers["x-forwarded-for"] ?? null, realIp: req.headers["x-real-ip"] ?? null, hop: req.headers["x-hop"] ?? null }));
+    // 32 MiB without a length, written as fast as the connection to the node takes it.
+    up.get("/big/*", async (_req, res) => {
+      res.setHeader("Content-Type", "application/octet-stream");
+      const chunk = Buffer.alloc(64 * 1024, 7);
+      for (let i = 0; i < 512; i++) {
+        bigWritten += chunk.length;
+        if (!res.write(chunk)) await new Promise((r) => res.once("drain", r));
+      }
+      res.end();
+    });
     up.get("/admin", (_req, res) => void res.send("upstream admin"));
     upstream = await new Promise((r) => {
       const s = up.listen(0, "127.0.0.1", () => r(s));
@@ -113,10 +140,13 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       {
         ...localNodeConfig(ctx),
         storePath,
+        listen: { port: 0, headersTimeoutMs: 1_000 },
         adminToken: TOKEN,
-        routes: { "GET /paid/:id": "$0.01" },
+        routes: { "GET /paid/:id": "$0.01", "GET /mixed/*": "$0.01" },
         proxy: {
           "GET /api/*": { upstream: upUrl, price: "$0.02" },
+          "GET /mixed/premium/*": { upstream: `${upUrl}/base`, price: "$0.05" },
+          "GET /big/*": { upstream: upUrl, price: "$0.02", timeoutMs: 300 },
           "GET /pre/*": { upstream: `${upUrl}/base/`, price: "$0.02" },
           "GET /auth/*": { upstream: upUrl.replace("http://", "http://u%40x:p%3Aw@") + "/base", price: "$0.02" },
           "GET /flaky/*": { upstream: rawUrl, price: "$0.02" },
@@ -139,7 +169,11 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     node = await startPayeeNode(config, {
       key: nodeKey,
       logger: pino({ level: "debug" }, sink),
-      install: (app) => app.get("/paid/:id", (req, res) => void setTimeout(() => res.send(`paid ${req.params.id}`), Number(req.query.delay ?? 0))),
+      install: (app) => {
+        app.get("/paid/:id", (req, res) => void setTimeout(() => res.send(`paid ${req.params.id}`), Number(req.query.delay ?? 0)));
+        // An error nothing answers, worded as viem words a failed RPC request (with the URL's API key).
+        app.get("/boom", (_req, _res, next) => next(new Error("HTTP request failed.\n\nURL: https://rpc.example/v2/SECRET_RPC_KEY_42\nRequest body: {}")));
+      },
     });
   });
   after(async () => {
@@ -337,14 +371,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     // fetch would normalise "..": send the raw request line
     const voucher = await payer.voucherHeader(accept, 40_000n);
     for (const p of ["/api/../admin", "/api/%2e%2e/admin", "/api/..%2fadmin"]) {
-      const raw = await new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }>((resolve, reject) => {
-        const u = new URL(node.url);
-        http.get({ host: u.hostname, port: u.port, path: p, headers: { [HEADERS.paymentSignature]: voucher } }, (res) => {
-          let body = "";
-          res.on("data", (d) => (body += d));
-          res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-        }).on("error", reject);
-      });
+      const raw = await rawGet(node.url, p, { [HEADERS.paymentSignature]: voucher });
       expect(raw.status, `${p}: ${raw.body}`).to.equal(400);
       expect(raw.body).to.not.include("upstream admin");
       expect(raw.headers["payment-response"], p).to.equal(undefined);
@@ -353,6 +380,94 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const ok = await payWith(`${node.url}/api/ok/4`, voucher);
     expect(ok.status, ok.text).to.equal(200);
     expect(ok.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+  });
+
+  it("reverse proxy: only a plain path goes out (a '#', '..;' or an absolute-form target is refused uncharged); forwarding headers are the node's, not the client's; the upstream cannot hide PAYMENT-RESPONSE from browsers", async () => {
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-targets"))));
+    const accept = (await fetchRequirements(`${node.url}/pre/t`)).accept;
+    const first = await rawGet(node.url, "/pre/t", {
+      [HEADERS.paymentSignature]: await payer.depositHeader(accept, 1_000_000n, 20_000n),
+      "X-Forwarded-For": "10.0.0.1",
+      "X-Real-IP": "10.0.0.2",
+      Connection: "keep-alive, X-Hop",
+      "X-Hop": "drop me",
+    });
+    expect(first.status, first.body).to.equal(200);
+    expect(JSON.parse(first.body)).to.include({ forwardedFor: "127.0.0.1", realIp: null, hop: null });
+    expect(first.headers["access-control-expose-headers"]).to.include("PAYMENT-RESPONSE");
+    const voucher = await payer.voucherHeader(accept, 40_000n);
+    for (const target of ["/api/x#/../../admin", "/api/..;/admin", "/api/.%2e%3bx/admin", `http://internal-admin.example/api/ok/1`]) {
+      const raw = await rawGet(node.url, target, { [HEADERS.paymentSignature]: voucher });
+      expect(raw.status, `${target}: ${raw.body}`).to.equal(400);
+      expect(JSON.parse(raw.body).error, target).to.equal("invalid_path");
+      expect(raw.headers["payment-response"], target).to.equal(undefined);
+    }
+    const ok = await payWith(`${node.url}/pre/t2`, voucher);
+    expect(ok.status, ok.text).to.equal(200);
+    expect(ok.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+  });
+
+  it("reverse proxy: forwards by the route it charged for: a config route's price never opens a dearer proxied route under it", async () => {
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-mixed"))));
+    // "GET /mixed/*" ($0.01, no handler) comes first and takes /mixed/premium/x: it is not forwarded to the
+    // $0.05 upstream at $0.01 (a 404 from the app, uncharged).
+    const accept = (await fetchRequirements(`${node.url}/mixed/premium/x`)).accept;
+    expect(accept.amount).to.equal("10000");
+    const r = await payWith(`${node.url}/mixed/premium/x`, await payer.depositHeader(accept, 1_000_000n, 10_000n));
+    expect(r.status, r.text).to.equal(404);
+    expect(r.text).to.not.include("/base/");
+    expect(r.paymentResponse).to.equal(undefined);
+  });
+
+  it("reverse proxy: a client that stops reading holds the upstream back (backpressure), past the upstream idle timeout, and still gets the whole body", async () => {
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-big"))));
+    const accept = (await fetchRequirements(`${node.url}/big/1`)).accept;
+    const header = await payer.depositHeader(accept, 1_000_000n, 20_000n);
+    bigWritten = 0;
+    const u = new URL(node.url);
+    const result = await new Promise<{ status: number; received: number; writtenWhilePaused: number }>((resolve, reject) => {
+      http.get({ host: u.hostname, port: u.port, path: "/big/1", headers: { [HEADERS.paymentSignature]: header } }, (res) => {
+        let received = 0;
+        res.on("data", (d: Buffer) => (received += d.length));
+        res.pause();
+        // Read nothing for 1.5 s: five times the route's 300 ms upstream idle timeout.
+        setTimeout(() => {
+          const writtenWhilePaused = bigWritten;
+          res.resume();
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, received, writtenWhilePaused }));
+        }, 1_500);
+      }).on("error", reject);
+    });
+    expect(result.status).to.equal(200);
+    expect(result.received).to.equal(32 * 1024 * 1024);
+    // Socket buffers hold a few MiB at most; without backpressure the node took all 32 MiB into memory.
+    expect(result.writtenWhilePaused).to.be.below(12 * 1024 * 1024);
+  });
+
+  it("a connection that sends its headers too slowly is closed (listen.headersTimeoutMs)", async () => {
+    const u = new URL(node.url);
+    const sock = net.connect(Number(u.port), u.hostname);
+    const started = Date.now();
+    const outcome = await new Promise<string>((resolve) => {
+      sock.on("connect", () => sock.write("GET /health HTTP/1.1\r\nHost: x\r\n"));
+      sock.on("data", (d) => resolve(String(d).split("\r\n")[0]!));
+      sock.on("close", () => resolve("closed"));
+      setTimeout(() => resolve("still open"), 5_000);
+    });
+    sock.destroy();
+    expect(outcome).to.match(/^(HTTP\/1.1 408|closed)/);
+    expect(Date.now() - started).to.be.below(4_000);
+  });
+
+  it("an error no handler answered gets a JSON 500 without the error's text; the log has it without the RPC URL's secrets", async () => {
+    const r = await fetch(`${node.url}/boom`);
+    expect(r.status).to.equal(500);
+    expect(r.headers.get("content-type")).to.match(/^application\/json/);
+    const body = await r.text();
+    expect(JSON.parse(body).error).to.equal("internal_error");
+    expect(body).to.not.include("SECRET_RPC_KEY_42");
+    expect(logText).to.include("unhandled error");
+    expect(logText).to.not.include("SECRET_RPC_KEY_42");
   });
 
   it("facilitator /verify checks a voucher against the chain; /settle claims and settles", async () => {
@@ -519,7 +634,8 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   it("stop: a paid request in flight still gets its answer and its charge; then the node refuses connections, and a second stop is a no-op", async () => {
     const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-drain"))));
     const accept = (await fetchRequirements(`${node.url}/paid/d`)).accept;
-    expect((await payWith(`${node.url}/paid/d`, await payer.depositHeader(accept, 100_000n, 10_000n))).status).to.equal(200);
+    const dep = await payWith(`${node.url}/paid/d`, await payer.depositHeader(accept, 100_000n, 10_000n));
+    expect(dep.status, JSON.stringify(dep.paymentRequired)).to.equal(200);
     const slow = payWith(`${node.url}/paid/d?delay=400`, await payer.voucherHeader(accept, 20_000n));
     await new Promise((r) => setTimeout(r, 100));
     const stopped = node.stop();
@@ -534,8 +650,10 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const store = await ChannelStore.open(storePath);
     try {
       const rows: LedgerRow[] = [];
-      for await (const row of store.ledger()) if (row.resource === "/paid/d?delay=400") rows.push(row);
-      expect(rows.map((r) => r.amount)).to.deep.equal([10_000n]);
+      // The ledger keeps the path, not the query (a payer-chosen string of up to 16 KB per row): the first
+      // request and the one in flight at stop, each charged once.
+      for await (const row of store.ledger()) if (row.resource === "/paid/d" && row.payer.toLowerCase() === payer.account.address.toLowerCase()) rows.push(row);
+      expect(rows.map((r) => r.amount)).to.deep.equal([10_000n, 10_000n]);
     } finally {
       await store.close();
     }
