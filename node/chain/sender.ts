@@ -1,8 +1,10 @@
 /**
  * Serialized transaction submission for one key. Hardhat automine rejects nonce gaps and concurrent
- * sends from one key collide, so every transaction of a key goes through one queue: simulate, send
- * with an explicit nonce, wait for the receipt (and confirmations); retry transient failures with
- * backoff. A transaction counts as done only with a successful receipt.
+ * sends from one key collide, so every transaction of a key goes through one queue: simulate, sign at
+ * the next nonce, send, wait for the receipt (and confirmations); retry transient failures with
+ * backoff, re-price a transaction that is not mined. A call counts as done only with a successful
+ * receipt of a transaction it signed. Once signed, a call keeps its nonce: every transaction it signs
+ * shares that nonce, so at most one of them can execute.
  */
 import {
   type Abi,
@@ -17,10 +19,13 @@ import {
   type WalletClient,
   BaseError,
   ContractFunctionRevertedError,
+  TransactionNotFoundError,
+  TransactionReceiptNotFoundError,
   encodeFunctionData,
   keccak256,
+  maxUint256,
 } from "viem";
-import { ChainError, ErrorCodes, type ErrorCode } from "../protocol/errors";
+import { ChainError, ConfigError, ErrorCodes, type ErrorCode } from "../protocol/errors";
 
 export type SendParameters<abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">> = {
   address: Hex;
@@ -34,6 +39,19 @@ export type SendParameters<abi extends Abi, fn extends ContractFunctionName<abi,
 };
 
 export type SendResult = { hash: Hex; receipt: TransactionReceipt };
+
+export type TxSenderOptions = {
+  /** Send attempts after the first, for failures before the node has the transaction (default 3). */
+  retries?: number;
+  /** How long to wait for a sent transaction's receipt (ms); default 2 min + 1 min per confirmation. */
+  receiptTimeoutMs?: number;
+  /** A transaction not mined after this long (ms) is re-priced; default 30 s. */
+  repriceAfterMs?: number;
+  /** Re-pricings per call at most (default 3). */
+  maxReprices?: number;
+  /** The highest maxFeePerGas a re-pricing offers (wei); default none: each re-pricing follows the current estimate. */
+  maxFeePerGas?: bigint;
+};
 
 /** Name and args of a decoded contract revert, if the error is one. */
 export function decodeRevert(err: unknown): { errorName: string; args: readonly unknown[] } | undefined {
@@ -54,20 +72,52 @@ export function isRevert(err: unknown): boolean {
   return false;
 }
 
+/** A prepared transaction request; the nonce is fixed once signed. */
+type Request = { nonce: number; maxFeePerGas?: bigint; maxPriorityFeePerGas?: bigint };
+
+/** One call's transaction: the newest signed request and bytes, and the hash of every transaction signed for it. */
+type Pending = { request: Request; raw: Hex; signed: Hex[] };
+
+/** A fee raised by the 12.5% a node asks of a replacement (geth 10%), rounded up. */
+const raised = (fee: bigint): bigint => (fee * 9n + 7n) / 8n;
+const max = (a: bigint, b: bigint): bigint => (a > b ? a : b);
+const min = (a: bigint, b: bigint): bigint => (a < b ? a : b);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The first thing `lookup` finds for one of `hashes`, or undefined when it finds none. Only viem's
+ * not-found errors mean "not there"; any other error (429, timeout) is thrown, since it says nothing.
+ */
+async function firstFound<T>(hashes: readonly Hex[], lookup: (hash: Hex) => Promise<T>): Promise<T | undefined> {
+  for (const hash of hashes) {
+    try {
+      return await lookup(hash);
+    } catch (err) {
+      if (!(err instanceof TransactionNotFoundError || err instanceof TransactionReceiptNotFoundError)) throw err;
+    }
+  }
+  return undefined;
+}
+
 export class TxSender {
   private queue: Promise<unknown> = Promise.resolve();
   private nonce: number | undefined;
-  /** Transactions sent (for metrics). */
+  private readonly options: TxSenderOptions & Required<Pick<TxSenderOptions, "retries" | "repriceAfterMs" | "maxReprices">>;
+  /** Calls whose transaction went out (for metrics); a re-pricing is not another. */
   sent = 0;
+  /** Re-priced transactions signed (for metrics). */
+  repriced = 0;
 
   constructor(
     readonly publicClient: PublicClient<Transport, Chain>,
     readonly walletClient: WalletClient<Transport, Chain, Account>,
     private readonly confirmations = 0,
-    private readonly retries = 3,
-    /** How long to wait for a sent transaction's receipt (ms); default 2 min + 1 min per confirmation. */
-    private readonly receiptTimeoutMs?: number,
-  ) {}
+    options: TxSenderOptions = {},
+  ) {
+    // Signing here gives each transaction's hash before it is sent: the node can be asked whether it has it.
+    if (walletClient.account.type !== "local") throw new ConfigError("TxSender needs a local account (a private key): it signs every transaction itself");
+    this.options = { retries: 3, repriceAfterMs: 30_000, maxReprices: 3, ...options };
+  }
 
   get address(): Hex {
     return this.walletClient.account.address;
@@ -101,102 +151,126 @@ export class TxSender {
 
   private async sendNow<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(p: SendParameters<abi, fn>): Promise<SendResult> {
     await this.simulate(p);
-    // Sending is retried until a transaction hash exists; after that the same transaction is only waited
-    // for, never sent again (a second claim would be a no-op costing gas, a second refund would pay twice).
-    let hash: Hex | undefined;
-    let lastError: unknown;
-    // Every transaction signed for this call: before another attempt, one the node turns out to have is the send.
-    const signed: Hex[] = [];
-    for (let attempt = 0; attempt <= this.retries && hash === undefined; attempt++) {
-      try {
-        for (const h of signed) {
-          if (await this.publicClient.getTransaction({ hash: h }).then(() => true, () => false)) hash = h;
-        }
-        if (hash !== undefined) {
-          this.nonce = undefined;
-          break;
-        }
-        if (this.nonce === undefined) {
-          this.nonce = await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" });
-        }
-        hash = await this.sendOnce(p, this.nonce, signed);
-        this.nonce++;
-        this.sent++;
-      } catch (err) {
-        lastError = err;
-        this.nonce = undefined; // re-read the nonce after any send failure
-        if (attempt < this.retries) await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
-      }
-    }
-    if (hash === undefined) {
-      throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed after ${this.retries + 1} attempts`, {
-        cause: lastError,
-      });
-    }
-    const receipt = await this.waitForReceipt(hash, p);
+    const receipt = await this.confirm(await this.submit(p), p);
     if (receipt.status !== "success") {
       throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} reverted`, {
-        metaMessages: [`tx: ${hash}`],
+        metaMessages: [`tx: ${receipt.transactionHash}`],
       });
     }
-    return { hash, receipt };
+    return { hash: receipt.transactionHash, receipt };
   }
 
   /**
-   * Sends one transaction at `nonce`. With a local key it is signed here first, so its hash is known
-   * before it goes out: if the RPC call fails ambiguously (a timeout, "already known") but the node has
-   * the transaction, that hash is the send, and no second transaction goes out with another nonce.
+   * Signs the call at the next nonce and sends it, retrying failures with backoff. The next nonce is the
+   * higher of ours and the node's pending count: another process with this key moves it on, an RPC
+   * backend behind the others does not move it back. Once signed, the transaction is kept: a retry first
+   * asks the node for it (the answer was lost, "already known"; only "not found" means it lacks it, a
+   * failed lookup is another failure) and otherwise sends the same bytes again, never a transaction at
+   * another nonce (a second claim would cost gas for nothing, a second refund would pay twice).
    */
-  private async sendOnce(p: { address: Hex; abi: Abi; functionName: unknown; args: unknown; gas?: bigint }, nonce: number, signed: Hex[]): Promise<Hex> {
-    const account = this.walletClient.account;
-    const call = { address: p.address, abi: p.abi as Abi, functionName: p.functionName as string, args: p.args as readonly unknown[] };
-    if (account.type !== "local") {
-      return this.walletClient.writeContract({ ...call, nonce, gas: p.gas, chain: this.walletClient.chain, account });
-    }
-    const request = await this.walletClient.prepareTransactionRequest({
-      account,
-      chain: this.walletClient.chain,
-      to: p.address,
-      data: encodeFunctionData(call),
-      nonce,
-      gas: p.gas,
-    });
-    const serializedTransaction = await this.walletClient.signTransaction(request as never);
-    const hash = keccak256(serializedTransaction);
-    signed.push(hash);
-    try {
-      await this.walletClient.sendRawTransaction({ serializedTransaction });
-    } catch (err) {
-      const known = await this.publicClient.getTransaction({ hash }).catch(() => undefined);
-      if (!known) throw err;
-    }
-    return hash;
-  }
-
-  /**
-   * Waits for `hash` and its confirmations, riding out RPC errors, for up to `receiptTimeoutMs` (default
-   * 2 min plus a minute per confirmation). On timeout the transaction may still be mined: the error says
-   * so and names it, and it is not sent again.
-   */
-  private async waitForReceipt(hash: Hex, p: { functionName: unknown; transactionError?: ErrorCode }): Promise<TransactionReceipt> {
-    const deadline = Date.now() + (this.receiptTimeoutMs ?? 120_000 + 60_000 * this.confirmations);
-    for (;;) {
+  private async submit(p: { address: Hex; abi: Abi; functionName: unknown; args: unknown; gas?: bigint; transactionError?: ErrorCode }): Promise<Pending> {
+    let tx: Pending | undefined;
+    for (let attempt = 0; ; attempt++) {
       try {
-        return await this.publicClient.waitForTransactionReceipt({
-          hash,
-          confirmations: Math.max(1, this.confirmations + 1),
-          timeout: Math.max(1_000, deadline - Date.now()),
-        });
+        tx ??= await this.sign(
+          (await this.walletClient.prepareTransactionRequest({
+            account: this.walletClient.account,
+            chain: this.walletClient.chain,
+            to: p.address,
+            data: encodeFunctionData({ abi: p.abi, functionName: p.functionName as string, args: p.args as readonly unknown[] }),
+            nonce: Math.max(this.nonce ?? 0, await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" })),
+            gas: p.gas,
+          })) as Request,
+        );
+        if (attempt === 0 || !(await firstFound(tx.signed, (hash) => this.publicClient.getTransaction({ hash })))) {
+          await this.walletClient.sendRawTransaction({ serializedTransaction: tx.raw });
+        }
+        this.nonce = tx.request.nonce + 1;
+        this.sent++;
+        return tx;
       } catch (err) {
-        if (Date.now() >= deadline) {
-          this.nonce = undefined; // a stuck transaction: the next send reads the pending nonce again
-          throw new ChainError(ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} not confirmed in time (not resent; it may still be mined)`, {
+        this.nonce = undefined; // the next nonce is read again after any failure
+        if (attempt >= this.options.retries) {
+          throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed after ${attempt + 1} attempts`, {
             cause: err,
-            metaMessages: [`tx: ${hash}`],
+            metaMessages: tx ? tx.signed.map((h) => `tx: ${h} (the node may have it)`) : [],
           });
         }
-        await new Promise((r) => setTimeout(r, 1_000));
+        await sleep(200 * 2 ** attempt);
       }
     }
+  }
+
+  /** Signs `request`, adding its hash to those signed for the call so far. */
+  private async sign(request: Request, signed: Hex[] = []): Promise<Pending> {
+    const raw = await this.walletClient.signTransaction(request as never);
+    return { request, raw, signed: [...signed, keccak256(raw)] };
+  }
+
+  /**
+   * Waits until one of the call's transactions is mined under `confirmations` blocks, riding out RPC
+   * errors, for up to `receiptTimeoutMs`. While the nonce is unused, the transaction is re-priced every
+   * `repriceAfterMs`. Only a receipt of ours counts: when the nonce was used by another transaction (an
+   * operator's cancel, another process with this key), the call failed. On timeout the transaction may
+   * still be mined: the error says so and names it, and it is not sent at another nonce.
+   */
+  private async confirm(tx: Pending, p: { functionName: unknown; transactionError?: ErrorCode }): Promise<TransactionReceipt> {
+    const deadline = Date.now() + (this.options.receiptTimeoutMs ?? 120_000 + 60_000 * this.confirmations);
+    let repriceAt = Date.now() + this.options.repriceAfterMs;
+    let usedByOther = 0;
+    let lastError: unknown;
+    const hashes = () => tx.signed.map((h) => `tx: ${h}`);
+    for (;;) {
+      try {
+        // The count first: if the nonce is used and then none of ours has a receipt, another transaction used it.
+        const used = (await this.publicClient.getTransactionCount({ address: this.address })) > tx.request.nonce;
+        const receipt = await firstFound(tx.signed, (hash) => this.publicClient.getTransactionReceipt({ hash }));
+        if (receipt && (this.confirmations === 0 || (await this.publicClient.getBlockNumber({ cacheTime: 0 })) - receipt.blockNumber >= BigInt(this.confirmations))) {
+          return receipt;
+        }
+        // Twice in a row: one RPC backend behind another is not enough to give up on our transaction.
+        usedByOther = used && !receipt ? usedByOther + 1 : 0;
+        if (!used && !receipt && Date.now() >= repriceAt && tx.signed.length <= this.options.maxReprices) {
+          repriceAt = Date.now() + this.options.repriceAfterMs;
+          const next = await this.reprice(tx);
+          if (next) {
+            tx = next;
+            this.repriced++;
+            await this.walletClient.sendRawTransaction({ serializedTransaction: tx.raw });
+          }
+        }
+      } catch (err) {
+        lastError = err;
+      }
+      if (usedByOther >= 2) {
+        this.nonce = undefined;
+        throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed: its nonce ${tx.request.nonce} was used by a transaction that is not this call's`, {
+          metaMessages: hashes(),
+        });
+      }
+      if (Date.now() >= deadline) {
+        this.nonce = undefined; // a stuck transaction: the next send reads the pending nonce again
+        throw new ChainError(ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} not confirmed in time (not resent at another nonce; it may still be mined)`, {
+          cause: lastError,
+          metaMessages: hashes(),
+        });
+      }
+      await sleep(this.publicClient.pollingInterval);
+    }
+  }
+
+  /**
+   * The call's transaction signed again at its nonce with both fees raised by 12.5% (what nodes ask of a
+   * replacement), or to the current estimate where that is higher, capped at `maxFeePerGas`. Undefined
+   * when the cap leaves no room for a raise, or for a legacy (gasPrice) transaction.
+   */
+  private async reprice(tx: Pending): Promise<Pending | undefined> {
+    const { maxFeePerGas: fee, maxPriorityFeePerGas: tip } = tx.request;
+    if (fee === undefined || tip === undefined) return undefined;
+    const now = await this.publicClient.estimateFeesPerGas();
+    const maxFeePerGas = min(max(raised(fee), now.maxFeePerGas), this.options.maxFeePerGas ?? maxUint256);
+    if (maxFeePerGas < raised(fee)) return undefined;
+    const maxPriorityFeePerGas = min(max(raised(tip), now.maxPriorityFeePerGas), maxFeePerGas);
+    return this.sign({ ...tx.request, maxFeePerGas, maxPriorityFeePerGas }, tx.signed);
   }
 }

@@ -167,6 +167,9 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   const admin = guard(config.adminToken, "adminToken");
   const metricsAccess = guard(config.metricsToken ?? config.adminToken, "metricsToken or adminToken");
   const facilitatorAccess = guard(config.facilitatorToken ?? config.adminToken, "facilitatorToken or adminToken");
+  if (config.facilitatorToken === undefined && config.adminToken !== undefined) {
+    logger.warn("the facilitator endpoints take the admin token (no facilitatorToken set): a facilitator client given it can also use the admin API; set facilitatorToken");
+  }
 
   app.get("/health", async (_req, res) => {
     // Unauthenticated: the head is cached for a second, so /health cannot spend the RPC quota. A probe

@@ -151,6 +151,7 @@ export async function startDemo(opts: DemoOptions = {}): Promise<Demo> {
       ),
       { mode: 0o600 },
     );
+    fs.chmodSync(infoFile, 0o600); // the mode above applies only to a new file; it holds the admin token
     return {
       chain,
       deployment,

@@ -1,7 +1,7 @@
 import { expect } from "chai";
-import { erc20Abi } from "viem";
+import { erc20Abi, HttpRequestError, keccak256, parseTransaction, type Hex } from "viem";
 import { TxSender } from "../../node/chain/sender";
-import { ChainError } from "../../node/protocol/errors";
+import { ChainError, ErrorCodes } from "../../node/protocol/errors";
 import { startChain } from "../helpers/payeeHarness";
 import { clientsFor } from "../helpers/chainNode";
 
@@ -17,6 +17,26 @@ function loseAnswers(walletClient: ReturnType<typeof clientsFor>["walletClient"]
   return sent;
 }
 
+/** Records every raw transaction the wallet client sends, in order. */
+function recordSends(walletClient: ReturnType<typeof clientsFor>["walletClient"]): Hex[] {
+  const raws: Hex[] = [];
+  const sendRaw = walletClient.sendRawTransaction.bind(walletClient);
+  (walletClient as { sendRawTransaction: unknown }).sendRawTransaction = (a: { serializedTransaction: Hex }) => {
+    raws.push(a.serializedTransaction);
+    return sendRaw(a);
+  };
+  return raws;
+}
+
+/** Resolves once `ready()` holds; rejects naming `what` after `ms`. */
+async function until(what: string, ready: () => boolean, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ready()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 describe("transaction sender (hardhat node)", function () {
   this.timeout(120_000);
   let ctx: Awaited<ReturnType<typeof startChain>>;
@@ -30,7 +50,7 @@ describe("transaction sender (hardhat node)", function () {
   it("a transaction not confirmed in time is reported with its hash and never sent again; it is then mined exactly once", async () => {
     const account = ctx.payers[0]!;
     const { publicClient, walletClient, testClient } = clientsFor(ctx.chain.url, account);
-    const sender = new TxSender(publicClient as never, walletClient as never, 0, 3, 1_500);
+    const sender = new TxSender(publicClient as never, walletClient as never, 0, { receiptTimeoutMs: 1_500 });
     const before = await publicClient.getTransactionCount({ address: account.address });
     await testClient.setAutomine(false);
     try {
@@ -79,5 +99,83 @@ describe("transaction sender (hardhat node)", function () {
       let lookups = 0;
       (publicClient as { getTransaction: unknown }).getTransaction = (a: never) => (++lookups === 1 ? Promise.reject(new Error("rpc flake")) : getTransaction(a));
     });
+  });
+
+  it("an RPC that fails the lookups after a lost answer (429s) makes the sender wait and look again, never send at another nonce", async () => {
+    await sendsOnceLosingAnswers(3, 5n, (publicClient) => {
+      const getTransaction = publicClient.getTransaction.bind(publicClient);
+      let lookups = 0;
+      (publicClient as { getTransaction: unknown }).getTransaction = (a: never) =>
+        ++lookups <= 2 ? Promise.reject(new HttpRequestError({ url: "http://rpc", status: 429, details: "Too Many Requests" })) : getTransaction(a);
+    });
+  });
+
+  it("a transaction priced below the risen base fee is re-priced at its nonce; the call resolves with the re-priced receipt, executed once", async () => {
+    const account = ctx.payers[4]!;
+    const { publicClient, walletClient, testClient } = clientsFor(ctx.chain.url, account);
+    const raws = recordSends(walletClient);
+    const sender = new TxSender(publicClient as never, walletClient as never, 0, { receiptTimeoutMs: 20_000, repriceAfterMs: 300 });
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    await testClient.setAutomine(false);
+    try {
+      const sending = sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 6n] });
+      sending.catch(() => undefined);
+      await until("the first transaction", () => raws.length === 1);
+      const first = parseTransaction(raws[0]!);
+      // Fees rise: the next block's base fee is far above what the first transaction offers; it stays unmined.
+      await testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: first.maxFeePerGas! * 4n });
+      await testClient.mine({ blocks: 1 });
+      expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before);
+      const seen = raws.length;
+      await until("a re-priced transaction", () => raws.length > seen);
+      await testClient.mine({ blocks: 1 });
+      const { hash, receipt } = await sending;
+      const last = parseTransaction(raws.at(-1)!);
+      expect(hash).to.equal(keccak256(raws.at(-1)!));
+      expect(hash).to.not.equal(keccak256(raws[0]!));
+      expect(receipt.status).to.equal("success");
+      expect(last.nonce).to.equal(first.nonce);
+      expect(last.maxFeePerGas! >= (first.maxFeePerGas! * 9n) / 8n).to.equal(true);
+      expect(sender.sent).to.equal(1);
+      expect(sender.repriced).to.be.at.least(1);
+    } finally {
+      await testClient.setAutomine(true);
+    }
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
+  });
+
+  it("a transaction whose nonce another transaction of the key took (an operator's cancel) fails; the cancel's receipt is not taken for it", async () => {
+    const account = ctx.payers[5]!;
+    const { publicClient, walletClient, testClient } = clientsFor(ctx.chain.url, account);
+    const raws = recordSends(walletClient);
+    const sender = new TxSender(publicClient as never, walletClient as never, 0, { receiptTimeoutMs: 10_000 });
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    await testClient.setAutomine(false);
+    let err: unknown;
+    try {
+      const sending = sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 7n] }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      await until("the transaction", () => raws.length === 1);
+      await new Promise((r) => setTimeout(r, 300)); // the sender is waiting for its receipt
+      const ours = parseTransaction(raws[0]!);
+      // The operator cancels the nonce with a 0-value self-transfer, priced higher.
+      await walletClient.sendTransaction({
+        to: account.address,
+        value: 0n,
+        nonce: ours.nonce!,
+        maxFeePerGas: ours.maxFeePerGas! * 2n,
+        maxPriorityFeePerGas: ours.maxPriorityFeePerGas! * 2n,
+      });
+      await testClient.mine({ blocks: 1 });
+      err = await sending;
+    } finally {
+      await testClient.setAutomine(true);
+    }
+    expect(err).to.be.instanceOf(ChainError);
+    expect((err as ChainError).code).to.equal(ErrorCodes.transactionReverted);
+    expect((err as ChainError).shortMessage).to.match(/nonce \d+ was used by a transaction that is not this call's/);
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
   });
 });

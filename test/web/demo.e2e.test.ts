@@ -14,6 +14,8 @@ describe("npm start demo: reader page, operator dashboard, close and refund (hea
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-demo-"));
 
   before(async () => {
+    // A demo.json left world-readable by an earlier run: the admin token written into it must not stay readable.
+    fs.writeFileSync(path.join(dir, "demo.json"), "{}", { mode: 0o644 });
     demo = await startDemo({ port: 0, simulatedReaders: 2, storePath: path.join(dir, "store"), infoFile: path.join(dir, "demo.json"), webDir: path.join(dir, "web"), logger: pino({ level: "silent" }) });
     browser = await launchChromium();
   });
