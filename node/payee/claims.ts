@@ -1,14 +1,18 @@
 /**
  * The claim engine: turns charged-but-unclaimed vouchers into on-chain claims, in batches, and sweeps
  * claimed funds with `settle`. One bad row never blocks a batch: each batch is simulated first and
- * failing rows are isolated by bisection, claimed around, and reported as an alert.
+ * failing rows are isolated by bisection, claimed around, and reported as an alert. A row can also pass
+ * the simulation and revert on chain (a payer's ERC-1271 wallet can answer an eth_call differently from
+ * a mined transaction): payer-signed rows are therefore sent one per transaction, after the batches of
+ * session-key rows, and a batch that fails on chain is split in halves and sent again, down to the row
+ * that fails alone, which is alerted and from then on sent alone too.
  */
 import { parseEventLogs, zeroAddress, type Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, readReceiver } from "../chain/escrow";
 import { isRevert } from "../chain/sender";
-import { ErrorCodes, errorSummary } from "../protocol/errors";
+import { ChainError, ErrorCodes, errorSummary } from "../protocol/errors";
 import type { VoucherClaim } from "../protocol/typedData";
 import type { ChannelRecord } from "../store/channelStore";
 import type { Payee } from "./payee";
@@ -68,9 +72,15 @@ export function claimable(rec: ChannelRecord): bigint {
 
 export class ClaimEngine {
   private timer: NodeJS.Timeout | undefined;
-  private running: Promise<ClaimReport> | undefined;
-  /** Channels flagged for a prompt claim (threshold crossed, withdrawal seen). */
+  /** The periodic claim-and-settle in progress, if any (stop waits for it). */
+  private periodic: Promise<void> | undefined;
+  private running: Promise<unknown> | undefined;
+  /** Channels past their threshold, waiting for the next threshold run (noteCharge). */
   private readonly urgent = new Set<Hex>();
+  /** The threshold run queued and not started yet: channels flagged meanwhile join it. */
+  private urgentRun: Promise<ClaimReport> | undefined;
+  /** Channels whose claim transaction failed when sent alone (its simulation passed): sent alone until claimed. */
+  private readonly quarantined = new Set<Hex>();
 
   constructor(
     readonly payee: Payee,
@@ -86,22 +96,18 @@ export class ClaimEngine {
     return out;
   }
 
-  /** Claims all pending channels, or those listed. Concurrent calls share one run. */
+  /**
+   * Claims all pending channels, or those listed. Runs never overlap (one key, one nonce): a call made
+   * while a run is in progress starts its own run after it.
+   */
   claim(select: { channels?: Hex[] } = {}): Promise<ClaimReport> {
-    const previous = this.running ?? Promise.resolve(undefined);
-    const run = previous.catch(() => undefined).then(() => this.claimNow(select));
-    this.running = run;
-    return run;
+    return this.enqueue(() => this.claimSelected(select));
   }
 
-  private async claimNow(select: { channels?: Hex[] }): Promise<ClaimReport> {
-    try {
-      return await this.claimSelected(select);
-    } finally {
-      // Whatever happened (claimed, failed, nothing left to claim), the threshold may fire again for them.
-      if (select.channels) for (const id of select.channels) this.urgent.delete(id);
-      else this.urgent.clear();
-    }
+  private enqueue<T>(job: () => Promise<T>): Promise<T> {
+    const run = (this.running ?? Promise.resolve()).catch(() => undefined).then(job);
+    this.running = run;
+    return run;
   }
 
   private async claimSelected(select: { channels?: Hex[] }): Promise<ClaimReport> {
@@ -116,83 +122,99 @@ export class ClaimEngine {
     }
     const report: ClaimReport = { transactions: [], failed: [], claimedChannels: 0 };
     const size = this.opts.batchSize ?? 100;
+    // Session-key rows in batches; payer-signed and quarantined rows one per transaction, after them.
+    const alone = (r: ChannelRecord) => r.config.payerAuthorizer === zeroAddress || this.quarantined.has(r.channelId);
+    const batched = recs.filter((r) => !alone(r));
+    const groups: ChannelRecord[][] = [];
+    for (let i = 0; i < batched.length; i += size) groups.push(batched.slice(i, i + size));
+    for (const r of recs) if (alone(r)) groups.push([r]);
     let done = 0;
-    for (let i = 0; i < recs.length; i += size) {
-      const batch = recs.slice(i, i + size);
-      const rows = batch.map(toClaimRow);
-      const { good, bad } = await this.isolate(rows, batch);
-      for (const b of bad) {
-        report.failed.push(b);
-        this.opts.logger?.error({ alert: "claim_failed", channelId: b.channelId, reason: b.reason }, "channel cannot be claimed");
-        this.opts.onAlert?.(b.channelId, b.reason);
-      }
-      if (good.length > 0) {
-        let sent;
-        try {
-          sent = await this.payee.opts.sender.send({
-            address: this.payee.opts.escrow,
-            abi: batchSettlementAbi,
-            functionName: "claim",
-            args: [good.map((g) => g.row)],
-            simulationError: ErrorCodes.claimSimulationFailed,
-            transactionError: ErrorCodes.claimTransactionFailed,
-          });
-        } catch (err) {
-          // This batch only (a race with a payer's withdrawal, a receipt that did not come): its channels
-          // are named in the alert, and the next batches are still claimed.
-          const reason = errorSummary(err);
-          for (const g of good) {
-            report.failed.push({ channelId: g.rec.channelId, reason });
-            this.opts.logger?.error({ alert: "claim_failed", channelId: g.rec.channelId, reason }, "claim transaction failed");
-            this.opts.onAlert?.(g.rec.channelId, reason);
-          }
-          done += batch.length;
-          this.opts.onProgress?.(done, recs.length);
-          continue;
-        }
-        const { hash, receipt } = sent;
-        const ids = good.map((g) => g.rec.channelId);
-        let amount = 0n;
-        // The receipt's Claimed events say exactly what each channel's total is now.
-        const totals = new Map<Hex, bigint>();
-        for (const ev of parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Claimed" })) {
-          totals.set(ev.args.channelId, ev.args.newTotalClaimed);
-          amount += ev.args.claimAmount;
-        }
-        await this.payee.applyClaimed(totals);
-        await this.payee.store.appendHistory({ at: Date.now(), kind: "claim", txHash: hash, channels: ids, amount, gasUsed: receipt.gasUsed });
-        report.transactions.push({ hash, gasUsed: receipt.gasUsed, channels: ids, amount });
-        report.claimedChannels += good.length;
-        this.opts.logger?.info({ tx: hash, channels: ids.length, amount: amount.toString(), gasUsed: receipt.gasUsed.toString() }, "claimed");
-      }
-      done += batch.length;
+    for (const group of groups) {
+      await this.claimGroup(group, report);
+      done += group.length;
       this.opts.onProgress?.(done, recs.length);
     }
     return report;
   }
 
-  /** Simulates the batch; on failure bisects down to the failing rows. */
-  private async isolate(
-    rows: VoucherClaim[],
-    recs: ChannelRecord[],
-  ): Promise<{ good: Array<{ row: VoucherClaim; rec: ChannelRecord }>; bad: Array<{ channelId: Hex; reason: string }> }> {
+  /** Claims `recs` in one transaction, around the rows that fail simulation. */
+  private async claimGroup(recs: ChannelRecord[], report: ClaimReport): Promise<void> {
+    const { good, bad } = await this.isolate(recs);
+    for (const b of bad) this.fail(report, b.channelId, b.reason, "channel cannot be claimed");
+    if (good.length > 0) await this.send(good, report);
+  }
+
+  /**
+   * Sends one claim transaction for `recs` (simulated already). When it fails for any reason but a
+   * receipt that did not come (that transaction may still be mined), the rows are sent again in halves,
+   * each simulated first: an RPC outage then fails the run, and a row that fails alone is quarantined.
+   */
+  private async send(recs: ChannelRecord[], report: ClaimReport): Promise<void> {
+    let sent;
+    try {
+      sent = await this.payee.opts.sender.send({
+        address: this.payee.opts.escrow,
+        abi: batchSettlementAbi,
+        functionName: "claim",
+        args: [recs.map(toClaimRow)],
+        simulationError: ErrorCodes.claimSimulationFailed,
+        transactionError: ErrorCodes.claimTransactionFailed,
+      });
+    } catch (err) {
+      const reason = errorSummary(err);
+      if (err instanceof ChainError && err.code === ErrorCodes.waitForReceiptFailed) {
+        for (const r of recs) this.fail(report, r.channelId, reason, "claim transaction not confirmed");
+      } else if (recs.length === 1) {
+        this.quarantined.add(recs[0]!.channelId);
+        this.fail(report, recs[0]!.channelId, reason, "claim transaction failed (its simulation passed); this channel is sent alone from now on");
+      } else {
+        const mid = recs.length >> 1;
+        await this.claimGroup(recs.slice(0, mid), report);
+        await this.claimGroup(recs.slice(mid), report);
+      }
+      return;
+    }
+    const { hash, receipt } = sent;
+    const ids = recs.map((r) => r.channelId);
+    for (const id of ids) this.quarantined.delete(id);
+    let amount = 0n;
+    // The receipt's Claimed events say exactly what each channel's total is now.
+    const totals = new Map<Hex, bigint>();
+    for (const ev of parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Claimed" })) {
+      totals.set(ev.args.channelId, ev.args.newTotalClaimed);
+      amount += ev.args.claimAmount;
+    }
+    await this.payee.applyClaimed(totals);
+    await this.payee.store.appendHistory({ at: Date.now(), kind: "claim", txHash: hash, channels: ids, amount, gasUsed: receipt.gasUsed });
+    report.transactions.push({ hash, gasUsed: receipt.gasUsed, channels: ids, amount });
+    report.claimedChannels += recs.length;
+    this.opts.logger?.info({ tx: hash, channels: ids.length, amount: amount.toString(), gasUsed: receipt.gasUsed.toString() }, "claimed");
+  }
+
+  /** Reports a channel that could not be claimed, with an alert naming it. */
+  private fail(report: ClaimReport, channelId: Hex, reason: string, message: string): void {
+    report.failed.push({ channelId, reason });
+    this.opts.logger?.error({ alert: "claim_failed", channelId, reason }, message);
+    this.opts.onAlert?.(channelId, reason);
+  }
+
+  /** Simulates the claim of `recs`; on failure bisects down to the failing rows. */
+  private async isolate(recs: ChannelRecord[]): Promise<{ good: ChannelRecord[]; bad: Array<{ channelId: Hex; reason: string }> }> {
     try {
       await this.payee.opts.sender.simulate({
         address: this.payee.opts.escrow,
         abi: batchSettlementAbi,
         functionName: "claim",
-        args: [rows],
+        args: [recs.map(toClaimRow)],
       });
-      return { good: rows.map((row, i) => ({ row, rec: recs[i]! })), bad: [] };
+      return { good: recs, bad: [] };
     } catch (err) {
       // Only a revert names a bad row; an RPC failure says nothing about the rows: the run fails, to be retried.
       if (!isRevert(err)) throw err;
-      if (rows.length === 1) {
-        return { good: [], bad: [{ channelId: recs[0]!.channelId, reason: errorSummary(err) }] };
-      }
-      const mid = rows.length >> 1;
-      const a = await this.isolate(rows.slice(0, mid), recs.slice(0, mid));
-      const b = await this.isolate(rows.slice(mid), recs.slice(mid));
+      if (recs.length === 1) return { good: [], bad: [{ channelId: recs[0]!.channelId, reason: errorSummary(err) }] };
+      const mid = recs.length >> 1;
+      const a = await this.isolate(recs.slice(0, mid));
+      const b = await this.isolate(recs.slice(mid));
       return { good: [...a.good, ...b.good], bad: [...a.bad, ...b.bad] };
     }
   }
@@ -218,45 +240,77 @@ export class ClaimEngine {
     return { hash, amount: moved, gasUsed: receipt.gasUsed };
   }
 
-  /** Threshold strategy: call after each committed charge. */
+  /**
+   * Threshold strategy: call after each committed charge. A channel past its threshold joins the next
+   * threshold run; one run claims every channel flagged until it starts (in batches), not one run each.
+   */
   noteCharge(rec: ChannelRecord): void {
     const t = rec.config.payerAuthorizer === zeroAddress ? (this.opts.payerSignedThreshold ?? this.opts.threshold) : this.opts.threshold;
-    if (t !== undefined && exposure(rec) > t && !this.urgent.has(rec.channelId)) {
-      this.urgent.add(rec.channelId);
-      void this.claim({ channels: [rec.channelId] }).catch((err) =>
-        this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "threshold claim failed"),
-      );
-    }
+    if (t === undefined || exposure(rec) <= t || this.urgent.has(rec.channelId)) return;
+    this.urgent.add(rec.channelId);
+    if (this.urgentRun) return;
+    this.urgentRun = this.enqueue(async () => {
+      await new Promise((r) => setImmediate(r)); // charges committed in the same moment join this run
+      this.urgentRun = undefined;
+      const ids = [...this.urgent];
+      try {
+        return await this.claimSelected({ channels: ids });
+      } finally {
+        // Claimed, failed or nothing left: the threshold may flag them again.
+        for (const id of ids) this.urgent.delete(id);
+      }
+    });
+    this.urgentRun.catch((err) => this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "threshold claim failed"));
   }
 
   /** Starts the periodic strategy. */
   start(): void {
     if (this.opts.intervalMs && !this.timer) {
-      let busy = false;
       this.timer = setInterval(() => {
-        if (busy) return; // the previous run is still going: no pile-up behind a slow chain
-        busy = true;
-        void this.claim()
+        if (this.periodic) return; // the previous run is still going: no pile-up behind a slow chain
+        this.periodic = this.claim()
           .then(() => this.settle())
-          .catch((err) => this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "periodic claim failed"))
-          .finally(() => (busy = false));
+          .then(
+            () => undefined,
+            (err) => void this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "periodic claim failed"),
+          )
+          .finally(() => (this.periodic = undefined));
       }, this.opts.intervalMs);
       this.timer.unref();
     }
   }
 
-  /** Stops timers; with onShutdown (default) claims and settles everything first. */
-  async stop(): Promise<void> {
+  /**
+   * Stops timers and waits for a periodic run in progress; with onShutdown (default) then claims and
+   * settles everything. Says what it could not do, so an operator is not told all was claimed when not.
+   */
+  async stop(): Promise<ShutdownReport> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    if (this.opts.onShutdown ?? true) {
-      await this.claim().catch((err: Error) => this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "shutdown claim failed"));
-      await this.settle().catch((err: Error) => this.opts.logger?.error({ alert: "settle_failed", err: errorSummary(err) }, "shutdown settle failed"));
-    } else {
+    await this.periodic;
+    if (!(this.opts.onShutdown ?? true)) {
       await this.running?.catch(() => undefined);
+      return { unclaimed: 0 };
     }
+    const out: ShutdownReport = { unclaimed: 0 };
+    try {
+      out.unclaimed = (await this.claim()).failed.length;
+    } catch (err) {
+      out.error = `claim: ${errorSummary(err)}`;
+      this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "shutdown claim failed");
+    }
+    try {
+      await this.settle();
+    } catch (err) {
+      out.error ??= `settle: ${errorSummary(err)}`;
+      this.opts.logger?.error({ alert: "settle_failed", err: errorSummary(err) }, "shutdown settle failed");
+    }
+    return out;
   }
 }
+
+/** What a shutdown left undone: channels its claim could not claim, and a claim or settle that failed as a whole. */
+export type ShutdownReport = { unclaimed: number; error?: string };
 
 /** The claim row that collects what a record charged (up to its balance) with its stored voucher. */
 export function toClaimRow(rec: ChannelRecord): VoucherClaim {

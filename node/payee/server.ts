@@ -20,7 +20,7 @@ import { readOwnerOnlyFile } from "../chain/keys";
 import { ConfigError, errorSummary } from "../protocol/errors";
 import { CANONICAL_ADDRESSES } from "../protocol/typedData";
 import { ChannelStore } from "../store/channelStore";
-import { ClaimEngine, exposure } from "./claims";
+import { ClaimEngine, exposure, type ShutdownReport } from "./claims";
 import type { NodeConfig } from "./config";
 import { adminRouter } from "./adminApi";
 import { closeGracefully, listenExpress } from "./httpServer";
@@ -45,7 +45,8 @@ export type PayeeNode = {
    * Drains HTTP (requests in flight finish, for up to `shutdownDrainMs`), stops the watcher, runs the
    * on-shutdown claim, closes the store. Idempotent: later calls return the first call's promise.
    */
-  stop(): Promise<void>;
+  /** Drains requests, claims and settles (see ClaimEngine.stop), closes the store; says what was left unclaimed. */
+  stop(): Promise<ShutdownReport>;
 };
 
 export type StartOptions = {
@@ -283,7 +284,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   // Slow-header connections are closed after headersTimeoutMs (checked every quarter of it, not node's 30 s).
   const timeouts = { headersTimeout: config.listen.headersTimeoutMs, connectionsCheckingInterval: Math.max(250, config.listen.headersTimeoutMs / 4) };
   const { server, url } = await listenExpress(app, config.listen.port, config.listen.host, tls ? { tls, ...timeouts } : timeouts);
-  let stopping: Promise<void> | undefined;
+  let stopping: Promise<ShutdownReport> | undefined;
   watcher.start();
   claims.start();
   await watcher.poll();
@@ -304,8 +305,9 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
       stopping ??= (async () => {
         await closeGracefully(server, config.shutdownDrainMs);
         await watcher.stop();
-        await claims.stop();
+        const report = await claims.stop();
         await store.close();
+        return report;
       })();
       return stopping;
     },

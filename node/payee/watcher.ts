@@ -12,11 +12,16 @@
  * charged before it was seen needs this claim. A claim that keeps failing raises an alert (at most once
  * a minute per channel).
  *
- * Reorg safety: with `confirmations` N > 0 the checkpoint stays N blocks behind head, so the last N
- * blocks are scanned again on every poll, and mirrored state is the more cautious of the confirmed and
- * the latest view (lower balance, larger pending withdrawal). A channel whose sync fails (its lock held
- * by a long request, an RPC error) does not stop the poll: the checkpoint stays before its event, so the
- * next poll tries it again.
+ * Channels the node is meeting right now count as held: a channel whose first paid request is still
+ * running has no record yet, but its lock is held; its sync waits for the request's commit and then
+ * mirrors the event (a withdrawal initiated meanwhile is not lost).
+ *
+ * Reorg safety: with `confirmations` N > 0 the checkpoint stays N blocks behind head, and mirrored state
+ * is the more cautious of the confirmed and the latest view (lower balance, larger pending withdrawal).
+ * Every poll also scans the RESCAN_BLOCKS blocks up to the checkpoint again, whatever N is: a log an RPC
+ * had not indexed yet when it answered at head, or a shallow reorg, is still seen (mirroring is
+ * idempotent). A channel whose sync fails (its lock held by a long request, an RPC error) does not stop
+ * the poll: the checkpoint stays before its event, so the next poll tries it again.
  */
 import type { Hex } from "viem";
 import type { Logger } from "pino";
@@ -43,6 +48,12 @@ const MAX_CHUNKS_PER_POLL = 20;
 const STALE_ALERT_AFTER = 5;
 /** A withdrawal claim that keeps failing is alerted again at most this often (ms). */
 const REALERT_MS = 60_000;
+/**
+ * Blocks up to the checkpoint scanned again on every poll: a load-balanced RPC can answer getLogs at head
+ * from a backend whose log index is a block behind (no error, no logs), and a chain can reorganise a
+ * block or two, also with `confirmations` 0.
+ */
+const RESCAN_BLOCKS = 12n;
 
 const min = (a: bigint, b: bigint) => (a < b ? a : b);
 const max = (a: bigint, b: bigint) => (a > b ? a : b);
@@ -66,6 +77,7 @@ export class ChainWatcher {
   private readonly withdrawing = new Set<Hex>();
   /** Failing withdrawal claims: consecutive failures, next attempt and last alert (ms). */
   private readonly failing = new Map<Hex, { n: number; nextAt: number; alertedAt: number }>();
+  /** The store scan (scanOnce): running or done; cleared when it fails. */
   private scan: Promise<void> | undefined;
   private claiming: Promise<void> | undefined;
   /** Consecutive failed polls (for /health). */
@@ -105,7 +117,7 @@ export class ChainWatcher {
       const head = await client.getBlockNumber({ cacheTime: 0 });
       const safe = head - depth;
       let checkpoint = await this.checkpoint();
-      let from = checkpoint === undefined ? (head > 1000n ? head - 1000n : 0n) : checkpoint + 1n;
+      let from = checkpoint === undefined ? (head > 1000n ? head - 1000n : 0n) : max(0n, checkpoint + 1n - RESCAN_BLOCKS);
       // The checkpoint may not pass the block of an event whose channel could not be synced.
       let hold: bigint | undefined;
       // In ranges RPC providers accept; a node that was down long catches up over several polls.
@@ -118,7 +130,8 @@ export class ChainWatcher {
           const args = log.args as { channelId?: Hex };
           if (!args.channelId) continue;
           if (!touched.has(args.channelId)) {
-            if (!(await this.payee.store.getChannel(args.channelId))) continue;
+            // Not ours, unless a request is meeting it right now (its record is written at the commit).
+            if (!this.payee.locks.isHeld(args.channelId) && !(await this.payee.store.getChannel(args.channelId))) continue;
             touched.set(args.channelId, log.blockNumber ?? from);
           }
           if (log.eventName === "WithdrawInitiated" && !this.withdrawing.has(args.channelId)) {
@@ -187,7 +200,7 @@ export class ChainWatcher {
    * claim engine.
    */
   private async claimWithdrawing(): Promise<void> {
-    await this.scan;
+    if (this.timer) await this.scanOnce();
     const now = Date.now();
     const due: Hex[] = [];
     for (const id of this.withdrawing) {
@@ -225,21 +238,27 @@ export class ChainWatcher {
     }
   }
 
-  /** Finds channels with a pending withdrawal and unclaimed charges in the store (after a restart). */
-  private async scanStore(): Promise<void> {
-    try {
+  /**
+   * Finds channels with a pending withdrawal and unclaimed charges in the store (after a restart), once:
+   * a scan that failed runs again on the next call (every poll), since only it finds the withdrawals
+   * seen before the checkpoint.
+   */
+  private scanOnce(): Promise<void> {
+    this.scan ??= (async () => {
       for await (const rec of this.payee.store.channels()) {
         if (rec.withdrawRequestedAt !== 0 && hasClaim(rec)) this.withdrawing.add(rec.channelId);
       }
-    } catch (err) {
-      this.opts.logger?.warn({ err: errorSummary(err) }, "could not scan the store for pending withdrawals");
-    }
+    })().catch((err: Error) => {
+      this.scan = undefined;
+      this.opts.logger?.error({ alert: "store_scan_failed", err: errorSummary(err) }, "could not scan the store for pending withdrawals; retrying on the next poll");
+    });
+    return this.scan;
   }
 
   start(): void {
     if (this.timer) return;
     // In the background: a large store must not delay serving.
-    this.scan ??= this.scanStore();
+    void this.scanOnce();
     this.timer = setInterval(() => void this.poll().catch(() => undefined), this.opts.pollIntervalMs ?? 2_000);
     this.timer.unref();
   }

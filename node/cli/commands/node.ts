@@ -4,6 +4,7 @@ import { privateKeyToAccount } from "viem/accounts";
 import { createChainClients } from "../../chain/clients";
 import { deployTollway, writeDeployment } from "../../chain/deploy";
 import { activeEnvOverrides, loadNodeConfig, loadNodeKey } from "../../payee/config";
+import type { ShutdownReport } from "../../payee/claims";
 import { startPayeeNode } from "../../payee/server";
 import { readKey } from "../payerContext";
 
@@ -50,10 +51,18 @@ export async function serve(o: { config: string }): Promise<number> {
     process.stderr.write(`tollway: starting (checks the chain, opens the store)\n`);
     const node = await startPayeeNode(config, { key });
     process.stderr.write(`tollway: serving on ${node.url} (Ctrl-C to stop); eip155:${config.chainId} via ${rpcHost(config.rpcUrl)}, store ${path.resolve(config.storePath)}\n`);
-    await new Promise<void>((resolve, reject) => {
+    const left = await new Promise<ShutdownReport>((resolve, reject) => {
       onSignal = () => void node.stop().then(resolve, reject);
       if (signals > 0) onSignal();
     });
+    if (left.unclaimed > 0 || left.error) {
+      // Charged but unclaimed vouchers are still in the store: a payer's withdrawal can take them once the
+      // node is gone. Not a clean stop, whatever else went well.
+      const what = [left.unclaimed > 0 ? `${left.unclaimed} channel(s) could not be claimed` : "", left.error ?? ""].filter(Boolean).join("; ");
+      process.stderr.write(`tollway: stopped, but the shutdown claim is incomplete: ${what}. The vouchers are in the store: run \`tollway claim --all\` once the chain is reachable.\n`);
+      return 1;
+    }
+    process.stderr.write("tollway: stopped; outstanding vouchers claimed and settled\n");
     return 0;
   } finally {
     process.off("SIGINT", handler);

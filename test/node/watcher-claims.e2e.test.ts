@@ -1,0 +1,281 @@
+import { expect } from "chai";
+import fs from "node:fs";
+import path from "node:path";
+import pino from "pino";
+import { keccak256, pad, toHex, type Hex, type LocalAccount } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { batchSettlementAbi } from "../../node/chain/abi";
+import { readChannel } from "../../node/chain/escrow";
+import { ClaimEngine, toClaimRow } from "../../node/payee/claims";
+import { ChainWatcher } from "../../node/payee/watcher";
+import { encodeErc3009CollectorData } from "../../node/protocol/collectorData";
+import { ChainError, ErrorCodes } from "../../node/protocol/errors";
+import { CANONICAL_ADDRESSES, computeChannelId, type VoucherClaim } from "../../node/protocol/typedData";
+import { clientsFor } from "../helpers/chainNode";
+import { startChain, startPayee } from "../helpers/payeeHarness";
+import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
+
+const PRICE = 10_000n;
+const ESCROW = CANONICAL_ADDRESSES.batchSettlement;
+const silent = pino({ level: "silent" });
+
+/** A paid handler's request held until the test lets it go. */
+function holdRequest() {
+  let enter!: () => void;
+  let release!: () => void;
+  const entered = new Promise<void>((r) => (enter = r));
+  const released = new Promise<void>((r) => (release = r));
+  return { entered, released, enter, release };
+}
+
+class PayerSigns extends WirePayer {
+  override config(a: Accept) {
+    return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
+  }
+}
+
+describe("watcher and claims: withdrawals in flight, missed logs, rows that revert on chain, threshold runs", function () {
+  this.timeout(240_000);
+  let ctx: Awaited<ReturnType<typeof startChain>>;
+  let node: Awaited<ReturnType<typeof startPayee>>;
+  let accept: Accept;
+  let held = holdRequest();
+
+  before(async () => {
+    ctx = await startChain();
+    node = await startPayee(ctx, { "GET /a/:id": "$0.01", "GET /slow": "$0.01" } as never, (app) => {
+      app.get("/a/:id", (_req, res) => void res.send("ok"));
+      app.get("/slow", async (_req, res) => {
+        held.enter();
+        await held.released;
+        res.send("slow");
+      });
+    });
+    accept = (await fetchRequirements(`${node.url}/a/1`)).accept;
+  });
+  after(async () => {
+    await node?.stop();
+    await ctx?.chain.stop();
+  });
+
+  const claimedOnChain = async (id: Hex) => (await readChannel(ctx.publicClient as never, ESCROW, id)).totalClaimed;
+
+  async function depositThroughNode(payer: WirePayer) {
+    const r = await payWith(`${node.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, PRICE));
+    expect(r.status, r.text).to.equal(200);
+    return payer.channelId(accept);
+  }
+
+  /** The payer funds its channel on chain itself: the node first meets it at its first voucher. */
+  async function depositOnChain(payer: WirePayer, amount: bigint) {
+    const payload = JSON.parse(Buffer.from(await payer.depositHeader(accept, amount, PRICE), "base64").toString("utf8")).payload;
+    const auth = payload.deposit.authorization.erc3009Authorization;
+    const data = encodeErc3009CollectorData({ validAfter: BigInt(auth.validAfter), validBefore: BigInt(auth.validBefore), salt: auth.salt, signature: auth.signature });
+    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
+    const hash = await walletClient.writeContract({ address: ESCROW, abi: batchSettlementAbi, functionName: "deposit", args: [payer.config(accept), amount, CANONICAL_ADDRESSES.erc3009DepositCollector, data], chain: null } as never);
+    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
+  }
+
+  async function initiateWithdraw(payer: WirePayer, amount: bigint) {
+    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
+    const hash = await walletClient.writeContract({ address: ESCROW, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [payer.config(accept), amount] });
+    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
+  }
+
+  it("watcher: a withdrawal initiated while the channel's first paid request runs (no record yet) is mirrored after its commit, and claimed", async () => {
+    const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("inflight-first"))));
+    const id = payer.channelId(accept);
+    await depositOnChain(payer, 1_000_000n);
+    const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
+    await watcher.poll(); // past the deposit (a channel the node does not know yet)
+    held = holdRequest();
+    const first = payWith(`${node.url}/slow`, await payer.voucherHeader(accept, PRICE));
+    await held.entered;
+    expect(await node.store.getChannel(id)).to.equal(undefined); // written only at the commit
+    await initiateWithdraw(payer, 1_000_000n);
+    // The poll sees the event while the request holds the channel; the request goes on once the poll
+    // waits to mirror the channel (or has finished without it).
+    const syncChannel = node.payee.syncChannel;
+    let syncing!: () => void;
+    const waiting = new Promise<void>((r) => (syncing = r));
+    node.payee.syncChannel = (cid, chain) => {
+      if (cid === id) syncing();
+      return syncChannel.call(node.payee, cid, chain);
+    };
+    try {
+      const polled = watcher.poll();
+      await Promise.race([waiting, polled]);
+      held.release();
+      expect((await first).status).to.equal(200);
+      await polled;
+    } finally {
+      node.payee.syncChannel = syncChannel;
+    }
+    await watcher.settled(); // its withdrawal claims run in the background
+    expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0);
+    expect(await claimedOnChain(id)).to.equal(PRICE);
+    // The withdrawal takes the whole balance: nothing more is served on it.
+    const next = await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE));
+    expect(next.status).to.equal(402);
+    expect(next.paymentRequired.error).to.equal("invalid_batch_settlement_evm_cumulative_exceeds_balance");
+  });
+
+  it("watcher: with confirmations 0, a WithdrawInitiated missing from the RPC's logs at head is still seen by a later poll (the last blocks are scanned again)", async () => {
+    const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("missed-log"))));
+    const id = await depositThroughNode(payer);
+    const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
+    await watcher.poll();
+    await initiateWithdraw(payer, 1_000_000n);
+    // A load-balanced RPC answers once from a backend whose log index is a block behind its head.
+    const client = node.payee.opts.publicClient;
+    const getContractEvents = client.getContractEvents.bind(client);
+    let lagging = true;
+    (client as { getContractEvents: unknown }).getContractEvents = async (a: { toBlock: bigint }) => {
+      const logs = await getContractEvents(a as never);
+      if (!lagging) return logs;
+      lagging = false;
+      return logs.filter((l) => l.blockNumber !== a.toBlock);
+    };
+    try {
+      await watcher.poll();
+      await watcher.settled();
+      expect(lagging).to.equal(false);
+      expect(watcher.pendingWithdrawals).to.deep.equal([]); // missed this time
+      await watcher.poll();
+      await watcher.settled();
+    } finally {
+      (client as { getContractEvents: unknown }).getContractEvents = getContractEvents;
+    }
+    expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0);
+    expect(await claimedOnChain(id)).to.equal(PRICE);
+  });
+
+  it("watcher: a store scan that fails at start is retried on the next poll, with an alert", async () => {
+    const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("scan-retry"))));
+    const id = await depositThroughNode(payer);
+    await initiateWithdraw(payer, 1_000_000n);
+    await node.payee.syncChannel(id); // mirrored before a restart
+    // After the restart the event is long behind the checkpoint: only the store scan finds the channel.
+    await ctx.testClient.mine({ blocks: 20 });
+    await node.store.putMeta("mirror.checkpoint", String(await ctx.publicClient.getBlockNumber({ cacheTime: 0 })));
+    const lines: string[] = [];
+    const logger = pino({ level: "warn" }, { write: (line: string) => void lines.push(line) });
+    const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger, pollIntervalMs: 600_000 });
+    const channels = node.store.channels;
+    node.store.channels = async function* () {
+      throw new Error("LevelDB iterator failed");
+    } as typeof channels;
+    try {
+      watcher.start();
+    } finally {
+      node.store.channels = channels;
+    }
+    try {
+      await watcher.poll();
+      await watcher.settled();
+    } finally {
+      await watcher.stop();
+    }
+    expect(lines.join("")).to.include('"alert":"store_scan_failed"');
+    expect(await claimedOnChain(id)).to.equal(PRICE);
+  });
+
+  it("claims: a payer-signed row that passes simulation and reverts on chain is sent alone and alerted; the session-key channel listed with it is claimed", async () => {
+    const viaSessionKey = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("beside-gated"))));
+    const gated = new PayerSigns(ctx.payers[5] as LocalAccount, ctx.payers[5] as LocalAccount, pad("0x6a7e", { size: 32 }));
+    const gatedId = await depositThroughNode(gated);
+    const goodId = await depositThroughNode(viaSessionKey);
+    // The payer's address then gets code whose isValidSignature holds only at gas price 0: in every
+    // eth_call, never in a mined transaction (an EIP-7702 delegation can do this).
+    const artifact = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "artifacts", "contracts", "test", "GasPriceGatedWallet.sol", "GasPriceGatedWallet.json"), "utf8"));
+    const deployer = clientsFor(ctx.chain.url, ctx.payers[4] as LocalAccount);
+    const hash = await deployer.walletClient.deployContract({ abi: artifact.abi, bytecode: artifact.bytecode, args: [gated.account.address] });
+    const wallet = (await ctx.publicClient.waitForTransactionReceipt({ hash })).contractAddress!;
+    await ctx.testClient.setCode({ address: gated.account.address, bytecode: (await ctx.publicClient.getCode({ address: wallet }))! });
+    try {
+      // Its claim passes simulation, alone and together with the session-key row.
+      const rows = await Promise.all([gatedId, goodId].map(async (cid) => toClaimRow((await node.store.getChannel(cid))!)));
+      await node.payee.opts.sender.simulate({ address: ESCROW, abi: batchSettlementAbi, functionName: "claim", args: [rows] });
+      const alerts: Hex[] = [];
+      const claims = new ClaimEngine(node.payee, { onShutdown: false, onAlert: (cid) => alerts.push(cid) });
+      const report = await claims.claim({ channels: [gatedId, goodId] });
+      expect(report.failed.map((f) => f.channelId)).to.deep.equal([gatedId]);
+      expect(alerts).to.deep.equal([gatedId]);
+      expect(report.transactions.map((t) => t.channels)).to.deep.equal([[goodId]]);
+      expect(await claimedOnChain(goodId)).to.equal(PRICE);
+      expect(await claimedOnChain(gatedId)).to.equal(0n);
+    } finally {
+      await ctx.testClient.setCode({ address: gated.account.address, bytecode: "0x" });
+    }
+  });
+
+  it("claims: a batch whose transaction fails on chain is split and sent again; the row that fails alone is alerted, and sent alone from then on", async () => {
+    const payers = [0, 1, 2].map((i) => new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`split-${i}`)))));
+    const ids: Hex[] = [];
+    for (const p of payers) ids.push(await depositThroughNode(p));
+    const badId = ids[1]!;
+    // The chain refuses every claim transaction with this row in it (its simulation passes).
+    const sender = node.payee.opts.sender;
+    const send = sender.send;
+    const sent: Hex[][] = [];
+    sender.send = ((p: { functionName: string; args: readonly [VoucherClaim[]] }) => {
+      if (p.functionName !== "claim") return send.call(sender, p as never);
+      const channels = p.args[0].map((row) => computeChannelId(payers[0]!.domain, row.voucher.channel));
+      sent.push(channels);
+      if (channels.includes(badId)) return Promise.reject(new ChainError(ErrorCodes.claimTransactionFailed, "claim reverted"));
+      return send.call(sender, p as never);
+    }) as typeof send;
+    try {
+      const alerts: Hex[] = [];
+      const claims = new ClaimEngine(node.payee, { onShutdown: false, onAlert: (cid) => alerts.push(cid) });
+      const report = await claims.claim({ channels: ids });
+      expect(report.failed.map((f) => f.channelId)).to.deep.equal([badId]);
+      expect(alerts).to.deep.equal([badId]);
+      for (const [i, id] of ids.entries()) expect(await claimedOnChain(id), `channel ${i}`).to.equal(id === badId ? 0n : PRICE);
+      // The next run sends that row alone, after a batch of the others.
+      for (const p of [payers[0]!, payers[2]!]) expect((await payWith(`${node.url}/a/2`, await p.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
+      sent.length = 0;
+      await claims.claim({ channels: [badId, ids[0]!, ids[2]!] });
+      expect(sent).to.deep.equal([[ids[0], ids[2]], [badId]]);
+    } finally {
+      sender.send = send;
+    }
+  });
+
+  it("threshold claims: channels flagged together are claimed in one run, one transaction", async () => {
+    const payers = [3, 4].map((i) => new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`coalesce-${i}`)))));
+    const ids: Hex[] = [];
+    for (const p of payers) ids.push(await depositThroughNode(p));
+    const sender = node.payee.opts.sender;
+    const send = sender.send;
+    let claimTransactions = 0;
+    sender.send = ((p: { functionName: string }) => {
+      if (p.functionName === "claim") claimTransactions++;
+      return send.call(sender, p as never);
+    }) as typeof send;
+    try {
+      const claims = new ClaimEngine(node.payee, { threshold: 5_000n, onShutdown: false });
+      const recs = await Promise.all(ids.map((id) => node.store.getChannel(id)));
+      for (const rec of recs) claims.noteCharge(rec!); // charges committed in the same moment
+      await claims.stop(); // waits for the run
+      expect(claimTransactions).to.equal(1);
+      for (const id of ids) expect(await claimedOnChain(id)).to.equal(PRICE);
+    } finally {
+      sender.send = send;
+    }
+  });
+  it("shutdown: a claim that fails as a whole is reported by stop(), not passed over (the CLI then exits 1)", async () => {
+    const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("shutdown-report"))));
+    const id = await depositThroughNode(payer);
+    const sender = node.payee.opts.sender;
+    const simulate = sender.simulate;
+    sender.simulate = (() => Promise.reject(new Error("connect ECONNREFUSED 127.0.0.1:8545"))) as typeof simulate;
+    try {
+      const left = await new ClaimEngine(node.payee, { onShutdown: true }).stop();
+      expect(left.error).to.match(/^claim: .*ECONNREFUSED/);
+      expect(await claimedOnChain(id)).to.equal(0n);
+    } finally {
+      sender.simulate = simulate;
+    }
+  });
+});
