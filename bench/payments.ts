@@ -11,6 +11,8 @@
  *      an open-loop fixed-rate schedule (no coordinated omission), the server's own view, and one
  *      sequential connection.                                                goal p99 <= 2 ms
  *   3. durable (fsync'd group commit) vs non-durable commit, paid route, 3 interleaved pairs. goal >= 0.9
+ *      3b: the same at 64 connections on 64 channels, a load that saturates the two cores (context: what
+ *      group commit costs when there is concurrency to batch).
  *   4. verification path (digest + native recover + compare) vs a bare native ecdsaRecover loop. goal >= 0.8
  *
  * Run: npm run bench:payments   (TOLLWAY_BENCH_SECONDS=5 per run by default)
@@ -38,6 +40,9 @@ const CONNECTIONS = 10;
 const CHANNELS = 16;
 const PRICE = 1_000n; // $0.001
 const VOUCHERS_PER_CHANNEL = Number(process.env.TOLLWAY_BENCH_VOUCHERS ?? 30_000);
+/** Figure 3b: connections and channels (one stream each), and vouchers per channel. */
+const WIDE = 64;
+const WIDE_VOUCHERS = 8_000;
 
 /** Alternating unpaid and paid requests on one kept-alive connection; latency quantiles in ms. */
 async function sequentialLatency(port: number, ch: Channel, n: number) {
@@ -77,7 +82,7 @@ async function main() {
   const payeeAccount = privateKeyToAccount(payeeKey);
   const relayer = hardhatTestAccount(2);
   const { publicClient, walletClient } = clientsFor(chain.url, deployer);
-  const payers = Array.from({ length: 2 * CHANNELS }, (_, i) => privateKeyToAccount(keccak256(toHex(`bench-payer-${i}`))));
+  const payers = Array.from({ length: 2 * CHANNELS + WIDE }, (_, i) => privateKeyToAccount(keccak256(toHex(`bench-payer-${i}`))));
   const deposit = PRICE * BigInt(VOUCHERS_PER_CHANNEL + 10);
   const deployment = await deployTollway({
     walletClient,
@@ -97,6 +102,12 @@ async function main() {
     waitForReceipt: (hash) => relay.publicClient.waitForTransactionReceipt({ hash }),
     digester, token, receiver: payeeAccount.address, receiverAuthorizer: payeeAccount.address, accept, price: PRICE,
     count: CHANNELS, vouchers: VOUCHERS_PER_CHANNEL, label: "bench", payers: payers.slice(0, CHANNELS),
+  });
+  const wideChannels = await setupChannels({
+    relayer: relay.walletClient as never,
+    waitForReceipt: (hash) => relay.publicClient.waitForTransactionReceipt({ hash }),
+    digester, token, receiver: payeeAccount.address, receiverAuthorizer: payeeAccount.address, accept, price: PRICE,
+    count: WIDE, vouchers: WIDE_VOUCHERS, label: "wide", payers: payers.slice(2 * CHANNELS),
   });
   const setupS = (Date.now() - t0) / 1000;
 
@@ -177,6 +188,19 @@ async function main() {
   }
   const nondurable = { rps: median(nondurableRuns.map((r) => r.rps)), non2xx: nondurableRuns.reduce((a, r) => a + r.non2xx, 0) };
   const durable2 = { rps: median(durableRuns.map((r) => r.rps)), non2xx: durableRuns.reduce((a, r) => a + r.non2xx, 0) };
+  // 3b: the same pairs at WIDE connections on WIDE channels (the two cores saturated)
+  const wideRuns: Record<"durable" | "nondurable", RunResult[]> = { durable: [], nondurable: [] };
+  for (let i = 0; i < 3; i++) {
+    for (const sync of [false, true]) {
+      server = await startBenchServer(SERVER, { ...serverEnv, sync });
+      const wideUrl = `http://127.0.0.1:${server.port}/paid`;
+      await runLoad(wideUrl, { channels: wideChannels, price: PRICE, connections: WIDE, seconds: 2 });
+      wideRuns[sync ? "durable" : "nondurable"].push(await runLoad(wideUrl, { channels: wideChannels, price: PRICE, connections: WIDE, seconds: SECONDS }));
+      await server.stop();
+    }
+  }
+  const wideNondurable = median(wideRuns.nondurable.map((r) => r.rps));
+  const wideDurable = median(wideRuns.durable.map((r) => r.rps));
 
   // 5: reverse-proxy mode vs a direct hit on the upstream (same run)
   const upstream = await startBenchServer(path.join(__dirname, "upstream-server.ts"), {});
@@ -283,6 +307,9 @@ async function main() {
     `   non-durable ${fmt(nondurable.rps)} req/s (runs ${nondurableRuns.map((r) => fmt(r.rps)).join(", ")})   durable ${fmt(durable2.rps)} req/s (runs ${durableRuns.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${nondurable.non2xx + durable2.non2xx})`,
     `   ratio durable/non-durable ${(durable2.rps / nondurable.rps).toFixed(3)}   goal >= 0.9  ${durable2.rps / nondurable.rps >= 0.9 ? "MET" : "NOT MET"}`,
     `   group commit: ${flushes ?? "?"} fsync'd batches for ${paidTotal} paid requests in the first server`,
+    `3b. the same at ${WIDE} connections on ${WIDE} channels (saturating load; context, the goal is figure 3's)`,
+    `   non-durable ${fmt(wideNondurable)} req/s (runs ${wideRuns.nondurable.map((r) => fmt(r.rps)).join(", ")})   durable ${fmt(wideDurable)} req/s (runs ${wideRuns.durable.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${[...wideRuns.nondurable, ...wideRuns.durable].reduce((a, r) => a + r.non2xx, 0)})`,
+    `   ratio durable/non-durable ${(wideDurable / wideNondurable).toFixed(3)}`,
     ``,
     `4. verification path vs bare native ecdsaRecover (${n} vouchers)`,
     `   bare recover ${fmt(bareNs / 1000, 2)} us   verification path ${fmt(pathNs / 1000, 2)} us`,
