@@ -53,9 +53,11 @@ export type PaidRequestContext = {
   /**
    * Charge less than the signed maximum (metered handlers). Call it before the first byte of the answer.
    * Never throws (in an async express 4 handler a throw is an unhandled rejection that ends the node):
-   * an amount outside 0..maximum is clamped into it, above to the signed maximum and below 0 to 0, and
-   * anything that is not a bigint (a JS caller's number, say) counts as 0; each with a process warning
-   * (code TOLLWAY_CHARGE_CLAMPED). A call after the answer started is ignored with a warning
+   * an amount outside 0..maximum is clamped into it, above to the signed maximum and below 0 to 0. A
+   * JS caller's number is taken at its value if it is a safe integer; anything else that is not an
+   * amount (a fraction, NaN, a string, undefined) charges the signed maximum, what the payer agreed to
+   * pay, so a handler's bug never serves for free. Each clamp emits a process warning (code
+   * TOLLWAY_CHARGE_CLAMPED). A call after the answer started is ignored with a warning
    * (TOLLWAY_LATE_CHARGE).
    * @param amount atomic units, 0..reservation.maxCharge
    * @example res.locals.tollway.charge(tokens * RATE) // never more than the payer signed for
@@ -82,18 +84,22 @@ class PaidContext implements PaidRequestContext {
     if (this.#decided) {
       // The charge was committed (or refused) when the answer started: too late to change it. Loud, but
       // not a throw: in an async handler that would be an unhandled rejection taking the node down.
-      process.emitWarning(`charge(${n}) on ${this.route} came after the paid answer started and is ignored: the signed maximum ${this.reservation.maxCharge} was charged. Call charge() before the first byte.`, {
+      process.emitWarning(`charge(${shown(n)}) on ${this.route} came after the paid answer started and is ignored: the signed maximum ${this.reservation.maxCharge} was charged. Call charge() before the first byte.`, {
         code: "TOLLWAY_LATE_CHARGE",
       });
       return;
     }
+    // A JS caller's whole number (`tokens * RATE`) is the amount it means.
+    if (typeof (n as unknown) === "number" && Number.isSafeInteger(n)) n = BigInt(n);
     const max = this.reservation.maxCharge;
     if (typeof n !== "bigint" || n < 0n || n > max) {
-      // Clamped, not thrown, for the same reason as above. Above the maximum the payer signed for, the
-      // maximum is what it agreed to pay; below 0, or not an amount at all, nothing.
-      const clamped = typeof n === "bigint" && n > max ? max : 0n;
-      const why = typeof n === "bigint" ? `is outside 0..${max} (the signed maximum)` : `is not a bigint amount (a ${typeof n})`;
-      process.emitWarning(`charge(${String(n)}) on ${this.route} ${why}: ${clamped} is charged instead.`, {
+      // Clamped, not thrown, for the same reason as above. Below 0, nothing. Above the maximum, or not
+      // an amount at all (a fraction, NaN, a string: a bug in the handler), the maximum the payer
+      // signed for: it agreed to pay that, and a bug must not serve the answer free.
+      const isAmount = typeof n === "bigint";
+      const clamped = isAmount && n < 0n ? 0n : max;
+      const why = isAmount ? `is outside 0..${max} (the signed maximum)` : `is not an amount${typeof n === "number" ? " (not a safe integer)" : ""}`;
+      process.emitWarning(`charge(${shown(n)}) on ${this.route} ${why}: ${clamped} is charged instead.`, {
         code: "TOLLWAY_CHARGE_CLAMPED",
       });
       n = clamped;
@@ -108,6 +114,11 @@ class PaidContext implements PaidRequestContext {
     this.#decided = true;
     return this.#amount;
   }
+}
+
+/** A charge() argument for a warning: never throws (a template literal would, on a Symbol). */
+function shown(n: unknown): string {
+  return typeof n === "bigint" || typeof n === "number" ? String(n) : typeof n === "string" ? JSON.stringify(n.slice(0, 40)) : typeof n;
 }
 
 type CompiledRoute = {
@@ -651,6 +662,12 @@ function begin(res: Response, st: Interception) {
         socket?.cork();
         try {
           for (let i = 0; i < calls.length; i += 2) (calls[i] as AnyFn).apply(res, calls[i + 1] as unknown[]);
+          // An answer started but not ended whose headers are still not on the wire (a writeHead only,
+          // or HEAD, 204 and 304 writes, which carry none): send them now. The handler's flushHeaders
+          // ran while they were held and sent nothing, and an event stream that waits for its first
+          // event would leave the client without headers until then. Their content was fixed when
+          // writeHead was replayed: sending them early changes nothing but when they arrive.
+          if (!res.writableEnded && !(res as unknown as { _headerSent: boolean })._headerSent) res.flushHeaders();
         } catch (err) {
           // Checked when held, so this is exotic; the charge is on disk, the answer is broken: cut it.
           st.onReplayError(err);

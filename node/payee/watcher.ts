@@ -19,9 +19,12 @@
  * Reorg safety: with `confirmations` N > 0 the checkpoint stays N blocks behind head, and mirrored state
  * is the more cautious of the confirmed and the latest view (lower balance, larger pending withdrawal).
  * Every poll also scans the RESCAN_BLOCKS blocks up to the checkpoint again, whatever N is: a log an RPC
- * had not indexed yet when it answered at head, or a shallow reorg, is still seen (mirroring is
- * idempotent). A channel whose sync fails (its lock held by a long request, an RPC error) does not stop
- * the poll: the checkpoint stays before its event, so the next poll tries it again.
+ * had not indexed yet when it answered at head, or a shallow reorg, is still seen. Each log is acted on
+ * once: a log whose channel was mirrored (in a confirmed block) is remembered by block hash and log
+ * index until it leaves the rescanned blocks, so a rescan does not take a busy channel's lock again; a
+ * reorganised block has a new hash and is mirrored again. A channel whose sync fails (its lock held by a
+ * long request, an RPC error) does not stop the poll: the checkpoint stays before its event and the log
+ * is not remembered, so the next poll tries it again.
  */
 import type { Hex } from "viem";
 import type { Logger } from "pino";
@@ -55,6 +58,10 @@ const REALERT_MS = 60_000;
  */
 const RESCAN_BLOCKS = 12n;
 
+/** A log's identity: a reorganised block has another hash, so its logs are new. */
+const logKey = (log: { blockHash: Hex | null; logIndex: number | null }) =>
+  log.blockHash === null || log.logIndex === null ? undefined : `${log.blockHash}:${log.logIndex}`;
+
 const min = (a: bigint, b: bigint) => (a < b ? a : b);
 const max = (a: bigint, b: bigint) => (a > b ? a : b);
 
@@ -80,6 +87,11 @@ export class ChainWatcher {
   /** The store scan (scanOnce): running or done; cleared when it fails. */
   private scan: Promise<void> | undefined;
   private claiming: Promise<void> | undefined;
+  /**
+   * Logs already mirrored (key: block hash and log index; value: block number), so the rescan skips
+   * them. Only blocks still rescanned are kept.
+   */
+  private readonly seen = new Map<string, bigint>();
   /** Consecutive failed polls (for /health). */
   failures = 0;
 
@@ -124,25 +136,33 @@ export class ChainWatcher {
       for (let chunk = 0; from <= head && chunk < MAX_CHUNKS_PER_POLL; chunk++) {
         const to = head < from + range - 1n ? head : from + range - 1n;
         const logs = await client.getContractEvents({ address: this.payee.opts.escrow, abi: batchSettlementAbi, fromBlock: from, toBlock: to });
-        // Each touched channel with the block of its first event in this range.
-        const touched = new Map<Hex, bigint>();
+        // Each touched channel with the block of its first new event in this range, and the new logs
+        // to remember once it is mirrored (not those in unconfirmed blocks: mirrored again until confirmed).
+        const touched = new Map<Hex, { block: bigint; keys: Array<[string, bigint]> }>();
         for (const log of logs) {
           const args = log.args as { channelId?: Hex };
           if (!args.channelId) continue;
-          if (!touched.has(args.channelId)) {
+          const key = logKey(log);
+          if (key !== undefined && this.seen.has(key)) continue;
+          const block = log.blockNumber ?? from;
+          let t = touched.get(args.channelId);
+          if (!t) {
             // Not ours, unless a request is meeting it right now (its record is written at the commit).
             if (!this.payee.locks.isHeld(args.channelId) && !(await this.payee.store.getChannel(args.channelId))) continue;
-            touched.set(args.channelId, log.blockNumber ?? from);
+            t = { block, keys: [] };
+            touched.set(args.channelId, t);
           }
+          if (key !== undefined && block <= safe) t.keys.push([key, block]);
           if (log.eventName === "WithdrawInitiated" && !this.withdrawing.has(args.channelId)) {
             this.opts.logger?.warn({ channelId: args.channelId }, "payer initiated a withdrawal; claiming now");
             this.withdrawing.add(args.channelId);
           }
         }
-        for (const [id, block] of touched) {
+        for (const [id, { block, keys }] of touched) {
           try {
             await this.payee.syncChannel(id, () => this.readCautious(id, safe, depth));
             this.payee.unsynced.delete(id);
+            for (const [key, at] of keys) this.seen.set(key, at);
           } catch (err) {
             // Busy or unreadable: this channel only, and it takes no new charges until it is mirrored.
             // Its event stays in the next poll's range.
@@ -158,6 +178,8 @@ export class ChainWatcher {
         if (next >= 0n && (checkpoint === undefined || next > checkpoint)) {
           await this.payee.store.putMeta(CHECKPOINT, next.toString());
           checkpoint = next;
+          // Blocks the next poll no longer rescans.
+          for (const [key, at] of this.seen) if (at <= checkpoint - RESCAN_BLOCKS) this.seen.delete(key);
         }
         from = to + 1n;
       }

@@ -200,6 +200,22 @@ async function servePaid(routes: Record<string, string>, install: (app: express.
 
 const paid = { headers: { "payment-signature": voucherHeader } };
 
+/** A paid request through node's http client (calls `onHeaders` when the headers arrive); its body and whether it reused a kept-alive socket. */
+function request(url: string, method: string, onHeaders: (r: http.IncomingMessage) => void, agent?: http.Agent) {
+  return new Promise<{ body: string; reused: boolean }>((resolve, reject) => {
+    const req = http.request(url, { method, headers: paid.headers, agent }, (r) => {
+      onHeaders(r);
+      let body = "";
+      r.setEncoding("utf8");
+      r.on("data", (chunk: string) => void (body += chunk));
+      r.on("end", () => resolve({ body, reused: req.reusedSocket }));
+      r.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
 describe("paid answers through paymentMiddleware (a payee whose commit takes an fsync's time)", () => {
   it("an event stream started with writeHead then flushHeaders is delivered whole after the charge", async () => {
     const events: string[] = [];
@@ -217,6 +233,59 @@ describe("paid answers through paymentMiddleware (a payee whose commit takes an 
     expect(await r.text()).to.equal("data: 1\n\ndata: 2\n\n");
     await s.close();
     expect(events).to.deep.equal(["authorize", "commit 10 /x"]);
+  });
+
+  it("an event stream that waits for its first event has its headers as soon as the charge is committed (flushHeaders while held)", async () => {
+    for (const start of ["writeHead", "setHeader"]) {
+      const events: string[] = [];
+      const s = await servePaid({ "GET /x": "10" }, (app) =>
+        app.get("/x", (_req, res) => {
+          if (start === "writeHead") res.writeHead(200, { "Content-Type": "text/event-stream" });
+          else res.setHeader("Content-Type", "text/event-stream");
+          res.flushHeaders();
+          setTimeout(() => {
+            events.push("first event");
+            res.end("data: 1\n\n");
+          }, 300);
+        }), fakePayee(events, 5), events);
+      const answer = await request(`${s.url}/x`, "GET", (r) => events.push(`headers ${r.statusCode} ${r.headers["content-type"]}`));
+      await s.close();
+      expect(answer.body, start).to.equal("data: 1\n\n");
+      expect(events, start).to.deep.equal(["authorize", "commit 10 /x", "headers 200 text/event-stream", "first event"]);
+    }
+  });
+
+  it("an answer started but not yet ended has its headers once the charge is committed, HEAD, 204 and 304 included, and ends whole on a kept-alive connection", async () => {
+    const events: string[] = [];
+    let ended = () => {};
+    const s = await servePaid({ "GET /x": "10" }, (app) =>
+      app.get("/x", (req, res) => {
+        res.writeHead(Number(req.query.status), { "X-A": "1" });
+        if (req.method === "HEAD") res.flushHeaders();
+        setTimeout(() => {
+          events.push(`end ${req.method} ${req.query.status}`);
+          res.end("body");
+          ended();
+        }, 200);
+      }), fakePayee(events, 1), events);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const reused: boolean[] = [];
+    try {
+      for (const [method, status] of [["GET", 200], ["GET", 204], ["GET", 304], ["GET", 200], ["HEAD", 200]] as const) {
+        const serverEnded = new Promise<void>((r) => (ended = r));
+        // A HEAD, 204 or 304 answer is whole at its headers: the client is done before the handler ends.
+        const answer = await request(`${s.url}/x?status=${status}`, method, (r) => events.push(`headers ${method} ${r.statusCode} ${r.headers["x-a"]}`), agent);
+        await serverEnded;
+        reused.push(answer.reused);
+        expect(answer.body, `${method} ${status}`).to.equal(method === "GET" && status === 200 ? "body" : "");
+        expect(events.slice(-3), `${method} ${status}`).to.deep.equal([`commit 10 /x`, `headers ${method} ${status} 1`, `end ${method} ${status}`]);
+      }
+    } finally {
+      agent.destroy();
+      await s.close();
+    }
+    // HEAD last: node's client does not reuse a socket whose HEAD answer it had whole before the server ended it.
+    expect(reused, "each answer was framed right: the next one came on the same connection").to.deep.equal([false, true, true, true, true]);
   });
 
   it("a wrapper that starts the headers itself on each write (as compression does) is delivered whole", async () => {
@@ -277,12 +346,21 @@ describe("paid answers through paymentMiddleware (a payee whose commit takes an 
     expect(events[2]).to.match(/^onError .*status changed from 200 to 500/);
   });
 
-  it("charge() out of range never throws (an async handler's rejection would take the node down): clamped into 0..max with a warning", async () => {
+  it("charge() never throws (an async handler's rejection would take the node down): a whole JS number is an amount, anything else out of range is clamped with a warning", async () => {
     const cases: Array<[unknown, string]> = [
       [11n, "commit 10 /x"],
       [-1n, "commit 0 /x"],
-      [5, "commit 0 /x"], // a JS caller's number is not an amount: charged nothing
       [7n, "commit 7 /x"],
+      [5, "commit 5 /x"], // a JS caller's whole number is taken at its value
+      [11, "commit 10 /x"],
+      [-1, "commit 0 /x"],
+      // Not an amount: the signed maximum, what the payer agreed to pay (a handler bug does not serve free).
+      [2.5, "commit 10 /x"],
+      [NaN, "commit 10 /x"],
+      [2 ** 53, "commit 10 /x"], // not a safe integer: not the amount the handler meant
+      ["5", "commit 10 /x"],
+      [undefined, "commit 10 /x"],
+      [Symbol("x"), "commit 10 /x"],
     ];
     const warnings: string[] = [];
     const onWarning = (w: Error & { code?: string }) => void warnings.push(w.code ?? "");
@@ -304,7 +382,7 @@ describe("paid answers through paymentMiddleware (a payee whose commit takes an 
     } finally {
       process.removeListener("warning", onWarning);
     }
-    expect(warnings).to.deep.equal(["TOLLWAY_CHARGE_CLAMPED", "TOLLWAY_CHARGE_CLAMPED", "TOLLWAY_CHARGE_CLAMPED"]);
+    expect(warnings).to.deep.equal(Array(10).fill("TOLLWAY_CHARGE_CLAMPED"));
   });
 
   it("a paid answer is always no-store, even with a Cache-Control given to writeHead (object or flat list)", async () => {

@@ -1,0 +1,132 @@
+import { expect } from "chai";
+import pino from "pino";
+import { keccak256, toHex, type Hex, type LocalAccount } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { batchSettlementAbi } from "../../node/chain/abi";
+import { ClaimEngine } from "../../node/payee/claims";
+import { ChainWatcher } from "../../node/payee/watcher";
+import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
+import { clientsFor } from "../helpers/chainNode";
+import { startChain, startPayee } from "../helpers/payeeHarness";
+import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
+
+const PRICE = 10_000n;
+const ESCROW = CANONICAL_ADDRESSES.batchSettlement;
+const silent = pino({ level: "silent" });
+
+describe("watcher rescan: each log is acted on once (a reorganised block or a failed sync again)", function () {
+  this.timeout(120_000);
+  let ctx: Awaited<ReturnType<typeof startChain>>;
+  let node: Awaited<ReturnType<typeof startPayee>>;
+  let accept: Accept;
+
+  before(async () => {
+    ctx = await startChain();
+    node = await startPayee(ctx, { "GET /a/:id": "$0.01" } as never, (app) => app.get("/a/:id", (_req, res) => void res.send("ok")));
+    accept = (await fetchRequirements(`${node.url}/a/1`)).accept;
+  });
+  after(async () => {
+    await node?.stop();
+    await ctx?.chain.stop();
+  });
+
+  async function depositThroughNode(payer: WirePayer) {
+    const r = await payWith(`${node.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, PRICE));
+    expect(r.status, r.text).to.equal(200);
+    return payer.channelId(accept);
+  }
+
+  async function initiateWithdraw(payer: WirePayer, amount: bigint) {
+    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
+    const hash = await walletClient.writeContract({ address: ESCROW, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [payer.config(accept), amount] });
+    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
+  }
+
+  /** Counts the watcher's syncs of one channel; `fail` makes the next ones throw (an RPC error, say). */
+  function countSyncs(id: Hex) {
+    const syncChannel = node.payee.syncChannel;
+    const c = { n: 0, fail: 0, restore: () => void (node.payee.syncChannel = syncChannel) };
+    node.payee.syncChannel = (cid, chain) => {
+      if (cid !== id) return syncChannel.call(node.payee, cid, chain);
+      c.n++;
+      if (c.fail > 0) {
+        c.fail--;
+        return Promise.reject(new Error("eth_call failed"));
+      }
+      return syncChannel.call(node.payee, cid, chain);
+    };
+    return c;
+  }
+
+  it("a mirrored event still in the rescanned blocks does not wait for the channel's lock again, nor refuse its next request", async () => {
+    const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("rescan-busy"))));
+    const id = await depositThroughNode(payer);
+    await initiateWithdraw(payer, 1n);
+    const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
+    await watcher.poll();
+    await watcher.settled(); // claims the charge before the withdrawal: a Claimed event
+    await watcher.poll(); // mirrors it
+    await watcher.settled();
+    expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0);
+    expect(node.payee.unsynced.has(id)).to.equal(false);
+    // Fewer blocks than are rescanned: both events are scanned again.
+    await ctx.testClient.mine({ blocks: 5 });
+    const release = node.payee.locks.tryAcquire(id)!; // a long request holds the channel
+    let took: number;
+    try {
+      const t = Date.now();
+      await watcher.poll();
+      took = Date.now() - t;
+    } finally {
+      release();
+    }
+    expect(took, "the poll waited for the channel's lock").to.be.lessThan(2_000);
+    expect(node.payee.unsynced.has(id)).to.equal(false);
+    const next = await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE));
+    expect(next.status, next.text).to.equal(200);
+  });
+
+  it("a log is mirrored once; again when its block is reorganised (new hash), and on the next poll when its sync failed", async () => {
+    const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("rescan-once"))));
+    const id = await depositThroughNode(payer);
+    // Claims nothing: a claim's own Claimed event would be one more log to mirror.
+    const noClaims = { claim: async () => ({ transactions: [], failed: [] }) } as unknown as ClaimEngine;
+    const watcher = new ChainWatcher(node.payee, noClaims, { logger: silent });
+    const syncs = countSyncs(id);
+    const client = node.payee.opts.publicClient;
+    const getContractEvents = client.getContractEvents.bind(client);
+    try {
+      await watcher.poll(); // the Deposited event
+      expect(syncs.n).to.equal(1);
+      await ctx.testClient.mine({ blocks: 1 });
+      await watcher.poll();
+      expect(syncs.n, "mirrored again by the rescan").to.equal(1);
+
+      // The same logs, in blocks with new hashes (a shallow reorg that kept the transactions).
+      (client as { getContractEvents: unknown }).getContractEvents = async (a: unknown) =>
+        (await getContractEvents(a as never)).map((l) => ({ ...l, blockHash: keccak256(l.blockHash!) }));
+      await watcher.poll();
+      expect(syncs.n, "the reorganised block's log is mirrored").to.equal(2);
+      await watcher.poll();
+      expect(syncs.n).to.equal(2);
+      (client as { getContractEvents: unknown }).getContractEvents = getContractEvents;
+
+      // A new event whose sync fails: the channel is refused until a later poll mirrors it.
+      await initiateWithdraw(payer, 1n);
+      syncs.fail = 1;
+      await watcher.poll();
+      expect(syncs.n).to.equal(3);
+      expect(node.payee.unsynced.has(id)).to.equal(true);
+      await watcher.poll();
+      expect(syncs.n, "the failed sync is tried again").to.equal(4);
+      expect(node.payee.unsynced.has(id)).to.equal(false);
+      expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0);
+      await watcher.poll();
+      expect(syncs.n).to.equal(4);
+      await watcher.settled();
+    } finally {
+      (client as { getContractEvents: unknown }).getContractEvents = getContractEvents;
+      syncs.restore();
+    }
+  });
+});
