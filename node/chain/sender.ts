@@ -72,11 +72,34 @@ export function isRevert(err: unknown): boolean {
   return false;
 }
 
+/** A transaction of the call was mined and its receipt says it reverted: the call's arguments failed on chain. */
+export class RevertedOnChainError extends ChainError {
+  override name = "RevertedOnChainError";
+  constructor(
+    code: ErrorCode,
+    functionName: string,
+    readonly receipt: TransactionReceipt,
+  ) {
+    super(code, `${functionName} reverted`, { metaMessages: [`tx: ${receipt.transactionHash}`] });
+  }
+}
+
+/** True when the error (or one of its causes) is a mined transaction whose receipt says it reverted. */
+export function revertedOnChain(err: unknown): boolean {
+  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof RevertedOnChainError) return true;
+  }
+  return false;
+}
+
 /** A prepared transaction request; the nonce is fixed once signed. */
 type Request = { nonce: number; maxFeePerGas?: bigint; maxPriorityFeePerGas?: bigint };
 
-/** One call's transaction: the newest signed request and bytes, and the hash of every transaction signed for it. */
-type Pending = { request: Request; raw: Hex; signed: Hex[] };
+/**
+ * One call's transaction: the newest signed request and bytes, the hash of every transaction signed for
+ * it, and when it is next due for a re-pricing.
+ */
+type Pending = { request: Request; raw: Hex; signed: Hex[]; repriceAt: number };
 
 /** A fee raised by the 12.5% a node asks of a replacement (geth 10%), rounded up. */
 const raised = (fee: bigint): bigint => (fee * 9n + 7n) / 8n;
@@ -102,6 +125,11 @@ async function firstFound<T>(hashes: readonly Hex[], lookup: (hash: Hex) => Prom
 export class TxSender {
   private queue: Promise<unknown> = Promise.resolve();
   private nonce: number | undefined;
+  /**
+   * Transactions of calls that timed out, by nonce, until the count of mined transactions passes them:
+   * a later call blocked behind one re-prices it, since re-pricing its own would not help.
+   */
+  private stuck: Pending[] = [];
   private readonly options: TxSenderOptions & Required<Pick<TxSenderOptions, "retries" | "repriceAfterMs" | "maxReprices">>;
   /** Calls whose transaction went out (for metrics); a re-pricing is not another. */
   sent = 0;
@@ -152,21 +180,19 @@ export class TxSender {
   private async sendNow<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(p: SendParameters<abi, fn>): Promise<SendResult> {
     await this.simulate(p);
     const receipt = await this.confirm(await this.submit(p), p);
-    if (receipt.status !== "success") {
-      throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} reverted`, {
-        metaMessages: [`tx: ${receipt.transactionHash}`],
-      });
-    }
+    if (receipt.status !== "success") throw new RevertedOnChainError(p.transactionError ?? ErrorCodes.transactionReverted, String(p.functionName), receipt);
     return { hash: receipt.transactionHash, receipt };
   }
 
   /**
    * Signs the call at the next nonce and sends it, retrying failures with backoff. The next nonce is the
-   * higher of ours and the node's pending count: another process with this key moves it on, an RPC
-   * backend behind the others does not move it back. Once signed, the transaction is kept: a retry first
-   * asks the node for it (the answer was lost, "already known"; only "not found" means it lacks it, a
-   * failed lookup is another failure) and otherwise sends the same bytes again, never a transaction at
-   * another nonce (a second claim would cost gas for nothing, a second refund would pay twice).
+   * highest of ours, the node's pending count and the one after a stuck transaction's: another process
+   * with this key moves it on, an RPC backend behind the others (or one that leaves a transaction priced
+   * below the base fee out of its pending count) does not move it back. Once signed, the transaction is
+   * kept: a retry first asks the node for it (the answer was lost, "already known"; only "not found"
+   * means it lacks it, a failed lookup is another failure) and otherwise sends the same bytes again,
+   * never a transaction at another nonce (a second claim would cost gas for nothing, a second refund
+   * would pay twice).
    */
   private async submit(p: { address: Hex; abi: Abi; functionName: unknown; args: unknown; gas?: bigint; transactionError?: ErrorCode }): Promise<Pending> {
     let tx: Pending | undefined;
@@ -178,7 +204,11 @@ export class TxSender {
             chain: this.walletClient.chain,
             to: p.address,
             data: encodeFunctionData({ abi: p.abi, functionName: p.functionName as string, args: p.args as readonly unknown[] }),
-            nonce: Math.max(this.nonce ?? 0, await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" })),
+            nonce: Math.max(
+              this.nonce ?? 0,
+              (this.stuck.at(-1)?.request.nonce ?? -1) + 1,
+              await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" }),
+            ),
             gas: p.gas,
           })) as Request,
         );
@@ -204,39 +234,48 @@ export class TxSender {
   /** Signs `request`, adding its hash to those signed for the call so far. */
   private async sign(request: Request, signed: Hex[] = []): Promise<Pending> {
     const raw = await this.walletClient.signTransaction(request as never);
-    return { request, raw, signed: [...signed, keccak256(raw)] };
+    return { request, raw, signed: [...signed, keccak256(raw)], repriceAt: Date.now() + this.options.repriceAfterMs };
   }
 
   /**
    * Waits until one of the call's transactions is mined under `confirmations` blocks, riding out RPC
    * errors, for up to `receiptTimeoutMs`. While the nonce is unused, the transaction is re-priced every
-   * `repriceAfterMs`. Only a receipt of ours counts: when the nonce was used by another transaction (an
-   * operator's cancel, another process with this key), the call failed. On timeout the transaction may
-   * still be mined: the error says so and names it, and it is not sent at another nonce.
+   * `repriceAfterMs`, or, while the call waits behind a stuck transaction of an earlier call, that one
+   * is. Only a receipt of ours counts: when the nonce was used by another transaction (an operator's
+   * cancel, another process with this key), the call failed. On timeout the transaction may still be
+   * mined: the error says so and names it, it is not sent at another nonce, and it is kept as stuck.
    */
   private async confirm(tx: Pending, p: { functionName: unknown; transactionError?: ErrorCode }): Promise<TransactionReceipt> {
     const deadline = Date.now() + (this.options.receiptTimeoutMs ?? 120_000 + 60_000 * this.confirmations);
-    let repriceAt = Date.now() + this.options.repriceAfterMs;
+    let reprices = 0;
+    let latest: number | undefined;
     let usedByOther = 0;
     let lastError: unknown;
     const hashes = () => tx.signed.map((h) => `tx: ${h}`);
     for (;;) {
       try {
         // The count first: if the nonce is used and then none of ours has a receipt, another transaction used it.
-        const used = (await this.publicClient.getTransactionCount({ address: this.address })) > tx.request.nonce;
+        latest = await this.publicClient.getTransactionCount({ address: this.address });
+        const used = latest > tx.request.nonce;
+        this.stuck = this.stuck.filter((s) => s.request.nonce >= latest!);
         const receipt = await firstFound(tx.signed, (hash) => this.publicClient.getTransactionReceipt({ hash }));
         if (receipt && (this.confirmations === 0 || (await this.publicClient.getBlockNumber({ cacheTime: 0 })) - receipt.blockNumber >= BigInt(this.confirmations))) {
           return receipt;
         }
-        // Twice in a row: one RPC backend behind another is not enough to give up on our transaction.
-        usedByOther = used && !receipt ? usedByOther + 1 : 0;
-        if (!used && !receipt && Date.now() >= repriceAt && tx.signed.length <= this.options.maxReprices) {
-          repriceAt = Date.now() + this.options.repriceAfterMs;
-          const next = await this.reprice(tx);
+        // Twice in a row, and none of ours in a block: the count and the receipt may come from different
+        // RPC backends, one behind the other, which is not enough to give up on our transaction.
+        usedByOther = used && !receipt && !(await this.mined(tx.signed)) ? usedByOther + 1 : 0;
+        const blocker = this.stuck.find((s) => s.request.nonce === latest);
+        const due = blocker ?? tx;
+        if (!used && !receipt && Date.now() >= due.repriceAt && reprices < this.options.maxReprices) {
+          due.repriceAt = Date.now() + this.options.repriceAfterMs;
+          const next = await this.reprice(due);
           if (next) {
-            tx = next;
+            if (blocker) this.stuck[this.stuck.indexOf(blocker)] = next;
+            else tx = next;
+            reprices++;
             this.repriced++;
-            await this.walletClient.sendRawTransaction({ serializedTransaction: tx.raw });
+            await this.walletClient.sendRawTransaction({ serializedTransaction: next.raw });
           }
         }
       } catch (err) {
@@ -249,14 +288,28 @@ export class TxSender {
         });
       }
       if (Date.now() >= deadline) {
-        this.nonce = undefined; // a stuck transaction: the next send reads the pending nonce again
+        this.nonce = undefined; // the next send reads the pending nonce again
+        this.stuck.push(tx); // and the next calls re-price it while they wait behind it
+        const behind = latest !== undefined && latest < tx.request.nonce;
+        const known = this.stuck.some((s) => s.request.nonce === latest);
         throw new ChainError(ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} not confirmed in time (not resent at another nonce; it may still be mined)`, {
           cause: lastError,
-          metaMessages: hashes(),
+          metaMessages: [
+            ...hashes(),
+            ...(behind ? [`waiting behind nonce ${latest}: ${known ? "an earlier call's transaction, not mined" : "a transaction this sender did not sign (from before a restart, or another process with this key)"}`] : []),
+          ],
         });
       }
       await sleep(this.publicClient.pollingInterval);
     }
+  }
+
+  /** True when the node has one of `hashes` in a block (its receipt may not have reached every backend yet). */
+  private async mined(hashes: readonly Hex[]): Promise<boolean> {
+    for (const hash of hashes) {
+      if ((await firstFound([hash], (h) => this.publicClient.getTransaction({ hash: h })))?.blockNumber != null) return true;
+    }
+    return false;
   }
 
   /**

@@ -2,17 +2,17 @@
  * The claim engine: turns charged-but-unclaimed vouchers into on-chain claims, in batches, and sweeps
  * claimed funds with `settle`. One bad row never blocks a batch: each batch is simulated first and
  * failing rows are isolated by bisection, claimed around, and reported as an alert. A row can also pass
- * the simulation and revert on chain (a payer's ERC-1271 wallet can answer an eth_call differently from
- * a mined transaction): payer-signed rows are therefore sent one per transaction, after the batches of
- * session-key rows, and a batch that fails on chain is split in halves and sent again, down to the row
- * that fails alone, which is alerted and from then on sent alone too.
+ * the simulation and be refused by the chain when sent (a payer's ERC-1271 wallet can answer an eth_call
+ * differently from a mined transaction): a batch the chain refuses is split in halves and sent again, down
+ * to the row refused alone, which is alerted, sent alone from then on, and refused new charges by the
+ * payee until one of its claims lands (Payee.unclaimable).
  */
-import { parseEventLogs, zeroAddress, type Hex } from "viem";
+import { ExecutionRevertedError, parseEventLogs, zeroAddress, type Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, readReceiver } from "../chain/escrow";
-import { isRevert } from "../chain/sender";
-import { ChainError, ErrorCodes, errorSummary } from "../protocol/errors";
+import { isRevert, revertedOnChain } from "../chain/sender";
+import { ErrorCodes, errorSummary } from "../protocol/errors";
 import type { VoucherClaim } from "../protocol/typedData";
 import type { ChannelRecord } from "../store/channelStore";
 import type { Payee } from "./payee";
@@ -79,8 +79,6 @@ export class ClaimEngine {
   private readonly urgent = new Set<Hex>();
   /** The threshold run queued and not started yet: channels flagged meanwhile join it. */
   private urgentRun: Promise<ClaimReport> | undefined;
-  /** Channels whose claim transaction failed when sent alone (its simulation passed): sent alone until claimed. */
-  private readonly quarantined = new Set<Hex>();
 
   constructor(
     readonly payee: Payee,
@@ -116,14 +114,16 @@ export class ClaimEngine {
       // Listed channels are read directly, not found by a scan of the whole store.
       const ids = [...new Set(select.channels.map((c) => c.toLowerCase() as Hex))];
       const found = await Promise.all(ids.map((id) => this.payee.store.getChannel(id)));
+      // A channel gone from the store (refunded, closed) has nothing left to refuse.
+      ids.forEach((id, i) => found[i] === undefined && this.payee.unclaimable.delete(id));
       recs = found.filter((r): r is ChannelRecord => r !== undefined && hasClaim(r));
     } else {
       recs = await this.pending();
     }
     const report: ClaimReport = { transactions: [], failed: [], claimedChannels: 0 };
     const size = this.opts.batchSize ?? 100;
-    // Session-key rows in batches; payer-signed and quarantined rows one per transaction, after them.
-    const alone = (r: ChannelRecord) => r.config.payerAuthorizer === zeroAddress || this.quarantined.has(r.channelId);
+    // In batches; a row the chain refused before goes alone, after them.
+    const alone = (r: ChannelRecord) => this.payee.unclaimable.has(r.channelId);
     const batched = recs.filter((r) => !alone(r));
     const groups: ChannelRecord[][] = [];
     for (let i = 0; i < batched.length; i += size) groups.push(batched.slice(i, i + size));
@@ -145,9 +145,10 @@ export class ClaimEngine {
   }
 
   /**
-   * Sends one claim transaction for `recs` (simulated already). When it fails for any reason but a
-   * receipt that did not come (that transaction may still be mined), the rows are sent again in halves,
-   * each simulated first: an RPC outage then fails the run, and a row that fails alone is quarantined.
+   * Sends one claim transaction for `recs` (simulated already). When the chain refuses it (a revert in gas
+   * estimation or mined), the rows are sent again in halves, each simulated first; a row refused alone is
+   * marked unclaimable. Any other failure (no ETH for gas, the RPC, a receipt that did not come) says
+   * nothing about the rows: they are reported failed, as they are.
    */
   private async send(recs: ChannelRecord[], report: ClaimReport): Promise<void> {
     let sent;
@@ -162,11 +163,11 @@ export class ClaimEngine {
       });
     } catch (err) {
       const reason = errorSummary(err);
-      if (err instanceof ChainError && err.code === ErrorCodes.waitForReceiptFailed) {
-        for (const r of recs) this.fail(report, r.channelId, reason, "claim transaction not confirmed");
+      if (!refusedByChain(err)) {
+        for (const r of recs) this.fail(report, r.channelId, reason, "claim transaction failed");
       } else if (recs.length === 1) {
-        this.quarantined.add(recs[0]!.channelId);
-        this.fail(report, recs[0]!.channelId, reason, "claim transaction failed (its simulation passed); this channel is sent alone from now on");
+        this.payee.markUnclaimable(recs[0]!.channelId);
+        this.fail(report, recs[0]!.channelId, reason, "the chain refused this channel's claim (its simulation passed): no new charges on it until a claim lands; sent alone from now on");
       } else {
         const mid = recs.length >> 1;
         await this.claimGroup(recs.slice(0, mid), report);
@@ -176,7 +177,7 @@ export class ClaimEngine {
     }
     const { hash, receipt } = sent;
     const ids = recs.map((r) => r.channelId);
-    for (const id of ids) this.quarantined.delete(id);
+    for (const id of ids) this.payee.unclaimable.delete(id);
     let amount = 0n;
     // The receipt's Claimed events say exactly what each channel's total is now.
     const totals = new Map<Hex, bigint>();
@@ -290,7 +291,7 @@ export class ClaimEngine {
     await this.periodic;
     if (!(this.opts.onShutdown ?? true)) {
       await this.running?.catch(() => undefined);
-      return { unclaimed: 0 };
+      return { unclaimed: 0, skipped: true };
     }
     const out: ShutdownReport = { unclaimed: 0 };
     try {
@@ -310,7 +311,20 @@ export class ClaimEngine {
 }
 
 /** What a shutdown left undone: channels its claim could not claim, and a claim or settle that failed as a whole. */
-export type ShutdownReport = { unclaimed: number; error?: string };
+export type ShutdownReport = { unclaimed: number; error?: string; /** onShutdown was off: nothing was claimed. */ skipped?: true };
+
+/**
+ * The chain refused the transaction: a revert in its simulation, its gas estimation (viem's
+ * ExecutionRevertedError, or a node's own wording, e.g. Hardhat's "reverted with custom error") or once
+ * mined. Not: no ETH for gas, an RPC failure, a timeout.
+ */
+function refusedByChain(err: unknown): boolean {
+  if (isRevert(err) || revertedOnChain(err)) return true;
+  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof ExecutionRevertedError || /\brevert(ed)?\b/i.test((e as { details?: string }).details ?? (e as Error).message ?? "")) return true;
+  }
+  return false;
+}
 
 /** The claim row that collects what a record charged (up to its balance) with its stored voucher. */
 export function toClaimRow(rec: ChannelRecord): VoucherClaim {

@@ -57,6 +57,11 @@ const listenSchema = z
     tls: tlsSchema.optional(),
     /** A client must send its request headers within this (slow-header connections are closed; node's default is 60 s). */
     headersTimeoutMs: z.number().int().min(500).max(300_000).default(10_000),
+    /**
+     * The node sits behind a reverse proxy of yours that sets X-Forwarded-For / -Proto / -Host: the proxy
+     * mode passes them on to upstreams (extended with its peer) instead of replacing them with its own.
+     */
+    trustProxy: z.boolean().default(false),
   })
   .strict();
 

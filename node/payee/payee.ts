@@ -107,12 +107,12 @@ export type PaymentResponseBody = {
   extra: { chargedAmount?: string; channelState: ChannelStateWire };
 };
 
+/** ERC-1271's answer for a valid signature as a full return word: the selector, zero-padded. */
+const ERC1271_MAGIC_WORD = ERC1271_MAGIC_VALUE + "0".repeat(56);
 /**
  * How long a payer's "has code" answer is reused: an EOA that gains code later (an EIP-7702 delegation)
  * is checked as the escrow checks it within this time.
  */
-/** ERC-1271's answer for a valid signature as a full return word: the selector, zero-padded. */
-const ERC1271_MAGIC_WORD = ERC1271_MAGIC_VALUE + "0".repeat(56);
 const PAYER_CODE_TTL_MS = 30_000;
 /** How stale the chain view may be before new charges are refused, unless configured (ms). */
 export const DEFAULT_RISK_WINDOW_MS = 300_000;
@@ -128,6 +128,12 @@ export class Payee {
   private readonly payerSignatureCache = new Map<string, boolean>();
   /** Whether a payer's address has code, and when that was read (payerHasCode). */
   private readonly payerCode = new Map<Address, { hasCode: boolean; at: number }>();
+  /**
+   * Channels whose claim the chain refused although its simulation passed (a payer's ERC-1271 wallet that
+   * answers an eth_call and not a mined transaction): no new charges until one of their claims lands
+   * (ClaimEngine marks and clears them), so what such a payer gets unpaid stops at the claim threshold.
+   */
+  readonly unclaimable = new Set<Hex>();
   private readonly now: () => number;
 
   constructor(readonly opts: PayeeOptions) {
@@ -416,7 +422,7 @@ export class Payee {
    */
   async recordRefund(rec: ChannelRecord, hash: Hex, receipt: { logs: Log[]; gasUsed: bigint }): Promise<{ next: ChannelRecord; refunded: bigint; chain: OnchainChannel }> {
     const refunded = amountMoved(receipt.logs, "Refunded");
-    const chain = await this.readBack(rec.channelId, `the refund (${hash})`);
+    const chain = await this.readBack(rec.channelId, `the refund (${hash})`, "the node's record follows the chain shortly");
     const next = this.withChain(rec, chain);
     await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount: refunded, gasUsed: receipt.gasUsed });
     if (chain.balance === chain.totalClaimed) await this.store.deleteChannel(rec.channelId);
@@ -634,8 +640,11 @@ export class Payee {
     }
   }
 
-  /** A channel not mirrored yet, a withdrawal about to finalize, or a chain view older than the risk window: no new charges. */
+  /** A channel not mirrored yet or unclaimable, a withdrawal about to finalize, or a chain view older than the risk window: no new charges. */
   private checkChainTiming(rec: ChannelRecord) {
+    if (this.unclaimable.size > 0 && this.unclaimable.has(rec.channelId)) {
+      throw new PaymentError(ErrorCodes.voucherSignature, "the chain refused to claim this channel's vouchers (its payer's signature check); no new charges until a claim lands");
+    }
     if (this.unsynced.size > 0 && this.unsynced.has(rec.channelId)) {
       throw new PaymentError(ErrorCodes.channelStateReadFailed, "this channel has chain events not mirrored yet; retry shortly", { status: 503 });
     }
@@ -721,15 +730,21 @@ export class Payee {
     }
   }
 
+  /** Marks a channel whose claim the chain refused (see `unclaimable`); bounded like the other per-payer sets. */
+  markUnclaimable(channelId: Hex): void {
+    if (this.unclaimable.size >= 10_000) this.unclaimable.delete(this.unclaimable.values().next().value!);
+    this.unclaimable.add(channelId);
+  }
+
   /**
    * The channel read back after this node's own transaction. An RPC failure here is a 503 the client can
    * retry, not a raw client error (its message would carry the RPC URL); the watcher mirrors the event.
    */
-  private async readBack(channelId: Hex, what: string): Promise<OnchainChannel> {
+  private async readBack(channelId: Hex, what: string, next: string): Promise<OnchainChannel> {
     try {
       return await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
     } catch (cause) {
-      throw new PaymentError(ErrorCodes.channelStateReadFailed, `${what} is on chain, but the channel could not be read back; retry shortly`, { cause, status: 503 });
+      throw new PaymentError(ErrorCodes.channelStateReadFailed, `${what} is on chain and counts, but the channel could not be read back just now; ${next}`, { cause, status: 503 });
     }
   }
 
@@ -744,7 +759,7 @@ export class Payee {
       simulationError: ErrorCodes.depositSimulationFailed,
       transactionError: ErrorCodes.depositTransactionFailed,
     });
-    const chain = await this.readBack(channelId, `the deposit (${result.hash})`);
+    const chain = await this.readBack(channelId, `the deposit (${result.hash})`, "pay with a voucher shortly (not this deposit again)");
     const record = this.withChain(rec, chain);
     await this.store.putChannel(record);
     await this.store.appendHistory({

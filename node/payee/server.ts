@@ -249,7 +249,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   // The proxy forwards by the route the payment middleware reserved for: what is charged is what is
   // forwarded (a config route "GET /api/*" at $0.001 must not open a proxied "GET /api/premium/*" at $1),
   // with no second matcher to disagree with the first.
-  const upstreams = new Map(Object.entries(config.proxy).map(([key, p]) => [key, upstreamOf(p.upstream, p.timeoutMs)]));
+  const upstreams = new Map(Object.entries(config.proxy).map(([key, p]) => [key, upstreamOf(p.upstream, p.timeoutMs, config.listen.trustProxy)]));
   if (upstreams.size > 0) {
     app.use(async (req, res, next) => {
       const upstream = upstreams.get((res.locals.tollway as PaidRequestContext | undefined)?.route ?? "");
@@ -374,11 +374,12 @@ function isLoopback(host: string): boolean {
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"]);
 /**
  * Not taken from the client: an upstream behind the node trusts these from its proxy (IP allowlists, rate
- * limits), so a payer could claim any address. The node sets X-Forwarded-For itself.
+ * limits), so a payer could claim any address. The node sets X-Forwarded-For / -Proto / -Host itself,
+ * extending what a proxy of the operator's in front of it set when `listen.trustProxy` says there is one.
  */
 const CLIENT_FORWARDING = new Set(["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"]);
-/** Not taken from the upstream: the payment middleware's own (an upstream's expose list would hide PAYMENT-RESPONSE from browsers). */
-const PAYMENT_OWNED = new Set(["access-control-expose-headers", "payment-response", "payment-required", "payment-signature"]);
+/** Not taken from the upstream: the payment middleware's own. */
+const PAYMENT_OWNED = new Set(["payment-response", "payment-required", "payment-signature"]);
 
 /** Hop-by-hop names: the fixed ones and those the message's own Connection header lists. */
 function hopByHop(connection: string | string[] | undefined): (name: string) => boolean {
@@ -393,7 +394,7 @@ const agents = { "http:": new http.Agent({ keepAlive: true, maxSockets: 256 }), 
  * middleware defers the response's first write, so the charge commits only when the upstream answered
  * < 400 — before any byte leaves.
  */
-type Upstream = { request: typeof http.request; agent: http.Agent; hostname: string; port: string; prefix: string; auth?: string; timeoutMs: number };
+type Upstream = { request: typeof http.request; agent: http.Agent; hostname: string; port: string; prefix: string; auth?: string; timeoutMs: number; trustProxy: boolean };
 
 /**
  * A "." or ".." path segment, also percent-encoded, between backslashes (which some servers take for "/"),
@@ -407,7 +408,7 @@ export function hasDotSegment(path: string): boolean {
 }
 
 /** An upstream URL resolved once per route (not a URL parse per request). */
-function upstreamOf(url: string, timeoutMs: number): Upstream {
+function upstreamOf(url: string, timeoutMs: number, trustProxy: boolean): Upstream {
   const u = new URL(url);
   const tls = u.protocol === "https:";
   return {
@@ -419,6 +420,7 @@ function upstreamOf(url: string, timeoutMs: number): Upstream {
     // Credentials in the upstream URL go out as Basic auth, as http.request(url) would send them.
     auth: u.username ? `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}` : undefined,
     timeoutMs,
+    trustProxy,
   };
 }
 
@@ -472,7 +474,12 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
       if (v === undefined || k === "host" || k === "payment-signature" || CLIENT_FORWARDING.has(k) || inboundHop(k)) continue;
       headers[k] = v;
     }
-    if (req.socket.remoteAddress) headers["x-forwarded-for"] = req.socket.remoteAddress;
+    const trusted = upstream.trustProxy;
+    const peer = req.socket.remoteAddress ?? "";
+    headers["x-forwarded-for"] = trusted && inbound["x-forwarded-for"] ? `${String(inbound["x-forwarded-for"])}, ${peer}` : peer;
+    headers["x-forwarded-proto"] = (trusted && inbound["x-forwarded-proto"]) || ((req.socket as { encrypted?: boolean }).encrypted ? "https" : "http");
+    if (inbound.host) headers["x-forwarded-host"] = (trusted && inbound["x-forwarded-host"]) || inbound.host;
+    if (trusted && inbound.forwarded) headers.forwarded = inbound.forwarded;
     const options = {
       hostname: upstream.hostname,
       port: upstream.port,
@@ -503,7 +510,10 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
       const outboundHop = hopByHop(outbound.connection);
       for (const k in outbound) {
         const v = outbound[k];
-        if (v !== undefined && !outboundHop(k) && !PAYMENT_OWNED.has(k)) res.setHeader(k, v);
+        if (v === undefined || outboundHop(k) || PAYMENT_OWNED.has(k)) continue;
+        // The middleware's expose list (PAYMENT-RESPONSE for browsers) and the upstream's, both.
+        const own = k === "access-control-expose-headers" ? res.getHeader(k) : undefined;
+        res.setHeader(k, own ? `${String(own)}, ${String(v)}` : v);
       }
       const declared = Number(ur.headers["content-length"]);
       const hasBody = req.method !== "HEAD" && status !== 204 && status !== 304 && status >= 200;

@@ -61,7 +61,7 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
       expect(c.asset.decimals).to.equal(18);
       expect(c.claims).to.deep.equal({ threshold: "$5", payerSignedThreshold: "$0.10", intervalMs: 600_000, batchSize: 100, onShutdown: true });
       expect(c.proxy["POST /api/*"]!.timeoutMs).to.equal(1000);
-      expect(c.listen).to.deep.equal({ host: "127.0.0.1", port: 4020, headersTimeoutMs: 10_000 });
+      expect(c.listen).to.deep.equal({ host: "127.0.0.1", port: 4020, headersTimeoutMs: 10_000, trustProxy: false });
     });
   });
 
@@ -114,7 +114,7 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
 
     it("digits override the file (and keep the rest of listen); the range checks still apply", () => {
       const c = parseNodeConfig({ ...base, chainId: 1, listen: { host: "0.0.0.0", port: 1 } }, { TOLLWAY_PORT: "8080", TOLLWAY_CHAIN_ID: "8453", TOLLWAY_RECOVERY_THREADS: "0" });
-      expect(c.listen).to.deep.equal({ host: "0.0.0.0", port: 8080, headersTimeoutMs: 10_000 });
+      expect(c.listen).to.deep.equal({ host: "0.0.0.0", port: 8080, headersTimeoutMs: 10_000, trustProxy: false });
       expect(c.chainId).to.equal(8453);
       expect(c.recoveryThreads).to.equal(0);
       expect(details(configError(() => parseNodeConfig(base, { TOLLWAY_PORT: "70000" })))).to.match(/^listen\.port: /);

@@ -1,6 +1,7 @@
 import { expect } from "chai";
-import { erc20Abi, HttpRequestError, keccak256, parseTransaction, type Hex } from "viem";
-import { TxSender } from "../../node/chain/sender";
+import { erc20Abi, HttpRequestError, keccak256, parseTransaction, TransactionReceiptNotFoundError, type Hex } from "viem";
+import { TxSender, revertedOnChain } from "../../node/chain/sender";
+import { hardhatTestAccount } from "../../node/chain/localNode";
 import { ChainError, ErrorCodes } from "../../node/protocol/errors";
 import { startChain } from "../helpers/payeeHarness";
 import { clientsFor } from "../helpers/chainNode";
@@ -176,6 +177,79 @@ describe("transaction sender (hardhat node)", function () {
     expect(err).to.be.instanceOf(ChainError);
     expect((err as ChainError).code).to.equal(ErrorCodes.transactionReverted);
     expect((err as ChainError).shortMessage).to.match(/nonce \d+ was used by a transaction that is not this call's/);
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
+  });
+
+  it("a transaction mined with a reverted receipt fails with an error revertedOnChain recognises (through causes too); other failures are not", async () => {
+    const { publicClient, walletClient } = clientsFor(ctx.chain.url, hardhatTestAccount(10));
+    // The simulation passes (stubbed) and the gas is given, so the transfer of more than the balance reverts on chain.
+    (publicClient as { simulateContract: unknown }).simulateContract = () => Promise.resolve({});
+    const sender = new TxSender(publicClient as never, walletClient as never);
+    const err = await sender
+      .send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "transfer", args: [ctx.deployment.escrow, 2n ** 200n], gas: 200_000n })
+      .then(() => undefined, (e: unknown) => e);
+    expect(err).to.be.instanceOf(ChainError);
+    expect((err as ChainError).code).to.equal(ErrorCodes.transactionReverted);
+    expect((err as ChainError).shortMessage).to.equal("transfer reverted");
+    expect(revertedOnChain(err)).to.equal(true);
+    expect(revertedOnChain(new Error("claim run failed", { cause: err }))).to.equal(true);
+    expect(revertedOnChain(new ChainError(ErrorCodes.waitForReceiptFailed, "not confirmed in time"))).to.equal(false);
+    expect(revertedOnChain(new Error("rpc down"))).to.equal(false);
+    expect(revertedOnChain(undefined)).to.equal(false);
+  });
+
+  it("a transaction stuck after its call timed out is re-priced by the next call blocked behind it; both are mined, each once", async () => {
+    const account = hardhatTestAccount(11);
+    const { publicClient, walletClient, testClient } = clientsFor(ctx.chain.url, account);
+    const raws = recordSends(walletClient);
+    const sender = new TxSender(publicClient as never, walletClient as never, 0, { receiptTimeoutMs: 2_000, repriceAfterMs: 300 });
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    const approve = (amount: bigint) => sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, amount] });
+    await testClient.setAutomine(false);
+    try {
+      const first = approve(8n).then(() => undefined, (e: unknown) => e);
+      await until("the first transaction", () => raws.length === 1);
+      const stuckFee = parseTransaction(raws[0]!).maxFeePerGas!;
+      await testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: stuckFee * 4n });
+      await testClient.mine({ blocks: 1 });
+      expect(((await first) as ChainError).code).to.equal(ErrorCodes.waitForReceiptFailed);
+      // Fees rise far above what the stuck transaction (re-priced or not) offers: it stays unmined.
+      await testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: stuckFee * 100n });
+      await testClient.mine({ blocks: 1 });
+      expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before);
+      const seen = raws.length;
+      const second = approve(9n);
+      second.catch(() => undefined);
+      // The second call signs the next nonce and re-prices the stuck one at its own.
+      await until("the stuck transaction re-priced", () => raws.slice(seen + 1).some((raw) => parseTransaction(raw).nonce === before));
+      await testClient.mine({ blocks: 1 });
+      const { receipt } = await second;
+      expect(receipt.status).to.equal("success");
+      const nonces = raws.map((raw) => parseTransaction(raw).nonce);
+      expect(nonces.filter((n) => n !== before && n !== before + 1)).to.deep.equal([]);
+      expect(nonces.filter((n) => n === before + 1)).to.have.length(1); // the second call signed one nonce, once
+    } finally {
+      await testClient.setAutomine(true);
+    }
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 2);
+    // Mined, the stuck transaction is forgotten: the next call sends its own transaction only.
+    const seen = raws.length;
+    await approve(10n);
+    expect(raws.slice(seen).map((raw) => parseTransaction(raw).nonce)).to.deep.equal([before + 2]);
+  });
+
+  it("a mined transaction whose receipt an RPC backend does not have yet (the count came from another) is waited for, not taken for another's", async () => {
+    const account = hardhatTestAccount(12);
+    const { publicClient, walletClient } = clientsFor(ctx.chain.url, account);
+    const getTransactionReceipt = publicClient.getTransactionReceipt.bind(publicClient);
+    let lookups = 0;
+    (publicClient as { getTransactionReceipt: unknown }).getTransactionReceipt = (a: { hash: Hex }) =>
+      ++lookups <= 6 ? Promise.reject(new TransactionReceiptNotFoundError({ hash: a.hash })) : getTransactionReceipt(a);
+    const sender = new TxSender(publicClient as never, walletClient as never);
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    const { receipt } = await sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 11n] });
+    expect(receipt.status).to.equal("success");
+    expect(lookups).to.be.greaterThan(6);
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
   });
 });

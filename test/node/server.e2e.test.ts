@@ -48,6 +48,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   /** Raw upstream connections that have closed. */
   const rawClosed = new Set<number>();
   let logText = "";
+  let config: ReturnType<typeof parseNodeConfig>;
   /** Bytes the /big/* upstream has written so far. */
   let bigWritten = 0;
   const TOKEN = "test-admin-token-0123456789";
@@ -62,7 +63,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     up.get("/base/*", (req, res) =>
       void res
         .set({ "X-Upstream": "base", "Access-Control-Expose-Headers": "X-Upstream" })
-        .json({ url: req.originalUrl, host: req.headers.host, signature: req.headers["payment-signature"] ?? null, authorization: req.headers.authorization ?? null, forwardedFor: req.headers["x-forwarded-for"] ?? null, realIp: req.headers["x-real-ip"] ?? null, hop: req.headers["x-hop"] ?? null }));
+        .json({ url: req.originalUrl, host: req.headers.host, signature: req.headers["payment-signature"] ?? null, authorization: req.headers.authorization ?? null, forwardedFor: req.headers["x-forwarded-for"] ?? null, forwardedProto: req.headers["x-forwarded-proto"] ?? null, forwardedHost: req.headers["x-forwarded-host"] ?? null, realIp: req.headers["x-real-ip"] ?? null, hop: req.headers["x-hop"] ?? null }));
     // 32 MiB without a length, written as fast as the connection to the node takes it.
     up.get("/big/*", async (_req, res) => {
       res.setHeader("Content-Type", "application/octet-stream");
@@ -136,7 +137,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const rawUrl = `http://127.0.0.1:${(raw.address() as AddressInfo).port}`;
     const nodeAccount = privateKeyToAccount(nodeKey);
     await ctx.testClient.setBalance({ address: nodeAccount.address, value: 10n ** 20n });
-    const config = parseNodeConfig(
+    config = parseNodeConfig(
       {
         ...localNodeConfig(ctx),
         storePath,
@@ -393,8 +394,9 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       "X-Hop": "drop me",
     });
     expect(first.status, first.body).to.equal(200);
-    expect(JSON.parse(first.body)).to.include({ forwardedFor: "127.0.0.1", realIp: null, hop: null });
-    expect(first.headers["access-control-expose-headers"]).to.include("PAYMENT-RESPONSE");
+    expect(JSON.parse(first.body)).to.include({ forwardedFor: "127.0.0.1", forwardedProto: "http", forwardedHost: new URL(node.url).host, realIp: null, hop: null });
+    // The middleware's expose list and the upstream's, both.
+    expect(first.headers["access-control-expose-headers"]).to.include("PAYMENT-RESPONSE").and.to.include("X-Upstream");
     const voucher = await payer.voucherHeader(accept, 40_000n);
     for (const target of ["/api/x#/../../admin", "/api/..;/admin", "/api/.%2e%3bx/admin", `http://internal-admin.example/api/ok/1`]) {
       const raw = await rawGet(node.url, target, { [HEADERS.paymentSignature]: voucher });
@@ -405,6 +407,27 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const ok = await payWith(`${node.url}/pre/t2`, voucher);
     expect(ok.status, ok.text).to.equal(200);
     expect(ok.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+  });
+
+  it("reverse proxy behind the operator's own proxy (listen.trustProxy): its X-Forwarded-* are passed on, extended", async () => {
+    const behind = await startPayeeNode(
+      { ...config, storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-trusted-")), listen: { ...config.listen, port: 0, trustProxy: true } },
+      { key: nodeKey, logger: pino({ level: "silent" }) },
+    );
+    try {
+      const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-trusted"))));
+      const accept = (await fetchRequirements(`${behind.url}/pre/t`)).accept;
+      const r = await rawGet(behind.url, "/pre/t", {
+        [HEADERS.paymentSignature]: await payer.depositHeader(accept, 1_000_000n, 20_000n),
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "shop.example",
+      });
+      expect(r.status, r.body).to.equal(200);
+      expect(JSON.parse(r.body)).to.include({ forwardedFor: "203.0.113.7, 127.0.0.1", forwardedProto: "https", forwardedHost: "shop.example" });
+    } finally {
+      await behind.stop();
+    }
   });
 
   it("reverse proxy: forwards by the route it charged for: a config route's price never opens a dearer proxied route under it", async () => {

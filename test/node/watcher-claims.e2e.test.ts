@@ -10,6 +10,7 @@ import { ClaimEngine, toClaimRow } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { encodeErc3009CollectorData } from "../../node/protocol/collectorData";
 import { ChainError, ErrorCodes } from "../../node/protocol/errors";
+import { RevertedOnChainError } from "../../node/chain/sender";
 import { CANONICAL_ADDRESSES, computeChannelId, type VoucherClaim } from "../../node/protocol/typedData";
 import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
@@ -180,7 +181,7 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
     expect(await claimedOnChain(id)).to.equal(PRICE);
   });
 
-  it("claims: a payer-signed row that passes simulation and reverts on chain is sent alone and alerted; the session-key channel listed with it is claimed", async () => {
+  it("claims: a payer-signed row that passes simulation and is refused on chain is split off and alerted, the channel batched with it is claimed, and the refused channel gets no new charges", async () => {
     const viaSessionKey = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("beside-gated"))));
     const gated = new PayerSigns(ctx.payers[5] as LocalAccount, ctx.payers[5] as LocalAccount, pad("0x6a7e", { size: 32 }));
     const gatedId = await depositThroughNode(gated);
@@ -204,6 +205,11 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       expect(report.transactions.map((t) => t.channels)).to.deep.equal([[goodId]]);
       expect(await claimedOnChain(goodId)).to.equal(PRICE);
       expect(await claimedOnChain(gatedId)).to.equal(0n);
+      // Its wallet still says yes to every eth_call, but what it gets unpaid stops here.
+      const refused = await payWith(`${node.url}/a/2`, await gated.voucherHeader(accept, 2n * PRICE));
+      expect(refused.status).to.equal(402);
+      expect(refused.paymentRequired.error).to.equal("invalid_batch_settlement_evm_voucher_signature");
+      expect((await payWith(`${node.url}/a/2`, await viaSessionKey.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
     } finally {
       await ctx.testClient.setCode({ address: gated.account.address, bytecode: "0x" });
     }
@@ -222,7 +228,8 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       if (p.functionName !== "claim") return send.call(sender, p as never);
       const channels = p.args[0].map((row) => computeChannelId(payers[0]!.domain, row.voucher.channel));
       sent.push(channels);
-      if (channels.includes(badId)) return Promise.reject(new ChainError(ErrorCodes.claimTransactionFailed, "claim reverted"));
+      // A mined transaction whose receipt says reverted (the receipt's contents do not matter here).
+      if (channels.includes(badId)) return Promise.reject(new RevertedOnChainError(ErrorCodes.claimTransactionFailed, "claim", { transactionHash: "0x01" } as never));
       return send.call(sender, p as never);
     }) as typeof send;
     try {
@@ -237,6 +244,29 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       sent.length = 0;
       await claims.claim({ channels: [badId, ids[0]!, ids[2]!] });
       expect(sent).to.deep.equal([[ids[0], ids[2]], [badId]]);
+    } finally {
+      sender.send = send;
+    }
+  });
+
+  it("claims: a send that fails for a reason not about the rows (no ETH for gas, the RPC) fails them as they are: no split, nobody blamed", async () => {
+    const payers = [0, 1].map((i) => new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`no-gas-${i}`)))));
+    const ids: Hex[] = [];
+    for (const p of payers) ids.push(await depositThroughNode(p));
+    const sender = node.payee.opts.sender;
+    const send = sender.send;
+    let claimSends = 0;
+    sender.send = ((p: { functionName: string }) => {
+      if (p.functionName !== "claim") return send.call(sender, p as never);
+      claimSends++;
+      return Promise.reject(new ChainError(ErrorCodes.claimTransactionFailed, "claim failed after 4 attempts", { cause: new Error("insufficient funds for gas * price + value") }));
+    }) as typeof send;
+    try {
+      const report = await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: ids });
+      expect(claimSends).to.equal(1);
+      expect(report.failed.map((f) => f.channelId)).to.have.members(ids);
+      for (const id of ids) expect(node.payee.unclaimable.has(id)).to.equal(false);
+      expect((await payWith(`${node.url}/a/3`, await payers[0]!.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
     } finally {
       sender.send = send;
     }

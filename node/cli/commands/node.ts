@@ -62,7 +62,7 @@ export async function serve(o: { config: string }): Promise<number> {
       process.stderr.write(`tollway: stopped, but the shutdown claim is incomplete: ${what}. The vouchers are in the store: run \`tollway claim --all\` once the chain is reachable.\n`);
       return 1;
     }
-    process.stderr.write("tollway: stopped; outstanding vouchers claimed and settled\n");
+    process.stderr.write(left.skipped ? "tollway: stopped (claims.onShutdown is off: nothing was claimed)\n" : "tollway: stopped; outstanding vouchers claimed and settled\n");
     return 0;
   } finally {
     process.off("SIGINT", handler);
