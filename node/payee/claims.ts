@@ -36,6 +36,9 @@ export type ClaimStrategy = {
 };
 
 export type ClaimTransaction = { hash: Hex; gasUsed: bigint; channels: Hex[]; amount: bigint };
+/** Which channels a run claims: all pending, or those listed; see ClaimEngine.claim. */
+export type ClaimSelection = { channels?: Hex[]; includeUnclaimable?: boolean };
+
 export type ClaimReport = {
   transactions: ClaimTransaction[];
   /** Channels that could not be claimed, with the revert that isolated them. */
@@ -96,9 +99,11 @@ export class ClaimEngine {
 
   /**
    * Claims all pending channels, or those listed. Runs never overlap (one key, one nonce): a call made
-   * while a run is in progress starts its own run after it.
+   * while a run is in progress starts its own run after it. Channels the chain refused to claim
+   * (Payee.unclaimable) are left out unless `includeUnclaimable` (an operator's request, the shutdown):
+   * the automatic runs would otherwise pay for a reverting transaction on every run.
    */
-  claim(select: { channels?: Hex[] } = {}): Promise<ClaimReport> {
+  claim(select: ClaimSelection = {}): Promise<ClaimReport> {
     return this.enqueue(() => this.claimSelected(select));
   }
 
@@ -108,7 +113,7 @@ export class ClaimEngine {
     return run;
   }
 
-  private async claimSelected(select: { channels?: Hex[] }): Promise<ClaimReport> {
+  private async claimSelected(select: ClaimSelection): Promise<ClaimReport> {
     let recs: ChannelRecord[];
     if (select.channels) {
       // Listed channels are read directly, not found by a scan of the whole store.
@@ -120,6 +125,7 @@ export class ClaimEngine {
     } else {
       recs = await this.pending();
     }
+    if (!select.includeUnclaimable && this.payee.unclaimable.size > 0) recs = recs.filter((r) => !this.payee.unclaimable.has(r.channelId));
     const report: ClaimReport = { transactions: [], failed: [], claimedChannels: 0 };
     const size = this.opts.batchSize ?? 100;
     // In batches; a row the chain refused before goes alone, after them.
@@ -166,8 +172,15 @@ export class ClaimEngine {
       if (!refusedByChain(err)) {
         for (const r of recs) this.fail(report, r.channelId, reason, "claim transaction failed");
       } else if (recs.length === 1) {
-        this.payee.markUnclaimable(recs[0]!.channelId);
-        this.fail(report, recs[0]!.channelId, reason, "the chain refused this channel's claim (its simulation passed): no new charges on it until a claim lands; sent alone from now on");
+        // Simulated again: a row that fails it now met a change of state (a withdrawal finalized first), not
+        // a payer whose signature check answers an eth_call and not a transaction.
+        const resimulated = await this.isolate(recs).catch(() => undefined);
+        if (resimulated?.good.length === 1) {
+          this.payee.markUnclaimable(recs[0]!.channelId);
+          this.fail(report, recs[0]!.channelId, reason, "the chain refused this channel's claim though its simulation passes: no new charges and no automatic claims on it until a claim lands");
+        } else {
+          this.fail(report, recs[0]!.channelId, resimulated?.bad[0]?.reason ?? reason, "channel cannot be claimed");
+        }
       } else {
         const mid = recs.length >> 1;
         await this.claimGroup(recs.slice(0, mid), report);
@@ -295,7 +308,7 @@ export class ClaimEngine {
     }
     const out: ShutdownReport = { unclaimed: 0 };
     try {
-      out.unclaimed = (await this.claim()).failed.length;
+      out.unclaimed = (await this.claim({ includeUnclaimable: true })).failed.length;
     } catch (err) {
       out.error = `claim: ${errorSummary(err)}`;
       this.opts.logger?.error({ alert: "claim_failed", err: errorSummary(err) }, "shutdown claim failed");

@@ -425,7 +425,10 @@ export class Payee {
     const chain = await this.readBack(rec.channelId, `the refund (${hash})`, "the node's record follows the chain shortly");
     const next = this.withChain(rec, chain);
     await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount: refunded, gasUsed: receipt.gasUsed });
-    if (chain.balance === chain.totalClaimed) await this.store.deleteChannel(rec.channelId);
+    if (chain.balance === chain.totalClaimed) {
+      await this.store.deleteChannel(rec.channelId);
+      this.unclaimable.delete(rec.channelId); // its refund claimed first: the chain took its vouchers again
+    }
     else await this.store.putChannel(next);
     return { next, refunded, chain };
   }

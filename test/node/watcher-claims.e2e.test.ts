@@ -210,12 +210,29 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       expect(refused.status).to.equal(402);
       expect(refused.paymentRequired.error).to.equal("invalid_batch_settlement_evm_voucher_signature");
       expect((await payWith(`${node.url}/a/2`, await viaSessionKey.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
+      // Automatic runs (threshold, periodic, a withdrawal's) leave it out: no gas for a claim the chain refuses;
+      // an operator's request (and the shutdown) still tries it.
+      const sender = node.payee.opts.sender;
+      const send = sender.send;
+      const tried: number[] = [];
+      sender.send = ((p: { functionName: string; args: readonly [unknown[]] }) => {
+        if (p.functionName === "claim") tried.push(p.args[0].length);
+        return send.call(sender, p as never);
+      }) as typeof send;
+      try {
+        expect((await claims.claim({ channels: [gatedId] })).failed).to.deep.equal([]);
+        expect(tried).to.deep.equal([]);
+        expect((await claims.claim({ channels: [gatedId], includeUnclaimable: true })).failed.map((f) => f.channelId)).to.deep.equal([gatedId]);
+        expect(tried).to.deep.equal([1]);
+      } finally {
+        sender.send = send;
+      }
     } finally {
       await ctx.testClient.setCode({ address: gated.account.address, bytecode: "0x" });
     }
   });
 
-  it("claims: a batch whose transaction fails on chain is split and sent again; the row that fails alone is alerted, and sent alone from then on", async () => {
+  it("claims: a batch whose transaction fails on chain is split and sent again; the row that fails alone is alerted, left out of automatic runs and sent alone when asked", async () => {
     const payers = [0, 1, 2].map((i) => new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`split-${i}`)))));
     const ids: Hex[] = [];
     for (const p of payers) ids.push(await depositThroughNode(p));
@@ -242,7 +259,12 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       // The next run sends that row alone, after a batch of the others.
       for (const p of [payers[0]!, payers[2]!]) expect((await payWith(`${node.url}/a/2`, await p.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
       sent.length = 0;
+      // An automatic run leaves it out; an operator's sends it alone, after a batch of the others.
       await claims.claim({ channels: [badId, ids[0]!, ids[2]!] });
+      expect(sent).to.deep.equal([[ids[0], ids[2]]]);
+      for (const p of [payers[0]!, payers[2]!]) expect((await payWith(`${node.url}/a/2`, await p.voucherHeader(accept, 3n * PRICE))).status).to.equal(200);
+      sent.length = 0;
+      await claims.claim({ channels: [badId, ids[0]!, ids[2]!], includeUnclaimable: true });
       expect(sent).to.deep.equal([[ids[0], ids[2]], [badId]]);
     } finally {
       sender.send = send;
