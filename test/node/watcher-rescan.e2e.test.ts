@@ -129,4 +129,96 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
       syncs.restore();
     }
   });
+
+  it("with confirmations, a log in a block not yet confirmed is mirrored when seen and once more when confirmed, not on every poll in between", async () => {
+    const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("rescan-unconfirmed"))));
+    const id = await depositThroughNode(payer);
+    const noClaims = { claim: async () => ({ transactions: [], failed: [] }) } as unknown as ClaimEngine;
+    const watcher = new ChainWatcher(node.payee, noClaims, { logger: silent, confirmations: 3 });
+    const syncs = countSyncs(id);
+    const client = node.payee.opts.publicClient;
+    const getContractEvents = client.getContractEvents.bind(client);
+    try {
+      await watcher.poll(); // the Deposited event, at head: not confirmed
+      expect(syncs.n).to.equal(1);
+      await ctx.testClient.mine({ blocks: 1 });
+      const release = node.payee.locks.tryAcquire(id)!; // a long request holds the channel
+      let took: number;
+      try {
+        const t = Date.now();
+        await watcher.poll();
+        took = Date.now() - t;
+      } finally {
+        release();
+      }
+      expect(took, "the poll waited for the channel's lock").to.be.lessThan(2_000);
+      expect(syncs.n, "mirrored again while not confirmed").to.equal(1);
+      expect(node.payee.unsynced.has(id)).to.equal(false);
+
+      // A reorganised unconfirmed block (new hash) is mirrored again, once.
+      await ctx.testClient.mine({ blocks: 1 });
+      (client as { getContractEvents: unknown }).getContractEvents = async (a: unknown) =>
+        (await getContractEvents(a as never)).map((l) => ({ ...l, blockHash: keccak256(l.blockHash!) }));
+      await watcher.poll();
+      expect(syncs.n, "the reorganised block's log is mirrored").to.equal(2);
+      (client as { getContractEvents: unknown }).getContractEvents = getContractEvents;
+
+      // Three blocks on top of it: confirmed, and mirrored once more (the confirmed view now has it).
+      await ctx.testClient.mine({ blocks: 1 });
+      await watcher.poll();
+      expect(syncs.n, "mirrored once more when confirmed").to.equal(3);
+      await ctx.testClient.mine({ blocks: 1 });
+      await watcher.poll();
+      expect(syncs.n).to.equal(3);
+      expect(node.payee.unsynced.has(id)).to.equal(false);
+    } finally {
+      (client as { getContractEvents: unknown }).getContractEvents = getContractEvents;
+      syncs.restore();
+    }
+  });
+
+  it("a poll at a head already scanned (twice) fetches no logs, and still refreshes the chain view; a failed sync is retried at the same head", async () => {
+    const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("rescan-idle"))));
+    const noClaims = { claim: async () => ({ transactions: [], failed: [] }) } as unknown as ClaimEngine;
+    const watcher = new ChainWatcher(node.payee, noClaims, { logger: silent });
+    const client = node.payee.opts.publicClient;
+    const getContractEvents = client.getContractEvents.bind(client);
+    let fetches = 0;
+    (client as { getContractEvents: unknown }).getContractEvents = (a: unknown) => {
+      fetches++;
+      return getContractEvents(a as never);
+    };
+    const id = await depositThroughNode(payer);
+    const syncs = countSyncs(id);
+    try {
+      await watcher.poll();
+      expect(fetches).to.equal(1);
+      // A second look at the same head: a load-balanced RPC's log index can lag its head.
+      await watcher.poll();
+      expect(fetches).to.equal(2);
+      node.payee.chainSyncedAt = 0;
+      await watcher.poll();
+      expect(fetches, "the same head scanned again").to.equal(2);
+      expect(node.payee.chainSyncedAt, "the chain view is refreshed").to.be.greaterThan(0);
+      expect(watcher.failures).to.equal(0);
+
+      // A new block: scanned. A sync that fails is retried at the same head until it succeeds.
+      await initiateWithdraw(payer, 1n);
+      syncs.fail = 1;
+      await watcher.poll();
+      expect(node.payee.unsynced.has(id)).to.equal(true);
+      await watcher.poll();
+      expect(node.payee.unsynced.has(id)).to.equal(false);
+      expect(syncs.n).to.equal(3);
+      const scanned = fetches;
+      await watcher.poll();
+      await watcher.poll();
+      await watcher.poll();
+      expect(fetches, "scanned twice at this head after the failure, then not").to.equal(scanned + 1);
+      expect(syncs.n).to.equal(3);
+    } finally {
+      (client as { getContractEvents: unknown }).getContractEvents = getContractEvents;
+      syncs.restore();
+    }
+  });
 });
