@@ -18,13 +18,19 @@
  *
  * Reorg safety: with `confirmations` N > 0 the checkpoint stays N blocks behind head, and mirrored state
  * is the more cautious of the confirmed and the latest view (lower balance, larger pending withdrawal).
- * Every poll also scans the RESCAN_BLOCKS blocks up to the checkpoint again, whatever N is: a log an RPC
+ * Every poll that fetches logs also scans the RESCAN_BLOCKS blocks up to the checkpoint again, whatever N is: a log an RPC
  * had not indexed yet when it answered at head, or a shallow reorg, is still seen. Each log is acted on
- * once: a log whose channel was mirrored (in a confirmed block) is remembered by block hash and log
- * index until it leaves the rescanned blocks, so a rescan does not take a busy channel's lock again; a
- * reorganised block has a new hash and is mirrored again. A channel whose sync fails (its lock held by a
- * long request, an RPC error) does not stop the poll: the checkpoint stays before its event and the log
- * is not remembered, so the next poll tries it again.
+ * once, and a log in a block not yet confirmed once more when the block is (the confirmed view then has
+ * it): a log whose channel was mirrored is remembered by block hash and log index until it leaves the
+ * rescanned blocks, so a rescan does not take a busy channel's lock again; a reorganised block has a new
+ * hash and is mirrored again. A channel whose sync fails (its lock held by a long request, an RPC error)
+ * does not stop the poll: the checkpoint stays before its event and the log is not remembered, so the
+ * next poll tries it again.
+ *
+ * A poll at a head already scanned twice, with every channel mirrored, fetches no logs until the head
+ * moves (the second look is for an RPC whose log index lagged its head at the first). A log missed both
+ * times, or a head block replaced at the same height, is caught by the rescan once the head moves on.
+ * Such a poll still refreshes the chain view and claims.
  */
 import type { Hex } from "viem";
 import type { Logger } from "pino";
@@ -88,10 +94,13 @@ export class ChainWatcher {
   private scan: Promise<void> | undefined;
   private claiming: Promise<void> | undefined;
   /**
-   * Logs already mirrored (key: block hash and log index; value: block number), so the rescan skips
-   * them. Only blocks still rescanned are kept.
+   * Logs already mirrored (key: block hash and log index), with their block and whether it was confirmed
+   * then, so the rescan skips them (an unconfirmed one until it is confirmed). Only blocks still
+   * rescanned are kept.
    */
-  private readonly seen = new Map<string, bigint>();
+  private readonly seen = new Map<string, { at: bigint; confirmed: boolean }>();
+  /** The last head scanned to the end with every channel mirrored, and how many polls did (skip at 2). */
+  private scanned: { head: bigint; looks: number } | undefined;
   /** Consecutive failed polls (for /health). */
   failures = 0;
 
@@ -120,70 +129,13 @@ export class ChainWatcher {
   }
 
   private async pollNow(): Promise<void> {
-    const client = this.payee.opts.publicClient;
-    const depth = BigInt(this.opts.confirmations ?? 0);
-    const range = BigInt(this.opts.maxBlockRange ?? 2_000);
     try {
       // The view is as old as the head it starts from (a slow poll must not make it look fresher).
       const viewAt = Date.now();
-      const head = await client.getBlockNumber({ cacheTime: 0 });
-      const safe = head - depth;
-      let checkpoint = await this.checkpoint();
-      let from = checkpoint === undefined ? (head > 1000n ? head - 1000n : 0n) : max(0n, checkpoint + 1n - RESCAN_BLOCKS);
-      // The checkpoint may not pass the block of an event whose channel could not be synced.
-      let hold: bigint | undefined;
-      // In ranges RPC providers accept; a node that was down long catches up over several polls.
-      for (let chunk = 0; from <= head && chunk < MAX_CHUNKS_PER_POLL; chunk++) {
-        const to = head < from + range - 1n ? head : from + range - 1n;
-        const logs = await client.getContractEvents({ address: this.payee.opts.escrow, abi: batchSettlementAbi, fromBlock: from, toBlock: to });
-        // Each touched channel with the block of its first new event in this range, and the new logs
-        // to remember once it is mirrored (not those in unconfirmed blocks: mirrored again until confirmed).
-        const touched = new Map<Hex, { block: bigint; keys: Array<[string, bigint]> }>();
-        for (const log of logs) {
-          const args = log.args as { channelId?: Hex };
-          if (!args.channelId) continue;
-          const key = logKey(log);
-          if (key !== undefined && this.seen.has(key)) continue;
-          const block = log.blockNumber ?? from;
-          let t = touched.get(args.channelId);
-          if (!t) {
-            // Not ours, unless a request is meeting it right now (its record is written at the commit).
-            if (!this.payee.locks.isHeld(args.channelId) && !(await this.payee.store.getChannel(args.channelId))) continue;
-            t = { block, keys: [] };
-            touched.set(args.channelId, t);
-          }
-          if (key !== undefined && block <= safe) t.keys.push([key, block]);
-          if (log.eventName === "WithdrawInitiated" && !this.withdrawing.has(args.channelId)) {
-            this.opts.logger?.warn({ channelId: args.channelId }, "payer initiated a withdrawal; claiming now");
-            this.withdrawing.add(args.channelId);
-          }
-        }
-        for (const [id, { block, keys }] of touched) {
-          try {
-            await this.payee.syncChannel(id, () => this.readCautious(id, safe, depth));
-            this.payee.unsynced.delete(id);
-            for (const [key, at] of keys) this.seen.set(key, at);
-          } catch (err) {
-            // Busy or unreadable: this channel only, and it takes no new charges until it is mirrored.
-            // Its event stays in the next poll's range.
-            this.payee.unsynced.add(id);
-            if (hold === undefined || block - 1n < hold) hold = block - 1n;
-            this.opts.logger?.warn({ channelId: id, err: errorSummary(err) }, "channel not mirrored this poll; retrying");
-          }
-        }
-        // With confirmations the checkpoint stays that many blocks behind head: those are scanned again.
-        let next = depth > 0n && safe < to ? safe : to;
-        if (hold !== undefined && hold < next) next = hold;
-        // (A chain shorter than the confirmation depth has no confirmed block to stand on yet.)
-        if (next >= 0n && (checkpoint === undefined || next > checkpoint)) {
-          await this.payee.store.putMeta(CHECKPOINT, next.toString());
-          checkpoint = next;
-          // Blocks the next poll no longer rescans.
-          for (const [key, at] of this.seen) if (at <= checkpoint - RESCAN_BLOCKS) this.seen.delete(key);
-        }
-        from = to + 1n;
-      }
-      if (from > head) {
+      const head = await this.payee.opts.publicClient.getBlockNumber({ cacheTime: 0 });
+      const last = this.scanned;
+      const idle = last?.head === head && last.looks >= 2 && this.payee.unsynced.size === 0;
+      if (idle || (await this.mirror(head))) {
         this.payee.chainSyncedAt = viewAt;
         this.failures = 0;
       }
@@ -200,6 +152,78 @@ export class ChainWatcher {
     this.claiming ??= this.claimWithdrawing()
       .catch((err: Error) => this.opts.logger?.error({ alert: "withdrawal_claim_failed", err: errorSummary(err) }, "withdrawal claims failed"))
       .finally(() => (this.claiming = undefined));
+  }
+
+  /** Fetches the events from the checkpoint (less the rescan) up to `head` and mirrors them; true when it got to head. */
+  private async mirror(head: bigint): Promise<boolean> {
+    const client = this.payee.opts.publicClient;
+    const depth = BigInt(this.opts.confirmations ?? 0);
+    const range = BigInt(this.opts.maxBlockRange ?? 2_000);
+    const last = this.scanned;
+    this.scanned = undefined;
+    const safe = head - depth;
+    let checkpoint = await this.checkpoint();
+    let from = checkpoint === undefined ? (head > 1000n ? head - 1000n : 0n) : max(0n, checkpoint + 1n - RESCAN_BLOCKS);
+    // The checkpoint may not pass the block of an event whose channel could not be synced.
+    let hold: bigint | undefined;
+    // In ranges RPC providers accept; a node that was down long catches up over several polls.
+    for (let chunk = 0; from <= head && chunk < MAX_CHUNKS_PER_POLL; chunk++) {
+      const to = head < from + range - 1n ? head : from + range - 1n;
+      const logs = await client.getContractEvents({ address: this.payee.opts.escrow, abi: batchSettlementAbi, fromBlock: from, toBlock: to });
+      // Each touched channel with the block of its first new event in this range, and the new logs to
+      // remember once it is mirrored.
+      const touched = new Map<Hex, { block: bigint; keys: Array<[string, { at: bigint; confirmed: boolean }]> }>();
+      for (const log of logs) {
+        const args = log.args as { channelId?: Hex };
+        if (!args.channelId) continue;
+        const key = logKey(log);
+        const block = log.blockNumber ?? from;
+        const confirmed = block <= safe;
+        // Mirrored already; one in an unconfirmed block is mirrored once more when it is confirmed.
+        const known = key === undefined ? undefined : this.seen.get(key);
+        if (known && (known.confirmed || !confirmed)) continue;
+        let t = touched.get(args.channelId);
+        if (!t) {
+          // Not ours, unless a request is meeting it right now (its record is written at the commit).
+          if (!this.payee.locks.isHeld(args.channelId) && !(await this.payee.store.getChannel(args.channelId))) continue;
+          t = { block, keys: [] };
+          touched.set(args.channelId, t);
+        }
+        if (key !== undefined) t.keys.push([key, { at: block, confirmed }]);
+        if (log.eventName === "WithdrawInitiated" && !this.withdrawing.has(args.channelId)) {
+          this.opts.logger?.warn({ channelId: args.channelId }, "payer initiated a withdrawal; claiming now");
+          this.withdrawing.add(args.channelId);
+        }
+      }
+      for (const [id, { block, keys }] of touched) {
+        try {
+          await this.payee.syncChannel(id, () => this.readCautious(id, safe, depth));
+          this.payee.unsynced.delete(id);
+          for (const [key, v] of keys) this.seen.set(key, v);
+        } catch (err) {
+          // Busy or unreadable: this channel only, and it takes no new charges until it is mirrored.
+          // Its event stays in the next poll's range.
+          this.payee.unsynced.add(id);
+          if (hold === undefined || block - 1n < hold) hold = block - 1n;
+          this.opts.logger?.warn({ channelId: id, err: errorSummary(err) }, "channel not mirrored this poll; retrying");
+        }
+      }
+      // With confirmations the checkpoint stays that many blocks behind head: those are scanned again.
+      let next = depth > 0n && safe < to ? safe : to;
+      if (hold !== undefined && hold < next) next = hold;
+      // (A chain shorter than the confirmation depth has no confirmed block to stand on yet.)
+      if (next >= 0n && (checkpoint === undefined || next > checkpoint)) {
+        await this.payee.store.putMeta(CHECKPOINT, next.toString());
+        checkpoint = next;
+        // Blocks the next poll no longer rescans.
+        for (const [key, { at }] of this.seen) if (at <= checkpoint - RESCAN_BLOCKS) this.seen.delete(key);
+      }
+      from = to + 1n;
+    }
+    if (from <= head) return false;
+    // Every channel mirrored up to head: at this head again, only a second look fetches logs.
+    if (hold === undefined) this.scanned = { head, looks: last?.head === head ? last.looks + 1 : 1 };
+    return true;
   }
 
   /** Waits for the withdrawal claims started by the last poll (tests, shutdown). */

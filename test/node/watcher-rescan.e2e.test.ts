@@ -103,6 +103,7 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
       expect(syncs.n, "mirrored again by the rescan").to.equal(1);
 
       // The same logs, in blocks with new hashes (a shallow reorg that kept the transactions).
+      await ctx.testClient.mine({ blocks: 1 });
       (client as { getContractEvents: unknown }).getContractEvents = async (a: unknown) =>
         (await getContractEvents(a as never)).map((l) => ({ ...l, blockHash: keccak256(l.blockHash!) }));
       await watcher.poll();
