@@ -47,7 +47,7 @@ export type TxSenderOptions = {
   receiptTimeoutMs?: number;
   /** A transaction not mined after this long (ms) is re-priced; default 30 s. */
   repriceAfterMs?: number;
-  /** Re-pricings per call at most (default 3). */
+  /** Re-pricings per transaction at most (default 3), counted across every call that re-prices it. */
   maxReprices?: number;
   /** The highest maxFeePerGas a re-pricing offers (wei); default none: each re-pricing follows the current estimate. */
   maxFeePerGas?: bigint;
@@ -96,10 +96,11 @@ export function revertedOnChain(err: unknown): boolean {
 type Request = { nonce: number; maxFeePerGas?: bigint; maxPriorityFeePerGas?: bigint };
 
 /**
- * One call's transaction: the newest signed request and bytes, the hash of every transaction signed for
- * it, and when it is next due for a re-pricing.
+ * One call's transaction: the newest request and bytes the node took, the hash of every transaction
+ * signed for it (sent or not: the node may have taken one whose answer was lost), when it is next due
+ * for a re-pricing and how many re-pricings went out.
  */
-type Pending = { request: Request; raw: Hex; signed: Hex[]; repriceAt: number };
+type Pending = { request: Request; raw: Hex; signed: Hex[]; repriceAt: number; reprices: number };
 
 /** A fee raised by the 12.5% a node asks of a replacement (geth 10%), rounded up. */
 const raised = (fee: bigint): bigint => (fee * 9n + 7n) / 8n;
@@ -130,6 +131,8 @@ export class TxSender {
    * a later call blocked behind one re-prices it, since re-pricing its own would not help.
    */
   private stuck: Pending[] = [];
+  /** The nonce of a stuck transaction the node lost and that could not be re-priced: the next call signs at it. */
+  private gap: number | undefined;
   private readonly options: TxSenderOptions & Required<Pick<TxSenderOptions, "retries" | "repriceAfterMs" | "maxReprices">>;
   /** Calls whose transaction went out (for metrics); a re-pricing is not another. */
   sent = 0;
@@ -185,8 +188,9 @@ export class TxSender {
   }
 
   /**
-   * Signs the call at the next nonce and sends it, retrying failures with backoff. The next nonce is the
-   * highest of ours, the node's pending count and the one after a stuck transaction's: another process
+   * Signs the call at the next nonce and sends it, retrying failures with backoff. The next nonce is a gap
+   * left by a dropped stuck transaction while the node's pending count has not passed it (nothing else
+   * holds it), or else the highest of ours, the node's pending count and the one after a stuck one's: another process
    * with this key moves it on, an RPC backend behind the others (or one that leaves a transaction priced
    * below the base fee out of its pending count) does not move it back. Once signed, the transaction is
    * kept: a retry first asks the node for it (the answer was lost, "already known"; only "not found"
@@ -198,20 +202,20 @@ export class TxSender {
     let tx: Pending | undefined;
     for (let attempt = 0; ; attempt++) {
       try {
-        tx ??= await this.sign(
-          (await this.walletClient.prepareTransactionRequest({
-            account: this.walletClient.account,
-            chain: this.walletClient.chain,
-            to: p.address,
-            data: encodeFunctionData({ abi: p.abi, functionName: p.functionName as string, args: p.args as readonly unknown[] }),
-            nonce: Math.max(
-              this.nonce ?? 0,
-              (this.stuck.at(-1)?.request.nonce ?? -1) + 1,
-              await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" }),
-            ),
-            gas: p.gas,
-          })) as Request,
-        );
+        if (!tx) {
+          const pending = await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" });
+          tx = await this.sign(
+            (await this.walletClient.prepareTransactionRequest({
+              account: this.walletClient.account,
+              chain: this.walletClient.chain,
+              to: p.address,
+              data: encodeFunctionData({ abi: p.abi, functionName: p.functionName as string, args: p.args as readonly unknown[] }),
+              nonce: this.gap !== undefined && this.gap >= pending ? this.gap : Math.max(this.nonce ?? 0, (this.stuck.at(-1)?.request.nonce ?? -1) + 1, pending),
+              gas: p.gas,
+            })) as Request,
+          );
+          this.gap = undefined;
+        }
         if (attempt === 0 || !(await firstFound(tx.signed, (hash) => this.publicClient.getTransaction({ hash })))) {
           await this.walletClient.sendRawTransaction({ serializedTransaction: tx.raw });
         }
@@ -234,20 +238,22 @@ export class TxSender {
   /** Signs `request`, adding its hash to those signed for the call so far. */
   private async sign(request: Request, signed: Hex[] = []): Promise<Pending> {
     const raw = await this.walletClient.signTransaction(request as never);
-    return { request, raw, signed: [...signed, keccak256(raw)], repriceAt: Date.now() + this.options.repriceAfterMs };
+    const hash = keccak256(raw);
+    return { request, raw, signed: signed.includes(hash) ? signed : [...signed, hash], repriceAt: Date.now() + this.options.repriceAfterMs, reprices: 0 };
   }
 
   /**
    * Waits until one of the call's transactions is mined under `confirmations` blocks, riding out RPC
    * errors, for up to `receiptTimeoutMs`. While the nonce is unused, the transaction is re-priced every
    * `repriceAfterMs`, or, while the call waits behind a stuck transaction of an earlier call, that one
-   * is. Only a receipt of ours counts: when the nonce was used by another transaction (an operator's
-   * cancel, another process with this key), the call failed. On timeout the transaction may still be
-   * mined: the error says so and names it, it is not sent at another nonce, and it is kept as stuck.
+   * is (see `unblock`). Only a receipt of ours counts: when the nonce was used by another transaction (an
+   * operator's cancel, another process with this key), the call failed. On timeout, or as soon as it waits
+   * behind a gap, the transaction may still be mined: the error says so and names it, it is not sent at
+   * another nonce, and it is kept as stuck.
    */
   private async confirm(tx: Pending, p: { functionName: unknown; transactionError?: ErrorCode }): Promise<TransactionReceipt> {
     const deadline = Date.now() + (this.options.receiptTimeoutMs ?? 120_000 + 60_000 * this.confirmations);
-    let reprices = 0;
+    let gap: string | undefined;
     let latest: number | undefined;
     let usedByOther = 0;
     let lastError: unknown;
@@ -267,16 +273,10 @@ export class TxSender {
         usedByOther = used && !receipt && !(await this.mined(tx.signed)) ? usedByOther + 1 : 0;
         const blocker = this.stuck.find((s) => s.request.nonce === latest);
         const due = blocker ?? tx;
-        if (!used && !receipt && Date.now() >= due.repriceAt && reprices < this.options.maxReprices) {
+        if (!used && !receipt && Date.now() >= due.repriceAt) {
           due.repriceAt = Date.now() + this.options.repriceAfterMs;
-          const next = await this.reprice(due);
-          if (next) {
-            if (blocker) this.stuck[this.stuck.indexOf(blocker)] = next;
-            else tx = next;
-            reprices++;
-            this.repriced++;
-            await this.walletClient.sendRawTransaction({ serializedTransaction: next.raw });
-          }
+          if (blocker) gap = await this.unblock(blocker);
+          else await this.reprice(tx);
         }
       } catch (err) {
         lastError = err;
@@ -287,16 +287,20 @@ export class TxSender {
           metaMessages: hashes(),
         });
       }
-      if (Date.now() >= deadline) {
+      if (gap || Date.now() >= deadline) {
         this.nonce = undefined; // the next send reads the pending nonce again
         this.stuck.push(tx); // and the next calls re-price it while they wait behind it
         const behind = latest !== undefined && latest < tx.request.nonce;
         const known = this.stuck.some((s) => s.request.nonce === latest);
-        throw new ChainError(ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} not confirmed in time (not resent at another nonce; it may still be mined)`, {
+        throw new ChainError(ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} not confirmed ${gap ? "(waiting behind a gap)" : "in time"} (not resent at another nonce; it may still be mined)`, {
           cause: lastError,
           metaMessages: [
             ...hashes(),
-            ...(behind ? [`waiting behind nonce ${latest}: ${known ? "an earlier call's transaction, not mined" : "a transaction this sender did not sign (from before a restart, or another process with this key)"}`] : []),
+            ...(gap
+              ? [gap]
+              : behind
+                ? [`waiting behind nonce ${latest}: ${known ? "an earlier call's transaction, not mined" : "a transaction this sender did not sign (from before a restart, or another process with this key)"}`]
+                : []),
           ],
         });
       }
@@ -313,17 +317,51 @@ export class TxSender {
   }
 
   /**
-   * The call's transaction signed again at its nonce with both fees raised by 12.5% (what nodes ask of a
-   * replacement), or to the current estimate where that is higher, capped at `maxFeePerGas`. Undefined
-   * when the cap leaves no room for a raise, or for a legacy (gasPrice) transaction.
+   * Deals with the stuck transaction `s` of an earlier call that this call waits behind. While the node
+   * has it pending, it is re-priced. Otherwise it is dropped and never sent again when it was mined (the
+   * count lags) or another transaction holds its nonce in the node's pool (pending count past it: an
+   * operator's cancel, another process with this key). When nothing holds the nonce (the node evicted
+   * it), it is re-priced, which fills the nonce again; when it cannot be (legacy fee, cap or re-pricings
+   * used up), it is dropped and its nonce is left to the next call, which signs at it: the returned note
+   * says so. Sharing a nonce, at most one of them can execute.
    */
-  private async reprice(tx: Pending): Promise<Pending | undefined> {
+  private async unblock(s: Pending): Promise<string | undefined> {
+    const held = await firstFound(s.signed, (hash) => this.publicClient.getTransaction({ hash }));
+    if (held && held.blockNumber == null) {
+      await this.reprice(s); // or, when it cannot be, waits behind it at its price
+      return undefined;
+    }
+    const free = !held && (await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" })) <= s.request.nonce;
+    if (free && (await this.reprice(s))) return undefined;
+    this.stuck = this.stuck.filter((x) => x !== s);
+    if (!free) return undefined; // mined, or another transaction holds its nonce: never sent again
+    this.gap = s.request.nonce;
+    return `waiting behind nonce ${s.request.nonce}: an earlier call's transaction, which the node no longer has and which cannot be re-priced; dropped, the next call signs at that nonce`;
+  }
+
+  /**
+   * Signs the transaction again at its nonce with both fees raised by 12.5% (what nodes ask of a
+   * replacement), or to the current estimate where that is higher, capped at `maxFeePerGas`, and sends
+   * it. The raised fee is kept only once the node has it; a failed send throws, leaving the fee as it was.
+   * False when it cannot be re-priced: a legacy (gasPrice) transaction, no room under the cap, or
+   * `maxReprices` re-pricings already out.
+   */
+  private async reprice(tx: Pending): Promise<boolean> {
     const { maxFeePerGas: fee, maxPriorityFeePerGas: tip } = tx.request;
-    if (fee === undefined || tip === undefined) return undefined;
+    if (fee === undefined || tip === undefined || tx.reprices >= this.options.maxReprices) return false;
     const now = await this.publicClient.estimateFeesPerGas();
     const maxFeePerGas = min(max(raised(fee), now.maxFeePerGas), this.options.maxFeePerGas ?? maxUint256);
-    if (maxFeePerGas < raised(fee)) return undefined;
+    if (maxFeePerGas < raised(fee)) return false;
     const maxPriorityFeePerGas = min(max(raised(tip), now.maxPriorityFeePerGas), maxFeePerGas);
-    return this.sign({ ...tx.request, maxFeePerGas, maxPriorityFeePerGas }, tx.signed);
+    const next = await this.sign({ ...tx.request, maxFeePerGas, maxPriorityFeePerGas }, tx.signed);
+    tx.signed = next.signed; // the node may take it even when the send fails (a lost answer)
+    try {
+      await this.walletClient.sendRawTransaction({ serializedTransaction: next.raw });
+    } catch (err) {
+      if (!(await firstFound([keccak256(next.raw)], (hash) => this.publicClient.getTransaction({ hash })))) throw err;
+    }
+    Object.assign(tx, { request: next.request, raw: next.raw, reprices: tx.reprices + 1 });
+    this.repriced++;
+    return true;
   }
 }

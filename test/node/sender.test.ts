@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { erc20Abi, HttpRequestError, keccak256, parseTransaction, TransactionReceiptNotFoundError, type Hex } from "viem";
+import { erc20Abi, HttpRequestError, keccak256, parseTransaction, TransactionReceiptNotFoundError, type Hex, type TransactionSerializableEIP1559 } from "viem";
 import { TxSender, revertedOnChain } from "../../node/chain/sender";
 import { hardhatTestAccount } from "../../node/chain/localNode";
 import { ChainError, ErrorCodes } from "../../node/protocol/errors";
@@ -202,7 +202,7 @@ describe("transaction sender (hardhat node)", function () {
     const account = hardhatTestAccount(11);
     const { publicClient, walletClient, testClient } = clientsFor(ctx.chain.url, account);
     const raws = recordSends(walletClient);
-    const sender = new TxSender(publicClient as never, walletClient as never, 0, { receiptTimeoutMs: 2_000, repriceAfterMs: 300 });
+    const sender = new TxSender(publicClient as never, walletClient as never, 0, { receiptTimeoutMs: 2_000, repriceAfterMs: 300, maxReprices: 20 }); // a budget (per transaction) the first call does not spend
     const before = await publicClient.getTransactionCount({ address: account.address });
     const approve = (amount: bigint) => sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, amount] });
     await testClient.setAutomine(false);
@@ -251,5 +251,116 @@ describe("transaction sender (hardhat node)", function () {
     expect(receipt.status).to.equal("success");
     expect(lookups).to.be.greaterThan(6);
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
+  });
+
+  /** A TxSender for hardhat account `i` with its sends recorded, and an approve through it that resolves to its error, if any. */
+  function senderFor(i: number, options: ConstructorParameters<typeof TxSender>[3], meddle: (walletClient: ReturnType<typeof clientsFor>["walletClient"]) => void = () => undefined) {
+    const account = hardhatTestAccount(i);
+    const clients = clientsFor(ctx.chain.url, account);
+    meddle(clients.walletClient);
+    const raws = recordSends(clients.walletClient);
+    const sender = new TxSender(clients.publicClient as never, clients.walletClient as never, 0, options);
+    const approve = (amount: bigint) => sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, amount] });
+    const failing = (amount: bigint) => approve(amount).then(() => undefined, (e: unknown) => e as ChainError);
+    const nonceOf = (raw: Hex) => parseTransaction(raw).nonce;
+    return { account, ...clients, raws, sender, approve, failing, nonceOf };
+  }
+
+  it("a stuck transaction is re-priced at most maxReprices times in all, however many later calls wait behind it", async () => {
+    const { publicClient, testClient, raws, sender, failing, nonceOf, account } = senderFor(13, { receiptTimeoutMs: 1_000, repriceAfterMs: 100, maxReprices: 2 });
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    await testClient.setAutomine(false); // nothing is mined until the end
+    try {
+      for (const amount of [12n, 13n, 14n, 15n]) expect((await failing(amount))?.code).to.equal(ErrorCodes.waitForReceiptFailed);
+      expect(raws.filter((raw) => nonceOf(raw) === before)).to.have.length(1 + 2);
+      expect(sender.repriced).to.equal(2);
+      await testClient.mine({ blocks: 1 });
+    } finally {
+      await testClient.setAutomine(true);
+    }
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 4);
+  });
+
+  it("a re-priced transaction the node refused keeps the old fee and the budget: the next raise is 12.5% over what the node has", async () => {
+    let sends = 0;
+    const { publicClient, testClient, raws, sender, approve, account } = senderFor(14, { receiptTimeoutMs: 20_000, repriceAfterMs: 100, maxReprices: 2 }, (walletClient) => {
+      const sendRaw = walletClient.sendRawTransaction.bind(walletClient);
+      (walletClient as { sendRawTransaction: unknown }).sendRawTransaction = (a: never) =>
+        ++sends >= 2 && sends <= 4 ? Promise.reject(new Error("replacement transaction underpriced")) : sendRaw(a); // three re-pricings refused
+    });
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    await testClient.setAutomine(false);
+    try {
+      const sending = approve(16n);
+      sending.catch(() => undefined);
+      await until("two re-pricings the node took", () => raws.length === 1 + 3 + 2);
+      await new Promise((r) => setTimeout(r, 500));
+      expect(raws).to.have.length(6); // then the budget is spent
+      const [first, ...refused] = raws.slice(0, 4).map((raw) => parseTransaction(raw) as TransactionSerializableEIP1559);
+      const [taken, again] = raws.slice(4).map((raw) => parseTransaction(raw) as TransactionSerializableEIP1559);
+      const raise = (fee: bigint) => (fee * 9n + 7n) / 8n;
+      for (const tx of [...refused, taken]) expect(tx!.maxPriorityFeePerGas).to.equal(raise(first!.maxPriorityFeePerGas!));
+      expect(again!.maxPriorityFeePerGas).to.equal(raise(taken!.maxPriorityFeePerGas!));
+      expect(sender.repriced).to.equal(2);
+      await testClient.mine({ blocks: 1 });
+      expect((await sending).hash).to.equal(keccak256(raws[5]!));
+    } finally {
+      await testClient.setAutomine(true);
+    }
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 1);
+  });
+
+  it("a stuck transaction the node lost and that cannot be re-priced is dropped: the call behind it fails at once, naming the gap, and the next call fills it", async () => {
+    const { publicClient, testClient, raws, failing, approve, nonceOf, account } = senderFor(15, { receiptTimeoutMs: 3_000, repriceAfterMs: 100, maxReprices: 0 });
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    await testClient.setAutomine(false);
+    try {
+      const first = failing(17n);
+      await until("the first transaction", () => raws.length === 1);
+      await testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: parseTransaction(raws[0]!).maxFeePerGas! * 4n });
+      await testClient.mine({ blocks: 1 }); // it stays unmined
+      expect((await first)?.code).to.equal(ErrorCodes.waitForReceiptFailed);
+      await testClient.dropTransaction({ hash: keccak256(raws[0]!) }); // the node evicts it
+      const started = Date.now();
+      const second = await failing(18n);
+      expect(Date.now() - started).to.be.below(3_000); // not its timeout
+      expect(second?.code).to.equal(ErrorCodes.waitForReceiptFailed);
+      expect(second?.shortMessage).to.match(/not confirmed \(waiting behind a gap\)/);
+      expect(second?.metaMessages?.join(" ")).to.contain(`waiting behind nonce ${before}: an earlier call's transaction, which the node no longer has`);
+      const third = approve(19n);
+      third.catch(() => undefined);
+      await until("the third transaction", () => raws.length === 3);
+      expect(raws.map(nonceOf)).to.deep.equal([before, before + 1, before]); // the third fills the gap
+      await testClient.mine({ blocks: 1 });
+      expect((await third).receipt.status).to.equal("success");
+    } finally {
+      await testClient.setAutomine(true);
+    }
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 2); // the second's mined too
+  });
+
+  it("a stuck transaction whose nonce another transaction of the key took in the pool (it was evicted) is dropped, never re-sent over it", async () => {
+    const { publicClient, testClient, raws, failing, approve, nonceOf, account } = senderFor(16, { receiptTimeoutMs: 1_000, repriceAfterMs: 1_200 });
+    const other = clientsFor(ctx.chain.url, account).walletClient; // another process with the key
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    await testClient.setAutomine(false);
+    let theirs: Hex | undefined;
+    try {
+      expect((await failing(20n))?.code).to.equal(ErrorCodes.waitForReceiptFailed);
+      expect(raws).to.have.length(1);
+      await testClient.dropTransaction({ hash: keccak256(raws[0]!) });
+      theirs = await other.sendTransaction({ to: account.address, value: 0n, nonce: before });
+      const second = approve(21n);
+      second.catch(() => undefined);
+      await until("the second transaction", () => raws.length === 2);
+      await new Promise((r) => setTimeout(r, 600)); // past the stuck one's re-pricing time
+      expect(raws.map(nonceOf)).to.deep.equal([before, before + 1]);
+      await testClient.mine({ blocks: 1 });
+      expect((await second).receipt.status).to.equal("success");
+    } finally {
+      await testClient.setAutomine(true);
+    }
+    expect((await publicClient.getTransactionReceipt({ hash: theirs! })).status).to.equal("success");
+    expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 2);
   });
 });
