@@ -75,6 +75,18 @@ const claimsSchema = z
   })
   .strict();
 
+/** How the node's own transactions (claims, settles, relayed deposits, refunds) ride out rising fees. */
+const transactionsSchema = z
+  .object({
+    /** A transaction not mined after this long is signed again at its nonce with fees raised 12.5 % (or to the estimate). */
+    repriceAfterMs: z.number().int().min(1_000).default(30_000),
+    /** Re-pricings per transaction at most. */
+    maxReprices: z.number().int().min(0).max(20).default(3),
+    /** The highest maxFeePerGas a re-pricing offers, in gwei (default: no cap, the estimate rules). */
+    maxFeeGwei: z.number().positive().optional(),
+  })
+  .strict();
+
 const routeSchema = z.object({ price: priceSchema, description: z.string().optional(), mimeType: z.string().optional() }).strict();
 
 const proxyRouteSchema = z
@@ -121,6 +133,7 @@ export const nodeConfigSchema = z
     /** Most blocks the watcher asks for in one eth_getLogs (RPC providers cap the range). */
     maxBlockRange: z.number().int().min(1).max(100_000).default(2_000),
     claims: claimsSchema.default({}),
+    transactions: transactionsSchema.default({}),
     /** Express-style paid routes served by a handler the embedding app installs. */
     routes: routeRecord(z.union([priceSchema, routeSchema])).default({}),
     /** Reverse proxy: route key -> upstream base URL and price. */
@@ -134,7 +147,7 @@ export const nodeConfigSchema = z
   .strict();
 
 /** Every key the config knows, at any depth: the candidates for "did you mean" hints. */
-const KNOWN_KEYS = [nodeConfigSchema, assetSchema, tlsSchema, listenSchema, claimsSchema, routeSchema, proxyRouteSchema].flatMap((s) => Object.keys(s.shape));
+const KNOWN_KEYS = [nodeConfigSchema, assetSchema, tlsSchema, listenSchema, claimsSchema, transactionsSchema, routeSchema, proxyRouteSchema].flatMap((s) => Object.keys(s.shape));
 
 /** The known key a misspelt one most likely meant (case-insensitive edit distance at most 2), if any. */
 function didYouMean(key: string): string | undefined {

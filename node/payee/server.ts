@@ -10,7 +10,7 @@ import http from "node:http";
 import https from "node:https";
 import pino, { type Logger } from "pino";
 import client from "prom-client";
-import { domainSeparator, erc20Abi, type PublicClient } from "viem";
+import { domainSeparator, erc20Abi, parseGwei, type PublicClient } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createChainClients } from "../chain/clients";
 import { readReceiver } from "../chain/escrow";
@@ -68,7 +68,12 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   await checkChainSettings(config, publicClient, logger);
   fs.mkdirSync(config.storePath, { recursive: true });
   const store = await ChannelStore.open(config.storePath);
-  const sender = new TxSender(publicClient, walletClient!, config.confirmations);
+  const { repriceAfterMs, maxReprices, maxFeeGwei } = config.transactions;
+  const sender = new TxSender(publicClient, walletClient!, config.confirmations, {
+    repriceAfterMs,
+    maxReprices,
+    maxFeePerGas: maxFeeGwei !== undefined ? parseGwei(String(maxFeeGwei)) : undefined,
+  });
 
   const registry = new client.Registry();
   const paid = new client.Counter({ name: "tollway_paid_requests_total", help: "Paid requests committed", labelNames: ["route"], registers: [registry] });

@@ -38,6 +38,7 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
         'claims: unknown keys "treshold" (did you mean "threshold"?), "intervalMS" (did you mean "intervalMs"?)',
       );
       expect(details(configError(() => parseNodeConfig({ ...base, listen: { hots: "0.0.0.0" } }, {})))).to.equal('listen: unknown key "hots" (did you mean "host"?)');
+      expect(details(configError(() => parseNodeConfig({ ...base, transactions: { maxFeeGWei: 50 } }, {})))).to.equal('transactions: unknown key "maxFeeGWei" (did you mean "maxFeeGwei"?)');
       expect(details(configError(() => parseNodeConfig({ ...base, proxy: { "GET /api/*": { upstream: "http://127.0.0.1:9", price: "$0.01", timeout: 1000 } } }, {})))).to.equal(
         'proxy["GET /api/*"]: unknown key "timeout" (did you mean "timeoutMs"?)',
       );
@@ -53,6 +54,7 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
           ...base,
           asset: { ...base.asset, decimals: 18 },
           claims: { threshold: "$5", payerSignedThreshold: "$0.10", intervalMs: 600_000 },
+          transactions: { maxFeeGwei: 50 },
           routes: { "GET /a": "$0.01", "/b": { price: "$0.02", description: "b" } },
           proxy: { "POST /api/*": { upstream: "http://127.0.0.1:9", price: "$0.01", timeoutMs: 1000 } },
         },
@@ -60,6 +62,7 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
       );
       expect(c.asset.decimals).to.equal(18);
       expect(c.claims).to.deep.equal({ threshold: "$5", payerSignedThreshold: "$0.10", intervalMs: 600_000, batchSize: 100, onShutdown: true });
+      expect(c.transactions).to.deep.equal({ repriceAfterMs: 30_000, maxReprices: 3, maxFeeGwei: 50 });
       expect(c.proxy["POST /api/*"]!.timeoutMs).to.equal(1000);
       expect(c.listen).to.deep.equal({ host: "127.0.0.1", port: 4020, headersTimeoutMs: 10_000, trustProxy: false });
     });
