@@ -197,7 +197,7 @@ export class ChainWatcher {
       }
       for (const [id, { block, keys }] of touched) {
         try {
-          await this.payee.syncChannel(id, () => this.readCautious(id, safe, depth));
+          await this.payee.syncChannel(id, () => this.readCautious(id, safe, depth, head));
           this.payee.unsynced.delete(id);
           for (const [key, v] of keys) this.seen.set(key, v);
         } catch (err) {
@@ -232,10 +232,13 @@ export class ChainWatcher {
   }
 
   /** The channel as mirrored state should see it: latest, or with confirmations the cautious merge. */
-  private async readCautious(id: Hex, safe: bigint, depth: bigint): Promise<OnchainChannel> {
+  private async readCautious(id: Hex, safe: bigint, depth: bigint, head: bigint): Promise<OnchainChannel> {
     const { publicClient, escrow } = this.payee.opts;
-    if (depth === 0n || safe < 0n) return readChannel(publicClient, escrow, id);
-    const [confirmed, latest] = await Promise.all([readChannel(publicClient, escrow, id, safe), readChannel(publicClient, escrow, id)]);
+    // At the head the logs came from, not "latest": a load-balanced RPC's backend a block behind would
+    // answer a state older than those logs (and the log is then remembered as handled). A backend without
+    // that block yet fails the read: the channel is retried on the next poll.
+    if (depth === 0n || safe < 0n) return readChannel(publicClient, escrow, id, head);
+    const [confirmed, latest] = await Promise.all([readChannel(publicClient, escrow, id, safe), readChannel(publicClient, escrow, id, head)]);
     return cautiousView(confirmed, latest);
   }
 

@@ -222,4 +222,24 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
       syncs.restore();
     }
   });
+  it("a channel's state is read at the head its logs came from, not 'latest' (an RPC backend a block behind would answer an older state)", async () => {
+    const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("rescan-lagging-read"))));
+    const id = await depositThroughNode(payer);
+    const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
+    await watcher.poll();
+    await watcher.settled();
+    const before = await ctx.publicClient.getBlockNumber();
+    await initiateWithdraw(payer, 1n);
+    // A backend that answers "latest" from the block before the withdrawal.
+    const client = node.payee.opts.publicClient;
+    const readContract = client.readContract;
+    client.readContract = ((args: { blockNumber?: bigint }) => readContract.call(client, { ...args, blockNumber: args.blockNumber ?? before } as never)) as typeof readContract;
+    try {
+      await watcher.poll();
+    } finally {
+      client.readContract = readContract;
+    }
+    await watcher.settled();
+    expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0);
+  });
 });
