@@ -210,15 +210,16 @@ export class TxSender {
               chain: this.walletClient.chain,
               to: p.address,
               data: encodeFunctionData({ abi: p.abi, functionName: p.functionName as string, args: p.args as readonly unknown[] }),
-              nonce: this.gap !== undefined && this.gap >= pending ? this.gap : Math.max(this.nonce ?? 0, (this.stuck.at(-1)?.request.nonce ?? -1) + 1, pending),
+              nonce: this.gap !== undefined && this.gap >= pending ? this.gap : Math.max(this.nonce ?? 0, ...this.stuck.map((t) => t.request.nonce + 1), pending),
               gas: p.gas,
             })) as Request,
           );
-          this.gap = undefined;
         }
         if (attempt === 0 || !(await firstFound(tx.signed, (hash) => this.publicClient.getTransaction({ hash })))) {
           await this.walletClient.sendRawTransaction({ serializedTransaction: tx.raw });
         }
+        // A gap is filled only once the node took the transaction: a send that failed leaves it for the next call.
+        if (this.gap === tx.request.nonce) this.gap = undefined;
         this.nonce = tx.request.nonce + 1;
         this.sent++;
         return tx;

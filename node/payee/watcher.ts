@@ -63,6 +63,8 @@ const REALERT_MS = 60_000;
  * block or two, also with `confirmations` 0.
  */
 const RESCAN_BLOCKS = 12n;
+/** Channels mirrored at once (each sync is a few RPC reads, and may wait for a request on its channel). */
+const SYNC_CONCURRENCY = 16;
 
 /** A log's identity: a reorganised block has another hash, so its logs are new. */
 const logKey = (log: { blockHash: Hex | null; logIndex: number | null }) =>
@@ -184,8 +186,13 @@ export class ChainWatcher {
         if (known && (known.confirmed || !confirmed)) continue;
         let t = touched.get(args.channelId);
         if (!t) {
-          // Not ours, unless a request is meeting it right now (its record is written at the commit).
-          if (!this.payee.locks.isHeld(args.channelId) && !(await this.payee.store.getChannel(args.channelId))) continue;
+          // Not ours, unless a request is meeting it right now (its record is written at the commit). A
+          // channel left unsynced by an earlier poll and gone since (a first request that failed, a record
+          // deleted after a refund) has nothing to mirror: it must not stay refused.
+          if (!this.payee.locks.isHeld(args.channelId) && !(await this.payee.store.getChannel(args.channelId))) {
+            this.payee.unsynced.delete(args.channelId);
+            continue;
+          }
           t = { block, keys: [] };
           touched.set(args.channelId, t);
         }
@@ -195,19 +202,27 @@ export class ChainWatcher {
           this.withdrawing.add(args.channelId);
         }
       }
-      for (const [id, { block, keys }] of touched) {
-        try {
-          await this.payee.syncChannel(id, () => this.readCautious(id, safe, depth, head));
+      // Concurrently: each sync may wait (up to the lock timeout) for a request on its channel, and one
+      // claim batch touches many channels; one after another, busy ones would hold the poll past the risk window.
+      const ids = [...touched.keys()];
+      const synced: PromiseSettledResult<unknown>[] = [];
+      for (let i = 0; i < ids.length; i += SYNC_CONCURRENCY) {
+        const slice = ids.slice(i, i + SYNC_CONCURRENCY);
+        synced.push(...(await Promise.allSettled(slice.map((id) => this.payee.syncChannel(id, () => this.readCautious(id, safe, depth, head))))));
+      }
+      [...touched].forEach(([id, { block, keys }], i) => {
+        const r = synced[i]!;
+        if (r.status === "fulfilled") {
           this.payee.unsynced.delete(id);
           for (const [key, v] of keys) this.seen.set(key, v);
-        } catch (err) {
-          // Busy or unreadable: this channel only, and it takes no new charges until it is mirrored.
-          // Its event stays in the next poll's range.
-          this.payee.unsynced.add(id);
-          if (hold === undefined || block - 1n < hold) hold = block - 1n;
-          this.opts.logger?.warn({ channelId: id, err: errorSummary(err) }, "channel not mirrored this poll; retrying");
+          return;
         }
-      }
+        // Busy or unreadable: this channel only, and it takes no new charges until it is mirrored.
+        // Its event stays in the next poll's range.
+        this.payee.unsynced.add(id);
+        if (hold === undefined || block - 1n < hold) hold = block - 1n;
+        this.opts.logger?.warn({ channelId: id, err: errorSummary(r.reason) }, "channel not mirrored this poll; retrying");
+      });
       // With confirmations the checkpoint stays that many blocks behind head: those are scanned again.
       let next = depth > 0n && safe < to ? safe : to;
       if (hold !== undefined && hold < next) next = hold;

@@ -339,6 +339,37 @@ describe("transaction sender (hardhat node)", function () {
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 2); // the second's mined too
   });
 
+  it("a call that would fill a gap but whose sends all fail leaves the gap for the next call (later calls do not wait behind it forever)", async () => {
+    let failSends = false;
+    const { publicClient, testClient, raws, failing, approve, nonceOf, account } = senderFor(16, { receiptTimeoutMs: 3_000, repriceAfterMs: 100, maxReprices: 0, retries: 1 }, (wc) => {
+      const sendRaw = wc.sendRawTransaction.bind(wc);
+      (wc as { sendRawTransaction: unknown }).sendRawTransaction = (a: never) => (failSends ? Promise.reject(new Error("HTTP 503")) : sendRaw(a));
+    });
+    const before = await publicClient.getTransactionCount({ address: account.address });
+    await testClient.setAutomine(false);
+    try {
+      const first = failing(17n);
+      await until("the first transaction", () => raws.length === 1);
+      await testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: parseTransaction(raws[0]!).maxFeePerGas! * 4n });
+      await testClient.mine({ blocks: 1 });
+      expect((await first)?.code).to.equal(ErrorCodes.waitForReceiptFailed);
+      await testClient.dropTransaction({ hash: keccak256(raws[0]!) });
+      expect((await failing(18n))?.shortMessage).to.match(/waiting behind a gap/);
+      failSends = true;
+      expect((await failing(19n))?.shortMessage).to.match(/failed after 2 attempts/); // signed at the gap, never sent
+      failSends = false;
+      const fourth = approve(20n);
+      fourth.catch(() => undefined);
+      await until("the fourth transaction", () => raws.length >= 5);
+      expect(nonceOf(raws.at(-1)!)).to.equal(before); // the gap again, not after the failed call's nonce
+      await testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: 1n });
+      await testClient.mine({ blocks: 1 });
+      expect((await fourth).receipt.status).to.equal("success");
+    } finally {
+      await testClient.setAutomine(true);
+    }
+  });
+
   it("a stuck transaction whose nonce another transaction of the key took in the pool (it was evicted) is dropped, never re-sent over it", async () => {
     const { publicClient, testClient, raws, failing, approve, nonceOf, account } = senderFor(16, { receiptTimeoutMs: 1_000, repriceAfterMs: 1_200 });
     const other = clientsFor(ctx.chain.url, account).walletClient; // another process with the key

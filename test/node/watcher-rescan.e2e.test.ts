@@ -242,4 +242,30 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     await watcher.settled();
     expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0);
   });
+  it("channels with requests in flight are mirrored side by side (the poll waits one lock timeout, not one per channel); one gone since its sync failed is no longer refused", async () => {
+    const payers = [2, 3].map((i) => new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`rescan-busy-${i}`)))));
+    const ids: Hex[] = [];
+    for (const p of payers) ids.push(await depositThroughNode(p));
+    const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
+    await watcher.poll();
+    for (const p of payers) await initiateWithdraw(p, 1n);
+    const releases = ids.map((id) => node.payee.locks.tryAcquire(id)!); // two long requests
+    let took: number;
+    try {
+      const t = Date.now();
+      await watcher.poll();
+      took = Date.now() - t;
+    } finally {
+      for (const r of releases) r();
+    }
+    expect(took).to.be.below(8_000); // the lock timeout is 5 s: one after another took 10 s
+    for (const id of ids) expect(node.payee.unsynced.has(id)).to.equal(true);
+    // One channel's record goes (a refund closed it) before the next poll: nothing to mirror, not refused.
+    await node.store.deleteChannel(ids[0]!);
+    await watcher.poll();
+    await watcher.settled();
+    expect(node.payee.unsynced.has(ids[0]!)).to.equal(false);
+    expect(node.payee.unsynced.has(ids[1]!)).to.equal(false); // mirrored now
+    expect((await node.store.getChannel(ids[1]!))!.withdrawRequestedAt).to.be.greaterThan(0);
+  });
 });
