@@ -28,6 +28,33 @@ export async function readChannel(
   return { balance, totalClaimed, withdrawAmount, withdrawRequestedAt: Number(initiatedAt), refundNonce };
 }
 
+const min = (a: bigint, b: bigint) => (a < b ? a : b);
+const max = (a: bigint, b: bigint) => (a > b ? a : b);
+
+/** The cautious merge of a channel's confirmed and latest state: what both views allow. */
+export function cautiousView(confirmed: OnchainChannel, latest: OnchainChannel): OnchainChannel {
+  const pending = latest.withdrawRequestedAt !== 0 ? latest : confirmed;
+  return {
+    balance: min(confirmed.balance, latest.balance),
+    totalClaimed: max(confirmed.totalClaimed, latest.totalClaimed),
+    withdrawRequestedAt: pending.withdrawRequestedAt,
+    withdrawAmount: max(confirmed.withdrawAmount, latest.withdrawAmount),
+    refundNonce: max(confirmed.refundNonce, latest.refundNonce),
+  };
+}
+
+/**
+ * A channel as a payee may rely on it: read at `head` (the block its logs came from; default the current
+ * head, or latest without confirmations), and with `depth` confirmations the cautious merge of the view
+ * `depth` blocks below and that one.
+ */
+export async function readChannelCautious(client: PublicClient<Transport, Chain>, escrow: Address, channelId: Hex, depth: bigint, head?: bigint): Promise<OnchainChannel> {
+  const at = head ?? (depth > 0n ? await client.getBlockNumber({ cacheTime: 0 }) : undefined);
+  if (depth === 0n || at === undefined || at < depth) return readChannel(client, escrow, channelId, at);
+  const [confirmed, latest] = await Promise.all([readChannel(client, escrow, channelId, at - depth), readChannel(client, escrow, channelId, at)]);
+  return cautiousView(confirmed, latest);
+}
+
 /** Claimed and settled totals of (receiver, token). */
 export async function readReceiver(client: PublicClient<Transport, Chain>, escrow: Address, receiver: Address, token: Address) {
   const [totalClaimed, totalSettled] = await client.readContract({

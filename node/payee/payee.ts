@@ -19,7 +19,7 @@ import {
 } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
-import { amountMoved, claimAndRefundCalls, readChannel, type OnchainChannel } from "../chain/escrow";
+import { amountMoved, claimAndRefundCalls, readChannel, readChannelCautious, type OnchainChannel } from "../chain/escrow";
 import type { SendParameters, SendResult, TxSender } from "../chain/sender";
 import { claimable } from "./claims";
 import { ChainError, CumulativeMismatchError, ErrorCodes, PaymentError, errorSummary } from "../protocol/errors";
@@ -198,6 +198,7 @@ export class Payee {
     const release = this.locks.tryAcquire(channelId) ?? (await this.locks.acquire(channelId, this.opts.lockTimeoutMs));
     try {
       let rec = this.store.cachedChannel(channelId) ?? (await this.loadOrCreate(channelId, p.channelConfig, p.type === "deposit"));
+      if (this.unsynced.size > 0 && this.unsynced.has(channelId)) rec = await this.resync(rec);
       const expected = rec.chargedCumulative + required.amount;
       if (p.voucher.maxClaimableAmount !== expected) {
         throw new CumulativeMismatchError(expected, p.voucher.maxClaimableAmount, this.correctiveFor(rec));
@@ -737,6 +738,26 @@ export class Payee {
   markUnclaimable(channelId: Hex): void {
     if (this.unclaimable.size >= 10_000) this.unclaimable.delete(this.unclaimable.values().next().value!);
     this.unclaimable.add(channelId);
+  }
+
+  /**
+   * A channel the watcher could not mirror (its lock was held by a long request, a read failed): read
+   * here instead, under this request's lock, rather than refusing the payer. Only a stored record is
+   * written (a first sight is written by its commit) and only then is the channel mirrored; otherwise
+   * checkChainTiming still refuses it until the watcher gets to it.
+   */
+  private async resync(rec: ChannelRecord): Promise<ChannelRecord> {
+    let state: OnchainChannel;
+    try {
+      state = await readChannelCautious(this.opts.publicClient, this.opts.escrow, rec.channelId, BigInt(this.opts.confirmations ?? 0));
+    } catch (cause) {
+      throw new PaymentError(ErrorCodes.channelStateReadFailed, "this channel has chain events not mirrored yet, and reading it failed; retry shortly", { cause, status: 503 });
+    }
+    const next = this.withChain(rec, state);
+    if (!(await this.store.getChannel(rec.channelId))) return next;
+    await this.store.putChannel(next);
+    this.unsynced.delete(rec.channelId);
+    return next;
   }
 
   /**

@@ -35,7 +35,7 @@
 import type { Hex } from "viem";
 import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
-import { readChannel, type OnchainChannel } from "../chain/escrow";
+import { readChannelCautious } from "../chain/escrow";
 import { errorSummary } from "../protocol/errors";
 import { hasClaim, type ClaimEngine } from "./claims";
 import type { Payee } from "./payee";
@@ -70,20 +70,7 @@ const SYNC_CONCURRENCY = 16;
 const logKey = (log: { blockHash: Hex | null; logIndex: number | null }) =>
   log.blockHash === null || log.logIndex === null ? undefined : `${log.blockHash}:${log.logIndex}`;
 
-const min = (a: bigint, b: bigint) => (a < b ? a : b);
 const max = (a: bigint, b: bigint) => (a > b ? a : b);
-
-/** The cautious merge of a channel's confirmed and latest state: what both views allow. */
-export function cautiousView(confirmed: OnchainChannel, latest: OnchainChannel): OnchainChannel {
-  const pending = latest.withdrawRequestedAt !== 0 ? latest : confirmed;
-  return {
-    balance: min(confirmed.balance, latest.balance),
-    totalClaimed: max(confirmed.totalClaimed, latest.totalClaimed),
-    withdrawRequestedAt: pending.withdrawRequestedAt,
-    withdrawAmount: max(confirmed.withdrawAmount, latest.withdrawAmount),
-    refundNonce: max(confirmed.refundNonce, latest.refundNonce),
-  };
-}
 
 export class ChainWatcher {
   private timer: NodeJS.Timeout | undefined;
@@ -206,9 +193,12 @@ export class ChainWatcher {
       // claim batch touches many channels; one after another, busy ones would hold the poll past the risk window.
       const ids = [...touched.keys()];
       const synced: PromiseSettledResult<unknown>[] = [];
+      // Read at the head the logs came from, not "latest": a load-balanced RPC's backend a block behind would
+      // answer a state older than those logs (and the log is then remembered as handled); one without that
+      // block yet fails the read, and the channel is retried on the next poll.
       for (let i = 0; i < ids.length; i += SYNC_CONCURRENCY) {
         const slice = ids.slice(i, i + SYNC_CONCURRENCY);
-        synced.push(...(await Promise.allSettled(slice.map((id) => this.payee.syncChannel(id, () => this.readCautious(id, safe, depth, head))))));
+        synced.push(...(await Promise.allSettled(slice.map((id) => this.payee.syncChannel(id, () => readChannelCautious(this.payee.opts.publicClient, this.payee.opts.escrow, id, depth, head))))));
       }
       [...touched].forEach(([id, { block, keys }], i) => {
         const r = synced[i]!;
@@ -244,17 +234,6 @@ export class ChainWatcher {
   /** Waits for the withdrawal claims started by the last poll (tests, shutdown). */
   async settled(): Promise<void> {
     await this.claiming;
-  }
-
-  /** The channel as mirrored state should see it: latest, or with confirmations the cautious merge. */
-  private async readCautious(id: Hex, safe: bigint, depth: bigint, head: bigint): Promise<OnchainChannel> {
-    const { publicClient, escrow } = this.payee.opts;
-    // At the head the logs came from, not "latest": a load-balanced RPC's backend a block behind would
-    // answer a state older than those logs (and the log is then remembered as handled). A backend without
-    // that block yet fails the read: the channel is retried on the next poll.
-    if (depth === 0n || safe < 0n) return readChannel(publicClient, escrow, id, head);
-    const [confirmed, latest] = await Promise.all([readChannel(publicClient, escrow, id, safe), readChannel(publicClient, escrow, id, head)]);
-    return cautiousView(confirmed, latest);
   }
 
   /**

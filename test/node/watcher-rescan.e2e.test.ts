@@ -268,4 +268,22 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     expect(node.payee.unsynced.has(ids[1]!)).to.equal(false); // mirrored now
     expect((await node.store.getChannel(ids[1]!))!.withdrawRequestedAt).to.be.greaterThan(0);
   });
+  it("a channel left unmirrored because a request held it is read again by its next request, which is served (not a 503)", async () => {
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("rescan-resync"))));
+    const id = await depositThroughNode(payer);
+    const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
+    await watcher.poll();
+    await initiateWithdraw(payer, 1n);
+    const release = node.payee.locks.tryAcquire(id)!; // a long request
+    try {
+      await watcher.poll();
+    } finally {
+      release();
+    }
+    expect(node.payee.unsynced.has(id)).to.equal(true);
+    const next = await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE));
+    expect(next.status, next.text).to.equal(200);
+    expect(node.payee.unsynced.has(id)).to.equal(false);
+    expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0); // the request mirrored it
+  });
 });
