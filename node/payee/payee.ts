@@ -114,6 +114,8 @@ const ERC1271_MAGIC_WORD = ERC1271_MAGIC_VALUE + "0".repeat(56);
  * is checked as the escrow checks it within this time.
  */
 const PAYER_CODE_TTL_MS = 30_000;
+/** After a request's re-read of an unmirrored channel failed, the next ones on it are refused at once for this long (ms). */
+const RESYNC_COOLDOWN_MS = 2_000;
 /** How stale the chain view may be before new charges are refused, unless configured (ms). */
 export const DEFAULT_RISK_WINDOW_MS = 300_000;
 
@@ -426,11 +428,10 @@ export class Payee {
     const chain = await this.readBack(rec.channelId, `the refund (${hash})`, "the node's record follows the chain shortly");
     const next = this.withChain(rec, chain);
     await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount: refunded, gasUsed: receipt.gasUsed });
-    if (chain.balance === chain.totalClaimed) {
-      await this.store.deleteChannel(rec.channelId);
-      this.unclaimable.delete(rec.channelId); // its refund claimed first: the chain took its vouchers again
-    }
+    if (chain.balance === chain.totalClaimed) await this.store.deleteChannel(rec.channelId);
     else await this.store.putChannel(next);
+    // A refund claims the node's charges first, in the same transaction: the chain took this channel's vouchers.
+    this.unclaimable.delete(rec.channelId);
     return { next, refunded, chain };
   }
 
@@ -444,6 +445,7 @@ export class Payee {
         this.locks
           .with(channelId, async () => {
             const rec = await this.store.getChannel(channelId);
+            this.unclaimable.delete(channelId); // a claim of it landed, whoever sent it
             if (!rec || rec.totalClaimed >= total) return;
             await this.store.putChannel({ ...rec, totalClaimed: total, syncedAt: this.now() });
           })
@@ -457,10 +459,13 @@ export class Payee {
   }
 
   /**
-   * Channels with chain events the mirror could not apply yet (their sync failed): refused new charges
-   * until it has (fail closed per channel, not for the whole node). Kept by the watcher.
+   * Channels with chain events the mirror could not apply yet (their sync failed), with the block of the
+   * newest such event: their next request reads them again at that block or later (resync), or is
+   * refused. Kept by the watcher.
    */
-  readonly unsynced = new Set<Hex>();
+  readonly unsynced = new Map<Hex, bigint>();
+  /** When a request's resync of a channel last failed (ms): the next ones are refused at once for a while. */
+  private readonly resyncFailedAt = new Map<Hex, number>();
 
   /** Updates a channel's mirrored chain fields under its lock (used by the mirror and claim engine). */
   async syncChannel(channelId: Hex, chain?: OnchainChannel | (() => Promise<OnchainChannel>)): Promise<ChannelRecord | undefined> {
@@ -747,16 +752,29 @@ export class Payee {
    * checkChainTiming still refuses it until the watcher gets to it.
    */
   private async resync(rec: ChannelRecord): Promise<ChannelRecord> {
+    const id = rec.channelId;
+    const failedAt = this.resyncFailedAt.get(id);
+    const refuse = (cause?: unknown) =>
+      new PaymentError(ErrorCodes.channelStateReadFailed, "this channel has chain events not mirrored yet, and reading it failed; retry shortly", { cause, status: 503 });
+    // An RPC that is down is not asked again by every request (each would hold the channel's lock through its retries).
+    if (failedAt !== undefined && this.now() - failedAt < RESYNC_COOLDOWN_MS) throw refuse();
     let state: OnchainChannel;
     try {
-      state = await readChannelCautious(this.opts.publicClient, this.opts.escrow, rec.channelId, BigInt(this.opts.confirmations ?? 0));
+      // At the block of the event the mirror missed, or later: a backend behind it would answer an older state.
+      const { publicClient, escrow } = this.opts;
+      const head = await publicClient.getBlockNumber({ cacheTime: 0 });
+      const needed = this.unsynced.get(id) ?? 0n;
+      state = await readChannelCautious(publicClient, escrow, id, BigInt(this.opts.confirmations ?? 0), head > needed ? head : needed);
     } catch (cause) {
-      throw new PaymentError(ErrorCodes.channelStateReadFailed, "this channel has chain events not mirrored yet, and reading it failed; retry shortly", { cause, status: 503 });
+      if (this.resyncFailedAt.size >= 10_000) this.resyncFailedAt.clear();
+      this.resyncFailedAt.set(id, this.now());
+      throw refuse(cause);
     }
+    this.resyncFailedAt.delete(id);
     const next = this.withChain(rec, state);
-    if (!(await this.store.getChannel(rec.channelId))) return next;
-    await this.store.putChannel(next);
-    this.unsynced.delete(rec.channelId);
+    // A stored record is written now; a first sight is written by its commit (bad input changes nothing).
+    if (await this.store.getChannel(id)) await this.store.putChannel(next);
+    this.unsynced.delete(id);
     return next;
   }
 

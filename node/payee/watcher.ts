@@ -198,7 +198,20 @@ export class ChainWatcher {
       // block yet fails the read, and the channel is retried on the next poll.
       for (let i = 0; i < ids.length; i += SYNC_CONCURRENCY) {
         const slice = ids.slice(i, i + SYNC_CONCURRENCY);
-        synced.push(...(await Promise.allSettled(slice.map((id) => this.payee.syncChannel(id, () => readChannelCautious(this.payee.opts.publicClient, this.payee.opts.escrow, id, depth, head))))));
+        synced.push(
+          ...(await Promise.allSettled(
+            slice.map((id) =>
+              this.payee
+                // At least this poll's head; a newer one if a request wrote fresher state while this waited for the lock.
+                .syncChannel(id, async () => readChannelCautious(client, this.payee.opts.escrow, id, depth, max(head, await client.getBlockNumber({ cacheTime: 1_000 }))))
+                .catch((err: unknown) => {
+                  // Refused at once (a request may take the lock before this slice's others are done).
+                  this.payee.unsynced.set(id, max(this.payee.unsynced.get(id) ?? 0n, touched.get(id)!.block));
+                  throw err;
+                }),
+            ),
+          )),
+        );
       }
       [...touched].forEach(([id, { block, keys }], i) => {
         const r = synced[i]!;
@@ -207,9 +220,8 @@ export class ChainWatcher {
           for (const [key, v] of keys) this.seen.set(key, v);
           return;
         }
-        // Busy or unreadable: this channel only, and it takes no new charges until it is mirrored.
-        // Its event stays in the next poll's range.
-        this.payee.unsynced.add(id);
+        // Busy or unreadable: this channel only (marked above); its next request reads it again, or the
+        // next poll does. Its event stays in the next poll's range.
         if (hold === undefined || block - 1n < hold) hold = block - 1n;
         this.opts.logger?.warn({ channelId: id, err: errorSummary(r.reason) }, "channel not mirrored this poll; retrying");
       });
@@ -258,7 +270,9 @@ export class ChainWatcher {
     let failed: Array<{ channelId: Hex; reason: string }>;
     let thrown = false;
     try {
-      failed = (await this.claims.claim({ channels: due })).failed;
+      // Unclaimable ones too: a claim the chain refused once may land now, and what a withdrawal would take
+      // is worth a retry (the backoff bounds the cost).
+      failed = (await this.claims.claim({ channels: due, includeUnclaimable: true })).failed;
     } catch (err) {
       thrown = true;
       failed = due.map((channelId) => ({ channelId, reason: errorSummary(err) }));

@@ -266,6 +266,13 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       sent.length = 0;
       await claims.claim({ channels: [badId, ids[0]!, ids[2]!], includeUnclaimable: true });
       expect(sent).to.deep.equal([[ids[0], ids[2]], [badId]]);
+      // Its payer initiates a withdrawal: the watcher's claim tries it (what the withdrawal would take is at stake).
+      sent.length = 0;
+      await initiateWithdraw(payers[1]!, 1n);
+      const watcher = new ChainWatcher(node.payee, claims, { logger: silent });
+      await watcher.poll();
+      await watcher.settled();
+      expect(sent).to.deep.include([badId]);
     } finally {
       sender.send = send;
     }

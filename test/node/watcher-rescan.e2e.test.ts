@@ -281,7 +281,17 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
       release();
     }
     expect(node.payee.unsynced.has(id)).to.equal(true);
-    const next = await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE));
+    // And at the block of the event it missed or later, not "latest" (here a backend from before the withdrawal).
+    const client = node.payee.opts.publicClient;
+    const readContract = client.readContract;
+    const stale = (await ctx.publicClient.getBlockNumber()) - 1n;
+    client.readContract = ((args: { blockNumber?: bigint }) => readContract.call(client, { ...args, blockNumber: args.blockNumber ?? stale } as never)) as typeof readContract;
+    let next;
+    try {
+      next = await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE));
+    } finally {
+      client.readContract = readContract;
+    }
     expect(next.status, next.text).to.equal(200);
     expect(node.payee.unsynced.has(id)).to.equal(false);
     expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0); // the request mirrored it
