@@ -116,6 +116,17 @@ const ERC1271_MAGIC_WORD = ERC1271_MAGIC_VALUE + "0".repeat(56);
 const PAYER_CODE_TTL_MS = 30_000;
 /** After a request's re-read of an unmirrored channel failed, the next ones on it are refused at once for this long (ms). */
 const RESYNC_COOLDOWN_MS = 2_000;
+/** Longest a request's re-read of an unmirrored channel may take (ms). */
+const RESYNC_TIMEOUT_MS = 2_000;
+
+/** `p`, or a rejection after `ms` (a hung RPC read becomes an error the caller can answer). */
+export function within<T>(ms: number, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
 /** How stale the chain view may be before new charges are refused, unless configured (ms). */
 export const DEFAULT_RISK_WINDOW_MS = 300_000;
 
@@ -757,14 +768,18 @@ export class Payee {
     const refuse = (cause?: unknown) =>
       new PaymentError(ErrorCodes.channelStateReadFailed, "this channel has chain events not mirrored yet, and reading it failed; retry shortly", { cause, status: 503 });
     // An RPC that is down is not asked again by every request (each would hold the channel's lock through its retries).
-    if (failedAt !== undefined && this.now() - failedAt < RESYNC_COOLDOWN_MS) throw refuse();
+    if (failedAt !== undefined && Math.abs(this.now() - failedAt) < RESYNC_COOLDOWN_MS) throw refuse();
     let state: OnchainChannel;
     try {
-      // At the block of the event the mirror missed, or later: a backend behind it would answer an older state.
+      // At the block of the event the mirror missed, or later: a backend behind it would answer an older
+      // state. Bounded: the request holds the channel's lock meanwhile (a hung RPC is a 503, not a minute).
       const { publicClient, escrow } = this.opts;
-      const head = await publicClient.getBlockNumber({ cacheTime: 0 });
       const needed = this.unsynced.get(id) ?? 0n;
-      state = await readChannelCautious(publicClient, escrow, id, BigInt(this.opts.confirmations ?? 0), head > needed ? head : needed);
+      const read = async () => {
+        const head = await publicClient.getBlockNumber({ cacheTime: 0 });
+        return readChannelCautious(publicClient, escrow, id, BigInt(this.opts.confirmations ?? 0), head > needed ? head : needed);
+      };
+      state = await within(RESYNC_TIMEOUT_MS, read());
     } catch (cause) {
       if (this.resyncFailedAt.size >= 10_000) this.resyncFailedAt.clear();
       this.resyncFailedAt.set(id, this.now());

@@ -26,7 +26,7 @@ import { adminRouter } from "./adminApi";
 import { closeGracefully, listenExpress } from "./httpServer";
 import { Facilitator, facilitatorRouter, requireBearer } from "./facilitator";
 import { paymentMiddleware, type PaidRequestContext, type RoutesConfig } from "./middleware";
-import { Payee } from "./payee";
+import { Payee, within } from "./payee";
 import { keccakReady, recoveryBackend } from "./recover";
 import { recoveryThreads } from "./recoverPool";
 import { ChainWatcher } from "./watcher";
@@ -363,14 +363,6 @@ const EXPOSURE_SCAN_MS = 30_000;
 /** How long /health waits for the chain head before answering 503. */
 const HEALTH_RPC_TIMEOUT_MS = 2_000;
 
-/** `p`, or a rejection after `ms`. */
-function within<T>(ms: number, p: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
 
 function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || host.startsWith("127.");

@@ -63,6 +63,8 @@ const REALERT_MS = 60_000;
  * block or two, also with `confirmations` 0.
  */
 const RESCAN_BLOCKS = 12n;
+/** Withdrawal claims tried for a channel the chain refused to claim (Payee.unclaimable) before giving up on it. */
+const UNCLAIMABLE_WITHDRAWAL_TRIES = 3;
 /** Channels mirrored at once (each sync is a few RPC reads, and may wait for a request on its channel). */
 const SYNC_CONCURRENCY = 16;
 
@@ -203,10 +205,11 @@ export class ChainWatcher {
             slice.map((id) =>
               this.payee
                 // At least this poll's head; a newer one if a request wrote fresher state while this waited for the lock.
-                .syncChannel(id, async () => readChannelCautious(client, this.payee.opts.escrow, id, depth, max(head, await client.getBlockNumber({ cacheTime: 1_000 }))))
+                .syncChannel(id, async () => readChannelCautious(client, this.payee.opts.escrow, id, depth, max(head, await client.getBlockNumber({ cacheTime: 0 }))))
                 .catch((err: unknown) => {
                   // Refused at once (a request may take the lock before this slice's others are done).
-                  this.payee.unsynced.set(id, max(this.payee.unsynced.get(id) ?? 0n, touched.get(id)!.block));
+                  // With the range's last block: a re-read at it or later sees every event of this range.
+                  this.payee.unsynced.set(id, max(this.payee.unsynced.get(id) ?? 0n, to));
                   throw err;
                 }),
             ),
@@ -285,6 +288,14 @@ export class ChainWatcher {
     }
     for (const f of failed) {
       const prev = this.failing.get(f.channelId) ?? { n: 0, nextAt: 0, alertedAt: -Infinity };
+      if (!thrown && prev.n + 1 >= UNCLAIMABLE_WITHDRAWAL_TRIES && this.payee.unclaimable.has(f.channelId)) {
+        // The chain keeps refusing it (each try may be a mined revert): left to the operator, said once.
+        this.withdrawing.delete(f.channelId);
+        this.failing.delete(f.channelId);
+        this.opts.logger?.error({ alert: "withdrawal_claim_failed", channelId: f.channelId, reason: f.reason }, "the chain refuses this channel's claim; no more automatic tries before its withdrawal (tollway claim --channel)");
+        this.opts.onAlert?.(f.channelId, f.reason);
+        continue;
+      }
       const state = { n: prev.n + 1, nextAt: now + Math.min(REALERT_MS, 2_000 * 2 ** prev.n), alertedAt: prev.alertedAt };
       if (thrown && now - prev.alertedAt >= REALERT_MS) {
         state.alertedAt = now;

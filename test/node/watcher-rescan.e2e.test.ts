@@ -286,11 +286,14 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     const readContract = client.readContract;
     const stale = (await ctx.publicClient.getBlockNumber()) - 1n;
     client.readContract = ((args: { blockNumber?: bigint }) => readContract.call(client, { ...args, blockNumber: args.blockNumber ?? stale } as never)) as typeof readContract;
+    const getBlockNumber = client.getBlockNumber;
+    client.getBlockNumber = (() => Promise.resolve(stale)) as typeof getBlockNumber; // its head lags too
     let next;
     try {
       next = await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE));
     } finally {
       client.readContract = readContract;
+      client.getBlockNumber = getBlockNumber;
     }
     expect(next.status, next.text).to.equal(200);
     expect(node.payee.unsynced.has(id)).to.equal(false);
