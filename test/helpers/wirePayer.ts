@@ -3,7 +3,8 @@
  * refund) from a 402's requirements with viem signatures, using node/protocol's typed data.
  */
 import { type Hex, type LocalAccount, keccak256, pad, toHex } from "viem";
-import { erc3009DepositNonce } from "../../node/protocol/collectorData";
+import { batchSettlementAbi } from "../../node/chain/abi";
+import { encodeErc3009CollectorData, erc3009DepositNonce } from "../../node/protocol/collectorData";
 import {
   type ChannelConfig,
   computeChannelId,
@@ -13,6 +14,7 @@ import {
   CANONICAL_ADDRESSES,
 } from "../../node/protocol/typedData";
 import { HEADERS, decodeBase64Json, encodeBase64Json } from "../../node/protocol/wire";
+import { clientsFor } from "./chainNode";
 
 export type Accept = {
   scheme: string;
@@ -118,4 +120,22 @@ export async function payWith(url: string, header: string, init: RequestInit = {
     paymentResponse: pr ? (decodeBase64Json(pr, "PAYMENT-RESPONSE") as any) : undefined,
     paymentRequired: req ? (decodeBase64Json(req, "PAYMENT-REQUIRED") as any) : undefined,
   };
+}
+
+/** A payer that signs its own vouchers (payerAuthorizer = 0: the escrow checks them as an EOA's or by ERC-1271). */
+export class PayerSigns extends WirePayer {
+  override config(a: Accept): ChannelConfig {
+    return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" };
+  }
+}
+
+/** The payer funds its channel on chain itself (not relayed by a node): a node first meets it at its first voucher. */
+export async function depositOnChain(rpcUrl: string, payer: WirePayer, accept: Accept, amount: bigint): Promise<void> {
+  const payload = JSON.parse(Buffer.from(await payer.depositHeader(accept, amount, BigInt(accept.amount)), "base64").toString("utf8")).payload;
+  const auth = payload.deposit.authorization.erc3009Authorization;
+  const data = encodeErc3009CollectorData({ validAfter: BigInt(auth.validAfter), validBefore: BigInt(auth.validBefore), salt: auth.salt, signature: auth.signature });
+  const { walletClient, publicClient } = clientsFor(rpcUrl, payer.account);
+  const hash = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "deposit", args: [payer.config(accept), amount, CANONICAL_ADDRESSES.erc3009DepositCollector, data], chain: null } as never);
+  const { status } = await publicClient.waitForTransactionReceipt({ hash });
+  if (status !== "success") throw new Error(`deposit on chain reverted: ${hash}`);
 }

@@ -12,10 +12,9 @@ import { readChannel, readReceiver } from "../../node/chain/escrow";
 import { ClaimEngine } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
-import { encodeErc3009CollectorData } from "../../node/protocol/collectorData";
 import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
-import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
+import { PayerSigns, WirePayer, depositOnChain, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
 
 const PRICE = 10_000n; // $0.01
 
@@ -632,11 +631,6 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     let claims: ClaimEngine | undefined;
     const second = await startPayee(ctx, routes as never, install, { onCharge: (rec) => claims?.noteCharge(rec) });
     claims = new ClaimEngine(second.payee, { threshold: 25_000n, payerSignedThreshold: 5_000n, onShutdown: false });
-    class PayerSigns extends WirePayer {
-      override config(a: Accept) {
-        return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
-      }
-    }
     const viaSessionKey = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("threshold-a"))), pad("0x7401", { size: 32 }));
     const selfSigned = new PayerSigns(ctx.payers[5] as LocalAccount, ctx.payers[5] as LocalAccount, pad("0x7402", { size: 32 }));
     const claimedOnChain = async (p: WirePayer) => (await readChannel(ctx.publicClient as never, CANONICAL_ADDRESSES.batchSettlement, p.channelId(accept))).totalClaimed;
@@ -662,19 +656,9 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
   });
 
   it("payerAuthorizer = 0: vouchers are checked as the escrow checks them: a payer address with code (an EIP-7702 delegation) is asked ERC-1271, its plain ECDSA signature refused", async () => {
-    class PayerSigns extends WirePayer {
-      override config(a: Accept) {
-        return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
-      }
-    }
     const payer = new PayerSigns(ctx.payers[4] as LocalAccount, ctx.payers[4] as LocalAccount, pad("0x7702", { size: 32 }));
     // The channel is funded on chain by the payer itself: the node first meets it at its first voucher.
-    const payload = JSON.parse(Buffer.from(await payer.depositHeader(accept, 1_000_000n, PRICE), "base64").toString("utf8")).payload;
-    const auth = payload.deposit.authorization.erc3009Authorization;
-    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
-    const data = encodeErc3009CollectorData({ validAfter: BigInt(auth.validAfter), validBefore: BigInt(auth.validBefore), salt: auth.salt, signature: auth.signature });
-    const hash = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "deposit", args: [payer.config(accept), 1_000_000n, CANONICAL_ADDRESSES.erc3009DepositCollector, data], chain: null } as never);
-    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
+    await depositOnChain(ctx.chain.url, payer, accept, 1_000_000n);
     // Then the payer's address gets code whose isValidSignature refuses (here: the token's code, which has none).
     const tokenCode = await ctx.publicClient.getCode({ address: ctx.deployment.token! });
     await ctx.testClient.setCode({ address: payer.account.address, bytecode: tokenCode! });
@@ -688,18 +672,8 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     }
   });
   it("payerAuthorizer = 0 and ERC-1271: the whole answer word must be the magic value, zero-padded, as the escrow requires", async () => {
-    class PayerSigns extends WirePayer {
-      override config(a: Accept) {
-        return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
-      }
-    }
     const payer = new PayerSigns(ctx.payers[3] as LocalAccount, ctx.payers[3] as LocalAccount, pad("0x1271", { size: 32 }));
-    const payload = JSON.parse(Buffer.from(await payer.depositHeader(accept, 1_000_000n, PRICE), "base64").toString("utf8")).payload;
-    const auth = payload.deposit.authorization.erc3009Authorization;
-    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
-    const data = encodeErc3009CollectorData({ validAfter: BigInt(auth.validAfter), validBefore: BigInt(auth.validBefore), salt: auth.salt, signature: auth.signature });
-    const hash = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "deposit", args: [payer.config(accept), 1_000_000n, CANONICAL_ADDRESSES.erc3009DepositCollector, data], chain: null } as never);
-    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
+    await depositOnChain(ctx.chain.url, payer, accept, 1_000_000n);
     // Code that answers every call with one 32-byte word: PUSH32 word, PUSH1 0, MSTORE, PUSH1 32, PUSH1 0, RETURN.
     const answering = (word: string) => `0x7f${word}60005260206000f3` as const;
     const channelId = payer.channelId(accept);

@@ -263,7 +263,16 @@ describe("transaction sender (hardhat node)", function () {
     const approve = (amount: bigint) => sender.send({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, amount] });
     const failing = (amount: bigint) => approve(amount).then(() => undefined, (e: unknown) => e as ChainError);
     const nonceOf = (raw: Hex) => parseTransaction(raw).nonce;
-    return { account, ...clients, raws, sender, approve, failing, nonceOf };
+    /** With automine off: a first call whose transaction the fees outgrow times out unmined, and the node then evicts it. */
+    const strandEvicted = async (amount: bigint) => {
+      const first = failing(amount);
+      await until("the first transaction", () => raws.length === 1);
+      await clients.testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: parseTransaction(raws[0]!).maxFeePerGas! * 4n });
+      await clients.testClient.mine({ blocks: 1 }); // it stays unmined
+      expect((await first)?.code).to.equal(ErrorCodes.waitForReceiptFailed);
+      await clients.testClient.dropTransaction({ hash: keccak256(raws[0]!) }); // the node evicts it
+    };
+    return { account, ...clients, raws, sender, approve, failing, nonceOf, strandEvicted };
   }
 
   it("a stuck transaction is re-priced at most maxReprices times in all, however many later calls wait behind it", async () => {
@@ -311,16 +320,11 @@ describe("transaction sender (hardhat node)", function () {
   });
 
   it("a stuck transaction the node lost and that cannot be re-priced is dropped: the call behind it fails at once, naming the gap, and the next call fills it", async () => {
-    const { publicClient, testClient, raws, failing, approve, nonceOf, account } = senderFor(15, { receiptTimeoutMs: 3_000, repriceAfterMs: 100, maxReprices: 0 });
+    const { publicClient, testClient, raws, failing, approve, nonceOf, account, strandEvicted } = senderFor(15, { receiptTimeoutMs: 3_000, repriceAfterMs: 100, maxReprices: 0 });
     const before = await publicClient.getTransactionCount({ address: account.address });
     await testClient.setAutomine(false);
     try {
-      const first = failing(17n);
-      await until("the first transaction", () => raws.length === 1);
-      await testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: parseTransaction(raws[0]!).maxFeePerGas! * 4n });
-      await testClient.mine({ blocks: 1 }); // it stays unmined
-      expect((await first)?.code).to.equal(ErrorCodes.waitForReceiptFailed);
-      await testClient.dropTransaction({ hash: keccak256(raws[0]!) }); // the node evicts it
+      await strandEvicted(17n);
       const started = Date.now();
       const second = await failing(18n);
       expect(Date.now() - started).to.be.below(3_000); // not its timeout
@@ -341,19 +345,14 @@ describe("transaction sender (hardhat node)", function () {
 
   it("a call that would fill a gap but whose sends all fail leaves the gap for the next call (later calls do not wait behind it forever)", async () => {
     let failSends = false;
-    const { publicClient, testClient, raws, failing, approve, nonceOf, account } = senderFor(16, { receiptTimeoutMs: 3_000, repriceAfterMs: 100, maxReprices: 0, retries: 1 }, (wc) => {
+    const { publicClient, testClient, raws, failing, approve, nonceOf, account, strandEvicted } = senderFor(17, { receiptTimeoutMs: 3_000, repriceAfterMs: 100, maxReprices: 0, retries: 1 }, (wc) => {
       const sendRaw = wc.sendRawTransaction.bind(wc);
       (wc as { sendRawTransaction: unknown }).sendRawTransaction = (a: never) => (failSends ? Promise.reject(new Error("HTTP 503")) : sendRaw(a));
     });
     const before = await publicClient.getTransactionCount({ address: account.address });
     await testClient.setAutomine(false);
     try {
-      const first = failing(17n);
-      await until("the first transaction", () => raws.length === 1);
-      await testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: parseTransaction(raws[0]!).maxFeePerGas! * 4n });
-      await testClient.mine({ blocks: 1 });
-      expect((await first)?.code).to.equal(ErrorCodes.waitForReceiptFailed);
-      await testClient.dropTransaction({ hash: keccak256(raws[0]!) });
+      await strandEvicted(17n);
       expect((await failing(18n))?.shortMessage).to.match(/waiting behind a gap/);
       failSends = true;
       expect((await failing(19n))?.shortMessage).to.match(/failed after 2 attempts/); // signed at the gap, never sent

@@ -8,13 +8,12 @@ import { batchSettlementAbi } from "../../node/chain/abi";
 import { readChannel } from "../../node/chain/escrow";
 import { ClaimEngine, toClaimRow } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
-import { encodeErc3009CollectorData } from "../../node/protocol/collectorData";
 import { ChainError, ErrorCodes } from "../../node/protocol/errors";
 import { RevertedOnChainError } from "../../node/chain/sender";
 import { CANONICAL_ADDRESSES, computeChannelId, type VoucherClaim } from "../../node/protocol/typedData";
 import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
-import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
+import { PayerSigns, WirePayer, depositOnChain, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
 
 const PRICE = 10_000n;
 const ESCROW = CANONICAL_ADDRESSES.batchSettlement;
@@ -27,12 +26,6 @@ function holdRequest() {
   const entered = new Promise<void>((r) => (enter = r));
   const released = new Promise<void>((r) => (release = r));
   return { entered, released, enter, release };
-}
-
-class PayerSigns extends WirePayer {
-  override config(a: Accept) {
-    return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
-  }
 }
 
 describe("watcher and claims: withdrawals in flight, missed logs, rows that revert on chain, threshold runs", function () {
@@ -67,16 +60,6 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
     return payer.channelId(accept);
   }
 
-  /** The payer funds its channel on chain itself: the node first meets it at its first voucher. */
-  async function depositOnChain(payer: WirePayer, amount: bigint) {
-    const payload = JSON.parse(Buffer.from(await payer.depositHeader(accept, amount, PRICE), "base64").toString("utf8")).payload;
-    const auth = payload.deposit.authorization.erc3009Authorization;
-    const data = encodeErc3009CollectorData({ validAfter: BigInt(auth.validAfter), validBefore: BigInt(auth.validBefore), salt: auth.salt, signature: auth.signature });
-    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
-    const hash = await walletClient.writeContract({ address: ESCROW, abi: batchSettlementAbi, functionName: "deposit", args: [payer.config(accept), amount, CANONICAL_ADDRESSES.erc3009DepositCollector, data], chain: null } as never);
-    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
-  }
-
   async function initiateWithdraw(payer: WirePayer, amount: bigint) {
     const { walletClient } = clientsFor(ctx.chain.url, payer.account);
     const hash = await walletClient.writeContract({ address: ESCROW, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [payer.config(accept), amount] });
@@ -86,7 +69,7 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
   it("watcher: a withdrawal initiated while the channel's first paid request runs (no record yet) is mirrored after its commit, and claimed", async () => {
     const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("inflight-first"))));
     const id = payer.channelId(accept);
-    await depositOnChain(payer, 1_000_000n);
+    await depositOnChain(ctx.chain.url, payer, accept, 1_000_000n);
     const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
     await watcher.poll(); // past the deposit (a channel the node does not know yet)
     held = holdRequest();

@@ -58,6 +58,35 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     return c;
   }
 
+  /** A watcher poll while requests hold `ids` (their locks); resolves with how long the poll took (ms). */
+  async function pollWhileHeld(watcher: ChainWatcher, ids: Hex[]): Promise<number> {
+    const releases = ids.map((id) => node.payee.locks.tryAcquire(id)!);
+    try {
+      const t = Date.now();
+      await watcher.poll();
+      return Date.now() - t;
+    } finally {
+      for (const release of releases) release();
+    }
+  }
+
+  /**
+   * Makes the payee's RPC answer reads without a block (and, with `head`, its head too) as of block
+   * `stale`, a backend behind the others, while `fn` runs.
+   */
+  async function lagging<T>(stale: bigint, fn: () => Promise<T>, o: { head?: boolean } = {}): Promise<T> {
+    const client = node.payee.opts.publicClient;
+    const { readContract, getBlockNumber } = client;
+    client.readContract = ((args: { blockNumber?: bigint }) => readContract.call(client, { ...args, blockNumber: args.blockNumber ?? stale } as never)) as typeof readContract;
+    if (o.head) client.getBlockNumber = (() => Promise.resolve(stale)) as typeof getBlockNumber;
+    try {
+      return await fn();
+    } finally {
+      client.readContract = readContract;
+      client.getBlockNumber = getBlockNumber;
+    }
+  }
+
   it("a mirrored event still in the rescanned blocks does not wait for the channel's lock again, nor refuse its next request", async () => {
     const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("rescan-busy"))));
     const id = await depositThroughNode(payer);
@@ -71,15 +100,7 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     expect(node.payee.unsynced.has(id)).to.equal(false);
     // Fewer blocks than are rescanned: both events are scanned again.
     await ctx.testClient.mine({ blocks: 5 });
-    const release = node.payee.locks.tryAcquire(id)!; // a long request holds the channel
-    let took: number;
-    try {
-      const t = Date.now();
-      await watcher.poll();
-      took = Date.now() - t;
-    } finally {
-      release();
-    }
+    const took = await pollWhileHeld(watcher, [id]); // a long request holds the channel
     expect(took, "the poll waited for the channel's lock").to.be.lessThan(2_000);
     expect(node.payee.unsynced.has(id)).to.equal(false);
     const next = await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE));
@@ -143,15 +164,7 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
       await watcher.poll(); // the Deposited event, at head: not confirmed
       expect(syncs.n).to.equal(1);
       await ctx.testClient.mine({ blocks: 1 });
-      const release = node.payee.locks.tryAcquire(id)!; // a long request holds the channel
-      let took: number;
-      try {
-        const t = Date.now();
-        await watcher.poll();
-        took = Date.now() - t;
-      } finally {
-        release();
-      }
+      const took = await pollWhileHeld(watcher, [id]); // a long request holds the channel
       expect(took, "the poll waited for the channel's lock").to.be.lessThan(2_000);
       expect(syncs.n, "mirrored again while not confirmed").to.equal(1);
       expect(node.payee.unsynced.has(id)).to.equal(false);
@@ -231,14 +244,7 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     const before = await ctx.publicClient.getBlockNumber();
     await initiateWithdraw(payer, 1n);
     // A backend that answers "latest" from the block before the withdrawal.
-    const client = node.payee.opts.publicClient;
-    const readContract = client.readContract;
-    client.readContract = ((args: { blockNumber?: bigint }) => readContract.call(client, { ...args, blockNumber: args.blockNumber ?? before } as never)) as typeof readContract;
-    try {
-      await watcher.poll();
-    } finally {
-      client.readContract = readContract;
-    }
+    await lagging(before, () => watcher.poll());
     await watcher.settled();
     expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0);
   });
@@ -249,15 +255,7 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
     await watcher.poll();
     for (const p of payers) await initiateWithdraw(p, 1n);
-    const releases = ids.map((id) => node.payee.locks.tryAcquire(id)!); // two long requests
-    let took: number;
-    try {
-      const t = Date.now();
-      await watcher.poll();
-      took = Date.now() - t;
-    } finally {
-      for (const r of releases) r();
-    }
+    const took = await pollWhileHeld(watcher, ids); // two long requests
     expect(took).to.be.below(8_000); // the lock timeout is 5 s: one after another took 10 s
     for (const id of ids) expect(node.payee.unsynced.has(id)).to.equal(true);
     // One channel's record goes (a refund closed it) before the next poll: nothing to mirror, not refused.
@@ -274,27 +272,12 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
     await watcher.poll();
     await initiateWithdraw(payer, 1n);
-    const release = node.payee.locks.tryAcquire(id)!; // a long request
-    try {
-      await watcher.poll();
-    } finally {
-      release();
-    }
+    await pollWhileHeld(watcher, [id]); // a long request
     expect(node.payee.unsynced.has(id)).to.equal(true);
     // And at the block of the event it missed or later, not "latest" (here a backend from before the withdrawal).
-    const client = node.payee.opts.publicClient;
-    const readContract = client.readContract;
     const stale = (await ctx.publicClient.getBlockNumber()) - 1n;
-    client.readContract = ((args: { blockNumber?: bigint }) => readContract.call(client, { ...args, blockNumber: args.blockNumber ?? stale } as never)) as typeof readContract;
-    const getBlockNumber = client.getBlockNumber;
-    client.getBlockNumber = (() => Promise.resolve(stale)) as typeof getBlockNumber; // its head lags too
-    let next;
-    try {
-      next = await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE));
-    } finally {
-      client.readContract = readContract;
-      client.getBlockNumber = getBlockNumber;
-    }
+    const voucher = await payer.voucherHeader(accept, 2n * PRICE);
+    const next = await lagging(stale, () => payWith(`${node.url}/a/2`, voucher), { head: true }); // its head lags too
     expect(next.status, next.text).to.equal(200);
     expect(node.payee.unsynced.has(id)).to.equal(false);
     expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0); // the request mirrored it

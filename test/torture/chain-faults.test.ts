@@ -17,7 +17,7 @@ import { parseNodeConfig } from "../../node/payee/config";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { clientsFor } from "../helpers/chainNode";
 import { localNodeConfig, startChain } from "../helpers/payeeHarness";
-import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
+import { PayerSigns, WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
 
 /**
  * A pausable TCP proxy: paused = the RPC endpoint stops answering (connections refused); hanging = it
@@ -177,11 +177,6 @@ describe("torture: chain faults", function () {
     const n = await node(proxy.url, { riskWindowMs: 60_000, pollIntervalMs: 100 });
     try {
       const accept = (await fetchRequirements(`${n.url}/a/1`)).accept;
-      class PayerSigns extends WirePayer {
-        override config(a: typeof accept) {
-          return { ...super.config(a), payerAuthorizer: "0x0000000000000000000000000000000000000000" as const };
-        }
-      }
       const payer = new PayerSigns(ctx.payers[3] as LocalAccount, ctx.payers[3] as LocalAccount);
       expect((await payWith(`${n.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, 10_000n))).status).to.equal(200);
       await proxy.pause();
