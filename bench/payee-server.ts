@@ -14,6 +14,8 @@ import { paymentMiddleware } from "../node/payee/middleware";
 import { Payee } from "../node/payee/payee";
 import { keccakReady } from "../node/payee/recover";
 import { ChannelStore } from "../node/store/channelStore";
+import { floorRoute } from "./floor";
+import path from "node:path";
 
 type BenchServerConfig = {
   rpcUrl: string;
@@ -54,6 +56,8 @@ async function main() {
   app.use(paymentMiddleware({ "GET /paid": cfg.price }, payee, { onPaid: (_r, _a, us) => void latency.push(us) }));
   app.get("/paid", (_req, res) => void res.send("ok"));
   app.get("/free", (_req, res) => void res.send("ok"));
+  // The floor of a paid request (bench/floor.ts): the unavoidable work alone, durable as the store is.
+  app.get("/floor", floorRoute(path.join(cfg.storePath, "floor.log"), cfg.sync));
   // Served as Tollway serves an express app (stable object shapes: see node/payee/httpServer.ts);
   // `stockListen` serves it with express's own app.listen instead.
   const server = (cfg.stockListen || process.env.TOLLWAY_BENCH_STOCK_LISTEN ? app.listen(0, "127.0.0.1") : createExpressServer(app).listen(0, "127.0.0.1")).once("listening", () => {

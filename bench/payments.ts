@@ -14,6 +14,12 @@
  *      3b: the same at 64 connections on 64 channels, a load that saturates the two cores (context: what
  *      group commit costs when there is concurrency to batch).
  *   4. verification path (digest + native recover + compare) vs a bare native ecdsaRecover loop. goal >= 0.8
+ *   5. reverse proxy (paid) vs a direct hit on the upstream.                  goal >= 0.45
+ *
+ * Figures 1, 2, 3 and 5 also measure a floor (bench/floor.ts) beside Tollway under the same load: only the
+ * work no durable payment server can skip (decode, digest, recovery, a record fdatasync'd, PAYMENT-RESPONSE),
+ * with no channel state and no checks. The floor's ratio is the most any implementation could reach on
+ * this machine in that figure; Tollway/floor is how much of it Tollway reaches.
  *
  * Run: npm run bench:payments   (TOLLWAY_BENCH_SECONDS=5 per run by default)
  */
@@ -68,6 +74,19 @@ async function sequentialLatency(port: number, ch: Channel, n: number) {
   agent.destroy();
   const q = (a: number[], p: number) => [...a].sort((x, y) => x - y)[Math.floor(a.length * p)]!;
   return { freeP50: q(free, 0.5), freeP99: q(free, 0.99), paidP50: q(paid, 0.5), paidP99: q(paid, 0.99) };
+}
+
+/**
+ * A run on the floor route (bench/floor.ts) with `channels`' vouchers: the floor keeps no channel state, so
+ * each channel's next voucher is put back afterwards and the paid route's runs continue where they were.
+ */
+async function onFloor<T>(channels: Channel[], run: () => Promise<T>): Promise<T> {
+  const saved = channels.map((c) => c.next);
+  try {
+    return await run();
+  } finally {
+    channels.forEach((c, i) => (c.next = saved[i]!));
+  }
 }
 
 async function main() {
@@ -128,10 +147,12 @@ async function main() {
   await runLoad(`${base}/free`, { connections: CONNECTIONS, seconds: SECONDS }); // warm-up
   const unpaid: Array<RunResult & { cpu: CpuPerRequest }> = [];
   const paid: Array<RunResult & { cpu: CpuPerRequest }> = [];
+  const floor: Array<RunResult & { cpu: CpuPerRequest }> = [];
   const pid = server.proc.pid!;
   for (let i = 0; i < 2; i++) {
     unpaid.push(await withCpu(pid, () => runLoad(`${base}/free`, { connections: CONNECTIONS, seconds: SECONDS })));
     paid.push(await withCpu(pid, () => runLoad(`${base}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS })));
+    floor.push(await onFloor(channels, () => withCpu(pid, () => runLoad(`${base}/floor`, { channels, connections: CONNECTIONS, seconds: SECONDS }))));
   }
   const cpuOf = (rs: Array<{ cpu: CpuPerRequest }>) => {
     const last = rs[rs.length - 1]!.cpu; // the warmer of the runs
@@ -139,15 +160,18 @@ async function main() {
   };
   const unpaidRps = median(unpaid.map((r) => r.rps));
   const paidRps = median(paid.map((r) => r.rps));
+  const floorRps = median(floor.map((r) => r.rps));
   const half = Math.max(1, Math.floor(paidRps / 2));
   const unpaidHalf = await runLoad(`${base}/free`, { connections: CONNECTIONS, seconds: SECONDS, rate: half });
   const paidHalf = await runLoad(`${base}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS, rate: half });
   // 2b: open-loop at a fixed rate (wrk2-style, no coordinated omission), 3 interleaved pairs
   const pacedFree: PacedResult[] = [];
   const pacedPaid: PacedResult[] = [];
+  const pacedFloor: PacedResult[] = [];
   for (let i = 0; i < 3; i++) {
     pacedFree.push(await pacedLoadIsolated(`${base}/free`, { rate: half, seconds: SECONDS, connections: CONNECTIONS }));
     pacedPaid.push(await pacedLoadIsolated(`${base}/paid`, { rate: half, seconds: SECONDS, connections: CONNECTIONS, channels, price: PRICE }));
+    pacedFloor.push(await onFloor(channels, () => pacedLoadIsolated(`${base}/floor`, { rate: half, seconds: SECONDS, connections: CONNECTIONS, channels, price: PRICE })));
   }
   const pm = (rs: PacedResult[], k: "p50" | "p99") => median(rs.map((r) => r[k]));
   // 2c: sequential latency on one kept-alive connection (no queueing, no coordinated-omission correction)
@@ -162,17 +186,21 @@ async function main() {
   await runLoad(`${stockBase}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: 2 });
   const stockUnpaid: Array<RunResult & { cpu: CpuPerRequest }> = [];
   const stockPaid: Array<RunResult & { cpu: CpuPerRequest }> = [];
+  const stockFloor: RunResult[] = [];
   for (let i = 0; i < 2; i++) {
     stockUnpaid.push(await withCpu(server.proc.pid!, () => runLoad(`${stockBase}/free`, { connections: CONNECTIONS, seconds: SECONDS })));
     stockPaid.push(await withCpu(server.proc.pid!, () => runLoad(`${stockBase}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS })));
+    stockFloor.push(await onFloor(channels, () => runLoad(`${stockBase}/floor`, { channels, connections: CONNECTIONS, seconds: SECONDS })));
   }
   await server.stop();
   const stockUnpaidRps = median(stockUnpaid.map((r) => r.rps));
   const stockPaidRps = median(stockPaid.map((r) => r.rps));
+  const stockFloorRps = median(stockFloor.map((r) => r.rps));
 
   // 3: non-durable vs durable servers on the same store (the counters continue), interleaved, 2 runs each
   const nondurableRuns: RunResult[] = [];
   const durableRuns: RunResult[] = [];
+  const floorRuns: Record<"durable" | "nondurable", RunResult[]> = { durable: [], nondurable: [] };
   let nondurableHalf: RunResult | undefined;
   for (let i = 0; i < 3; i++) {
     // Each server is fresh: a short paid warm-up first, so both sides are measured warm (as in figure 1).
@@ -180,14 +208,18 @@ async function main() {
     await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: 2 });
     nondurableRuns.push(await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
     if (i === 0) nondurableHalf = await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS, rate: half });
+    floorRuns.nondurable.push(await onFloor(channels, () => runLoad(`http://127.0.0.1:${server.port}/floor`, { channels, connections: CONNECTIONS, seconds: SECONDS })));
     await server.stop();
     server = await startBenchServer(SERVER, { ...serverEnv, sync: true });
     await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: 2 });
     durableRuns.push(await runLoad(`http://127.0.0.1:${server.port}/paid`, { channels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
+    floorRuns.durable.push(await onFloor(channels, () => runLoad(`http://127.0.0.1:${server.port}/floor`, { channels, connections: CONNECTIONS, seconds: SECONDS })));
     await server.stop();
   }
   const nondurable = { rps: median(nondurableRuns.map((r) => r.rps)), non2xx: nondurableRuns.reduce((a, r) => a + r.non2xx, 0) };
   const durable2 = { rps: median(durableRuns.map((r) => r.rps)), non2xx: durableRuns.reduce((a, r) => a + r.non2xx, 0) };
+  const floorNondurable = median(floorRuns.nondurable.map((r) => r.rps));
+  const floorDurable = median(floorRuns.durable.map((r) => r.rps));
   // 3b: the same pairs at WIDE connections on WIDE channels (the two cores saturated)
   const wideRuns: Record<"durable" | "nondurable", RunResult[]> = { durable: [], nondurable: [] };
   for (let i = 0; i < 3; i++) {
@@ -215,20 +247,25 @@ async function main() {
     count: CHANNELS, vouchers: VOUCHERS_PER_CHANNEL, label: "proxy", payers: payers.slice(CHANNELS),
   });
   const bare = await startBenchServer(path.join(__dirname, "bare-proxy-server.ts"), { upstream: `http://127.0.0.1:${upstream.port}` });
+  const bareFloor = await startBenchServer(path.join(__dirname, "bare-proxy-server.ts"), { upstream: `http://127.0.0.1:${upstream.port}`, floor: { file: path.join(storePath, "proxy-floor.log"), sync: true } });
   const direct: RunResult[] = [];
   const proxied: RunResult[] = [];
   const bareRuns: RunResult[] = [];
+  const bareFloorRuns: RunResult[] = [];
   for (let i = 0; i < 2; i++) {
     direct.push(await runLoad(`http://127.0.0.1:${upstream.port}/api/x`, { connections: CONNECTIONS, seconds: SECONDS }));
     bareRuns.push(await runLoad(`http://127.0.0.1:${bare.port}/api/x`, { connections: CONNECTIONS, seconds: SECONDS }));
     proxied.push(await runLoad(`http://127.0.0.1:${proxy.port}/api/x`, { channels: proxyChannels, price: PRICE, connections: CONNECTIONS, seconds: SECONDS }));
+    bareFloorRuns.push(await onFloor(proxyChannels, () => runLoad(`http://127.0.0.1:${bareFloor.port}/api/x`, { channels: proxyChannels, connections: CONNECTIONS, seconds: SECONDS })));
   }
   await bare.stop();
+  await bareFloor.stop();
   await proxy.stop();
   await upstream.stop();
   const directRps = median(direct.map((r) => r.rps));
   const proxiedRps = median(proxied.map((r) => r.rps));
   const bareRps = median(bareRuns.map((r) => r.rps));
+  const bareFloorRps = median(bareFloorRuns.map((r) => r.rps));
 
   // 4: verification microbench (in this process)
   const n = 20_000;
@@ -282,11 +319,16 @@ async function main() {
     `   CPU per request (2nd run; Linux /proc): unpaid: ${cpuOf(unpaid)}`,
     `                                           paid:   ${cpuOf(paid)}`,
     `   (2 cores in all: the paid route is bound by the sum, not by one thread)`,
+    `   the floor (GET /floor, bench/floor.ts: decode, digest, native recovery on the same threads, a record appended and`,
+    `   fdatasync'd in groups, PAYMENT-RESPONSE; no channel state, no checks): ${fmt(floorRps)} req/s (runs: ${floor.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${floor.reduce((a, r) => a + r.non2xx, 0)})`,
+    `   floor/unpaid ${(floorRps / unpaidRps).toFixed(3)}: the most any durable payment server reaches here   Tollway/floor ${(paidRps / floorRps).toFixed(3)}`,
+    `   floor CPU per request: ${cpuOf(floor)}`,
     `1b. the same app served by express's own app.listen (stock express; median of 2 runs each)`,
     `   unpaid ${fmt(stockUnpaidRps)} req/s (runs: ${stockUnpaid.map((r) => fmt(r.rps)).join(", ")})   paid ${fmt(stockPaidRps)} req/s (runs: ${stockPaid.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${stockPaid.reduce((a, r) => a + r.non2xx, 0)})`,
     `   ratio paid/unpaid  ${(stockPaidRps / stockUnpaidRps).toFixed(3)}   goal >= 0.45  ${stockPaidRps / stockUnpaidRps >= 0.45 ? "MET" : "NOT MET"}`,
     `   CPU per request: unpaid: ${cpuOf(stockUnpaid)}`,
     `                    paid:   ${cpuOf(stockPaid)}`,
+    `   the floor on app.listen ${fmt(stockFloorRps)} req/s (runs: ${stockFloor.map((r) => fmt(r.rps)).join(", ")}): floor/unpaid ${(stockFloorRps / stockUnpaidRps).toFixed(3)}   Tollway/floor ${(stockPaidRps / stockFloorRps).toFixed(3)}`,
     `   createExpressServer vs app.listen: unpaid ${(unpaidRps / stockUnpaidRps).toFixed(2)} x, paid ${(paidRps / stockPaidRps).toFixed(2)} x`,
     ``,
     `2. latency at half of the paid maximum (${half} req/s)`,
@@ -299,6 +341,7 @@ async function main() {
     `     unpaid p50 ${pm(pacedFree, "p50").toFixed(2)} / p99 ${pm(pacedFree, "p99").toFixed(2)} ms (runs p99 ${pacedFree.map((r) => r.p99.toFixed(2)).join(", ")})`,
     `     paid   p50 ${pm(pacedPaid, "p50").toFixed(2)} / p99 ${pm(pacedPaid, "p99").toFixed(2)} ms (runs p99 ${pacedPaid.map((r) => r.p99.toFixed(2)).join(", ")}; non-2xx ${pacedPaid.reduce((a, r) => a + r.non2xx, 0)})`,
     `     added  p50 ${(pm(pacedPaid, "p50") - pm(pacedFree, "p50")).toFixed(2)} / p99 ${(pm(pacedPaid, "p99") - pm(pacedFree, "p99")).toFixed(2)} ms   goal p99 <= 2 ms  ${pm(pacedPaid, "p99") - pm(pacedFree, "p99") <= 2 ? "MET" : "NOT MET"}`,
+    `     the floor (figure 1's) p50 ${pm(pacedFloor, "p50").toFixed(2)} / p99 ${pm(pacedFloor, "p99").toFixed(2)} ms (runs p99 ${pacedFloor.map((r) => r.p99.toFixed(2)).join(", ")}): added p99 ${(pm(pacedFloor, "p99") - pm(pacedFree, "p99")).toFixed(2)} ms`,
     `     context, the load generator's own event-loop delay (p99 / max per run): unpaid ${pacedFree.map((r) => `${r.loopDelayP99.toFixed(1)}/${r.loopDelayMax.toFixed(1)}`).join(", ")} ms; paid ${pacedPaid.map((r) => `${r.loopDelayP99.toFixed(1)}/${r.loopDelayMax.toFixed(1)}`).join(", ")} ms`,
     `   server side, every paid request of the durable server (middleware entry -> charge on disk): p50 ${serverLatency ? (Number(serverLatency[2]) / 1000).toFixed(2) : "?"} ms, p99 ${serverLatency ? (Number(serverLatency[3]) / 1000).toFixed(2) : "?"} ms (n ${serverLatency?.[1] ?? "?"}, all loads)`,
     `   sequential, one connection (${1500} each): unpaid p50 ${seq.freeP50.toFixed(2)} / p99 ${seq.freeP99.toFixed(2)} ms, paid p50 ${seq.paidP50.toFixed(2)} / p99 ${seq.paidP99.toFixed(2)} ms, added p50 ${(seq.paidP50 - seq.freeP50).toFixed(2)} / p99 ${(seq.paidP99 - seq.freeP99).toFixed(2)} ms`,
@@ -306,6 +349,7 @@ async function main() {
     `3. durable (fsync group commit) vs non-durable, paid route (median of 3 interleaved runs each, each server warmed up 2 s)`,
     `   non-durable ${fmt(nondurable.rps)} req/s (runs ${nondurableRuns.map((r) => fmt(r.rps)).join(", ")})   durable ${fmt(durable2.rps)} req/s (runs ${durableRuns.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${nondurable.non2xx + durable2.non2xx})`,
     `   ratio durable/non-durable ${(durable2.rps / nondurable.rps).toFixed(3)}   goal >= 0.9  ${durable2.rps / nondurable.rps >= 0.9 ? "MET" : "NOT MET"}`,
+    `   the floor (figure 1's), the same pairs: non-durable ${fmt(floorNondurable)} req/s, durable ${fmt(floorDurable)} req/s, ratio ${(floorDurable / floorNondurable).toFixed(3)}`,
     `   group commit: ${flushes ?? "?"} fsync'd batches for ${paidTotal} paid requests in the first server`,
     `3b. the same at ${WIDE} connections on ${WIDE} channels (saturating load; context, the goal is figure 3's)`,
     `   non-durable ${fmt(wideNondurable)} req/s (runs ${wideRuns.nondurable.map((r) => fmt(r.rps)).join(", ")})   durable ${fmt(wideDurable)} req/s (runs ${wideRuns.durable.map((r) => fmt(r.rps)).join(", ")}; non-2xx ${[...wideRuns.nondurable, ...wideRuns.durable].reduce((a, r) => a + r.non2xx, 0)})`,
@@ -320,6 +364,8 @@ async function main() {
     `   ratio proxy/direct ${(proxiedRps / directRps).toFixed(3)}   goal >= 0.45  ${proxiedRps / directRps >= 0.45 ? "MET" : "NOT MET"}`,
     `   context: a bare node:http reverse proxy (no framework, no payment) ${fmt(bareRps)} req/s = ${(bareRps / directRps).toFixed(3)} of direct: what any proxy reaches on this machine;`,
     `   Tollway's paid proxy reaches ${(proxiedRps / bareRps).toFixed(3)} of it`,
+    `   the floor of a paid proxy (that bare proxy plus figure 1's floor: voucher checked before forwarding, record fdatasync'd`,
+    `   after the upstream's answer): ${fmt(bareFloorRps)} req/s (non-2xx ${bareFloorRuns.reduce((a, r) => a + r.non2xx, 0)}) = ${(bareFloorRps / directRps).toFixed(3)} of direct   Tollway/floor ${(proxiedRps / bareFloorRps).toFixed(3)}`,
     ``,
     `6. this disk's fdatasync latency (append 200 B + fdatasync, 400 times): p50 ${fsyncMs[200]!.toFixed(2)} ms  p99 ${fsyncMs[396]!.toFixed(2)} ms`,
   ];
