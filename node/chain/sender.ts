@@ -100,7 +100,15 @@ type Request = { nonce: number; maxFeePerGas?: bigint; maxPriorityFeePerGas?: bi
  * signed for it (sent or not: the node may have taken one whose answer was lost), when it is next due
  * for a re-pricing and how many re-pricings went out.
  */
-type Pending = { request: Request; raw: Hex; signed: Hex[]; repriceAt: number; reprices: number };
+type Pending = {
+  request: Request;
+  raw: Hex;
+  signed: Hex[];
+  repriceAt: number;
+  reprices: number;
+  /** Why the last re-pricing could not be done, for the error that reports the transaction unconfirmed. */
+  notRepriced?: string;
+};
 
 /** A fee raised by the 12.5% a node asks of a replacement (geth 10%), rounded up. */
 const raised = (fee: bigint): bigint => (fee * 9n + 7n) / 8n;
@@ -297,6 +305,7 @@ export class TxSender {
           cause: lastError,
           metaMessages: [
             ...hashes(),
+            ...(tx.notRepriced ? [`not re-priced: ${tx.notRepriced}`] : []),
             ...(gap
               ? [gap]
               : behind
@@ -349,10 +358,12 @@ export class TxSender {
    */
   private async reprice(tx: Pending): Promise<boolean> {
     const { maxFeePerGas: fee, maxPriorityFeePerGas: tip } = tx.request;
-    if (fee === undefined || tip === undefined || tx.reprices >= this.options.maxReprices) return false;
+    const refuse = (why: string) => ((tx.notRepriced = why), false);
+    if (fee === undefined || tip === undefined) return refuse("a legacy (gasPrice) transaction is not re-priced");
+    if (tx.reprices >= this.options.maxReprices) return refuse(`re-priced ${tx.reprices} times already (transactions.maxReprices): raise it, or replace nonce ${tx.request.nonce} by hand`);
     const now = await this.publicClient.estimateFeesPerGas();
     const maxFeePerGas = min(max(raised(fee), now.maxFeePerGas), this.options.maxFeePerGas ?? maxUint256);
-    if (maxFeePerGas < raised(fee)) return false;
+    if (maxFeePerGas < raised(fee)) return refuse(`its fee ${fee} wei cannot be raised 12.5 % under the cap of ${this.options.maxFeePerGas} wei (transactions.maxFeeGwei)`);
     const maxPriorityFeePerGas = min(max(raised(tip), now.maxPriorityFeePerGas), maxFeePerGas);
     const next = await this.sign({ ...tx.request, maxFeePerGas, maxPriorityFeePerGas }, tx.signed);
     tx.signed = next.signed; // the node may take it even when the send fails (a lost answer)

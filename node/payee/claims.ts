@@ -120,7 +120,7 @@ export class ClaimEngine {
       const ids = [...new Set(select.channels.map((c) => c.toLowerCase() as Hex))];
       const found = await Promise.all(ids.map((id) => this.payee.store.getChannel(id)));
       // A channel gone from the store (refunded, closed) has nothing left to refuse.
-      ids.forEach((id, i) => found[i] === undefined && this.payee.unclaimable.delete(id));
+      ids.forEach((id, i) => found[i] === undefined && this.payee.clearUnclaimable(id));
       recs = found.filter((r): r is ChannelRecord => r !== undefined && hasClaim(r));
     } else {
       recs = await this.pending();
@@ -176,7 +176,7 @@ export class ClaimEngine {
         // a payer whose signature check answers an eth_call and not a transaction.
         const resimulated = await this.isolate(recs).catch(() => undefined);
         if (resimulated?.good.length === 1) {
-          this.payee.markUnclaimable(recs[0]!.channelId);
+          await this.payee.markUnclaimable(recs[0]!.channelId);
           this.fail(report, recs[0]!.channelId, reason, "the chain refused this channel's claim though its simulation passes: no new charges and no automatic claims on it until a claim lands");
         } else {
           this.fail(report, recs[0]!.channelId, resimulated?.bad[0]?.reason ?? reason, "channel cannot be claimed");
@@ -190,7 +190,7 @@ export class ClaimEngine {
     }
     const { hash, receipt } = sent;
     const ids = recs.map((r) => r.channelId);
-    for (const id of ids) this.payee.unclaimable.delete(id);
+    for (const id of ids) this.payee.clearUnclaimable(id);
     let amount = 0n;
     // The receipt's Claimed events say exactly what each channel's total is now.
     const totals = new Map<Hex, bigint>();

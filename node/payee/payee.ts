@@ -118,6 +118,8 @@ const PAYER_CODE_TTL_MS = 30_000;
 const RESYNC_COOLDOWN_MS = 2_000;
 /** Longest a request's re-read of an unmirrored channel may take (ms). */
 const RESYNC_TIMEOUT_MS = 2_000;
+/** Meta key of the channels the chain refused to claim (Payee.unclaimable). */
+const UNCLAIMABLE_META = "unclaimable";
 
 /** `p`, or a rejection after `ms` (a hung RPC read becomes an error the caller can answer). */
 export function within<T>(ms: number, p: Promise<T>): Promise<T> {
@@ -145,6 +147,8 @@ export class Payee {
    * Channels whose claim the chain refused although its simulation passed (a payer's ERC-1271 wallet that
    * answers an eth_call and not a mined transaction): no new charges until one of their claims lands
    * (ClaimEngine marks and clears them), so what such a payer gets unpaid stops at the claim threshold.
+   * Kept in the store (`m:unclaimable`): a restart does not give such a payer another threshold's worth.
+   * Change it with markUnclaimable / clearUnclaimable.
    */
   readonly unclaimable = new Set<Hex>();
   private readonly now: () => number;
@@ -442,7 +446,7 @@ export class Payee {
     if (chain.balance === chain.totalClaimed) await this.store.deleteChannel(rec.channelId);
     else await this.store.putChannel(next);
     // A refund claims the node's charges first, in the same transaction: the chain took this channel's vouchers.
-    this.unclaimable.delete(rec.channelId);
+    this.clearUnclaimable(rec.channelId);
     return { next, refunded, chain };
   }
 
@@ -456,7 +460,7 @@ export class Payee {
         this.locks
           .with(channelId, async () => {
             const rec = await this.store.getChannel(channelId);
-            this.unclaimable.delete(channelId); // a claim of it landed, whoever sent it
+            this.clearUnclaimable(channelId); // a claim of it landed, whoever sent it
             if (!rec || rec.totalClaimed >= total) return;
             await this.store.putChannel({ ...rec, totalClaimed: total, syncedAt: this.now() });
           })
@@ -750,10 +754,35 @@ export class Payee {
     }
   }
 
-  /** Marks a channel whose claim the chain refused (see `unclaimable`); bounded like the other per-payer sets. */
-  markUnclaimable(channelId: Hex): void {
+  /**
+   * Marks a channel whose claim the chain refused (see `unclaimable`); bounded like the other per-payer sets.
+   * Resolves once the mark is on disk.
+   */
+  markUnclaimable(channelId: Hex): Promise<void> {
+    if (this.unclaimable.has(channelId)) return Promise.resolve();
     if (this.unclaimable.size >= 10_000) this.unclaimable.delete(this.unclaimable.values().next().value!);
     this.unclaimable.add(channelId);
+    return this.saveUnclaimable();
+  }
+
+  /** Clears a channel's unclaimable mark (a claim or refund of it landed, or it left the store). */
+  clearUnclaimable(channelId: Hex): void {
+    if (this.unclaimable.delete(channelId)) void this.saveUnclaimable();
+  }
+
+  /** Reads the unclaimable marks a previous run left (called once at start). */
+  async loadUnclaimable(): Promise<void> {
+    const text = await this.store.getMeta(UNCLAIMABLE_META);
+    if (text === undefined) return;
+    for (const id of JSON.parse(text) as Hex[]) this.unclaimable.add(id);
+  }
+
+  /** Writes the whole set (rare: a mark or a clear); writes land in order, so the last one holds. */
+  private saveUnclaimable(): Promise<void> {
+    return this.store.putMeta(UNCLAIMABLE_META, JSON.stringify([...this.unclaimable])).catch((err: Error) => {
+      // The mark still holds in memory; after a restart the chain refuses the next claim again and it is set again.
+      this.opts.logger?.error({ err: errorSummary(err) }, "unclaimable channels not saved");
+    });
   }
 
   /**

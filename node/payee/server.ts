@@ -151,6 +151,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     logger,
     onCharge: (rec) => claims.noteCharge(rec),
   });
+  await payee.loadUnclaimable();
   const claims = new ClaimEngine(payee, {
     threshold: config.claims.threshold !== undefined ? parsePrice(config.claims.threshold, config.asset.decimals) : undefined,
     payerSignedThreshold: config.claims.payerSignedThreshold !== undefined ? parsePrice(config.claims.payerSignedThreshold, config.asset.decimals) : undefined,

@@ -280,9 +280,13 @@ describe("transaction sender (hardhat node)", function () {
     const before = await publicClient.getTransactionCount({ address: account.address });
     await testClient.setAutomine(false); // nothing is mined until the end
     try {
-      for (const amount of [12n, 13n, 14n, 15n]) expect((await failing(amount))?.code).to.equal(ErrorCodes.waitForReceiptFailed);
+      const errors: Array<ChainError | undefined> = [];
+      for (const amount of [12n, 13n, 14n, 15n]) errors.push(await failing(amount));
+      for (const e of errors) expect(e?.code).to.equal(ErrorCodes.waitForReceiptFailed);
       expect(raws.filter((raw) => nonceOf(raw) === before)).to.have.length(1 + 2);
       expect(sender.repriced).to.equal(2);
+      // The operator is told why it stays stuck: the budget is spent.
+      expect(errors[0]?.metaMessages).to.include(`not re-priced: re-priced 2 times already (transactions.maxReprices): raise it, or replace nonce ${before} by hand`);
       await testClient.mine({ blocks: 1 });
     } finally {
       await testClient.setAutomine(true);

@@ -35,18 +35,25 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
   let accept: Accept;
   let held = holdRequest();
 
+  const routes = { "GET /a/:id": "$0.01", "GET /slow": "$0.01" } as never;
+  const install = (app: import("express").Express) => {
+    app.get("/a/:id", (_req, res) => void res.send("ok"));
+    app.get("/slow", async (_req, res) => {
+      held.enter();
+      await held.released;
+      res.send("slow");
+    });
+  };
   before(async () => {
     ctx = await startChain();
-    node = await startPayee(ctx, { "GET /a/:id": "$0.01", "GET /slow": "$0.01" } as never, (app) => {
-      app.get("/a/:id", (_req, res) => void res.send("ok"));
-      app.get("/slow", async (_req, res) => {
-        held.enter();
-        await held.released;
-        res.send("slow");
-      });
-    });
+    node = await startPayee(ctx, routes, install);
     accept = (await fetchRequirements(`${node.url}/a/1`)).accept;
   });
+  /** Stops the node and starts it again on the same store (another port). */
+  async function restart() {
+    await node.stop();
+    node = await startPayee(ctx, routes, install, { dir: node.dir });
+  }
   after(async () => {
     await node?.stop();
     await ctx?.chain.stop();
@@ -268,6 +275,37 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
     } finally {
       sender.send = send;
     }
+  });
+
+  it("claims: the unclaimable mark is kept across a restart (no new charges, no automatic claims) and cleared, also on disk, by the claim that lands", async () => {
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("kept-mark"))));
+    const id = await depositThroughNode(payer);
+    const refuseOnChain = (sender: typeof node.payee.opts.sender) => {
+      const send = sender.send;
+      sender.send = ((p: { functionName: string }) =>
+        p.functionName === "claim" ? Promise.reject(new RevertedOnChainError(ErrorCodes.claimTransactionFailed, "claim", { transactionHash: "0x01" } as never)) : send.call(sender, p as never)) as typeof send;
+      return () => void (sender.send = send);
+    };
+    const undo = refuseOnChain(node.payee.opts.sender);
+    try {
+      expect((await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: [id] })).failed.map((f) => f.channelId)).to.deep.equal([id]);
+    } finally {
+      undo();
+    }
+    expect(node.payee.unclaimable.has(id)).to.equal(true);
+    await restart();
+    expect(node.payee.unclaimable.has(id)).to.equal(true);
+    const refused = await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE));
+    expect(refused.status).to.equal(402);
+    expect(refused.paymentRequired.error).to.equal("invalid_batch_settlement_evm_voucher_signature");
+    const claims = new ClaimEngine(node.payee, { onShutdown: false });
+    expect((await claims.claim({ channels: [id] })).transactions).to.deep.equal([]); // an automatic run leaves it out
+    // The operator's claim lands: the mark is gone, and stays gone after the next restart.
+    expect((await claims.claim({ channels: [id], includeUnclaimable: true })).claimedChannels).to.equal(1);
+    expect(await claimedOnChain(id)).to.equal(PRICE);
+    await restart();
+    expect(node.payee.unclaimable.has(id)).to.equal(false);
+    expect((await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
   });
 
   it("claims: a send that fails for a reason not about the rows (no ETH for gas, the RPC) fails them as they are: no split, nobody blamed", async () => {
