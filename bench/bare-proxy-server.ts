@@ -21,6 +21,7 @@ const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "te
 function forward(req: http.IncomingMessage, res: http.ServerResponse, commit?: () => Promise<string>) {
   const headers: http.OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && k !== "host" && !HOP_BY_HOP.has(k)) headers[k] = v;
+  if (commit) delete headers[PAYMENT_SIGNATURE]; // the payer's credential is not the upstream's (Tollway's proxy strips it too)
   const up = http.request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers, agent }, (ur) => {
     const out: http.OutgoingHttpHeaders = {};
     for (const [k, v] of Object.entries(ur.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;

@@ -6,9 +6,10 @@
  * and fdatasync'd before the answer (group commit: one write + fdatasync in flight, the requests that
  * arrive meanwhile share the next), and a PAYMENT-RESPONSE of the real one's shape.
  *
- * It is not a payment server (it keeps no channel state, so it would serve a replayed voucher): it
- * measures how close any implementation could come to the unpaid route on this machine, so that a
- * missed ratio can be told apart from a ratio this machine cannot give.
+ * It is not a payment server (it keeps no channel state, so it would serve a replayed voucher). It shows
+ * what that work alone reaches on this machine under each figure's load: where even it is under a goal
+ * that is bound by CPU (figure 1), no server doing more work can meet the goal; elsewhere (figure 3's
+ * ratio, which a faster non-durable side lowers) it is context, not a bound.
  */
 import type { NextFunction, Request, Response } from "express";
 import fs from "node:fs";
