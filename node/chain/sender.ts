@@ -300,7 +300,7 @@ export class TxSender {
         this.nonce = undefined; // the next send reads the pending nonce again
         this.stuck.push(tx); // and the next calls re-price it while they wait behind it
         const behind = latest !== undefined && latest < tx.request.nonce;
-        const known = this.stuck.some((s) => s.request.nonce === latest);
+        const known = this.stuck.find((s) => s.request.nonce === latest);
         throw new ChainError(ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} not confirmed ${gap ? "(waiting behind a gap)" : "in time"} (not resent at another nonce; it may still be mined)`, {
           cause: lastError,
           metaMessages: [
@@ -309,7 +309,7 @@ export class TxSender {
             ...(gap
               ? [gap]
               : behind
-                ? [`waiting behind nonce ${latest}: ${known ? "an earlier call's transaction, not mined" : "a transaction this sender did not sign (from before a restart, or another process with this key)"}`]
+                ? [`waiting behind nonce ${latest}: ${known ? `an earlier call's transaction, not mined${known.notRepriced ? ` (not re-priced: ${known.notRepriced})` : ""}` : "a transaction this sender did not sign (from before a restart, or another process with this key)"}`]
                 : []),
           ],
         });
@@ -372,7 +372,7 @@ export class TxSender {
     } catch (err) {
       if (!(await firstFound([keccak256(next.raw)], (hash) => this.publicClient.getTransaction({ hash })))) throw err;
     }
-    Object.assign(tx, { request: next.request, raw: next.raw, reprices: tx.reprices + 1 });
+    Object.assign(tx, { request: next.request, raw: next.raw, reprices: tx.reprices + 1, notRepriced: undefined });
     this.repriced++;
     return true;
   }

@@ -118,8 +118,10 @@ const PAYER_CODE_TTL_MS = 30_000;
 const RESYNC_COOLDOWN_MS = 2_000;
 /** Longest a request's re-read of an unmirrored channel may take (ms). */
 const RESYNC_TIMEOUT_MS = 2_000;
-/** Meta key of the channels the chain refused to claim (Payee.unclaimable). */
-const UNCLAIMABLE_META = "unclaimable";
+/** Unclaimable marks kept at most (the oldest gives way). */
+const MAX_UNCLAIMABLE = 10_000;
+/** Meta key prefix of the channels the chain refused to claim (Payee.unclaimable): one entry per channel. */
+const UNCLAIMABLE_META = "unclaimable:";
 
 /** `p`, or a rejection after `ms` (a hung RPC read becomes an error the caller can answer). */
 export function within<T>(ms: number, p: Promise<T>): Promise<T> {
@@ -147,7 +149,7 @@ export class Payee {
    * Channels whose claim the chain refused although its simulation passed (a payer's ERC-1271 wallet that
    * answers an eth_call and not a mined transaction): no new charges until one of their claims lands
    * (ClaimEngine marks and clears them), so what such a payer gets unpaid stops at the claim threshold.
-   * Kept in the store (`m:unclaimable`): a restart does not give such a payer another threshold's worth.
+   * Kept in the store (`m:unclaimable:<channelId>`): a restart does not give such a payer another threshold's worth.
    * Change it with markUnclaimable / clearUnclaimable.
    */
   readonly unclaimable = new Set<Hex>();
@@ -486,9 +488,13 @@ export class Payee {
   async syncChannel(channelId: Hex, chain?: OnchainChannel | (() => Promise<OnchainChannel>)): Promise<ChannelRecord | undefined> {
     return this.locks.with(channelId, async () => {
       const rec = await this.store.getChannel(channelId);
-      if (!rec) return undefined;
+      if (!rec) {
+        this.clearUnclaimable(channelId);
+        return undefined;
+      }
       // Read under the lock: a state read before it could predate a deposit or claim made meanwhile.
       const state = typeof chain === "function" ? await chain() : (chain ?? (await readChannel(this.opts.publicClient, this.opts.escrow, channelId)));
+      if (state.totalClaimed > rec.totalClaimed) this.clearUnclaimable(channelId); // a claim of it landed, whoever sent it
       const next = this.withChain(rec, state);
       await this.store.putChannel(next);
       return next;
@@ -756,33 +762,33 @@ export class Payee {
 
   /**
    * Marks a channel whose claim the chain refused (see `unclaimable`); bounded like the other per-payer sets.
-   * Resolves once the mark is on disk.
+   * Resolves once the mark's write is done (at once when the channel was marked already).
    */
   markUnclaimable(channelId: Hex): Promise<void> {
     if (this.unclaimable.has(channelId)) return Promise.resolve();
-    if (this.unclaimable.size >= 10_000) this.unclaimable.delete(this.unclaimable.values().next().value!);
+    if (this.unclaimable.size >= MAX_UNCLAIMABLE) this.clearUnclaimable(this.unclaimable.values().next().value!);
     this.unclaimable.add(channelId);
-    return this.saveUnclaimable();
-  }
-
-  /** Clears a channel's unclaimable mark (a claim or refund of it landed, or it left the store). */
-  clearUnclaimable(channelId: Hex): void {
-    if (this.unclaimable.delete(channelId)) void this.saveUnclaimable();
-  }
-
-  /** Reads the unclaimable marks a previous run left (called once at start). */
-  async loadUnclaimable(): Promise<void> {
-    const text = await this.store.getMeta(UNCLAIMABLE_META);
-    if (text === undefined) return;
-    for (const id of JSON.parse(text) as Hex[]) this.unclaimable.add(id);
-  }
-
-  /** Writes the whole set (rare: a mark or a clear); writes land in order, so the last one holds. */
-  private saveUnclaimable(): Promise<void> {
-    return this.store.putMeta(UNCLAIMABLE_META, JSON.stringify([...this.unclaimable])).catch((err: Error) => {
-      // The mark still holds in memory; after a restart the chain refuses the next claim again and it is set again.
-      this.opts.logger?.error({ err: errorSummary(err) }, "unclaimable channels not saved");
+    return this.store.putMeta(UNCLAIMABLE_META + channelId, String(this.now())).catch((err: Error) => {
+      // It still holds in memory; after a restart the chain refuses the channel's next claim and it is marked again.
+      this.opts.logger?.error({ channelId, err: errorSummary(err) }, "unclaimable mark not saved");
     });
+  }
+
+  /** Clears a channel's unclaimable mark: a claim or refund of it landed, or it left the store. */
+  clearUnclaimable(channelId: Hex): void {
+    if (!this.unclaimable.delete(channelId)) return;
+    void this.store.deleteMeta(UNCLAIMABLE_META + channelId).catch((err: Error) => {
+      this.opts.logger?.error({ channelId, err: errorSummary(err) }, "unclaimable mark cleared in memory only: after a restart this channel is refused new charges until a claim of it lands");
+    });
+  }
+
+  /** Reads the unclaimable marks a previous run left (called once at start); an entry that is no channel id is skipped, with a warning. */
+  async loadUnclaimable(): Promise<void> {
+    for await (const name of this.store.metaNames(UNCLAIMABLE_META)) {
+      const id = name.slice(UNCLAIMABLE_META.length);
+      if (/^0x[0-9a-f]{64}$/.test(id) && this.unclaimable.size < MAX_UNCLAIMABLE) this.unclaimable.add(id as Hex);
+      else this.opts.logger?.warn({ key: `m:${name}` }, "unclaimable mark skipped: not a channel id");
+    }
   }
 
   /**

@@ -221,6 +221,15 @@ export class ChannelStore {
     return this.enqueue([{ type: "put", key: `m:${name}`, value }]);
   }
 
+  deleteMeta(name: string): Promise<void> {
+    return this.enqueue([{ type: "del", key: `m:${name}` }]);
+  }
+
+  /** The names of meta entries that start with `prefix` (e.g. "unclaimable:"), in key order. */
+  async *metaNames(prefix: string): AsyncGenerator<string> {
+    for await (const key of this.db.keys({ gte: `m:${prefix}`, lt: `m:${prefix}\uffff` })) yield key.slice(2);
+  }
+
   /** Every channel record, in key order. */
   async *channels(): AsyncGenerator<ChannelRecord> {
     for await (const [key, value] of this.db.iterator({ gte: "c:", lt: "c;" })) {

@@ -285,8 +285,8 @@ describe("transaction sender (hardhat node)", function () {
       for (const e of errors) expect(e?.code).to.equal(ErrorCodes.waitForReceiptFailed);
       expect(raws.filter((raw) => nonceOf(raw) === before)).to.have.length(1 + 2);
       expect(sender.repriced).to.equal(2);
-      // The operator is told why it stays stuck: the budget is spent.
-      expect(errors[0]?.metaMessages).to.include(`not re-priced: re-priced 2 times already (transactions.maxReprices): raise it, or replace nonce ${before} by hand`);
+      // The operator is told why it stays stuck, also by the calls waiting behind it: the budget is spent.
+      expect(errors[3]?.metaMessages?.join("\n")).to.include(`not re-priced: re-priced 2 times already (transactions.maxReprices): raise it, or replace nonce ${before} by hand`);
       await testClient.mine({ blocks: 1 });
     } finally {
       await testClient.setAutomine(true);

@@ -303,9 +303,18 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
     // The operator's claim lands: the mark is gone, and stays gone after the next restart.
     expect((await claims.claim({ channels: [id], includeUnclaimable: true })).claimedChannels).to.equal(1);
     expect(await claimedOnChain(id)).to.equal(PRICE);
+    await node.store.putMeta("unclaimable:not-a-channel-id", "1"); // skipped at start, with a warning
+    const others = [...node.payee.unclaimable]; // the channels earlier tests left marked
+    await restart();
+    expect([...node.payee.unclaimable]).to.deep.equal(others);
+    expect((await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
+    // A claim the node did not apply from its own receipt (another relayer's), seen by the mirror, clears it too.
+    await node.payee.markUnclaimable(id);
+    await node.payee.opts.sender.send({ address: ESCROW, abi: batchSettlementAbi, functionName: "claim", args: [[toClaimRow((await node.store.getChannel(id))!)]] });
+    await node.payee.syncChannel(id);
+    expect(node.payee.unclaimable.has(id)).to.equal(false);
     await restart();
     expect(node.payee.unclaimable.has(id)).to.equal(false);
-    expect((await payWith(`${node.url}/a/2`, await payer.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
   });
 
   it("claims: a send that fails for a reason not about the rows (no ETH for gas, the RPC) fails them as they are: no split, nobody blamed", async () => {
