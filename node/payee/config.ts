@@ -87,6 +87,15 @@ const transactionsSchema = z
   })
   .strict();
 
+const relaySchema = z
+  .object({
+    /** Deposits relayed and cooperative refunds sent (the node pays their gas) per payer address per hour. */
+    perPayerPerHour: z.number().int().min(1).default(10),
+    /** The same for all payers together: the most such transactions the node pays for in an hour. */
+    perHour: z.number().int().min(1).default(1_000),
+  })
+  .strict();
+
 const routeSchema = z.object({ price: priceSchema, description: z.string().optional(), mimeType: z.string().optional() }).strict();
 
 const proxyRouteSchema = z
@@ -134,6 +143,8 @@ export const nodeConfigSchema = z
     maxBlockRange: z.number().int().min(1).max(100_000).default(2_000),
     claims: claimsSchema.default({}),
     transactions: transactionsSchema.default({}),
+    /** Limits on the transactions payers make the node pay gas for (relayed deposits, cooperative refunds). */
+    relay: relaySchema.default({}),
     /** Express-style paid routes served by a handler the embedding app installs. */
     routes: routeRecord(z.union([priceSchema, routeSchema])).default({}),
     /** Reverse proxy: route key -> upstream base URL and price. */

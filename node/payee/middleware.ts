@@ -327,6 +327,7 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
           extra = err.corrective ?? (await payee.correctiveExtra(p.payload.voucher.channelId).catch(() => undefined));
         }
         options.onError?.(route!.key, err);
+        if (err.retryAfterS !== undefined) res.setHeader("Retry-After", String(err.retryAfterS));
         return sendPaymentRequired(res, resourceUrl(), route!, required, err.code, extra, err.status, err.shortMessage);
       }
       options.onError?.(route!.key, err);

@@ -44,6 +44,7 @@ import type { ChannelRecord, ChannelStore } from "../store/channelStore";
 import { ChannelLocks } from "./lock";
 import { keccak256Fast } from "./recover";
 import { configureRecoveryThreads, defaultRecoveryThreads, recoverSignerAsync } from "./recoverPool";
+import { RelayBudget, type RelayLimits } from "./relayBudget";
 
 export type AssetInfo = { address: Address; name: string; version: string; decimals: number; symbol?: string };
 
@@ -80,6 +81,8 @@ export type PayeeOptions = {
   recoveryThreads?: number;
   /** Called after a charge is durably committed. */
   onCharge?: (rec: ChannelRecord, amount: bigint, route: string) => void;
+  /** Limits on the deposits and refunds payers can make the node send (see RelayBudget); default none. */
+  relay?: RelayLimits;
 };
 
 /** A verified payment holding its channel's lock until commit or release. */
@@ -153,6 +156,8 @@ export class Payee {
    * Change it with markUnclaimable / clearUnclaimable.
    */
   readonly unclaimable = new Set<Hex>();
+  /** The deposits and cooperative refunds payers may still make the node send (its gas) this hour. */
+  readonly relayBudget: RelayBudget;
   private readonly now: () => number;
 
   constructor(readonly opts: PayeeOptions) {
@@ -164,6 +169,7 @@ export class Payee {
       throw new PaymentError(ErrorCodes.withdrawDelayOutOfRange, `withdrawDelay ${this.withdrawDelay} is outside 900 s .. 30 days`);
     }
     this.now = opts.now ?? Date.now;
+    this.relayBudget = new RelayBudget(opts.relay ?? {}, this.now);
     this.chainSyncedAt = this.now();
     configureRecoveryThreads(opts.recoveryThreads ?? defaultRecoveryThreads());
   }
@@ -233,6 +239,7 @@ export class Payee {
         this.checkChainTiming(rec);
         this.checkWithdrawalReserve(rec, p.voucher.maxClaimableAmount, p.deposit.amount);
         await this.checkPayerFunds(p);
+        this.relayBudget.take(p.channelConfig.payer, "deposit");
         const result = await this.submitDeposit(p, channelId, rec);
         deposit = result;
         rec = result.record;
@@ -377,6 +384,7 @@ export class Payee {
         if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
         const amount = requested === undefined || requested > available ? available : requested;
         const voucher = { maxClaimableAmount: p.voucher.maxClaimableAmount, signature: p.voucher.signature };
+        this.relayBudget.take(p.channelConfig.payer, "refund");
         const { hash, next, refunded } = await this.claimAndRefund(rec, voucher, amount);
         return {
           success: true as const,

@@ -150,6 +150,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     recoveryThreads: config.recoveryThreads,
     logger,
     onCharge: (rec) => claims.noteCharge(rec),
+    relay: config.relay,
   });
   await payee.loadUnclaimable();
   const claims = new ClaimEngine(payee, {

@@ -85,11 +85,14 @@ export class TollwayError extends Error {
 export class PaymentError extends TollwayError {
   override name = "PaymentError";
   readonly code: ErrorCode;
-  readonly status: 400 | 402 | 409 | 503;
-  constructor(code: ErrorCode, shortMessage: string, params: TollwayErrorParameters & { status?: 400 | 402 | 409 | 503 } = {}) {
+  readonly status: 400 | 402 | 409 | 429 | 503;
+  /** With a 429 or 503: seconds after which a retry can succeed (sent as Retry-After). */
+  readonly retryAfterS?: number;
+  constructor(code: ErrorCode, shortMessage: string, params: TollwayErrorParameters & { status?: 400 | 402 | 409 | 429 | 503; retryAfterS?: number } = {}) {
     super(shortMessage, params);
     this.code = code;
     this.status = params.status ?? 402;
+    if (params.retryAfterS !== undefined) this.retryAfterS = params.retryAfterS;
   }
 }
 

@@ -63,6 +63,7 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
       expect(c.asset.decimals).to.equal(18);
       expect(c.claims).to.deep.equal({ threshold: "$5", payerSignedThreshold: "$0.10", intervalMs: 600_000, batchSize: 100, onShutdown: true });
       expect(c.transactions).to.deep.equal({ repriceAfterMs: 30_000, maxReprices: 3, maxFeeGwei: 50 });
+      expect(c.relay).to.deep.equal({ perPayerPerHour: 10, perHour: 1_000 });
       expect(c.proxy["POST /api/*"]!.timeoutMs).to.equal(1000);
       expect(c.listen).to.deep.equal({ host: "127.0.0.1", port: 4020, headersTimeoutMs: 10_000, trustProxy: false });
     });

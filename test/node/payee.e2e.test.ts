@@ -167,6 +167,34 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(ledger).to.equal(charged);
   });
 
+  it("deposits relayed and refunds sent for one payer are limited per hour (relay.perPayerPerHour): beyond, a 429 with Retry-After, and nothing is sent", async () => {
+    const limited = await startPayee(ctx, routes as never, install, { relay: { perPayerPerHour: 2 } });
+    try {
+      const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("relay-limited"))));
+      expect((await payWith(`${limited.url}/articles/0`, await payer.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
+      expect((await payWith(`${limited.url}/articles/0`, await payer.refundHeader(accept, PRICE))).status).to.equal(200);
+      const id = payer.channelId(accept);
+      expect(await limited.store.getChannel(id)).to.equal(undefined); // refunded in full: the record is gone
+      const nonce = await ctx.publicClient.getTransactionCount({ address: limited.payeeAccount.address });
+      const tokens = await balanceOf(payer.account.address);
+      // A new deposit on the same channel (its charge claimed by the refund: the next voucher is above it).
+      const again = await fetch(`${limited.url}/articles/0`, { headers: { "PAYMENT-SIGNATURE": await payer.depositHeader(accept, 100_000n, 2n * PRICE) } });
+      expect(again.status).to.equal(429);
+      expect(Number(again.headers.get("retry-after"))).to.be.within(3_500, 3_600);
+      const body = await again.json();
+      expect(body.error).to.equal("invalid_batch_settlement_evm_deposit_transaction_failed");
+      expect(body.message).to.include("deposit on chain yourself");
+      expect(await ctx.publicClient.getTransactionCount({ address: limited.payeeAccount.address })).to.equal(nonce);
+      expect(await balanceOf(payer.account.address)).to.equal(tokens);
+      expect(await limited.store.getChannel(id)).to.equal(undefined);
+      // Another payer is not held back by this one.
+      const other = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("relay-other"))));
+      expect((await payWith(`${limited.url}/articles/0`, await other.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
+    } finally {
+      await limited.stop();
+    }
+  });
+
   it("a handler that replaces res.locals is still held until its charge is on disk", async () => {
     const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-relocals"))));
     const dep = await payWith(`${node.url}/relocals`, await payer.depositHeader(accept, 100_000n, PRICE));
