@@ -598,6 +598,34 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(events.some((h) => h.kind === "refund" && h.txHash === answer.transaction)).to.equal(true);
   });
 
+  it("facilitator: a refund past the payer's relay limit (relay.perPayerPerHour) is refused, and nothing is sent", async () => {
+    const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-relay-limit"))));
+    const accept = (await fetchRequirements(`${node.url}/paid/1`)).accept;
+    expect((await payWith(`${node.url}/paid/1`, await payer.depositHeader(accept, 100_000n, 10_000n))).status).to.equal(200);
+    const id = payer.channelId(accept);
+    // The payer's other relays this hour fill the default allowance of 10 (the deposit above was one, earlier
+    // tests' channels of the same address maybe more).
+    let taken = 0;
+    for (; taken < 10; taken++) {
+      try {
+        node.payee.relayBudget.take(payer.account.address, "deposit");
+      } catch (err) {
+        expect(String(err)).to.include("at most 10 deposits and refunds per hour for one payer");
+        break;
+      }
+    }
+    expect(taken).to.be.below(10);
+    const nonce = await ctx.publicClient.getTransactionCount({ address: node.payee.opts.sender.address });
+    const refund = { type: "refund", channelConfig: payer.config(accept), voucher: await payer.voucher(accept, 10_000n), refundNonce: "0" };
+    const minimal = { scheme: "batch-settlement", network: "eip155:31337", asset: accept.asset, amount: "0", payTo: accept.payTo, maxTimeoutSeconds: 0, extra: {} };
+    const answer = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" }, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: minimal, payload: refund }, paymentRequirements: minimal }) })).json();
+    expect(answer, JSON.stringify(answer)).to.deep.include({ success: false, errorReason: "invalid_batch_settlement_evm_refund_transaction_failed" });
+    expect(answer.errorMessage).to.include("withdraw on chain yourself");
+    expect(await ctx.publicClient.getTransactionCount({ address: node.payee.opts.sender.address })).to.equal(nonce);
+    const onchain = await readChannel(node.payee.opts.publicClient, node.payee.opts.escrow, id);
+    expect([onchain.balance, onchain.totalClaimed]).to.deep.equal([100_000n, 0n]);
+  });
+
   it("listen.tls: the node serves HTTPS; a TLS key file others can read is refused", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-node-tls-"));
     const gen = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem"), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], { encoding: "utf8" });
