@@ -36,6 +36,8 @@ export type SendParameters<abi extends Abi, fn extends ContractFunctionName<abi,
   simulationError?: ErrorCode;
   transactionError?: ErrorCode;
   gas?: bigint;
+  /** Runs once the simulation passed, just before the transaction is signed and sent; a throw sends nothing. */
+  beforeSend?: () => void;
 };
 
 export type SendResult = { hash: Hex; receipt: TransactionReceipt };
@@ -190,6 +192,7 @@ export class TxSender {
 
   private async sendNow<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(p: SendParameters<abi, fn>): Promise<SendResult> {
     await this.simulate(p);
+    p.beforeSend?.();
     const receipt = await this.confirm(await this.submit(p), p);
     if (receipt.status !== "success") throw new RevertedOnChainError(p.transactionError ?? ErrorCodes.transactionReverted, String(p.functionName), receipt);
     return { hash: receipt.transactionHash, receipt };

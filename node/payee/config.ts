@@ -89,10 +89,10 @@ const transactionsSchema = z
 
 const relaySchema = z
   .object({
-    /** Deposits relayed and cooperative refunds sent (the node pays their gas) per payer address per hour. */
-    perPayerPerHour: z.number().int().min(1).default(10),
+    /** Unpaid deposits relayed and cooperative refunds sent (the node pays their gas) per payer address per hour. */
+    perPayerPerHour: z.number().int().min(1).max(1_000_000).default(10),
     /** The same for all payers together: the most such transactions the node pays for in an hour. */
-    perHour: z.number().int().min(1).default(1_000),
+    perHour: z.number().int().min(1).max(10_000_000).default(1_000),
   })
   .strict();
 

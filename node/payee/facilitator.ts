@@ -157,8 +157,8 @@ export class Facilitator {
       const auth = payload.deposit.authorization.erc3009Authorization;
       if (!auth) throw new PaymentError(ErrorCodes.erc3009AuthorizationRequired, "erc3009Authorization is required");
       const data = encodeErc3009CollectorData(auth);
-      this.payee.relayBudget.take(c.payer, "deposit");
-      const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "deposit", args: [c, payload.deposit.amount, this.payee.opts.erc3009Collector, data], simulationError: ErrorCodes.depositSimulationFailed, transactionError: ErrorCodes.depositTransactionFailed });
+      // The facilitator cannot tell whether its server then charges the request: a deposit here always counts.
+      const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "deposit", args: [c, payload.deposit.amount, this.payee.opts.erc3009Collector, data], simulationError: ErrorCodes.depositSimulationFailed, transactionError: ErrorCodes.depositTransactionFailed, beforeSend: () => this.payee.relayBudget.take(c.payer, "deposit") });
       const chain = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
       return { success: true, transaction: hash, network, payer: c.payer, amount: payload.deposit.amount.toString(), asset: c.token, extra: { channelState: snapshot(verified.extra.channelId, chain) } };
     }
@@ -212,8 +212,7 @@ export class Facilitator {
           signed = { claim: e.claimAuthorizerSignature };
         }
         const calls = [...ownClaim, ...claimAndRefundCalls(c, rows, amount, signed)];
-        this.payee.relayBudget.take(c.payer, "refund");
-        const { hash, receipt } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed });
+        const { hash, receipt } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed, beforeSend: () => this.payee.relayBudget.take(c.payer, "refund") });
         // What moved, from the receipt (the contract caps a refund at what is unclaimed); a channel this
         // node serves has its record and history updated as for its own refunds.
         const { refunded, chain: after } = own

@@ -239,7 +239,6 @@ export class Payee {
         this.checkChainTiming(rec);
         this.checkWithdrawalReserve(rec, p.voucher.maxClaimableAmount, p.deposit.amount);
         await this.checkPayerFunds(p);
-        this.relayBudget.take(p.channelConfig.payer, "deposit");
         const result = await this.submitDeposit(p, channelId, rec);
         deposit = result;
         rec = result.record;
@@ -296,6 +295,8 @@ export class Payee {
         amount > 0n ? { at: now, channelId: res.channelId, payer: res.payer, route: ctx.route, resource: ctx.resource, amount } : undefined,
       );
       res.settled = true;
+      // A relayed deposit paid for by its request's charge does not count against the payer's relay limit.
+      if (res.deposit && amount > 0n) this.relayBudget.giveBack(res.payer);
       try {
         this.opts.onCharge?.(next, amount, ctx.route);
       } catch (err) {
@@ -384,8 +385,7 @@ export class Payee {
         if (available <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "no refundable balance remains");
         const amount = requested === undefined || requested > available ? available : requested;
         const voucher = { maxClaimableAmount: p.voucher.maxClaimableAmount, signature: p.voucher.signature };
-        this.relayBudget.take(p.channelConfig.payer, "refund");
-        const { hash, next, refunded } = await this.claimAndRefund(rec, voucher, amount);
+        const { hash, next, refunded } = await this.claimAndRefund(rec, voucher, amount, () => this.relayBudget.take(p.channelConfig.payer, "refund"));
         return {
           success: true as const,
           transaction: hash,
@@ -422,8 +422,8 @@ export class Payee {
     });
   }
 
-  /** One multicall: claim the charged total with `voucher` (when above the claimed total), then refund. */
-  private async claimAndRefund(rec: ChannelRecord, voucher: { maxClaimableAmount: bigint; signature: Hex }, amount: bigint) {
+  /** One multicall: claim the charged total with `voucher` (when above the claimed total), then refund. `beforeSend`: see SendParameters. */
+  private async claimAndRefund(rec: ChannelRecord, voucher: { maxClaimableAmount: bigint; signature: Hex }, amount: bigint, beforeSend?: () => void) {
     const upTo = rec.totalClaimed + claimable(rec);
     const claims =
       upTo > rec.totalClaimed && voucher.signature !== "0x"
@@ -438,6 +438,7 @@ export class Payee {
       args: [calls],
       simulationError: ErrorCodes.refundSimulationFailed,
       transactionError: ErrorCodes.refundTransactionFailed,
+      beforeSend,
     });
     const { next, refunded } = await this.recordRefund(rec, hash, receipt);
     return { hash, next, refunded };
@@ -858,6 +859,7 @@ export class Payee {
       args: [p.channelConfig, p.deposit.amount, this.opts.erc3009Collector, collectorData],
       simulationError: ErrorCodes.depositSimulationFailed,
       transactionError: ErrorCodes.depositTransactionFailed,
+      beforeSend: () => this.relayBudget.take(p.channelConfig.payer, "deposit"),
     });
     const chain = await this.readBack(channelId, `the deposit (${result.hash})`, "pay with a voucher shortly (not this deposit again)");
     const record = this.withChain(rec, chain);

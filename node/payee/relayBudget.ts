@@ -4,9 +4,12 @@
  * (deposit, an uncharged 4xx, refund, again) and spend the node key's ETH, which the node needs to claim.
  *
  * Sliding one-hour windows: at most `perPayerPerHour` for one payer address, and `perHour` for all payers
- * together (the most the node spends on them in an hour). Beyond, the request is refused with a 429 and
- * the seconds until a slot frees; nothing is sent. A payer can always deposit on chain itself and pay with
- * vouchers, and withdraw on its own (initiateWithdraw, then finalizeWithdraw after the delay).
+ * together (the most the node spends on them in an hour). A slot is taken only once the transaction's
+ * simulation passed, just before it is sent (a deposit whose authorization the token refuses costs nothing
+ * and takes nothing), and a deposit's slot is given back once its request is charged: what counts is gas
+ * the node spends without being paid. Beyond a limit the request is refused (429, `relay_rate_limited`,
+ * with the seconds until a slot frees) and nothing is sent; the payer can always withdraw on chain on its
+ * own (initiateWithdraw, then finalizeWithdraw after the delay).
  */
 import type { Address } from "viem";
 import { ErrorCodes, PaymentError } from "../protocol/errors";
@@ -33,8 +36,8 @@ export class RelayBudget {
   ) {}
 
   /**
-   * Counts one relayed `kind` for `payer`, or throws a 429 PaymentError (with `retryAfterS`) when a
-   * limit is reached; a refused request counts for nothing.
+   * Counts one relayed `kind` for `payer` (call it once the simulation passed), or throws a 429
+   * PaymentError (with `retryAfterS`) when a limit is reached; a refused request counts for nothing.
    */
   take(payer: Address, kind: "deposit" | "refund"): void {
     const { perPayerPerHour, perHour } = this.limits;
@@ -44,10 +47,9 @@ export class RelayBudget {
     const key = payer.toLowerCase();
     const mine = prune(this.byPayer.get(key) ?? [], since);
     this.all = prune(this.all, since);
-    const code = kind === "deposit" ? ErrorCodes.depositTransactionFailed : ErrorCodes.refundTransactionFailed;
     const full = (times: number[], limit: number, whose: string) => {
       const retryAfterS = Math.max(1, Math.ceil((times[times.length - limit]! + HOUR_MS - now) / 1000));
-      return new PaymentError(code, `this node relays at most ${limit} deposits and refunds per hour ${whose}: retry in ${retryAfterS} s${kind === "deposit" ? ", or deposit on chain yourself and pay with a voucher" : ", or withdraw on chain yourself (initiateWithdraw, then finalizeWithdraw)"}`, {
+      return new PaymentError(ErrorCodes.relayRateLimited, `this node sends at most ${limit} unpaid deposits and refunds per hour ${whose}: retry in ${retryAfterS} s${kind === "refund" ? ", or withdraw on chain (initiateWithdraw, then finalizeWithdraw after the delay)" : ""}`, {
         status: 429,
         retryAfterS,
       });
@@ -59,6 +61,15 @@ export class RelayBudget {
     this.byPayer.delete(key); // re-inserted last: the map stays ordered by last use
     this.byPayer.set(key, mine);
     if (this.byPayer.size > MAX_PAYERS) this.forget(since);
+  }
+
+  /** Gives back `payer`'s latest slot (a relayed deposit whose request was then charged). */
+  giveBack(payer: Address): void {
+    const mine = this.byPayer.get(payer.toLowerCase());
+    const t = mine?.pop();
+    if (t === undefined) return;
+    const i = this.all.lastIndexOf(t);
+    if (i >= 0) this.all.splice(i, 1);
   }
 
   /** Drops payers with nothing in the window; if none, the least recently seen. */

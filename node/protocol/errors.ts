@@ -55,6 +55,8 @@ export const ErrorCodes = {
   invalidX402Version: "invalid_x402_version",
   paymentRequired: "payment_required",
   headerTooLarge: "invalid_payment_header_too_large",
+  /** Not a payment error: the node's limit on the unpaid deposits and refunds it sends (its gas) per hour. */
+  relayRateLimited: "relay_rate_limited",
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

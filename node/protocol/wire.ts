@@ -17,7 +17,7 @@ export const HEADERS = {
   legacyPayment: "X-PAYMENT",
 } as const;
 /** What browsers must be allowed to read (Access-Control-Expose-Headers). */
-export const EXPOSED_HEADERS = `${HEADERS.paymentRequired}, ${HEADERS.paymentResponse}`;
+export const EXPOSED_HEADERS = `${HEADERS.paymentRequired}, ${HEADERS.paymentResponse}, Retry-After`;
 /** Largest PAYMENT-SIGNATURE header accepted, in bytes. */
 export const MAX_HEADER_BYTES = 16 * 1024;
 

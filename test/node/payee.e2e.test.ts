@@ -167,29 +167,39 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(ledger).to.equal(charged);
   });
 
-  it("deposits relayed and refunds sent for one payer are limited per hour (relay.perPayerPerHour): beyond, a 429 with Retry-After, and nothing is sent", async () => {
+  it("unpaid deposits and refunds the node sends for one payer are limited per hour (relay.perPayerPerHour): beyond, a 429 with Retry-After and nothing sent; paid deposits and refused ones do not count", async () => {
     const limited = await startPayee(ctx, routes as never, install, { relay: { perPayerPerHour: 2 } });
     try {
+      // A deposit whose ERC-3009 authorization the token refuses fails its simulation: no gas, no slot taken.
       const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("relay-limited"))));
-      expect((await payWith(`${limited.url}/articles/0`, await payer.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
-      expect((await payWith(`${limited.url}/articles/0`, await payer.refundHeader(accept, PRICE))).status).to.equal(200);
+      const forged = JSON.parse(Buffer.from(await payer.depositHeader(accept, 100_000n, PRICE), "base64").toString());
+      const auth = forged.payload.deposit.authorization.erc3009Authorization;
+      auth.signature = `${auth.signature.slice(0, -4)}${auth.signature.slice(-4, -2) === "00" ? "01" : "00"}${auth.signature.slice(-2)}`;
+      for (let i = 0; i < 3; i++) {
+        const r = await payWith(`${limited.url}/articles/0`, Buffer.from(JSON.stringify(forged)).toString("base64"));
+        expect(r.status).to.equal(402);
+        expect(r.paymentRequired.error).to.equal("invalid_batch_settlement_evm_deposit_simulation_failed");
+      }
+      // A deposit whose request is not charged (the handler fails) and a refund: two unpaid transactions.
+      expect((await payWith(`${limited.url}/fail`, await payer.depositHeader(accept, 100_000n, PRICE))).status).to.equal(500);
+      expect((await payWith(`${limited.url}/articles/0`, await payer.refundHeader(accept, 0n))).status).to.equal(200);
       const id = payer.channelId(accept);
       expect(await limited.store.getChannel(id)).to.equal(undefined); // refunded in full: the record is gone
       const nonce = await ctx.publicClient.getTransactionCount({ address: limited.payeeAccount.address });
       const tokens = await balanceOf(payer.account.address);
-      // A new deposit on the same channel (its charge claimed by the refund: the next voucher is above it).
-      const again = await fetch(`${limited.url}/articles/0`, { headers: { "PAYMENT-SIGNATURE": await payer.depositHeader(accept, 100_000n, 2n * PRICE) } });
+      const again = await fetch(`${limited.url}/articles/0`, { headers: { "PAYMENT-SIGNATURE": await payer.depositHeader(accept, 100_000n, PRICE) } });
       expect(again.status).to.equal(429);
       expect(Number(again.headers.get("retry-after"))).to.be.within(3_500, 3_600);
+      expect(again.headers.get("access-control-expose-headers")).to.include("Retry-After");
       const body = await again.json();
-      expect(body.error).to.equal("invalid_batch_settlement_evm_deposit_transaction_failed");
-      expect(body.message).to.include("deposit on chain yourself");
+      expect(body.error).to.equal("relay_rate_limited");
+      expect(body.message).to.include("at most 2 unpaid deposits and refunds per hour for one payer");
       expect(await ctx.publicClient.getTransactionCount({ address: limited.payeeAccount.address })).to.equal(nonce);
       expect(await balanceOf(payer.account.address)).to.equal(tokens);
       expect(await limited.store.getChannel(id)).to.equal(undefined);
-      // Another payer is not held back by this one.
+      // Deposits paid for by their requests' charges do not count: three in a row for another payer.
       const other = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("relay-other"))));
-      expect((await payWith(`${limited.url}/articles/0`, await other.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
+      for (let k = 1n; k <= 3n; k++) expect((await payWith(`${limited.url}/articles/${k}`, await other.depositHeader(accept, 100_000n, k * PRICE))).status).to.equal(200);
     } finally {
       await limited.stop();
     }
