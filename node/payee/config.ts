@@ -12,6 +12,7 @@ import { ConfigError } from "../protocol/errors";
 import { addressSchema } from "../protocol/wire";
 import { routePattern } from "./middleware";
 import { DEFAULT_RISK_WINDOW_MS } from "./payee";
+import { DEFAULT_RELAY_LIMITS } from "./relayBudget";
 
 const priceSchema = z.union([z.string().regex(/^\$?\d+(\.\d+)?$/, 'a price like "$0.01"'), z.bigint()]);
 
@@ -90,9 +91,9 @@ const transactionsSchema = z
 const relaySchema = z
   .object({
     /** Unpaid deposits relayed and cooperative refunds sent (the node pays their gas) per payer address per hour. */
-    perPayerPerHour: z.number().int().min(1).max(1_000_000).default(10),
+    perPayerPerHour: z.number().int().min(1).max(1_000_000).default(DEFAULT_RELAY_LIMITS.perPayerPerHour),
     /** The same for all payers together: the most such transactions the node pays for in an hour. */
-    perHour: z.number().int().min(1).max(10_000_000).default(1_000),
+    perHour: z.number().int().min(1).max(10_000_000).default(DEFAULT_RELAY_LIMITS.perHour),
   })
   .strict();
 

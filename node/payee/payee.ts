@@ -44,7 +44,7 @@ import type { ChannelRecord, ChannelStore } from "../store/channelStore";
 import { ChannelLocks } from "./lock";
 import { keccak256Fast } from "./recover";
 import { configureRecoveryThreads, defaultRecoveryThreads, recoverSignerAsync } from "./recoverPool";
-import { RelayBudget, type RelayLimits } from "./relayBudget";
+import { DEFAULT_RELAY_LIMITS, RelayBudget, type RelayLimits } from "./relayBudget";
 
 export type AssetInfo = { address: Address; name: string; version: string; decimals: number; symbol?: string };
 
@@ -81,7 +81,7 @@ export type PayeeOptions = {
   recoveryThreads?: number;
   /** Called after a charge is durably committed. */
   onCharge?: (rec: ChannelRecord, amount: bigint, route: string) => void;
-  /** Limits on the deposits and refunds payers can make the node send (see RelayBudget); default none. */
+  /** Limits on the unpaid deposits and refunds payers can make the node send (see RelayBudget); default DEFAULT_RELAY_LIMITS. */
   relay?: RelayLimits;
 };
 
@@ -169,7 +169,7 @@ export class Payee {
       throw new PaymentError(ErrorCodes.withdrawDelayOutOfRange, `withdrawDelay ${this.withdrawDelay} is outside 900 s .. 30 days`);
     }
     this.now = opts.now ?? Date.now;
-    this.relayBudget = new RelayBudget(opts.relay ?? {}, this.now);
+    this.relayBudget = new RelayBudget(opts.relay ?? DEFAULT_RELAY_LIMITS, this.now);
     this.chainSyncedAt = this.now();
     configureRecoveryThreads(opts.recoveryThreads ?? defaultRecoveryThreads());
   }

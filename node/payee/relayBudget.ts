@@ -21,6 +21,9 @@ export type RelayLimits = {
   perHour?: number;
 };
 
+/** The limits a node has unless configured otherwise (config `relay`, PayeeOptions.relay). */
+export const DEFAULT_RELAY_LIMITS = { perPayerPerHour: 10, perHour: 1_000 } as const;
+
 const HOUR_MS = 3_600_000;
 /** Payers tracked at most: past it, payers with nothing in the window are forgotten first. */
 const MAX_PAYERS = 100_000;
@@ -68,13 +71,14 @@ export class RelayBudget {
     const mine = this.byPayer.get(payer.toLowerCase());
     const t = mine?.pop();
     if (t === undefined) return;
+    if (mine!.length === 0) this.byPayer.delete(payer.toLowerCase());
     const i = this.all.lastIndexOf(t);
     if (i >= 0) this.all.splice(i, 1);
   }
 
   /** Drops payers with nothing in the window; if none, the least recently seen. */
   private forget(since: number) {
-    for (const [k, times] of this.byPayer) if (times[times.length - 1]! <= since) this.byPayer.delete(k);
+    for (const [k, times] of this.byPayer) if (times.length === 0 || times[times.length - 1]! <= since) this.byPayer.delete(k);
     if (this.byPayer.size > MAX_PAYERS) this.byPayer.delete(this.byPayer.keys().next().value!);
   }
 }
