@@ -16,7 +16,7 @@
  *   4. verification path (digest + native recover + compare) vs a bare native ecdsaRecover loop. goal >= 0.8
  *   5. reverse proxy (paid) vs a direct hit on the upstream.                  goal >= 0.45
  *
- * Figures 1, 2, 3 and 5 also measure a floor (bench/floor.ts) beside Tollway under the same load: only the
+ * Figures 1, 1b, 2a, 3 and 5 also measure a floor (bench/floor.ts) beside Tollway under the same load: only the
  * work a durable payment server cannot skip (decode, digest, recovery, a record fdatasync'd, PAYMENT-RESPONSE),
  * with no channel state and no checks. Where the machine's CPU bounds a figure (figure 1), the floor's ratio
  * bounds what any server doing more can reach; Tollway/floor is how much of it Tollway reaches.

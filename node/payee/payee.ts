@@ -81,7 +81,7 @@ export type PayeeOptions = {
   recoveryThreads?: number;
   /** Called after a charge is durably committed. */
   onCharge?: (rec: ChannelRecord, amount: bigint, route: string) => void;
-  /** Limits on the unpaid deposits and refunds payers can make the node send (see RelayBudget); default DEFAULT_RELAY_LIMITS. */
+  /** Limits on the deposits and refunds payers can make the node send (see RelayBudget); each unset one is DEFAULT_RELAY_LIMITS'. */
   relay?: RelayLimits;
 };
 
@@ -155,7 +155,10 @@ export class Payee {
    * Kept in the store (`m:unclaimable:<channelId>`): a restart does not give such a payer another threshold's worth.
    * Change it with markUnclaimable / clearUnclaimable.
    */
-  readonly unclaimable = new Set<Hex>();
+  private readonly unclaimableSet = new Set<Hex>();
+  get unclaimable(): ReadonlySet<Hex> {
+    return this.unclaimableSet;
+  }
   /** The deposits and cooperative refunds payers may still make the node send (its gas) this hour. */
   readonly relayBudget: RelayBudget;
   private readonly now: () => number;
@@ -169,7 +172,7 @@ export class Payee {
       throw new PaymentError(ErrorCodes.withdrawDelayOutOfRange, `withdrawDelay ${this.withdrawDelay} is outside 900 s .. 30 days`);
     }
     this.now = opts.now ?? Date.now;
-    this.relayBudget = new RelayBudget(opts.relay ?? DEFAULT_RELAY_LIMITS, this.now);
+    this.relayBudget = new RelayBudget({ ...DEFAULT_RELAY_LIMITS, ...opts.relay }, this.now);
     this.chainSyncedAt = this.now();
     configureRecoveryThreads(opts.recoveryThreads ?? defaultRecoveryThreads());
   }
@@ -295,8 +298,6 @@ export class Payee {
         amount > 0n ? { at: now, channelId: res.channelId, payer: res.payer, route: ctx.route, resource: ctx.resource, amount } : undefined,
       );
       res.settled = true;
-      // A relayed deposit paid for by its request's charge does not count against the payer's relay limit.
-      if (res.deposit && amount > 0n) this.relayBudget.giveBack(res.payer);
       try {
         this.opts.onCharge?.(next, amount, ctx.route);
       } catch (err) {
@@ -681,7 +682,7 @@ export class Payee {
 
   /** A channel not mirrored yet or unclaimable, a withdrawal about to finalize, or a chain view older than the risk window: no new charges. */
   private checkChainTiming(rec: ChannelRecord) {
-    if (this.unclaimable.size > 0 && this.unclaimable.has(rec.channelId)) {
+    if (this.unclaimableSet.size > 0 && this.unclaimableSet.has(rec.channelId)) {
       throw new PaymentError(ErrorCodes.voucherSignature, "the chain refused to claim this channel's vouchers (its payer's signature check); no new charges until a claim lands");
     }
     if (this.unsynced.size > 0 && this.unsynced.has(rec.channelId)) {
@@ -774,9 +775,9 @@ export class Payee {
    * Resolves once the mark's write is done (at once when the channel was marked already).
    */
   markUnclaimable(channelId: Hex): Promise<void> {
-    if (this.unclaimable.has(channelId)) return Promise.resolve();
-    if (this.unclaimable.size >= MAX_UNCLAIMABLE) this.clearUnclaimable(this.unclaimable.values().next().value!);
-    this.unclaimable.add(channelId);
+    if (this.unclaimableSet.has(channelId)) return Promise.resolve();
+    if (this.unclaimableSet.size >= MAX_UNCLAIMABLE) this.clearUnclaimable(this.unclaimableSet.values().next().value!);
+    this.unclaimableSet.add(channelId);
     return this.store.putMeta(UNCLAIMABLE_META + channelId, String(this.now())).catch((err: Error) => {
       // It still holds in memory; after a restart the chain refuses the channel's next claim and it is marked again.
       this.opts.logger?.error({ channelId, err: errorSummary(err) }, "unclaimable mark not saved");
@@ -785,7 +786,7 @@ export class Payee {
 
   /** Clears a channel's unclaimable mark: a claim or refund of it landed, or it left the store. */
   clearUnclaimable(channelId: Hex): void {
-    if (!this.unclaimable.delete(channelId)) return;
+    if (!this.unclaimableSet.delete(channelId)) return;
     void this.store.deleteMeta(UNCLAIMABLE_META + channelId).catch((err: Error) => {
       this.opts.logger?.error({ channelId, err: errorSummary(err) }, "unclaimable mark cleared in memory only: after a restart this channel is refused new charges until a claim of it lands");
     });
@@ -795,8 +796,9 @@ export class Payee {
   async loadUnclaimable(): Promise<void> {
     for await (const name of this.store.metaNames(UNCLAIMABLE_META)) {
       const id = name.slice(UNCLAIMABLE_META.length);
-      if (/^0x[0-9a-f]{64}$/.test(id) && this.unclaimable.size < MAX_UNCLAIMABLE) this.unclaimable.add(id as Hex);
-      else this.opts.logger?.warn({ key: `m:${name}` }, "unclaimable mark skipped: not a channel id");
+      if (!/^0x[0-9a-f]{64}$/.test(id)) this.opts.logger?.warn({ key: `m:${name}` }, "unclaimable mark skipped: not a channel id");
+      else if (this.unclaimableSet.size >= MAX_UNCLAIMABLE) this.opts.logger?.warn({ key: `m:${name}` }, `unclaimable mark skipped: ${MAX_UNCLAIMABLE} are kept at most`);
+      else this.unclaimableSet.add(id as Hex);
     }
   }
 

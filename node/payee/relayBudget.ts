@@ -4,12 +4,12 @@
  * (deposit, an uncharged 4xx, refund, again) and spend the node key's ETH, which the node needs to claim.
  *
  * Sliding one-hour windows: at most `perPayerPerHour` for one payer address, and `perHour` for all payers
- * together (the most the node spends on them in an hour). A slot is taken only once the transaction's
- * simulation passed, just before it is sent (a deposit whose authorization the token refuses costs nothing
- * and takes nothing), and a deposit's slot is given back once its request is charged: what counts is gas
- * the node spends without being paid. Beyond a limit the request is refused (429, `relay_rate_limited`,
- * with the seconds until a slot frees) and nothing is sent; the payer can always withdraw on chain on its
- * own (initiateWithdraw, then finalizeWithdraw after the delay).
+ * together, so `perHour` bounds what the key spends on them in an hour. Every relayed transaction counts,
+ * charged or not (a request's charge can be far below a deposit's gas: a 1-unit top-up then one $0.001
+ * request), but only once its simulation passed, just before it is sent (a deposit whose authorization the
+ * token refuses costs nothing and takes nothing). Beyond a limit the request is refused (429,
+ * `relay_rate_limited`, with the seconds until a slot frees) and nothing is sent; the payer can always
+ * withdraw on chain on its own (initiateWithdraw, then finalizeWithdraw after the delay).
  */
 import type { Address } from "viem";
 import { ErrorCodes, PaymentError } from "../protocol/errors";
@@ -52,7 +52,7 @@ export class RelayBudget {
     this.all = prune(this.all, since);
     const full = (times: number[], limit: number, whose: string) => {
       const retryAfterS = Math.max(1, Math.ceil((times[times.length - limit]! + HOUR_MS - now) / 1000));
-      return new PaymentError(ErrorCodes.relayRateLimited, `this node sends at most ${limit} unpaid deposits and refunds per hour ${whose}: retry in ${retryAfterS} s${kind === "refund" ? ", or withdraw on chain (initiateWithdraw, then finalizeWithdraw after the delay)" : ""}`, {
+      return new PaymentError(ErrorCodes.relayRateLimited, `this node sends at most ${limit} deposits and refunds per hour ${whose}: retry in ${retryAfterS} s${kind === "refund" ? ", or withdraw on chain (initiateWithdraw, then finalizeWithdraw after the delay)" : ""}`, {
         status: 429,
         retryAfterS,
       });
@@ -66,19 +66,9 @@ export class RelayBudget {
     if (this.byPayer.size > MAX_PAYERS) this.forget(since);
   }
 
-  /** Gives back `payer`'s latest slot (a relayed deposit whose request was then charged). */
-  giveBack(payer: Address): void {
-    const mine = this.byPayer.get(payer.toLowerCase());
-    const t = mine?.pop();
-    if (t === undefined) return;
-    if (mine!.length === 0) this.byPayer.delete(payer.toLowerCase());
-    const i = this.all.lastIndexOf(t);
-    if (i >= 0) this.all.splice(i, 1);
-  }
-
   /** Drops payers with nothing in the window; if none, the least recently seen. */
   private forget(since: number) {
-    for (const [k, times] of this.byPayer) if (times.length === 0 || times[times.length - 1]! <= since) this.byPayer.delete(k);
+    for (const [k, times] of this.byPayer) if (times[times.length - 1]! <= since) this.byPayer.delete(k);
     if (this.byPayer.size > MAX_PAYERS) this.byPayer.delete(this.byPayer.keys().next().value!);
   }
 }

@@ -167,7 +167,7 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(ledger).to.equal(charged);
   });
 
-  it("unpaid deposits and refunds the node sends for one payer are limited per hour (relay.perPayerPerHour): beyond, a 429 with Retry-After and nothing sent; paid deposits and refused ones do not count", async () => {
+  it("deposits and refunds the node sends for one payer are limited per hour (relay.perPayerPerHour): beyond, a 429 with Retry-After and nothing sent; deposits the token refuses do not count", async () => {
     const limited = await startPayee(ctx, routes as never, install, { relay: { perPayerPerHour: 2 } });
     try {
       // A deposit whose ERC-3009 authorization the token refuses fails its simulation: no gas, no slot taken.
@@ -193,13 +193,16 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
       expect(again.headers.get("access-control-expose-headers")).to.include("Retry-After");
       const body = await again.json();
       expect(body.error).to.equal("relay_rate_limited");
-      expect(body.message).to.include("at most 2 unpaid deposits and refunds per hour for one payer");
+      expect(body.message).to.include("at most 2 deposits and refunds per hour for one payer");
       expect(await ctx.publicClient.getTransactionCount({ address: limited.payeeAccount.address })).to.equal(nonce);
       expect(await balanceOf(payer.account.address)).to.equal(tokens);
       expect(await limited.store.getChannel(id)).to.equal(undefined);
-      // Deposits paid for by their requests' charges do not count: three in a row for another payer.
+      // Another payer has an allowance of its own; deposits whose requests are charged count too (a charge
+      // can be far below a deposit's gas).
       const other = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("relay-other"))));
-      for (let k = 1n; k <= 3n; k++) expect((await payWith(`${limited.url}/articles/${k}`, await other.depositHeader(accept, 100_000n, k * PRICE))).status).to.equal(200);
+      for (let k = 1n; k <= 2n; k++) expect((await payWith(`${limited.url}/articles/${k}`, await other.depositHeader(accept, k === 1n ? 100_000n : 1n, k * PRICE))).status).to.equal(200);
+      expect((await payWith(`${limited.url}/articles/3`, await other.depositHeader(accept, 1n, 3n * PRICE))).status).to.equal(429);
+      expect((await payWith(`${limited.url}/articles/3`, await other.voucherHeader(accept, 3n * PRICE))).status).to.equal(200); // vouchers are not limited
     } finally {
       await limited.stop();
     }

@@ -52,6 +52,9 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   /** Bytes the /big/* upstream has written so far. */
   let bigWritten = 0;
   const TOKEN = "test-admin-token-0123456789";
+  /** POST /facilitator/settle on the node at `url` (admin token), answered JSON. */
+  const facilitatorSettle = async (url: string, payload: unknown, requirements: unknown) =>
+    (await fetch(`${url}/facilitator/settle`, { method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" }, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: requirements, payload }, paymentRequirements: requirements }) })).json();
   const nodeKey = keccak256(toHex("tollway-test-node-key")); // a fresh local key, funded below
   const storePath = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-server-"));
 
@@ -587,7 +590,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     // zero-charge voucher, as if nothing had been charged.
     const refund = { type: "refund", channelConfig: payer.config(accept), voucher: await payer.voucher(accept, 0n), refundNonce: "0" };
     const minimal = { scheme: "batch-settlement", network: "eip155:31337", asset: accept.asset, amount: "0", payTo: accept.payTo, maxTimeoutSeconds: 0, extra: {} };
-    const answer = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" }, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: minimal, payload: refund }, paymentRequirements: minimal }) })).json();
+    const answer = await facilitatorSettle(node.url, refund, minimal);
     expect(answer, JSON.stringify(answer)).to.deep.include({ success: true, amount: "80000" });
     const onchain = await readChannel(node.payee.opts.publicClient, node.payee.opts.escrow, id);
     expect([onchain.balance, onchain.totalClaimed]).to.deep.equal([20_000n, 20_000n]); // the charges stayed, claimed
@@ -598,36 +601,28 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(events.some((h) => h.kind === "refund" && h.txHash === answer.transaction)).to.equal(true);
   });
 
-  it("facilitator: a refund past the payer's relay limit (relay.perPayerPerHour) is refused, and nothing is sent", async () => {
-    const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-relay-limit"))));
-    const accept = (await fetchRequirements(`${node.url}/paid/1`)).accept;
-    expect((await payWith(`${node.url}/paid/1`, await payer.depositHeader(accept, 100_000n, 10_000n))).status).to.equal(200);
-    const id = payer.channelId(accept);
-    // The payer's other unpaid relays this hour fill the default allowance of 10 (the deposit above was charged:
-    // it does not count; earlier tests' channels of the same address may).
-    let taken = 0;
-    for (;;) {
-      try {
-        node.payee.relayBudget.take(payer.account.address, "deposit");
-      } catch (err) {
-        expect(String(err)).to.include("at most 10 unpaid deposits and refunds per hour for one payer");
-        break;
-      }
-      if (++taken > 10) throw new Error("the limit of 10 did not hold");
+  it("facilitator: a deposit and refund past the payer's relay limit (relay.perPayerPerHour) are refused, and nothing is sent", async () => {
+    const limited = await startPayeeNode(parseNodeConfig({ ...localNodeConfig(ctx), storePath: fs.mkdtempSync(path.join(os.tmpdir(), "tollway-relay-")), adminToken: TOKEN, relay: { perPayerPerHour: 1 } }, {}), { key: nodeKey, logger: pino({ level: "silent" }) });
+    try {
+      const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-relay-limit"))));
+      const accept = (await fetchRequirements(`${node.url}/paid/1`)).accept; // the same key, chain and asset
+      const payload = (header: string) => JSON.parse(Buffer.from(header, "base64").toString("utf8")).payload;
+      const deposited = await facilitatorSettle(limited.url, payload(await payer.depositHeader(accept, 100_000n, 10_000n)), accept);
+      expect(deposited, JSON.stringify(deposited)).to.include({ success: true });
+      const nonce = await ctx.publicClient.getTransactionCount({ address: limited.payee.opts.sender.address });
+      const again = await facilitatorSettle(limited.url, payload(await payer.depositHeader(accept, 100_000n, 10_000n)), accept);
+      expect(again, JSON.stringify(again)).to.include({ success: false, errorReason: "relay_rate_limited" });
+      const minimal = { scheme: "batch-settlement", network: "eip155:31337", asset: accept.asset, amount: "0", payTo: accept.payTo, maxTimeoutSeconds: 0, extra: {} };
+      const refund = { type: "refund", channelConfig: payer.config(accept), voucher: await payer.voucher(accept, 0n), refundNonce: "0" };
+      const refused = await facilitatorSettle(limited.url, refund, minimal);
+      expect(refused, JSON.stringify(refused)).to.include({ success: false, errorReason: "relay_rate_limited" });
+      expect(refused.errorMessage).to.include("withdraw on chain");
+      expect(await ctx.publicClient.getTransactionCount({ address: limited.payee.opts.sender.address })).to.equal(nonce);
+      const onchain = await readChannel(limited.payee.opts.publicClient, limited.payee.opts.escrow, payer.channelId(accept));
+      expect([onchain.balance, onchain.totalClaimed]).to.deep.equal([100_000n, 0n]);
+    } finally {
+      await limited.stop();
     }
-    expect(taken).to.be.within(1, 10);
-    const nonce = await ctx.publicClient.getTransactionCount({ address: node.payee.opts.sender.address });
-    const refund = { type: "refund", channelConfig: payer.config(accept), voucher: await payer.voucher(accept, 10_000n), refundNonce: "0" };
-    const minimal = { scheme: "batch-settlement", network: "eip155:31337", asset: accept.asset, amount: "0", payTo: accept.payTo, maxTimeoutSeconds: 0, extra: {} };
-    const answer = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" }, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: minimal, payload: refund }, paymentRequirements: minimal }) })).json();
-    expect(answer, JSON.stringify(answer)).to.deep.include({ success: false, errorReason: "relay_rate_limited" });
-    expect(answer.errorMessage).to.include("withdraw on chain");
-    expect(await ctx.publicClient.getTransactionCount({ address: node.payee.opts.sender.address })).to.equal(nonce);
-    const onchain = await readChannel(node.payee.opts.publicClient, node.payee.opts.escrow, id);
-    expect([onchain.balance, onchain.totalClaimed]).to.deep.equal([100_000n, 0n]);
-    for (let i = 0; i < taken; i++) node.payee.relayBudget.giveBack(payer.account.address); // the other tests' allowance, as it was
-    const again = await (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" }, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: minimal, payload: refund }, paymentRequirements: minimal }) })).json();
-    expect(again, JSON.stringify(again)).to.deep.include({ success: true, amount: "90000" });
   });
 
   it("listen.tls: the node serves HTTPS; a TLS key file others can read is refused", async () => {

@@ -22,7 +22,8 @@ describe(`torture: ${CHANNELS} channels in parallel`, function () {
 
   it("charges every request exactly once, in per-channel order, without deadlock", async () => {
     const ctx = await startChain();
-    const node = await startPayee(ctx, { "GET /c/:id": "$0.01" }, (app) => app.get("/c/:id", (req, res) => void res.send(req.params.id)));
+    // 1,000 relayed deposits within the hour: the default relay.perHour (1,000) is not what this test is about.
+    const node = await startPayee(ctx, { "GET /c/:id": "$0.01" }, (app) => app.get("/c/:id", (req, res) => void res.send(req.params.id)), { relay: { perHour: 10_000 } });
     try {
       const payers = Array.from({ length: CHANNELS }, (_, i) => privateKeyToAccount(keccak256(toHex(`conc-payer-${i}`))));
       const { walletClient, publicClient } = clientsFor(ctx.chain.url, hardhatTestAccount(0));
