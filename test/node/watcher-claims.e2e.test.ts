@@ -9,7 +9,7 @@ import { readChannel } from "../../node/chain/escrow";
 import { ClaimEngine, toClaimRow } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { ChainError, ErrorCodes } from "../../node/protocol/errors";
-import { RevertedOnChainError } from "../../node/chain/sender";
+import { RevertedOnChainError, type SendResult, type TxSender } from "../../node/chain/sender";
 import { CANONICAL_ADDRESSES, computeChannelId, type VoucherClaim } from "../../node/protocol/typedData";
 import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
@@ -27,6 +27,20 @@ function holdRequest() {
   const released = new Promise<void>((r) => (release = r));
   return { entered, released, enter, release };
 }
+
+/** A sent claim's rows, as the sender is called with them. */
+type Sent = { functionName: string; args: readonly [VoucherClaim[]] };
+
+/**
+ * Replaces the payee's sender.send with `fn` (given the call and the real send) until the returned undo runs.
+ * A claim refused "on chain" is a rejection with a reverted receipt (its contents do not matter here).
+ */
+function interceptSend(sender: TxSender, fn: (p: Sent, send: (p: Sent) => Promise<SendResult>) => Promise<SendResult>): () => void {
+  const send = sender.send;
+  sender.send = ((p: Sent) => fn(p, (q) => send.call(sender, q as never))) as typeof send;
+  return () => void (sender.send = send);
+}
+const revertedOnChain = () => Promise.reject(new RevertedOnChainError(ErrorCodes.claimTransactionFailed, "claim", { transactionHash: "0x01" } as never));
 
 describe("watcher and claims: withdrawals in flight, missed logs, rows that revert on chain, threshold runs", function () {
   this.timeout(240_000);
@@ -202,20 +216,18 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       expect((await payWith(`${node.url}/a/2`, await viaSessionKey.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
       // Automatic runs (threshold, periodic, a withdrawal's) leave it out: no gas for a claim the chain refuses;
       // an operator's request (and the shutdown) still tries it.
-      const sender = node.payee.opts.sender;
-      const send = sender.send;
       const tried: number[] = [];
-      sender.send = ((p: { functionName: string; args: readonly [unknown[]] }) => {
+      const undo = interceptSend(node.payee.opts.sender, (p, send) => {
         if (p.functionName === "claim") tried.push(p.args[0].length);
-        return send.call(sender, p as never);
-      }) as typeof send;
+        return send(p);
+      });
       try {
         expect((await claims.claim({ channels: [gatedId] })).failed).to.deep.equal([]);
         expect(tried).to.deep.equal([]);
         expect((await claims.claim({ channels: [gatedId], includeUnclaimable: true })).failed.map((f) => f.channelId)).to.deep.equal([gatedId]);
         expect(tried).to.deep.equal([1]);
       } finally {
-        sender.send = send;
+        undo();
       }
     } finally {
       await ctx.testClient.setCode({ address: gated.account.address, bytecode: "0x" });
@@ -228,17 +240,13 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
     for (const p of payers) ids.push(await depositThroughNode(p));
     const badId = ids[1]!;
     // The chain refuses every claim transaction with this row in it (its simulation passes).
-    const sender = node.payee.opts.sender;
-    const send = sender.send;
     const sent: Hex[][] = [];
-    sender.send = ((p: { functionName: string; args: readonly [VoucherClaim[]] }) => {
-      if (p.functionName !== "claim") return send.call(sender, p as never);
+    const undo = interceptSend(node.payee.opts.sender, (p, send) => {
+      if (p.functionName !== "claim") return send(p);
       const channels = p.args[0].map((row) => computeChannelId(payers[0]!.domain, row.voucher.channel));
       sent.push(channels);
-      // A mined transaction whose receipt says reverted (the receipt's contents do not matter here).
-      if (channels.includes(badId)) return Promise.reject(new RevertedOnChainError(ErrorCodes.claimTransactionFailed, "claim", { transactionHash: "0x01" } as never));
-      return send.call(sender, p as never);
-    }) as typeof send;
+      return channels.includes(badId) ? revertedOnChain() : send(p);
+    });
     try {
       const alerts: Hex[] = [];
       const claims = new ClaimEngine(node.payee, { onShutdown: false, onAlert: (cid) => alerts.push(cid) });
@@ -273,20 +281,14 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       await watcher.settled();
       expect(sent.filter((rows) => rows.includes(badId))).to.have.length(3);
     } finally {
-      sender.send = send;
+      undo();
     }
   });
 
   it("claims: the unclaimable mark is kept across a restart (no new charges, no automatic claims) and cleared, also on disk, by the claim that lands", async () => {
     const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("kept-mark"))));
     const id = await depositThroughNode(payer);
-    const refuseOnChain = (sender: typeof node.payee.opts.sender) => {
-      const send = sender.send;
-      sender.send = ((p: { functionName: string }) =>
-        p.functionName === "claim" ? Promise.reject(new RevertedOnChainError(ErrorCodes.claimTransactionFailed, "claim", { transactionHash: "0x01" } as never)) : send.call(sender, p as never)) as typeof send;
-      return () => void (sender.send = send);
-    };
-    const undo = refuseOnChain(node.payee.opts.sender);
+    const undo = interceptSend(node.payee.opts.sender, (p, send) => (p.functionName === "claim" ? revertedOnChain() : send(p)));
     try {
       expect((await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: [id] })).failed.map((f) => f.channelId)).to.deep.equal([id]);
     } finally {
@@ -321,14 +323,12 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
     const payers = [0, 1].map((i) => new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`no-gas-${i}`)))));
     const ids: Hex[] = [];
     for (const p of payers) ids.push(await depositThroughNode(p));
-    const sender = node.payee.opts.sender;
-    const send = sender.send;
     let claimSends = 0;
-    sender.send = ((p: { functionName: string }) => {
-      if (p.functionName !== "claim") return send.call(sender, p as never);
+    const undo = interceptSend(node.payee.opts.sender, (p, send) => {
+      if (p.functionName !== "claim") return send(p);
       claimSends++;
       return Promise.reject(new ChainError(ErrorCodes.claimTransactionFailed, "claim failed after 4 attempts", { cause: new Error("insufficient funds for gas * price + value") }));
-    }) as typeof send;
+    });
     try {
       const report = await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: ids });
       expect(claimSends).to.equal(1);
@@ -336,7 +336,7 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       for (const id of ids) expect(node.payee.unclaimable.has(id)).to.equal(false);
       expect((await payWith(`${node.url}/a/3`, await payers[0]!.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
     } finally {
-      sender.send = send;
+      undo();
     }
   });
 
@@ -344,13 +344,11 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
     const payers = [3, 4].map((i) => new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`coalesce-${i}`)))));
     const ids: Hex[] = [];
     for (const p of payers) ids.push(await depositThroughNode(p));
-    const sender = node.payee.opts.sender;
-    const send = sender.send;
     let claimTransactions = 0;
-    sender.send = ((p: { functionName: string }) => {
+    const undo = interceptSend(node.payee.opts.sender, (p, send) => {
       if (p.functionName === "claim") claimTransactions++;
-      return send.call(sender, p as never);
-    }) as typeof send;
+      return send(p);
+    });
     try {
       const claims = new ClaimEngine(node.payee, { threshold: 5_000n, onShutdown: false });
       const recs = await Promise.all(ids.map((id) => node.store.getChannel(id)));
@@ -359,7 +357,7 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       expect(claimTransactions).to.equal(1);
       for (const id of ids) expect(await claimedOnChain(id)).to.equal(PRICE);
     } finally {
-      sender.send = send;
+      undo();
     }
   });
   it("shutdown: a claim that fails as a whole is reported by stop(), not passed over (the CLI then exits 1)", async () => {
