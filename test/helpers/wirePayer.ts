@@ -139,3 +139,18 @@ export async function depositOnChain(rpcUrl: string, payer: WirePayer, accept: A
   const { status } = await publicClient.waitForTransactionReceipt({ hash });
   if (status !== "success") throw new Error(`deposit on chain reverted: ${hash}`);
 }
+
+/** The payer's first paid request carries its deposit (1,000,000 units, relayed by the node at `url`); the channel id. */
+export async function depositThroughNode(url: string, payer: WirePayer, accept: Accept): Promise<Hex> {
+  const r = await payWith(url, await payer.depositHeader(accept, 1_000_000n, BigInt(accept.amount)));
+  if (r.status !== 200) throw new Error(`deposit through the node answered ${r.status}: ${r.text}`);
+  return payer.channelId(accept);
+}
+
+/** The payer starts a timed withdrawal of `amount` on chain itself (its own gas). */
+export async function initiateWithdraw(rpcUrl: string, payer: WirePayer, accept: Accept, amount: bigint): Promise<void> {
+  const { walletClient, publicClient } = clientsFor(rpcUrl, payer.account);
+  const hash = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [payer.config(accept), amount], chain: null } as never);
+  const { status } = await publicClient.waitForTransactionReceipt({ hash });
+  if (status !== "success") throw new Error(`initiateWithdraw reverted: ${hash}`);
+}

@@ -13,7 +13,7 @@ import { RevertedOnChainError, type SendResult, type TxSender } from "../../node
 import { CANONICAL_ADDRESSES, computeChannelId, type VoucherClaim } from "../../node/protocol/typedData";
 import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
-import { PayerSigns, WirePayer, depositOnChain, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
+import { PayerSigns, WirePayer, depositOnChain, depositThroughNode as depositThrough, fetchRequirements, initiateWithdraw as initiateWithdrawOnChain, payWith, type Accept } from "../helpers/wirePayer";
 
 const PRICE = 10_000n;
 const ESCROW = CANONICAL_ADDRESSES.batchSettlement;
@@ -75,17 +75,8 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
 
   const claimedOnChain = async (id: Hex) => (await readChannel(ctx.publicClient as never, ESCROW, id)).totalClaimed;
 
-  async function depositThroughNode(payer: WirePayer) {
-    const r = await payWith(`${node.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, PRICE));
-    expect(r.status, r.text).to.equal(200);
-    return payer.channelId(accept);
-  }
-
-  async function initiateWithdraw(payer: WirePayer, amount: bigint) {
-    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
-    const hash = await walletClient.writeContract({ address: ESCROW, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [payer.config(accept), amount] });
-    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
-  }
+  const depositThroughNode = (payer: WirePayer) => depositThrough(`${node.url}/a/1`, payer, accept);
+  const initiateWithdraw = (payer: WirePayer, amount: bigint) => initiateWithdrawOnChain(ctx.chain.url, payer, accept, amount);
 
   it("watcher: a withdrawal initiated while the channel's first paid request runs (no record yet) is mirrored after its commit, and claimed", async () => {
     const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("inflight-first"))));

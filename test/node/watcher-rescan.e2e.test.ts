@@ -2,16 +2,12 @@ import { expect } from "chai";
 import pino from "pino";
 import { keccak256, toHex, type Hex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
-import { batchSettlementAbi } from "../../node/chain/abi";
 import { ClaimEngine } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
-import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
-import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
-import { WirePayer, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
+import { WirePayer, depositThroughNode as depositThrough, fetchRequirements, initiateWithdraw as initiateWithdrawOnChain, payWith, type Accept } from "../helpers/wirePayer";
 
 const PRICE = 10_000n;
-const ESCROW = CANONICAL_ADDRESSES.batchSettlement;
 const silent = pino({ level: "silent" });
 
 describe("watcher rescan: each log is acted on once (a reorganised block or a failed sync again)", function () {
@@ -30,17 +26,8 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     await ctx?.chain.stop();
   });
 
-  async function depositThroughNode(payer: WirePayer) {
-    const r = await payWith(`${node.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, PRICE));
-    expect(r.status, r.text).to.equal(200);
-    return payer.channelId(accept);
-  }
-
-  async function initiateWithdraw(payer: WirePayer, amount: bigint) {
-    const { walletClient } = clientsFor(ctx.chain.url, payer.account);
-    const hash = await walletClient.writeContract({ address: ESCROW, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [payer.config(accept), amount] });
-    expect((await ctx.publicClient.waitForTransactionReceipt({ hash })).status).to.equal("success");
-  }
+  const depositThroughNode = (payer: WirePayer) => depositThrough(`${node.url}/a/1`, payer, accept);
+  const initiateWithdraw = (payer: WirePayer, amount: bigint) => initiateWithdrawOnChain(ctx.chain.url, payer, accept, amount);
 
   /** Counts the watcher's syncs of one channel; `fail` makes the next ones throw (an RPC error, say). */
   function countSyncs(id: Hex) {
