@@ -24,6 +24,7 @@ import {
   encodeFunctionData,
   keccak256,
   maxUint256,
+  parseTransaction,
 } from "viem";
 import { ChainError, ConfigError, ErrorCodes, type ErrorCode } from "../protocol/errors";
 
@@ -53,7 +54,22 @@ export type TxSenderOptions = {
   maxReprices?: number;
   /** The highest maxFeePerGas a re-pricing offers (wei); default none: each re-pricing follows the current estimate. */
   maxFeePerGas?: bigint;
+  /** Where each signed transaction is kept until its nonce is used, for `restore` after a restart (default none). */
+  journal?: TxJournal;
 };
+
+/**
+ * Durable storage of the transactions a sender signed and whose nonce is not used yet, one entry per
+ * nonce (opaque text). `save` must be durable when it resolves: it runs before the transaction is sent.
+ */
+export type TxJournal = {
+  load(): Promise<string[]>;
+  save(nonce: number, entry: string): Promise<void>;
+  remove(nonce: number): Promise<void>;
+};
+
+/** A journal entry: the newest bytes the node took, every hash signed at the nonce, the re-pricing budget spent. */
+type JournalEntry = { raw: Hex; signed: Hex[]; reprices: number; repriceAt: number };
 
 /** Name and args of a decoded contract revert, if the error is one. */
 export function decodeRevert(err: unknown): { errorName: string; args: readonly unknown[] } | undefined {
@@ -215,7 +231,7 @@ export class TxSender {
       try {
         if (!tx) {
           const pending = await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" });
-          tx = await this.sign(
+          const signed = await this.sign(
             (await this.walletClient.prepareTransactionRequest({
               account: this.walletClient.account,
               chain: this.walletClient.chain,
@@ -225,6 +241,8 @@ export class TxSender {
               gas: p.gas,
             })) as Request,
           );
+          await this.record(signed); // before the node can have it: a restart must know what it may mine
+          tx = signed;
         }
         if (attempt === 0 || !(await firstFound(tx.signed, (hash) => this.publicClient.getTransaction({ hash })))) {
           await this.walletClient.sendRawTransaction({ serializedTransaction: tx.raw });
@@ -237,6 +255,8 @@ export class TxSender {
       } catch (err) {
         this.nonce = undefined; // the next nonce is read again after any failure
         if (attempt >= this.options.retries) {
+          // Given up, as the caller is told: not re-priced by later calls, nor after a restart.
+          if (tx) await this.forget(tx.request.nonce);
           throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed after ${attempt + 1} attempts`, {
             cause: err,
             metaMessages: tx ? tx.signed.map((h) => `tx: ${h} (the node may have it)`) : [],
@@ -275,9 +295,10 @@ export class TxSender {
         // The count first: if the nonce is used and then none of ours has a receipt, another transaction used it.
         latest = await this.publicClient.getTransactionCount({ address: this.address });
         const used = latest > tx.request.nonce;
-        this.stuck = this.stuck.filter((s) => s.request.nonce >= latest!);
+        await this.passed(latest);
         const receipt = await firstFound(tx.signed, (hash) => this.publicClient.getTransactionReceipt({ hash }));
         if (receipt && (this.confirmations === 0 || (await this.publicClient.getBlockNumber({ cacheTime: 0 })) - receipt.blockNumber >= BigInt(this.confirmations))) {
+          await this.forget(tx.request.nonce);
           return receipt;
         }
         // Twice in a row, and none of ours in a block: the count and the receipt may come from different
@@ -295,6 +316,7 @@ export class TxSender {
       }
       if (usedByOther >= 2) {
         this.nonce = undefined;
+        await this.forget(tx.request.nonce);
         throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed: its nonce ${tx.request.nonce} was used by a transaction that is not this call's`, {
           metaMessages: hashes(),
         });
@@ -347,6 +369,7 @@ export class TxSender {
     const free = !held && (await this.publicClient.getTransactionCount({ address: this.address, blockTag: "pending" })) <= s.request.nonce;
     if (free && (await this.reprice(s))) return undefined;
     this.stuck = this.stuck.filter((x) => x !== s);
+    await this.forget(s.request.nonce);
     if (!free) return undefined; // mined, or another transaction holds its nonce: never sent again
     this.gap = s.request.nonce;
     return `waiting behind nonce ${s.request.nonce}: an earlier call's transaction, which the node no longer has and which cannot be re-priced; dropped, the next call signs at that nonce`;
@@ -370,13 +393,68 @@ export class TxSender {
     const maxPriorityFeePerGas = min(max(raised(tip), now.maxPriorityFeePerGas), maxFeePerGas);
     const next = await this.sign({ ...tx.request, maxFeePerGas, maxPriorityFeePerGas }, tx.signed);
     tx.signed = next.signed; // the node may take it even when the send fails (a lost answer)
+    await this.record(tx);
     try {
       await this.walletClient.sendRawTransaction({ serializedTransaction: next.raw });
     } catch (err) {
       if (!(await firstFound([keccak256(next.raw)], (hash) => this.publicClient.getTransaction({ hash })))) throw err;
     }
     Object.assign(tx, { request: next.request, raw: next.raw, reprices: tx.reprices + 1, notRepriced: undefined });
+    await this.record(tx);
     this.repriced++;
     return true;
+  }
+
+  /**
+   * Takes back what the journal kept from an earlier run of this key: a transaction whose nonce is used
+   * is forgotten; the others are stuck transactions again, which the next calls wait behind and
+   * re-price (or drop: see `unblock`) exactly as in the process that signed them. Their callers are
+   * gone; what they do once mined (a claim, a refund) is seen on chain like anyone's. Call once, before
+   * the first send; returns the nonces taken back.
+   */
+  async restore(): Promise<number[]> {
+    const journal = this.options.journal;
+    if (!journal) return [];
+    // Without an answer every entry is taken back: those whose nonce is used go at the first confirmation.
+    const latest = await this.publicClient.getTransactionCount({ address: this.address }).catch(() => 0);
+    const restored: number[] = [];
+    for (const text of await journal.load()) {
+      let entry: JournalEntry;
+      let parsed: ReturnType<typeof parseTransaction>;
+      try {
+        entry = JSON.parse(text) as JournalEntry;
+        parsed = parseTransaction(entry.raw);
+      } catch {
+        continue; // not an entry this sender wrote
+      }
+      // The signature is the old one: re-signing must not serialise it into the new transaction.
+      const { r: _r, s: _s, v: _v, yParity: _y, ...request } = parsed;
+      const nonce = request.nonce ?? 0;
+      if (nonce < latest) {
+        await journal.remove(nonce);
+      } else if (!this.stuck.some((t) => t.request.nonce === nonce)) {
+        this.stuck.push({ request: { ...request, nonce } as Request, raw: entry.raw, signed: entry.signed, reprices: entry.reprices, repriceAt: Math.min(entry.repriceAt, Date.now() + this.options.repriceAfterMs) });
+        restored.push(nonce);
+      }
+    }
+    return restored;
+  }
+
+  /** Forgets the stuck transactions whose nonce the chain's count has passed (mined, or replaced). */
+  private async passed(latest: number) {
+    const gone = this.stuck.filter((s) => s.request.nonce < latest);
+    if (gone.length === 0) return;
+    this.stuck = this.stuck.filter((s) => s.request.nonce >= latest);
+    for (const s of gone) await this.forget(s.request.nonce);
+  }
+
+  private async record(tx: Pending) {
+    const entry: JournalEntry = { raw: tx.raw, signed: tx.signed, reprices: tx.reprices, repriceAt: tx.repriceAt };
+    await this.options.journal?.save(tx.request.nonce, JSON.stringify(entry));
+  }
+
+  /** Removes a journal entry. One that stays (a failed write) is dropped by `restore` once its nonce is used. */
+  private async forget(nonce: number) {
+    await this.options.journal?.remove(nonce).catch(() => undefined);
   }
 }

@@ -73,7 +73,11 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     repriceAfterMs,
     maxReprices,
     maxFeePerGas: maxFeeGwei !== undefined ? parseGwei(String(maxFeeGwei)) : undefined,
+    journal: store.journal(`sender:${account.address.toLowerCase()}`),
   });
+  // What an earlier run of this key signed and the chain has not mined: waited behind and re-priced as before.
+  const restored = await sender.restore();
+  if (restored.length > 0) logger.warn({ nonces: restored, relayer: account.address }, "transactions of an earlier run still pending: the next sends wait behind them and re-price them");
 
   const registry = new client.Registry();
   const paid = new client.Counter({ name: "tollway_paid_requests_total", help: "Paid requests committed", labelNames: ["route"], registers: [registry] });

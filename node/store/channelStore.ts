@@ -225,6 +225,23 @@ export class ChannelStore {
     return this.enqueue([{ type: "del", key: `m:${name}` }]);
   }
 
+  /**
+   * A journal of numbered entries kept under `m:journal:<name>:` (a transaction sender's, per key):
+   * each `save` is durable before it resolves, `load` returns the entries in number order.
+   */
+  journal(name: string): { load(): Promise<string[]>; save(n: number, entry: string): Promise<void>; remove(n: number): Promise<void> } {
+    const prefix = `m:journal:${name}:`;
+    return {
+      load: async () => {
+        const out: string[] = [];
+        for await (const value of this.db.values({ gte: prefix, lt: `${prefix}\uffff` })) out.push(value);
+        return out;
+      },
+      save: (n, entry) => this.enqueue([{ type: "put", key: prefix + pad(n, 16), value: entry }]),
+      remove: (n) => this.enqueue([{ type: "del", key: prefix + pad(n, 16) }]),
+    };
+  }
+
   /** The names of meta entries that start with `prefix` (e.g. "unclaimable:"), in key order. */
   async *metaNames(prefix: string): AsyncGenerator<string> {
     for await (const key of this.db.keys({ gte: `m:${prefix}`, lt: `m:${prefix}\uffff` })) yield key.slice(2);

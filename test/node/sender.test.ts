@@ -5,6 +5,10 @@ import { hardhatTestAccount } from "../../node/chain/localNode";
 import { ChainError, ErrorCodes } from "../../node/protocol/errors";
 import { startChain } from "../helpers/payeeHarness";
 import { clientsFor } from "../helpers/chainNode";
+import { ChannelStore } from "../../node/store/channelStore";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 
 /** Makes every raw send reach the node and then fail as if its answer were lost; counts the sends. */
 function loseAnswers(walletClient: ReturnType<typeof clientsFor>["walletClient"]): { count: number } {
@@ -396,5 +400,47 @@ describe("transaction sender (hardhat node)", function () {
     }
     expect((await publicClient.getTransactionReceipt({ hash: theirs! })).status).to.equal("success");
     expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 2);
+  });
+
+  it("a transaction left stuck when its sender stopped is taken back from the journal (LevelDB) by the next sender, whose first call re-prices it; both mined once, the journal emptied", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-journal-"));
+    let store = await ChannelStore.open(dir);
+    try {
+      const first = senderFor(18, { receiptTimeoutMs: 1_000, journal: store.journal("sender") });
+      const { publicClient, testClient, account, nonceOf } = first;
+      const before = await publicClient.getTransactionCount({ address: account.address });
+      await testClient.setAutomine(false);
+      try {
+        expect((await first.failing(22n))?.code).to.equal(ErrorCodes.waitForReceiptFailed);
+        expect(await store.journal("sender").load()).to.have.length(1);
+        // Fees outgrow it: it stays unmined, and the node goes on holding it at its old price.
+        await testClient.setNextBlockBaseFeePerGas({ baseFeePerGas: parseTransaction(first.raws[0]!).maxFeePerGas! * 100n });
+        await testClient.mine({ blocks: 1 });
+        expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before);
+        // The restart: the store opened again, a new sender for the key.
+        await store.close();
+        store = await ChannelStore.open(dir);
+        const second = senderFor(18, { receiptTimeoutMs: 20_000, repriceAfterMs: 100, journal: store.journal("sender") });
+        expect(await second.sender.restore()).to.deep.equal([before]);
+        const call = second.approve(23n);
+        call.catch(() => undefined);
+        await until("the earlier run's transaction re-priced", () => second.raws.some((raw) => nonceOf(raw) === before));
+        await testClient.mine({ blocks: 1 });
+        expect((await call).receipt.status).to.equal("success");
+        expect(second.raws.map(nonceOf).filter((n) => n !== before)).to.deep.equal([before + 1]); // its own, once
+      } finally {
+        await testClient.setAutomine(true);
+      }
+      expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(before + 2);
+      expect(await store.journal("sender").load()).to.deep.equal([]);
+      // An entry whose nonce is used by the time of a restore is dropped, not taken back.
+      await store.journal("sender").save(before, JSON.stringify({ raw: first.raws[0], signed: [keccak256(first.raws[0]!)], reprices: 0, repriceAt: 0 }));
+      const third = senderFor(18, { journal: store.journal("sender") });
+      expect(await third.sender.restore()).to.deep.equal([]);
+      expect(await store.journal("sender").load()).to.deep.equal([]);
+    } finally {
+      await store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
