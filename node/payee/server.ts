@@ -183,6 +183,12 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     logger.warn("the facilitator endpoints take the admin token (no facilitatorToken set): a facilitator client given it can also use the admin API; set facilitatorToken");
   }
 
+  // The node's own surfaces answer JSON (or metrics text) only: never cached (token-protected answers),
+  // framed, sniffed as another type or sent with a referrer. The paid routes are the app's to dress.
+  app.use(["/health", "/metrics", "/facilitator", "/admin/api"], (_req: Request, res: Response, next: express.NextFunction) => {
+    res.set(OWN_SURFACE_HEADERS);
+    next();
+  });
   app.get("/health", async (_req, res) => {
     // Unauthenticated: the head is cached for a second, so /health cannot spend the RPC quota. A probe
     // gets its answer within HEALTH_RPC_TIMEOUT_MS (a hung RPC is a 503, not a hung probe).
@@ -365,6 +371,14 @@ const domainSeparatorAbi = [{ type: "function", name: "DOMAIN_SEPARATOR", stateM
 
 /** The unclaimed-exposure gauge is recomputed (a scan of every channel record) at most this often. */
 const EXPOSURE_SCAN_MS = 30_000;
+
+const OWN_SURFACE_HEADERS = {
+  "Cache-Control": "no-store",
+  "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+  "X-Content-Type-Options": "nosniff",
+  "X-Frame-Options": "DENY",
+  "Referrer-Policy": "no-referrer",
+};
 
 /** How long /health waits for the chain head before answering 503. */
 const HEALTH_RPC_TIMEOUT_MS = 2_000;

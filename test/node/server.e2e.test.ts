@@ -189,8 +189,17 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
 
   it("binds 127.0.0.1 by default and reports health", async () => {
     expect(node.url).to.match(/^http:\/\/127\.0\.0\.1:\d+$/);
-    const h = await (await fetch(`${node.url}/health`)).json();
+    const health = await fetch(`${node.url}/health`);
+    const h = await health.json();
     expect(h.ok).to.equal(true);
+    // The node's own surfaces: not cached, framed, sniffed or referred from.
+    expect(Object.fromEntries(["cache-control", "content-security-policy", "x-content-type-options", "x-frame-options", "referrer-policy"].map((k) => [k, health.headers.get(k)]))).to.deep.equal({
+      "cache-control": "no-store",
+      "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+      "x-content-type-options": "nosniff",
+      "x-frame-options": "DENY",
+      "referrer-policy": "no-referrer",
+    });
     expect(h.recovery).to.equal("native");
     expect(h.recoveryThreads).to.equal(2);
     const overridden = parseNodeConfig(localNodeConfig(ctx), { TOLLWAY_RECOVERY_THREADS: "0" });
@@ -199,7 +208,9 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
 
   it("admin, metrics and facilitator endpoints refuse requests without the token", async () => {
     for (const p of ["/metrics", "/facilitator/supported", "/admin/api/summary", "/admin/api/status", "/admin/api/channels", "/admin/api/report", "/admin/api/history"]) {
-      expect((await fetch(`${node.url}${p}`)).status, p).to.equal(401);
+      const refused = await fetch(`${node.url}${p}`);
+      expect(refused.status, p).to.equal(401);
+      expect(refused.headers.get("cache-control"), p).to.equal("no-store");
       expect((await fetch(`${node.url}${p}`, { headers: { Authorization: "Bearer wrong-token-wrong-token" } })).status, p).to.equal(401);
     }
     for (const p of ["/admin/api/claim", "/admin/api/settle", "/admin/api/refund", "/facilitator/verify", "/facilitator/settle"]) {
