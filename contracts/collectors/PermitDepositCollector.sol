@@ -46,7 +46,18 @@ contract PermitDepositCollector is DepositCollector, EIP712 {
     /// @notice The deposit authorization is not signed by the payer.
     error PermitDepositCollectorInvalidSignature(address payer, bytes32 digest);
 
+    /// @notice The payer revoked one of its deposit authorizations before any deposit used it.
+    event DepositAuthorizationCanceled(address indexed payer, bytes32 indexed nonce);
+
     constructor(address escrow) DepositCollector(escrow) EIP712("Tollway Permit Collector", "1") {}
+
+    /// @notice Revokes the caller's deposit authorization `nonce` (signed, handed out, not used yet): no deposit
+    ///         can use it afterwards. The allowance is the token's and stays as it is.
+    function cancelAuthorization(bytes32 nonce) external {
+        if (authorizationUsed[msg.sender][nonce]) revert PermitDepositCollectorNonceUsed(msg.sender, nonce);
+        authorizationUsed[msg.sender][nonce] = true;
+        emit DepositAuthorizationCanceled(msg.sender, nonce);
+    }
 
     /// @notice EIP-712 digest the payer signs to authorize a deposit into `channelId`.
     function getDepositAuthorizationDigest(bytes32 channelId, uint256 amount, bytes32 nonce, uint256 deadline)

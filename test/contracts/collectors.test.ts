@@ -409,6 +409,31 @@ describe("deposit collectors", () => {
       await send(f, f.escrow.write.deposit([other.config, 100n, f.permitCollector.address, theirs.data], { account: f.relayer.account }));
     });
 
+    it("the payer cancels an unused authorization: a deposit with it then fails (PermitDepositCollectorNonceUsed), a second cancel too; only the caller's own nonce is cancelled", async () => {
+      const f = await loadEscrow();
+      const { config, id } = channel(f);
+      const payer = f.payer.account.address;
+      await f.usdc.write.approve([f.permitCollector.address, 10_000n], { account: f.payer.account });
+      const nonce = randomBytes32("cancel");
+      const handedOut = await permitData(f, id, 100n, { nonce });
+      const r = await send(f, f.permitCollector.write.cancelAuthorization([nonce], { account: f.payer.account }));
+      expectEvents(r, f.permitCollector, "DepositAuthorizationCanceled", [{ payer, nonce }]);
+      expect(await f.permitCollector.read.authorizationUsed([payer, nonce])).to.equal(true);
+      await expectRevert(
+        f.escrow.write.deposit([config, 100n, f.permitCollector.address, handedOut.data], { account: f.relayer.account }),
+        "PermitDepositCollectorNonceUsed",
+        [payer, nonce],
+      );
+      await expectRevert(f.permitCollector.write.cancelAuthorization([nonce], { account: f.payer.account }), "PermitDepositCollectorNonceUsed", [payer, nonce]);
+      expect(await f.usdc.read.allowance([payer, f.permitCollector.address])).to.equal(10_000n);
+      // Someone else's cancel of the same value is theirs: the payer's other authorization still deposits.
+      const other = randomBytes32("cancel-other");
+      await send(f, f.permitCollector.write.cancelAuthorization([other], { account: f.payer2.account }));
+      const kept = await permitData(f, id, 100n, { nonce: other });
+      await send(f, f.escrow.write.deposit([config, 100n, f.permitCollector.address, kept.data], { account: f.relayer.account }));
+      expect(await f.usdc.read.allowance([payer, f.permitCollector.address])).to.equal(9_900n);
+    });
+
     it("rejects an expired authorization (deadline inclusive)", async () => {
       const f = await loadEscrow();
       const { config, id } = channel(f);
