@@ -1,5 +1,5 @@
 // Regenerates node/chain/abi.ts from the compiled artifacts (run after changing a contract's interface:
-// `npx hardhat compile && node scripts/gen-abi.js`). test/node/abi.test.ts fails when it is stale.
+// `npx hardhat compile && node scripts/gen-abi.js`). test/contracts/parity.test.ts fails when it is stale.
 const fs = require("node:fs");
 const path = require("node:path");
 const root = path.join(__dirname, "..");

@@ -1,4 +1,6 @@
 import { expect } from "chai";
+import hre from "hardhat";
+import * as abis from "../../node/chain/abi";
 import { keccak256, pad, toHex, getAddress } from "viem";
 import * as x402evm from "@x402/evm";
 // The subpath ships ESM-style typings only; load it with require and type the one function used.
@@ -26,6 +28,13 @@ import {
 import { claimRow, loadEscrow, makeConfig } from "../helpers/fixture";
 
 describe("parity: node/protocol typed data == escrow digests == @x402/evm constants", () => {
+  it("node/chain/abi.ts is the compiled contracts' ABI (regenerate it with scripts/gen-abi.js after an interface change)", async () => {
+    for (const [name, contract] of [["batchSettlementAbi", "BatchSettlement"], ["erc3009DepositCollectorAbi", "ERC3009DepositCollector"], ["permitDepositCollectorAbi", "PermitDepositCollector"]] as const) {
+      const { abi } = await hre.artifacts.readArtifact(contract);
+      expect(JSON.parse(JSON.stringify(abis[name])), name).to.deep.equal(abi);
+    }
+  });
+
   it("type hashes equal the contract's constants", async () => {
     const f = await loadEscrow();
     expect(await f.escrow.read.CHANNEL_CONFIG_TYPEHASH()).to.equal(CHANNEL_CONFIG_TYPEHASH);
