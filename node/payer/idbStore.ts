@@ -18,8 +18,13 @@ function toJson(v: unknown): string {
   return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x));
 }
 
+export type IndexedDbPayerStore = PayerStore & {
+  getOrCreateKey(id: string, make: () => string): Promise<{ key: string; created: boolean }>;
+  importKeyAndChannels(id: string, key: string, decide: (current: string | undefined, held: PayerChannel[]) => PayerChannel[] | string): Promise<void>;
+};
+
 /** Opens (creating) the IndexedDB database `name` with stores for channels, routes and keys. */
-export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<PayerStore & { getOrCreateKey(id: string, make: () => string): Promise<{ key: string; created: boolean }> }> {
+export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<IndexedDbPayerStore> {
   const open = indexedDB.open(name, 1);
   open.onupgradeneeded = () => {
     const db = open.result;
@@ -91,6 +96,34 @@ export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<P
         };
         tx.oncomplete = () => resolve(result!);
         tx.onabort = () => reject(tx.error);
+      }),
+    /**
+     * Sets the key `id` and writes the channels `decide` returns, shown the current key and every channel
+     * held, all in one transaction over keys and channels (serialized with getOrCreateKey and the channel
+     * writes of other tabs). When `decide` returns a reason instead, nothing is written and the promise
+     * rejects with it.
+     */
+    importKeyAndChannels: (id, key, decide) =>
+      new Promise((resolve, reject) => {
+        const tx = db.transaction(["keys", "channels"], "readwrite", { durability: "strict" } as IDBTransactionOptions);
+        const keys = tx.objectStore("keys");
+        const held = tx.objectStore("channels");
+        let reason: string | undefined;
+        const current = keys.get(id);
+        current.onsuccess = () => {
+          const all = held.getAll();
+          all.onsuccess = () => {
+            const decided = decide(typeof current.result === "string" ? current.result : undefined, (all.result as string[]).map(decodeChannel));
+            if (typeof decided === "string") {
+              reason = decided;
+              return tx.abort();
+            }
+            keys.put(key, id);
+            for (const c of decided) held.put(toJson(c), c.channelId);
+          };
+        };
+        tx.oncomplete = () => resolve();
+        tx.onabort = () => reject(reason !== undefined ? new Error(reason) : tx.error);
       }),
   };
 }

@@ -6,7 +6,8 @@
  * The reader's way back to their money without the publisher: `channels()` lists every channel with its
  * full config, `backup()` returns the session key and configs as a file-ready object, and `withdraw`
  * runs the escrow's timed withdrawal from the wallet (it takes a config from a backup too, so it works
- * after the site's data was cleared).
+ * after the site's data was cleared). `restore(backup)` puts a backup back into a browser, so it pays on
+ * and refunds those channels again.
  */
 import {
   createPublicClient,
@@ -26,11 +27,12 @@ import {
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { createPayer, type ChannelLock, type CreatePayerParameters, type PayerPolicy, type TypedDataSigner } from "../payer/payer";
 import { wrapFetch, requestRefund } from "../payer/fetch";
-import { openIndexedDbPayerStore } from "../payer/idbStore";
+import { openIndexedDbPayerStore, type IndexedDbPayerStore } from "../payer/idbStore";
 import { MemoryPayerStore } from "../payer/store";
 import { formatAmount } from "../protocol/amounts";
 import { TollwayError } from "../protocol/errors";
-import { computeChannelId, type ChannelConfig } from "../protocol/typedData";
+import type { PayerChannel } from "../payer/store";
+import { CANONICAL_ADDRESSES, computeChannelId, escrowDomain, type ChannelConfig } from "../protocol/typedData";
 
 export type BrowserPayerOptions = {
   /** An injected wallet (EIP-1193), or */
@@ -84,28 +86,22 @@ export type WithdrawTarget = Hex | ChannelConfig | { config: ChannelConfig; char
  * @example const t = await Tollway.connect({ provider: window.ethereum, chainId: 31337 }); await t.fetch("/articles/1")
  */
 export async function connect(opts: BrowserPayerOptions) {
-  let address: Address;
+  const address = await walletAddress(opts);
   let wallet: TypedDataSigner;
   let walletClient = opts.walletClient;
   let publicClient = opts.publicClient;
   if (opts.account) {
-    address = opts.account.address;
     wallet = opts.account;
-  } else if (opts.provider) {
-    const [first] = (await opts.provider.request({ method: "eth_requestAccounts" })) as Address[];
-    if (!first) throw new TollwayError("the wallet returned no account");
-    address = first;
+  } else {
     // viem asserts the wallet's chain before sending a transaction: a minimal chain for the id is enough.
     const chain = defineChain({ id: opts.chainId, name: `eip155:${opts.chainId}`, nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 }, rpcUrls: { default: { http: [] } } });
-    const client = createWalletClient({ account: first, chain, transport: custom(opts.provider) });
+    const client = createWalletClient({ account: address, chain, transport: custom(opts.provider!) });
     wallet = client as TypedDataSigner;
     walletClient ??= client as WalletClient<Transport, Chain, Account>;
-    publicClient ??= createPublicClient({ chain, transport: custom(opts.provider) }) as PublicClient<Transport, Chain>;
-  } else {
-    throw new TollwayError("connect needs a provider (injected wallet) or an account (local key)");
+    publicClient ??= createPublicClient({ chain, transport: custom(opts.provider!) }) as PublicClient<Transport, Chain>;
   }
-  const dbName = opts.dbName ?? `tollway-payer-${address.toLowerCase()}`;
-  let store: Awaited<ReturnType<typeof openIndexedDbPayerStore>>;
+  const dbName = dbNameOf(opts, address);
+  let store: IndexedDbPayerStore;
   let key: Hex;
   try {
     store = await openIndexedDbPayerStore(dbName);
@@ -215,6 +211,89 @@ export async function connect(opts: BrowserPayerOptions) {
       },
     },
   };
+}
+
+const dbNameOf = (opts: Pick<BrowserPayerOptions, "dbName">, wallet: Address) => opts.dbName ?? `tollway-payer-${wallet.toLowerCase()}`;
+const sameAddress = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+
+/**
+ * Puts a `backup()` back into this browser, so that `connect` pays on its channels again (no second
+ * deposit) and `refund` closes them cooperatively: after the site's data was cleared, or on another
+ * device. The backup's session key becomes the wallet's key in this browser; a channel the browser
+ * already knows keeps whichever record has the higher charges. Call it before `connect`, with no other
+ * tab of the site open (a connected tab keeps signing with the key it loaded).
+ *
+ * Refused with nothing written when the backup is for another wallet, chain or escrow, when a channel's
+ * config does not hash to its id or is not the wallet's and the backup key's, or when this browser holds
+ * a channel with money left under another session key (refund or withdraw it first: a browser keeps one
+ * key per wallet). The page's wallet is asked for its address only: nothing is signed or sent.
+ */
+export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "account" | "chainId" | "dbName">, backup: ChannelBackup): Promise<{ channels: number; keyReplaced: boolean }> {
+  // `channels`: records written (a channel this browser knows with higher charges keeps its own).
+  const address = await walletAddress(opts);
+  if (backup?.format !== "tollway-channel-backup/1") throw new TollwayError("not a Tollway channel backup (format tollway-channel-backup/1)");
+  if (backup.chainId !== opts.chainId) throw new TollwayError(`the backup is for chain ${backup.chainId}, this page pays on ${opts.chainId}`);
+  const domain = escrowDomain(opts.chainId, CANONICAL_ADDRESSES.batchSettlement);
+  if (!sameAddress(backup.escrow, domain.verifyingContract)) throw new TollwayError(`the backup is for the escrow ${backup.escrow}, this page pays through ${domain.verifyingContract}`);
+  if (!sameAddress(backup.payer, address)) throw new TollwayError(`the backup is for the wallet ${backup.payer}; connect that wallet to restore it`);
+  let sessionAddress: Address;
+  try {
+    sessionAddress = privateKeyToAccount(backup.sessionKey).address;
+  } catch (cause) {
+    throw new TollwayError("the backup's session key is not a private key", { cause });
+  }
+  const now = Date.now();
+  const restored: PayerChannel[] = backup.channels.map((c) => {
+    const what = `the backup's channel ${c.channelId}`;
+    if (computeChannelId(domain, c.config) !== c.channelId) throw new TollwayError(`${what}: its config does not hash to its id`);
+    if (!sameAddress(c.config.payer, address) || !sameAddress(c.config.payerAuthorizer, sessionAddress)) throw new TollwayError(`${what} is not this wallet's with the backup's session key`);
+    let amounts: [bigint, bigint, bigint];
+    try {
+      amounts = [BigInt(c.charged), BigInt(c.signedMax), BigInt(c.balance)];
+    } catch (cause) {
+      throw new TollwayError(`${what}: its amounts are not integers`, { cause });
+    }
+    const [charged, signedMax, balance] = amounts;
+    if (charged < 0n || signedMax < charged || balance < 0n) throw new TollwayError(`${what}: its amounts are out of range`);
+    return { channelId: c.channelId, config: c.config, network: `eip155:${opts.chainId}`, charged, signedMax, balance, spent: charged, updatedAt: now };
+  });
+  let store: IndexedDbPayerStore;
+  try {
+    store = await openIndexedDbPayerStore(dbNameOf(opts, address));
+  } catch (cause) {
+    throw new TollwayError("this browser does not let the page keep a payment channel (IndexedDB is unavailable)", { cause });
+  }
+  let keyReplaced = false;
+  let written = 0;
+  try {
+    await store.importKeyAndChannels("session", backup.sessionKey, (current, held) => {
+      if (current !== undefined && current !== backup.sessionKey) {
+        const currentAddress = privateKeyToAccount(current as Hex).address;
+        const funded = held.find((c) => sameAddress(c.config.payerAuthorizer, currentAddress) && c.balance > c.charged);
+        if (funded) return `this browser holds channel ${funded.channelId} with money left under another session key: refund or withdraw it first`;
+        keyReplaced = true;
+      }
+      const known = new Map(held.map((c) => [c.channelId, c]));
+      const newer = restored.filter((c) => (known.get(c.channelId)?.charged ?? -1n) < c.charged);
+      written = newer.length;
+      return newer;
+    });
+  } catch (cause) {
+    throw cause instanceof TollwayError ? cause : new TollwayError((cause as Error).message, { cause });
+  } finally {
+    await store.close();
+  }
+  persistStorage();
+  return { channels: written, keyReplaced };
+}
+
+/** The wallet's address: the local account's, or the injected wallet's first (it may prompt to connect). */
+async function walletAddress(opts: Pick<BrowserPayerOptions, "provider" | "account">): Promise<Address> {
+  if (opts.account) return opts.account.address;
+  if (!opts.provider) throw new TollwayError("connect needs a provider (injected wallet) or an account (local key)");
+  const [first] = (await opts.provider.request({ method: "eth_requestAccounts" })) as Address[];
+  if (!first) throw new TollwayError("the wallet returned no account");
+  return first;
 }
 
 /** Asks the browser to keep the site's storage (best effort): losing it loses the session key. */

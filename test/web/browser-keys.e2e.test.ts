@@ -23,6 +23,7 @@ const PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>
       return answer.result;
     },
   };
+  window.restoreTollway = (backup) => Tollway.restore({ provider: window.ethereum, chainId: 31337 }, backup);
   window.connectTollway = () => Tollway.connect({ provider: window.ethereum, chainId: 31337, policy: { maxPerRequest: 50000n, maxDeposit: 1000000n, depositMultiplier: 20 } });
 </script></body></html>`;
 
@@ -54,10 +55,11 @@ describe("browser payer: one session key per browser, and a way back to the depo
   });
   after(async () => h?.stop());
 
-  async function openPage(context: BrowserContext, wallet: LocalAccount): Promise<Page> {
+  async function openPage(context: BrowserContext, wallet: LocalAccount, prompts = { signatures: 0 }): Promise<Page> {
     const page = await context.newPage();
     const { walletClient } = clientsFor(ctx.chain.url, wallet);
     await page.exposeFunction("__walletSign", async (json: string) => {
+      prompts.signatures++;
       const td = JSON.parse(json);
       const { EIP712Domain: _d, ...types } = td.types;
       return wallet.signTypedData({ domain: td.domain, types, primaryType: td.primaryType, message: td.message });
@@ -148,6 +150,74 @@ describe("browser payer: one session key per browser, and a way back to the depo
         await t.withdraw.finish(entry);
       }, saved);
       expect((await token(wallet.address)) - before).to.equal(190_000n);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("restore(backup) after the site's data is lost: payments continue on the same channel without a wallet prompt and refund closes it; refused, changing nothing, while another key's channel holds money or for another wallet", async () => {
+    const wallet = ctx.payers[4] as LocalAccount;
+    const context = await browser.newContext();
+    const prompts = { signatures: 0 };
+    const dbName = `tollway-payer-${wallet.address.toLowerCase()}`;
+    const clearSiteData = async (page: Page) => {
+      await page.reload();
+      await page.evaluate((name) => new Promise((ok, fail) => Object.assign(indexedDB.deleteDatabase(name), { onsuccess: ok, onerror: fail, onblocked: () => fail(new Error("blocked")) })), dbName);
+    };
+    const token = (a: Address) => ctx.publicClient.readContract({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "balanceOf", args: [a] });
+    try {
+      const page = await openPage(context, wallet, prompts);
+      const first = await page.evaluate(async () => {
+        const t = await (window as any).connectTollway();
+        const res = await t.fetch("/articles/1");
+        return { status: res.status, backup: await t.backup() };
+      });
+      expect(first.status).to.equal(200);
+      const saved = first.backup.channels[0];
+      expect([saved.balance, saved.charged]).to.deep.equal(["200000", "10000"]);
+      expect(prompts.signatures).to.equal(1); // the deposit
+
+      // Cleared, then used again: a new key, a new channel with money on it.
+      await clearSiteData(page);
+      const second = await page.evaluate(async () => {
+        const t = await (window as any).connectTollway();
+        return { status: (await t.fetch("/articles/1")).status, key: t.payer.payerAuthorizer as string };
+      });
+      expect(second.status).to.equal(200);
+      expect(second.key).to.not.equal(saved.config.payerAuthorizer);
+      const refused = await page.evaluate(async (backup) => {
+        const attempt = (b: unknown) => (window as any).restoreTollway(b).then(() => "restored", (e: Error) => e.message);
+        const errors = [await attempt(backup), await attempt({ ...backup, payer: "0x000000000000000000000000000000000000dEaD" }), await attempt({ ...backup, chainId: 1 })];
+        const t = await (window as any).connectTollway();
+        return { errors, key: t.payer.payerAuthorizer as string, channels: (await t.channels()).map((c: any) => c.channelId as string) };
+      }, first.backup);
+      expect(refused.errors[0]).to.match(/holds channel 0x[0-9a-f]{64} with money left under another session key: refund or withdraw it first/);
+      expect(refused.errors[1]).to.match(/the backup is for the wallet 0x000000000000000000000000000000000000dEaD/);
+      expect(refused.errors[2]).to.match(/the backup is for chain 1/);
+      expect(refused.key).to.equal(second.key); // nothing written
+      expect(refused.channels).to.have.length(1).and.not.include(saved.channelId);
+
+      // Cleared again, then restored: the backup's key and channel are back.
+      await clearSiteData(page);
+      const signaturesBefore = prompts.signatures;
+      const restored = await page.evaluate(async (backup) => {
+        const r = await (window as any).restoreTollway(backup);
+        const t = await (window as any).connectTollway();
+        const res = await t.fetch("/articles/2");
+        return { r, status: res.status, key: t.payer.payerAuthorizer as string, channels: (await t.channels()).map((c: any) => [c.channelId, c.charged]) };
+      }, first.backup);
+      expect(restored.r).to.deep.equal({ channels: 1, keyReplaced: false });
+      expect(restored.status).to.equal(200);
+      expect(restored.key).to.equal(saved.config.payerAuthorizer);
+      expect(restored.channels).to.deep.equal([[saved.channelId, "0.02"]]);
+      expect(prompts.signatures).to.equal(signaturesBefore); // no deposit: the voucher continued the old channel
+      expect((await node.payee.store.getChannel(saved.channelId))?.chargedCumulative).to.equal(20_000n);
+
+      // The cooperative refund, signed by the restored key, returns the rest at once.
+      const before = await token(wallet.address);
+      const refunded = await page.evaluate(async () => String(await (await (window as any).connectTollway()).refund("/articles/3")));
+      expect(refunded).to.equal("180000");
+      expect((await token(wallet.address)) - before).to.equal(180_000n);
     } finally {
       await context.close();
     }
