@@ -116,6 +116,18 @@ describe("npm start demo: reader page, operator dashboard, close and refund (hea
     expect(backup.channels[0].config.payer).to.equal(JSON.parse(fs.readFileSync(path.join(dir, "demo.json"), "utf8")).demoWallet.address);
     expect([backup.channels[0].balance, backup.channels[0].charged]).to.deep.equal(["600000", "50000"]);
 
+    // "Clear site data", then "Restore a backup" with that file: the channel is back, nothing is paid again.
+    const demoWallet = JSON.parse(fs.readFileSync(path.join(dir, "demo.json"), "utf8")).demoWallet.address as string;
+    await page.evaluate((name) => new Promise((ok, fail) => Object.assign(indexedDB.deleteDatabase(name), { onsuccess: ok, onerror: fail, onblocked: ok })), `tollway-payer-${demoWallet.toLowerCase()}`);
+    await page.reload();
+    await page.waitForSelector("body[data-ready=true]", { state: "attached" });
+    expect(await page.textContent("#balance")).to.equal("no channel yet");
+    await page.setInputFiles("#restore-file", (await download.path())!);
+    await page.waitForFunction(() => /Backup restored/.test(document.getElementById("status")!.textContent!));
+    expect(await page.textContent("#status")).to.equal("Backup restored: 1 channel back in this browser.");
+    expect(await page.textContent("#balance")).to.equal("0.55 USDC left");
+    expect(await page.evaluate(() => (window as any).__tollwayPrompts)).to.equal(0); // this page load asked nothing
+
     const dash = await browser.newPage({ viewport: { width: 1100, height: 1200 } });
     errors.push(...watchErrors(dash));
     await dash.goto(demo.urls.dashboard);

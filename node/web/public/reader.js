@@ -58,8 +58,9 @@
       throw new Error("the demo wallet does not support " + method);
     },
   };
+  const connectOptions = { provider, chainId: catalog.chainId, policy: { maxPerRequest: 100000n, maxDeposit: 2000000n, depositMultiplier: 20, allowedAssets: [catalog.token] } };
   try {
-    t = await Tollway.connect({ provider, chainId: catalog.chainId, policy: { maxPerRequest: 100000n, maxDeposit: 2000000n, depositMultiplier: 20, allowedAssets: [catalog.token] } });
+    t = await Tollway.connect(connectOptions);
   } catch (e) {
     status("The page could not start: " + describe(e), true);
     document.body.dataset.error = "startup";
@@ -194,6 +195,22 @@
     } catch (e) {
       status("Backup failed: " + describe(e), true);
     }
+  });
+  // A backup file brings the channel back: its key and config return to this browser, which then pays on
+  // and can close that channel again (no second deposit).
+  $("restore").addEventListener("click", () => $("restore-file").click());
+  $("restore-file").addEventListener("change", async () => {
+    const file = $("restore-file").files[0];
+    $("restore-file").value = "";
+    if (!file) return;
+    try {
+      const r = await Tollway.restore({ provider, chainId: catalog.chainId }, JSON.parse(await file.text()));
+      t = await Tollway.connect(connectOptions);
+      status(`Backup restored: ${r.channels} channel${r.channels === 1 ? "" : "s"} back in this browser.`);
+    } catch (e) {
+      status("Restore failed: " + describe(e), true);
+    }
+    await refreshBalance().catch(() => undefined);
   });
   try {
     await refreshBalance();
