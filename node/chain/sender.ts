@@ -68,8 +68,14 @@ export type TxJournal = {
   remove(nonce: number): Promise<void>;
 };
 
-/** A journal entry: the newest bytes the node took, every hash signed at the nonce, the re-pricing budget spent. */
-type JournalEntry = { raw: Hex; signed: Hex[]; reprices: number; repriceAt: number };
+/**
+ * A journal entry: the newest bytes the node took, a re-pricing being sent (`candidate`, until the node
+ * took it), every hash signed at the nonce, the re-pricing budget spent and when the next is due.
+ */
+type JournalEntry = { raw: Hex; candidate?: Hex; signed: Hex[]; reprices: number; repriceAt: number };
+
+/** What `restore` did with the journal: nonces taken back, nonces forgotten above a hole, entries it could not read. */
+export type RestoreResult = { restored: number[]; dropped: number[]; unreadable: number };
 
 /** Name and args of a decoded contract revert, if the error is one. */
 export function decodeRevert(err: unknown): { errorName: string; args: readonly unknown[] } | undefined {
@@ -128,6 +134,8 @@ type Pending = {
   notRepriced?: string;
 };
 
+const JOURNAL_KEPT = "its journal entry could not be removed: after a restart it may be re-priced and sent";
+
 /** A fee raised by the 12.5% a node asks of a replacement (geth 10%), rounded up. */
 const raised = (fee: bigint): bigint => (fee * 9n + 7n) / 8n;
 const max = (a: bigint, b: bigint): bigint => (a > b ? a : b);
@@ -164,6 +172,8 @@ export class TxSender {
   sent = 0;
   /** Re-priced transactions signed (for metrics). */
   repriced = 0;
+  /** A send was queued: `restore` must come before. */
+  private started = false;
 
   constructor(
     readonly publicClient: PublicClient<Transport, Chain>,
@@ -201,6 +211,7 @@ export class TxSender {
 
   /** Queues, simulates, sends and waits for the receipt of one contract call. */
   send<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(p: SendParameters<abi, fn>): Promise<SendResult> {
+    this.started = true;
     const job = this.queue.then(() => this.sendNow(p));
     this.queue = job.catch(() => undefined);
     return job;
@@ -255,11 +266,12 @@ export class TxSender {
       } catch (err) {
         this.nonce = undefined; // the next nonce is read again after any failure
         if (attempt >= this.options.retries) {
-          // Given up, as the caller is told: not re-priced by later calls, nor after a restart.
-          if (tx) await this.forget(tx.request.nonce);
-          throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed after ${attempt + 1} attempts`, {
+          // Given up, as the caller is told: not re-priced by later calls, nor after a restart. If the journal
+          // cannot forget it, a restart could send it: then the caller is not told it failed for good.
+          const forgotten = !tx || (await this.forget(tx.request.nonce));
+          throw new ChainError(forgotten ? (p.transactionError ?? ErrorCodes.transactionReverted) : ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} failed after ${attempt + 1} attempts`, {
             cause: err,
-            metaMessages: tx ? tx.signed.map((h) => `tx: ${h} (the node may have it)`) : [],
+            metaMessages: [...(tx ? tx.signed.map((h) => `tx: ${h} (the node may have it)`) : []), ...(forgotten ? [] : [JOURNAL_KEPT])],
           });
         }
         await sleep(200 * 2 ** attempt);
@@ -316,9 +328,9 @@ export class TxSender {
       }
       if (usedByOther >= 2) {
         this.nonce = undefined;
-        await this.forget(tx.request.nonce);
-        throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed: its nonce ${tx.request.nonce} was used by a transaction that is not this call's`, {
-          metaMessages: hashes(),
+        const forgotten = await this.forget(tx.request.nonce);
+        throw new ChainError(forgotten ? (p.transactionError ?? ErrorCodes.transactionReverted) : ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} failed: its nonce ${tx.request.nonce} was used by a transaction that is not this call's`, {
+          metaMessages: [...hashes(), ...(forgotten ? [] : [JOURNAL_KEPT])],
         });
       }
       if (gap || Date.now() >= deadline) {
@@ -393,7 +405,7 @@ export class TxSender {
     const maxPriorityFeePerGas = min(max(raised(tip), now.maxPriorityFeePerGas), maxFeePerGas);
     const next = await this.sign({ ...tx.request, maxFeePerGas, maxPriorityFeePerGas }, tx.signed);
     tx.signed = next.signed; // the node may take it even when the send fails (a lost answer)
-    await this.record(tx);
+    await this.record(tx, next.raw);
     try {
       await this.walletClient.sendRawTransaction({ serializedTransaction: next.raw });
     } catch (err) {
@@ -406,38 +418,60 @@ export class TxSender {
   }
 
   /**
-   * Takes back what the journal kept from an earlier run of this key: a transaction whose nonce is used
-   * is forgotten; the others are stuck transactions again, which the next calls wait behind and
-   * re-price (or drop: see `unblock`) exactly as in the process that signed them. Their callers are
-   * gone; what they do once mined (a claim, a refund) is seen on chain like anyone's. Call once, before
-   * the first send; returns the nonces taken back.
+   * Takes back what the journal kept from an earlier run of this key on this chain. An entry whose nonce
+   * the chain's count has passed is forgotten. The run of consecutive nonces from the count on are stuck
+   * transactions again: the next calls wait behind them and re-price them (or drop them: see `unblock`)
+   * exactly as in the process that signed them. An entry above a hole is forgotten and reported (nothing
+   * of ours could fill the hole: new calls sign from the node's pending count). The callers are gone; what
+   * a transaction does once mined (a claim, a refund) is seen on chain like anyone's. Entries that do not
+   * parse, or are for another chain, are left as they are and counted. Call once, before the first send.
    */
-  async restore(): Promise<number[]> {
+  async restore(): Promise<RestoreResult> {
+    if (this.started) throw new Error("TxSender.restore must run before the first send");
+    const result: RestoreResult = { restored: [], dropped: [], unreadable: 0 };
     const journal = this.options.journal;
-    if (!journal) return [];
-    // Without an answer every entry is taken back: those whose nonce is used go at the first confirmation.
-    const latest = await this.publicClient.getTransactionCount({ address: this.address }).catch(() => 0);
-    const restored: number[] = [];
+    if (!journal) return result;
+    const taken = new Map<number, Pending>();
     for (const text of await journal.load()) {
-      let entry: JournalEntry;
-      let parsed: ReturnType<typeof parseTransaction>;
-      try {
-        entry = JSON.parse(text) as JournalEntry;
-        parsed = parseTransaction(entry.raw);
-      } catch {
-        continue; // not an entry this sender wrote
-      }
-      // The signature is the old one: re-signing must not serialise it into the new transaction.
-      const { r: _r, s: _s, v: _v, yParity: _y, ...request } = parsed;
-      const nonce = request.nonce ?? 0;
-      if (nonce < latest) {
-        await journal.remove(nonce);
-      } else if (!this.stuck.some((t) => t.request.nonce === nonce)) {
-        this.stuck.push({ request: { ...request, nonce } as Request, raw: entry.raw, signed: entry.signed, reprices: entry.reprices, repriceAt: Math.min(entry.repriceAt, Date.now() + this.options.repriceAfterMs) });
-        restored.push(nonce);
+      const tx = this.fromJournal(text);
+      if (tx) taken.set(tx.request.nonce, tx);
+      else result.unreadable++;
+    }
+    // Without the count every entry is taken back: those whose nonce is used go at the first confirmation.
+    const latest = await this.publicClient.getTransactionCount({ address: this.address }).catch(() => undefined);
+    for (const nonce of [...taken.keys()].sort((a, b) => a - b)) {
+      if (latest !== undefined && nonce < latest) {
+        await this.forget(nonce);
+      } else if (latest === undefined || nonce === latest + result.restored.length) {
+        this.stuck.push(taken.get(nonce)!);
+        result.restored.push(nonce);
+      } else {
+        await this.forget(nonce);
+        result.dropped.push(nonce);
       }
     }
-    return restored;
+    return result;
+  }
+
+  /** A journal entry as a stuck transaction, or undefined when it does not parse or is for another chain. */
+  private fromJournal(text: string): Pending | undefined {
+    try {
+      const entry = JSON.parse(text) as Partial<JournalEntry>;
+      const raw = entry.raw!;
+      const taken = parseTransaction(raw);
+      // Re-priced from the candidate when one was being sent: it offers more than what the node may hold.
+      const parsed = entry.candidate ? parseTransaction(entry.candidate) : taken;
+      if (taken.chainId !== this.walletClient.chain.id || parsed.chainId !== taken.chainId || parsed.nonce !== taken.nonce) return undefined;
+      // The signature is the old one: re-signing must not serialise it into the new transaction.
+      const { r: _r, s: _s, v: _v, yParity: _y, ...request } = parsed;
+      // RLP drops zero fields: a tip of 0 is still an EIP-1559 fee, not a legacy transaction.
+      if (request.type === "eip1559") Object.assign(request, { maxFeePerGas: request.maxFeePerGas ?? 0n, maxPriorityFeePerGas: request.maxPriorityFeePerGas ?? 0n });
+      const signed = Array.isArray(entry.signed) && entry.signed.length > 0 ? entry.signed : [keccak256(raw)];
+      const repriceAt = Math.min(typeof entry.repriceAt === "number" ? entry.repriceAt : 0, Date.now() + this.options.repriceAfterMs);
+      return { request: { ...request, nonce: request.nonce ?? 0 } as Request, raw, signed, reprices: typeof entry.reprices === "number" ? entry.reprices : 0, repriceAt };
+    } catch {
+      return undefined;
+    }
   }
 
   /** Forgets the stuck transactions whose nonce the chain's count has passed (mined, or replaced). */
@@ -448,13 +482,16 @@ export class TxSender {
     for (const s of gone) await this.forget(s.request.nonce);
   }
 
-  private async record(tx: Pending) {
-    const entry: JournalEntry = { raw: tx.raw, signed: tx.signed, reprices: tx.reprices, repriceAt: tx.repriceAt };
+  private async record(tx: Pending, candidate?: Hex) {
+    const entry: JournalEntry = { raw: tx.raw, ...(candidate ? { candidate } : {}), signed: tx.signed, reprices: tx.reprices, repriceAt: tx.repriceAt };
     await this.options.journal?.save(tx.request.nonce, JSON.stringify(entry));
   }
 
-  /** Removes a journal entry. One that stays (a failed write) is dropped by `restore` once its nonce is used. */
-  private async forget(nonce: number) {
-    await this.options.journal?.remove(nonce).catch(() => undefined);
+  /**
+   * Removes a journal entry; false when that failed. One that stays is forgotten by `restore` once its
+   * nonce is used, or else taken back as stuck.
+   */
+  private async forget(nonce: number): Promise<boolean> {
+    return (await this.options.journal?.remove(nonce).then(() => true, () => false)) ?? true;
   }
 }

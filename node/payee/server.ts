@@ -73,11 +73,13 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     repriceAfterMs,
     maxReprices,
     maxFeePerGas: maxFeeGwei !== undefined ? parseGwei(String(maxFeeGwei)) : undefined,
-    journal: store.journal(`sender:${account.address.toLowerCase()}`),
+    journal: store.journal(`sender:${config.chainId}:${account.address.toLowerCase()}`),
   });
   // What an earlier run of this key signed and the chain has not mined: waited behind and re-priced as before.
-  const restored = await sender.restore();
-  if (restored.length > 0) logger.warn({ nonces: restored, relayer: account.address }, "transactions of an earlier run still pending: the next sends wait behind them and re-price them");
+  const journal = await sender.restore();
+  if (journal.restored.length > 0) logger.warn({ nonces: journal.restored, relayer: account.address }, "transactions of an earlier run still pending: the next sends wait behind them and re-price them");
+  if (journal.dropped.length > 0) logger.warn({ nonces: journal.dropped, relayer: account.address }, "journaled transactions above a nonce nothing of ours holds: no longer tracked (they may still be mined once the hole is filled)");
+  if (journal.unreadable > 0) logger.warn({ entries: journal.unreadable }, "transaction journal entries that do not parse or are for another chain: left in the store, not sent");
 
   const registry = new client.Registry();
   const paid = new client.Counter({ name: "tollway_paid_requests_total", help: "Paid requests committed", labelNames: ["route"], registers: [registry] });

@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { erc20Abi, HttpRequestError, keccak256, parseTransaction, TransactionReceiptNotFoundError, type Hex, type TransactionSerializableEIP1559 } from "viem";
+import { encodeFunctionData, erc20Abi, HttpRequestError, keccak256, parseTransaction, TransactionReceiptNotFoundError, type Hex, type TransactionSerializableEIP1559 } from "viem";
 import { TxSender, revertedOnChain } from "../../node/chain/sender";
 import { hardhatTestAccount } from "../../node/chain/localNode";
 import { ChainError, ErrorCodes } from "../../node/protocol/errors";
@@ -421,7 +421,7 @@ describe("transaction sender (hardhat node)", function () {
         await store.close();
         store = await ChannelStore.open(dir);
         const second = senderFor(18, { receiptTimeoutMs: 20_000, repriceAfterMs: 100, journal: store.journal("sender") });
-        expect(await second.sender.restore()).to.deep.equal([before]);
+        expect(await second.sender.restore()).to.deep.equal({ restored: [before], dropped: [], unreadable: 0 });
         const call = second.approve(23n);
         call.catch(() => undefined);
         await until("the earlier run's transaction re-priced", () => second.raws.some((raw) => nonceOf(raw) === before));
@@ -436,8 +436,58 @@ describe("transaction sender (hardhat node)", function () {
       // An entry whose nonce is used by the time of a restore is dropped, not taken back.
       await store.journal("sender").save(before, JSON.stringify({ raw: first.raws[0], signed: [keccak256(first.raws[0]!)], reprices: 0, repriceAt: 0 }));
       const third = senderFor(18, { journal: store.journal("sender") });
-      expect(await third.sender.restore()).to.deep.equal([]);
+      expect(await third.sender.restore()).to.deep.equal({ restored: [], dropped: [], unreadable: 0 });
       expect(await store.journal("sender").load()).to.deep.equal([]);
+    } finally {
+      await store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("restore takes back only this chain's run of nonces from the count (tip 0 included, re-priced as EIP-1559), forgets used ones and those above a hole, and must come before the first send", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-journal-"));
+    const store = await ChannelStore.open(dir);
+    try {
+      const journal = store.journal("sender");
+      const { publicClient, testClient, raws, sender, approve, account, nonceOf } = senderFor(19, { receiptTimeoutMs: 20_000, repriceAfterMs: 100, journal });
+      await approve(30n); // nonce 0 used (its entry is already gone: mined)
+      const latest = await publicClient.getTransactionCount({ address: account.address });
+      const data = encodeFunctionData({ abi: erc20Abi, functionName: "approve", args: [ctx.deployment.escrow, 31n] });
+      const signed = (nonce: number, chainId = 31337) =>
+        account.signTransaction({ chainId, type: "eip1559", nonce, to: ctx.deployment.token!, data, gas: 100_000n, maxFeePerGas: 1n, maxPriorityFeePerGas: 0n });
+      const entry = async (nonce: number, chainId?: number) => {
+        const raw = await signed(nonce, chainId);
+        await journal.save(nonce, JSON.stringify({ raw, signed: [keccak256(raw)], reprices: 0, repriceAt: 0 }));
+      };
+      await entry(latest - 1); // used
+      await entry(latest);
+      await entry(latest + 1);
+      await entry(latest + 3); // above a hole
+      await entry(latest + 2, 1); // another chain's
+      await journal.save(latest + 5, "not json");
+      // A restarted sender on the same journal (this one has sent already: restore must come first).
+      expect(await sender.restore().then(() => "restored", (e: Error) => e.message)).to.equal("TxSender.restore must run before the first send");
+      const restarted = senderFor(19, { receiptTimeoutMs: 20_000, repriceAfterMs: 100, journal });
+      expect(await restarted.sender.restore()).to.deep.equal({ restored: [latest, latest + 1], dropped: [latest + 3], unreadable: 2 });
+      expect((await journal.load()).length).to.equal(4); // the two taken back and the two unreadable
+      // The node has none of them: the next call signs after them and re-prices each as the count reaches it.
+      await testClient.setAutomine(false);
+      try {
+        const call = restarted.approve(32n);
+        call.catch(() => undefined);
+        for (const nonce of [latest, latest + 1]) {
+          await until(`nonce ${nonce} re-priced`, () => restarted.raws.some((raw) => nonceOf(raw) === nonce));
+          const sent = parseTransaction(restarted.raws.find((raw) => nonceOf(raw) === nonce)!);
+          expect(sent.type).to.equal("eip1559");
+          expect(sent.maxFeePerGas! > 1n).to.equal(true);
+          await testClient.mine({ blocks: 1 });
+        }
+        expect((await call).receipt.status).to.equal("success");
+      } finally {
+        await testClient.setAutomine(true);
+      }
+      expect(await publicClient.getTransactionCount({ address: account.address })).to.equal(latest + 3);
+      expect(raws).to.have.length(1); // the first sender sent only its own
     } finally {
       await store.close();
       fs.rmSync(dir, { recursive: true, force: true });
