@@ -98,10 +98,10 @@ export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<I
         tx.onabort = () => reject(tx.error);
       }),
     /**
-     * Sets the key `id` and writes the channels `decide` returns, shown the current key and every channel
-     * held, all in one transaction over keys and channels (serialized with getOrCreateKey and the channel
-     * writes of other tabs). When `decide` returns a reason instead, nothing is written and the promise
-     * rejects with it.
+     * Sets the key `id` (a different one it replaces is kept as `<id>:retired:<ms>`) and writes the channels
+     * `decide` returns, shown the current key and every channel held, all in one transaction over keys and
+     * channels (serialized with getOrCreateKey and the channel writes of other tabs). When `decide` returns
+     * a reason instead, or throws, nothing is written and the promise rejects with it.
      */
     importKeyAndChannels: (id, key, decide) =>
       new Promise((resolve, reject) => {
@@ -113,11 +113,18 @@ export async function openIndexedDbPayerStore(name = "tollway-payer"): Promise<I
         current.onsuccess = () => {
           const all = held.getAll();
           all.onsuccess = () => {
-            const decided = decide(typeof current.result === "string" ? current.result : undefined, (all.result as string[]).map(decodeChannel));
+            let decided: PayerChannel[] | string;
+            try {
+              decided = decide(typeof current.result === "string" ? current.result : undefined, (all.result as string[]).map(decodeChannel));
+            } catch (err) {
+              decided = `the stored key or channels could not be read (${(err as Error).message})`;
+            }
             if (typeof decided === "string") {
               reason = decided;
               return tx.abort();
             }
+            // A key replaced is kept, retired, never deleted: channels it opened may still need it.
+            if (typeof current.result === "string" && current.result !== key) keys.put(current.result, `${id}:retired:${Date.now()}`);
             keys.put(key, id);
             for (const c of decided) held.put(toJson(c), c.channelId);
           };

@@ -6,7 +6,8 @@
  *   l:<ms, 13 digits>:<boot>:<seq, 8>     LedgerRow[]: the charged requests of one group commit, in commit
  *                                         order (one row each; the key's time is the block's earliest row)
  *   h:<ms, 13 digits>:<boot>:<seq, 8>     HistoryEvent: deposits, claims, settles, refunds with tx hashes
- *   m:<name>                              metadata (mirror checkpoint block, schema version, m:unclaimable:<channelId>)
+ *   m:<name>                              metadata (mirror checkpoint block, schema version, m:unclaimable:<channelId>,
+ *                                         m:journal:<name>:<n, 16 digits> journal entries: the relayer's signed transactions)
  *
  * Durability: every write goes through one group-commit queue; a flush is a single `batch` with
  * `sync: true` (fsync), and all writes that arrived while the previous flush ran share the next one.

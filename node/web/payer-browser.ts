@@ -25,6 +25,7 @@ import {
   type WalletClient,
 } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { batchSettlementAbi } from "../chain/abi";
 import { createPayer, type ChannelLock, type CreatePayerParameters, type PayerPolicy, type TypedDataSigner } from "../payer/payer";
 import { wrapFetch, requestRefund } from "../payer/fetch";
 import { openIndexedDbPayerStore, type IndexedDbPayerStore } from "../payer/idbStore";
@@ -93,8 +94,7 @@ export async function connect(opts: BrowserPayerOptions) {
   if (opts.account) {
     wallet = opts.account;
   } else {
-    // viem asserts the wallet's chain before sending a transaction: a minimal chain for the id is enough.
-    const chain = defineChain({ id: opts.chainId, name: `eip155:${opts.chainId}`, nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 }, rpcUrls: { default: { http: [] } } });
+    const chain = chainFor(opts.chainId);
     const client = createWalletClient({ account: address, chain, transport: custom(opts.provider!) });
     wallet = client as TypedDataSigner;
     walletClient ??= client as WalletClient<Transport, Chain, Account>;
@@ -219,44 +219,54 @@ const sameAddress = (a: string, b: string) => a.toLowerCase() === b.toLowerCase(
 /**
  * Puts a `backup()` back into this browser, so that `connect` pays on its channels again (no second
  * deposit) and `refund` closes them cooperatively: after the site's data was cleared, or on another
- * device. The backup's session key becomes the wallet's key in this browser; a channel the browser
- * already knows keeps whichever record has the higher charges. Call it before `connect`, with no other
- * tab of the site open (a connected tab keeps signing with the key it loaded).
+ * device. The backup's session key becomes the wallet's key in this browser (a key it replaces is kept
+ * in the store, retired, never deleted). A channel the browser already knows is merged: the higher
+ * charges and ceilings, the higher balance, and a halt stays. Connect again afterwards: a connected
+ * payer keeps signing with the key it loaded; do not restore while a payment is running.
  *
- * Refused with nothing written when the backup is for another wallet, chain or escrow, when a channel's
- * config does not hash to its id or is not the wallet's and the backup key's, or when this browser holds
- * a channel with money left under another session key (refund or withdraw it first: a browser keeps one
- * key per wallet). The page's wallet is asked for its address only: nothing is signed or sent.
+ * Refused with nothing written when the backup is for another wallet, chain or escrow; has no channel,
+ * the same channel twice, or a channel whose config does not hash to its id or is not the wallet's and
+ * the backup key's; when this browser holds a channel with money left or a payment in flight under
+ * another session key (refund or withdraw it first); and, where the chain can be read (a `publicClient`,
+ * or the wallet answering eth_call), when none of the backup's channels was ever funded on chain (a
+ * crafted backup would otherwise plant a key someone else knows). The wallet is asked for its address
+ * only: nothing is signed or sent.
  */
-export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "account" | "chainId" | "dbName">, backup: ChannelBackup): Promise<{ channels: number; keyReplaced: boolean }> {
-  // `channels`: records written (a channel this browser knows with higher charges keeps its own).
+export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "account" | "chainId" | "dbName" | "publicClient">, backup: ChannelBackup): Promise<{ channels: number; keyReplaced: boolean }> {
+  // `channels`: records written or merged.
   const address = await walletAddress(opts);
   if (backup?.format !== "tollway-channel-backup/1") throw new TollwayError("not a Tollway channel backup (format tollway-channel-backup/1)");
   if (backup.chainId !== opts.chainId) throw new TollwayError(`the backup is for chain ${backup.chainId}, this page pays on ${opts.chainId}`);
   const domain = escrowDomain(opts.chainId, CANONICAL_ADDRESSES.batchSettlement);
-  if (!sameAddress(backup.escrow, domain.verifyingContract)) throw new TollwayError(`the backup is for the escrow ${backup.escrow}, this page pays through ${domain.verifyingContract}`);
-  if (!sameAddress(backup.payer, address)) throw new TollwayError(`the backup is for the wallet ${backup.payer}; connect that wallet to restore it`);
+  if (!sameAddress(String(backup.escrow), domain.verifyingContract)) throw new TollwayError(`the backup is for the escrow ${backup.escrow}, this page pays through ${domain.verifyingContract}`);
+  if (!sameAddress(String(backup.payer), address)) throw new TollwayError(`the backup is for the wallet ${backup.payer}; connect that wallet to restore it`);
+  if (!Array.isArray(backup.channels) || backup.channels.length === 0) throw new TollwayError("the backup has no channel: there is nothing to restore");
+  let sessionKey: Hex;
   let sessionAddress: Address;
   try {
-    sessionAddress = privateKeyToAccount(backup.sessionKey).address;
+    sessionKey = backup.sessionKey.toLowerCase() as Hex;
+    sessionAddress = privateKeyToAccount(sessionKey).address;
   } catch (cause) {
     throw new TollwayError("the backup's session key is not a private key", { cause });
   }
   const now = Date.now();
-  const restored: PayerChannel[] = backup.channels.map((c) => {
-    const what = `the backup's channel ${c.channelId}`;
-    if (computeChannelId(domain, c.config) !== c.channelId) throw new TollwayError(`${what}: its config does not hash to its id`);
-    if (!sameAddress(c.config.payer, address) || !sameAddress(c.config.payerAuthorizer, sessionAddress)) throw new TollwayError(`${what} is not this wallet's with the backup's session key`);
+  const restored = new Map<Hex, PayerChannel>();
+  for (const c of backup.channels) {
+    const what = `the backup's channel ${c?.channelId}`;
     let amounts: [bigint, bigint, bigint];
     try {
+      if (computeChannelId(domain, c.config) !== c.channelId) throw new TollwayError(`${what}: its config does not hash to its id`);
       amounts = [BigInt(c.charged), BigInt(c.signedMax), BigInt(c.balance)];
     } catch (cause) {
-      throw new TollwayError(`${what}: its amounts are not integers`, { cause });
+      throw cause instanceof TollwayError ? cause : new TollwayError(`${what} is malformed`, { cause });
     }
+    if (!sameAddress(c.config.payer, address) || !sameAddress(c.config.payerAuthorizer, sessionAddress)) throw new TollwayError(`${what} is not this wallet's with the backup's session key`);
+    if (restored.has(c.channelId)) throw new TollwayError(`${what} is in the backup twice`);
     const [charged, signedMax, balance] = amounts;
     if (charged < 0n || signedMax < charged || balance < 0n) throw new TollwayError(`${what}: its amounts are out of range`);
-    return { channelId: c.channelId, config: c.config, network: `eip155:${opts.chainId}`, charged, signedMax, balance, spent: charged, updatedAt: now };
-  });
+    restored.set(c.channelId, { channelId: c.channelId, config: c.config, network: `eip155:${opts.chainId}`, charged, signedMax, balance, spent: charged, updatedAt: now });
+  }
+  await checkFundedOnChain(opts, [...restored.keys()]);
   let store: IndexedDbPayerStore;
   try {
     store = await openIndexedDbPayerStore(dbNameOf(opts, address));
@@ -264,19 +274,21 @@ export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "acco
     throw new TollwayError("this browser does not let the page keep a payment channel (IndexedDB is unavailable)", { cause });
   }
   let keyReplaced = false;
-  let written = 0;
   try {
-    await store.importKeyAndChannels("session", backup.sessionKey, (current, held) => {
-      if (current !== undefined && current !== backup.sessionKey) {
+    await store.importKeyAndChannels("session", sessionKey, (current, held) => {
+      keyReplaced = current !== undefined && current.toLowerCase() !== sessionKey;
+      if (keyReplaced) {
         const currentAddress = privateKeyToAccount(current as Hex).address;
-        const funded = held.find((c) => sameAddress(c.config.payerAuthorizer, currentAddress) && c.balance > c.charged);
-        if (funded) return `this browser holds channel ${funded.channelId} with money left under another session key: refund or withdraw it first`;
-        keyReplaced = true;
+        const open = held.find((c) => sameAddress(c.config.payerAuthorizer, currentAddress) && (c.balance > c.charged || c.signedMax > c.charged));
+        if (open) return `this browser holds channel ${open.channelId} with money left or a payment in flight under another session key: refund or withdraw it first`;
       }
       const known = new Map(held.map((c) => [c.channelId, c]));
-      const newer = restored.filter((c) => (known.get(c.channelId)?.charged ?? -1n) < c.charged);
-      written = newer.length;
-      return newer;
+      return [...restored.values()].map((c) => {
+        const k = known.get(c.channelId);
+        if (!k) return c;
+        const most = (a: bigint, b: bigint) => (a > b ? a : b);
+        return { ...k, charged: most(k.charged, c.charged), signedMax: most(k.signedMax, c.signedMax), spent: most(k.spent, c.spent), balance: most(k.balance, c.balance), updatedAt: now };
+      });
     });
   } catch (cause) {
     throw cause instanceof TollwayError ? cause : new TollwayError((cause as Error).message, { cause });
@@ -284,8 +296,30 @@ export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "acco
     await store.close();
   }
   persistStorage();
-  return { channels: written, keyReplaced };
+  return { channels: restored.size, keyReplaced };
 }
+
+/**
+ * Refuses when the chain can be read and none of `channelIds` holds or ever paid out a deposit. Without a
+ * chain reader (a local account, or a wallet that does not answer eth_call) nothing is checked.
+ */
+async function checkFundedOnChain(opts: Pick<BrowserPayerOptions, "provider" | "chainId" | "publicClient">, channelIds: Hex[]) {
+  const reader = opts.publicClient ?? (opts.provider ? createPublicClient({ chain: chainFor(opts.chainId), transport: custom(opts.provider) }) : undefined);
+  if (!reader) return;
+  let funded = false;
+  try {
+    for (const id of channelIds) {
+      const [balance, totalClaimed] = await reader.readContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "channels", args: [id] });
+      if (balance > 0n || totalClaimed > 0n) funded = true;
+    }
+  } catch {
+    return; // the wallet cannot read the chain: nothing to check against
+  }
+  if (!funded) throw new TollwayError("none of the backup's channels was ever funded on chain: this is not a backup of this wallet's channels");
+}
+
+/** viem asserts the wallet's chain before sending a transaction: a minimal chain for the id is enough. */
+const chainFor = (id: number) => defineChain({ id, name: `eip155:${id}`, nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 }, rpcUrls: { default: { http: [] } } });
 
 /** The wallet's address: the local account's, or the injected wallet's first (it may prompt to connect). */
 async function walletAddress(opts: Pick<BrowserPayerOptions, "provider" | "account">): Promise<Address> {

@@ -2,7 +2,7 @@ import { expect } from "chai";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { erc20Abi, type Address, type Hex, type LocalAccount } from "viem";
 import { hardhat } from "viem/chains";
-import { privateKeyToAccount } from "viem/accounts";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { computeChannelId, escrowDomain } from "../../node/protocol/typedData";
 import { clientsFor } from "../helpers/chainNode";
 import { ClaimEngine } from "../../node/payee/claims";
@@ -191,14 +191,31 @@ describe("browser payer: one session key per browser, and a way back to the depo
         const t = await (window as any).connectTollway();
         return { errors, key: t.payer.payerAuthorizer as string, channels: (await t.channels()).map((c: any) => c.channelId as string) };
       }, first.backup);
-      expect(refused.errors[0]).to.match(/holds channel 0x[0-9a-f]{64} with money left under another session key: refund or withdraw it first/);
+      expect(refused.errors[0]).to.match(/holds channel 0x[0-9a-f]{64} with money left or a payment in flight under another session key: refund or withdraw it first/);
       expect(refused.errors[1]).to.match(/the backup is for the wallet 0x000000000000000000000000000000000000dEaD/);
       expect(refused.errors[2]).to.match(/the backup is for chain 1/);
       expect(refused.key).to.equal(second.key); // nothing written
       expect(refused.channels).to.have.length(1).and.not.include(saved.channelId);
 
-      // Cleared again, then restored: the backup's key and channel are back.
+      // Cleared again, and a first visit makes a new key before the reader finds the backup file.
       await clearSiteData(page);
+      const fresh = await keyOf(page);
+      // A crafted backup (a key someone else knows, a channel that hashes right but was never funded), an
+      // empty one and a tampered config are refused, and nothing is written.
+      const planted = generatePrivateKey();
+      const config = { ...saved.config, payerAuthorizer: privateKeyToAccount(planted).address };
+      const crafted = { ...first.backup, sessionKey: planted, channels: [{ ...saved, config, channelId: computeChannelId(escrowDomain(31337, ctx.deployment.escrow), config) }] };
+      const bad = await page.evaluate(async (backups) => {
+        const errors: string[] = [];
+        for (const b of backups) errors.push(await (window as any).restoreTollway(b).then(() => "restored", (e: Error) => e.message));
+        return errors;
+      }, [crafted, { ...first.backup, channels: [] }, { ...first.backup, channels: [{ ...saved, config: { ...saved.config, withdrawDelay: saved.config.withdrawDelay + 1 } }] }]);
+      expect(bad[0]).to.equal("none of the backup's channels was ever funded on chain: this is not a backup of this wallet's channels");
+      expect(bad[1]).to.equal("the backup has no channel: there is nothing to restore");
+      expect(bad[2]).to.match(/its config does not hash to its id/);
+      expect(await keyOf(page)).to.equal(fresh);
+
+      // Restored: the backup's key and channel are back; the key it replaced is kept, retired.
       const signaturesBefore = prompts.signatures;
       const restored = await page.evaluate(async (backup) => {
         const r = await (window as any).restoreTollway(backup);
@@ -206,7 +223,20 @@ describe("browser payer: one session key per browser, and a way back to the depo
         const res = await t.fetch("/articles/2");
         return { r, status: res.status, key: t.payer.payerAuthorizer as string, channels: (await t.channels()).map((c: any) => [c.channelId, c.charged]) };
       }, first.backup);
-      expect(restored.r).to.deep.equal({ channels: 1, keyReplaced: false });
+      expect(restored.r).to.deep.equal({ channels: 1, keyReplaced: true });
+      const retired = await page.evaluate(
+        (name) =>
+          new Promise<string[]>((ok, fail) => {
+            const open = indexedDB.open(name);
+            open.onerror = () => fail(open.error);
+            open.onsuccess = () => {
+              const all = open.result.transaction("keys", "readonly").objectStore("keys").getAllKeys();
+              all.onsuccess = () => ok((all.result as string[]).filter((k) => k.startsWith("session:retired:")));
+            };
+          }),
+        dbName,
+      );
+      expect(retired).to.have.length(1);
       expect(restored.status).to.equal(200);
       expect(restored.key).to.equal(saved.config.payerAuthorizer);
       expect(restored.channels).to.deep.equal([[saved.channelId, "0.02"]]);

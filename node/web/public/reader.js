@@ -58,6 +58,7 @@
       throw new Error("the demo wallet does not support " + method);
     },
   };
+  let paying = 0; // payments and refunds running (a restore waits for them)
   const connectOptions = { provider, chainId: catalog.chainId, policy: { maxPerRequest: 100000n, maxDeposit: 2000000n, depositMultiplier: 20, allowedAssets: [catalog.token] } };
   try {
     t = await Tollway.connect(connectOptions);
@@ -77,7 +78,8 @@
   async function pay(url) {
     status("Paying…");
     try {
-      const res = await t.fetch(url);
+      paying++;
+      const res = await t.fetch(url).finally(() => paying--);
       if (!res.ok) throw new Error(res.status === 402 ? "the payment was not accepted (HTTP 402)." : "the server answered HTTP " + res.status + ".");
       status("");
       return res;
@@ -171,7 +173,8 @@
   $("close").addEventListener("click", async () => {
     $("close").disabled = true;
     try {
-      const refunded = await t.refund(catalog.articles[0].url);
+      paying++;
+      const refunded = await t.refund(catalog.articles[0].url).finally(() => paying--);
       status(`Channel closed: ${(Number(refunded) / 1e6).toFixed(2)} USDC returned to your wallet.`);
     } catch (e) {
       status("Refund failed: " + describe(e), true);
@@ -203,6 +206,8 @@
     const file = $("restore-file").files[0];
     $("restore-file").value = "";
     if (!file) return;
+    // The connected payer keeps its key until it is replaced below: not while it is paying.
+    if (paying > 0) return status("Wait for the payment to finish, then restore the backup.", true);
     try {
       const r = await Tollway.restore({ provider, chainId: catalog.chainId }, JSON.parse(await file.text()));
       t = await Tollway.connect(connectOptions);
