@@ -19,6 +19,7 @@ import { parsePrice } from "../protocol/amounts";
 import { readOwnerOnlyFile } from "../chain/keys";
 import { ConfigError, errorSummary } from "../protocol/errors";
 import { CANONICAL_ADDRESSES } from "../protocol/typedData";
+import { MAX_HEADER_BYTES } from "../protocol/wire";
 import { ChannelStore } from "../store/channelStore";
 import { ClaimEngine, exposure, type ShutdownReport } from "./claims";
 import type { NodeConfig } from "./config";
@@ -301,7 +302,9 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     logger.warn({ host: config.listen.host }, "serving plain HTTP beyond loopback: bearer tokens and payments travel unencrypted (set listen.tls or put TLS in front)");
   }
   // Slow-header connections are closed after headersTimeoutMs (checked every quarter of it, not node's 30 s).
-  const timeouts = { headersTimeout: config.listen.headersTimeoutMs, connectionsCheckingInterval: Math.max(250, config.listen.headersTimeoutMs / 4) };
+  // Room above the codec's own 16 KiB PAYMENT-SIGNATURE limit: an oversized payment gets the spec-shaped
+  // 400 with its code, not node's bare 431 (which its default 16 KiB for all headers would send first).
+  const timeouts = { headersTimeout: config.listen.headersTimeoutMs, connectionsCheckingInterval: Math.max(250, config.listen.headersTimeoutMs / 4), maxHeaderSize: MAX_HEADER_BYTES * 4 };
   const { server, url } = await listenExpress(app, config.listen.port, config.listen.host, tls ? { tls, ...timeouts } : timeouts);
   let stopping: Promise<ShutdownReport> | undefined;
   watcher.start();

@@ -18,7 +18,8 @@ import { ChannelStore, type LedgerRow } from "../../node/store/channelStore";
 import { readChannel } from "../../node/chain/escrow";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
-import { HEADERS } from "../../node/protocol/wire";
+import { ErrorCodes } from "../../node/protocol/errors";
+import { HEADERS, MAX_HEADER_BYTES, decodeBase64Json } from "../../node/protocol/wire";
 import { localNodeConfig, startChain } from "../helpers/payeeHarness";
 import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
 
@@ -204,6 +205,21 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(h.recoveryThreads).to.equal(2);
     const overridden = parseNodeConfig(localNodeConfig(ctx), { TOLLWAY_RECOVERY_THREADS: "0" });
     expect(overridden.recoveryThreads).to.equal(0);
+  });
+
+  it("a PAYMENT-SIGNATURE over 16 KiB gets the spec-shaped 400 with its code (node's header limit is above the codec's), and nothing is charged", async () => {
+    const rows = async () => {
+      let n = 0;
+      for await (const _ of node.payee.store.ledger()) n++;
+      return n;
+    };
+    const before = await rows();
+    const res = await fetch(`${node.url}/paid/1`, { headers: { [HEADERS.paymentSignature]: "A".repeat(MAX_HEADER_BYTES + 1) } });
+    expect(res.status).to.equal(400);
+    expect((decodeBase64Json(res.headers.get(HEADERS.paymentRequired)!, "PAYMENT-REQUIRED") as { error: string }).error).to.equal(ErrorCodes.headerTooLarge);
+    expect(await rows()).to.equal(before);
+    // Beyond node's own limit (4 x the codec's) the connection still gets node's 431.
+    expect((await fetch(`${node.url}/paid/1`, { headers: { [HEADERS.paymentSignature]: "A".repeat(MAX_HEADER_BYTES * 4 + 1) } })).status).to.equal(431);
   });
 
   it("admin, metrics and facilitator endpoints refuse requests without the token", async () => {
