@@ -26,9 +26,16 @@ import type { Payee, PaymentResponseBody, Reservation } from "./payee";
 
 export type Price = string | bigint;
 
+/** What a dynamic price sees of the route key's match: `:param` values (decoded), as express's req.params would hold them. */
+export type RouteMatch = { params: Record<string, string> };
+
 export type RouteConfig = {
-  /** "$0.01", "0.01" (token units) or atomic bigint, or a function of the request (dynamic price). */
-  price: Price | ((req: Request) => Price | Promise<Price>);
+  /**
+   * "$0.01", "0.01" (token units) or atomic bigint, or a function of the request (dynamic price). The
+   * middleware runs before express routes the request, so `req.params` is still empty: the key's
+   * `:param` values come as `match.params`.
+   */
+  price: Price | ((req: Request, match: RouteMatch) => Price | Promise<Price>);
   description?: string;
   mimeType?: string;
 };
@@ -125,6 +132,8 @@ type CompiledRoute = {
   key: string;
   method: string | undefined;
   regex: RegExp;
+  /** The key's `:param` names, in the order of the regex's groups. */
+  params: string[];
   config: RouteConfig;
   staticPrice?: bigint;
 };
@@ -155,7 +164,7 @@ export const ROUTE_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "
  * handler that answers "/PAID/1" as "/paid/1" must not serve it unpaid (a route that does not answer
  * it gives a 404, which is not charged). The reverse proxy forwards by the same matcher.
  */
-export function routePattern(key: string): { method: string | undefined; regex: RegExp } {
+export function routePattern(key: string): { method: string | undefined; regex: RegExp; params: string[] } {
   const m = /^(?:(\S+)\s+)?(\/.*)$/.exec(key.trim());
   if (!m) throw new ConfigError(`Route key "${key}" must look like "GET /path/:param"`);
   if (m[1] !== undefined && !(ROUTE_METHODS as readonly string[]).includes(m[1])) {
@@ -168,11 +177,27 @@ export function routePattern(key: string): { method: string | undefined; regex: 
     throw new ConfigError(`Route key "${key}": optional parts, "+" and regular expressions are not supported; list each path form as its own key`);
   }
   // As express 4 reads a path: `:name` (anywhere in a segment) is one segment's worth, `*` anything.
+  const params: string[] = [];
   const pattern = m[2]!
     .split(/(:[A-Za-z0-9_]+|\*)/)
-    .map((part) => (part === "*" ? ".*" : part.startsWith(":") ? "[^/]+" : part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")))
+    .map((part) => (part === "*" ? ".*" : part.startsWith(":") ? (params.push(part.slice(1)), "([^/]+)") : part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")))
     .join("");
-  return { method: m[1], regex: new RegExp(`^${pattern}/?$`, "i") };
+  return { method: m[1], regex: new RegExp(`^${pattern}/?$`, "i"), params };
+}
+
+/** The `:param` values of `path` under `route` (percent-decoded where they decode). */
+function matchOf(route: CompiledRoute, path: string): RouteMatch {
+  const groups = route.regex.exec(path) ?? [];
+  const params: Record<string, string> = {};
+  route.params.forEach((name, i) => {
+    const raw = groups[i + 1] ?? "";
+    try {
+      params[name] = decodeURIComponent(raw);
+    } catch {
+      params[name] = raw;
+    }
+  });
+  return { params };
 }
 
 /** Writes a 402 (or other status) with the PaymentRequired body and header. */
@@ -239,7 +264,7 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
 
     let required: PaymentRequirements;
     try {
-      const amount = route.staticPrice ?? parsePrice(await (route.config.price as (r: Request) => Price | Promise<Price>)(req), decimals);
+      const amount = route.staticPrice ?? parsePrice(await (route.config.price as (r: Request, m: RouteMatch) => Price | Promise<Price>)(req, matchOf(route, path)), decimals);
       required = payee.requirements(amount);
     } catch (err) {
       return next(err);

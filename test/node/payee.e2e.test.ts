@@ -88,6 +88,47 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     expect(body.accepts[0].extra.receiverAuthorizer).to.equal(node.payeeAccount.address);
   });
 
+  it("route forms: a price as a function of the request and the key's :params (async too), an atomic bigint, description and mimeType in the 402; a dynamic price is what a paid request is charged", async () => {
+    const priced = await startPayee(
+      ctx,
+      {
+        "GET /sized/:kb": { price: (_req: unknown, match: { params: Record<string, string> }) => BigInt(match.params.kb!) * 1_000n, description: "A file priced by its size", mimeType: "application/octet-stream" },
+        "GET /later/:id": { price: async (req: import("express").Request, match: { params: Record<string, string> }) => (match.params.id === "gold" && req.method === "GET" ? "$0.05" : "$0.01") },
+        "GET /atomic": 777n,
+      } as never,
+      (app) => {
+        app.get("/sized/:kb", (req, res) => void res.send(`file of ${req.params.kb} KB`));
+        app.get("/later/:id", (req, res) => void res.send(`later ${req.params.id}`));
+        app.get("/atomic", (_req, res) => void res.send("atomic"));
+      },
+    );
+    try {
+      const first = await fetch(`${priced.url}/sized/7`);
+      const body = await first.json();
+      expect(body.accepts[0].amount).to.equal("7000");
+      expect(body.resource).to.deep.include({ description: "A file priced by its size", mimeType: "application/octet-stream" });
+      expect((await fetchRequirements(`${priced.url}/sized/9`)).accept.amount).to.equal("9000");
+      expect((await fetchRequirements(`${priced.url}/later/gold`)).accept.amount).to.equal("50000");
+      expect((await fetchRequirements(`${priced.url}/later/tin`)).accept.amount).to.equal("10000");
+      expect((await fetchRequirements(`${priced.url}/atomic`)).accept.amount).to.equal("777");
+      // Paid at the dynamic price: the deposit's voucher covers 7 KB, the next one 3 KB more.
+      const sized = (await fetchRequirements(`${priced.url}/sized/7`)).accept;
+      const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("dynamic-price"))));
+      const dep = await payWith(`${priced.url}/sized/7`, await payer.depositHeader(sized, 100_000n, 7_000n));
+      expect(dep.status).to.equal(200);
+      expect(dep.text).to.equal("file of 7 KB");
+      const three = await payWith(`${priced.url}/sized/3`, await payer.voucherHeader({ ...sized, amount: "3000" }, 10_000n));
+      expect(three.status).to.equal(200);
+      expect((dep.paymentResponse?.extra as { chargedAmount: string }).chargedAmount).to.equal("7000");
+      expect((three.paymentResponse?.extra as { channelState: { chargedCumulativeAmount: string } }).channelState.chargedCumulativeAmount).to.equal("10000");
+      // A voucher signed at the wrong price for this request is refused with the corrective 402, nothing charged.
+      const wrong = await payWith(`${priced.url}/sized/5`, await payer.voucherHeader({ ...sized, amount: "3000" }, 13_000n));
+      expect(wrong.status).to.equal(402);
+    } finally {
+      await priced.stop();
+    }
+  });
+
   it("refuses an x402 v1 X-PAYMENT envelope with a clear error", async () => {
     const res = await fetch(`${node.url}/articles/1`, { headers: { "X-PAYMENT": "e30=" } });
     expect(res.status).to.equal(400);
