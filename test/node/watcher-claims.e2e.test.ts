@@ -5,7 +5,7 @@ import pino from "pino";
 import { keccak256, pad, toHex, type Hex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { batchSettlementAbi } from "../../node/chain/abi";
-import { readChannel } from "../../node/chain/escrow";
+import { readChannel, readReceiver } from "../../node/chain/escrow";
 import { ClaimEngine, toClaimRow } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { ChainError, ErrorCodes } from "../../node/protocol/errors";
@@ -363,6 +363,57 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       expect(await claimedOnChain(id)).to.equal(0n);
     } finally {
       sender.simulate = simulate;
+    }
+  });
+
+  /** A payee of its own (a fresh store) with `n` channels deposited through it, for runs that claim everything. */
+  async function freshNodeWithChannels(label: string, n: number) {
+    const fresh = await startPayee(ctx, routes, install);
+    const ids: Hex[] = [];
+    for (let i = 0; i < n; i++) {
+      const payer = new WirePayer(ctx.payers[i % ctx.payers.length] as LocalAccount, privateKeyToAccount(keccak256(toHex(`${label}-${i}`))));
+      ids.push(await depositThrough(`${fresh.url}/a/1`, payer, accept));
+    }
+    return { fresh, ids };
+  }
+  const receiverTotals = () => readReceiver(ctx.publicClient as never, ESCROW, node.payeeAccount.address, ctx.deployment.token!);
+
+  it("periodic claims: every intervalMs a run claims what is unclaimed, then settles the receiver", async () => {
+    const { fresh, ids } = await freshNodeWithChannels("periodic", 2);
+    const claims = new ClaimEngine(fresh.payee, { intervalMs: 200, onShutdown: false });
+    try {
+      for (const id of ids) expect(await claimedOnChain(id)).to.equal(0n);
+      claims.start();
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const [claimed, totals] = await Promise.all([Promise.all(ids.map(claimedOnChain)), receiverTotals()]);
+        if (claimed.every((c) => c === PRICE) && totals.totalSettled === totals.totalClaimed) break;
+        if (Date.now() > deadline) throw new Error(`periodic run did not claim and settle: claimed ${claimed.join(", ")}, receiver ${totals.totalClaimed} claimed / ${totals.totalSettled} settled`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      await claims.stop();
+      await fresh.stop();
+    }
+  });
+
+  it("shutdown: stop() claims every channel in batches of batchSize and settles the receiver; the report says nothing is left", async () => {
+    const { fresh, ids } = await freshNodeWithChannels("shutdown-batches", 3);
+    const sent: string[] = [];
+    const undo = interceptSend(fresh.payee.opts.sender, (p, send) => {
+      sent.push(`${p.functionName}:${p.functionName === "claim" ? p.args[0].length : "-"}`);
+      return send(p);
+    });
+    try {
+      const report = await new ClaimEngine(fresh.payee, { onShutdown: true, batchSize: 2 }).stop();
+      expect(report).to.deep.equal({ unclaimed: 0 });
+      expect(sent).to.deep.equal(["claim:2", "claim:1", "settle:-"]);
+      for (const id of ids) expect(await claimedOnChain(id)).to.equal(PRICE);
+      const totals = await receiverTotals();
+      expect(totals.totalSettled).to.equal(totals.totalClaimed);
+    } finally {
+      undo();
+      await fresh.stop();
     }
   });
 });
