@@ -527,13 +527,50 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     const onchain = await readChannel(publicClient as never, CANONICAL_ADDRESSES.batchSettlement, id);
     expect(onchain.totalClaimed).to.equal(2n * PRICE);
     expect(onchain.withdrawRequestedAt).to.be.greaterThan(0);
-    // vouchers are refused once the withdrawal is close to final
     await testClient.increaseTime({ seconds: 900 });
     await testClient.mine({ blocks: 1 });
     const before = await balanceOf(payer.account.address);
     const fin = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "finalizeWithdraw", args: [config] });
     await publicClient.waitForTransactionReceipt({ hash: fin });
     expect((await balanceOf(payer.account.address)) - before).to.equal(1_000_000n - 2n * PRICE);
+    // Drained: once the watcher mirrors the finalize, only the claimed charges are left in the channel; a
+    // voucher above them is refused, nothing stored.
+    await watcher.poll();
+    const drained = await node.store.getChannel(id);
+    expect([drained?.balance, drained?.totalClaimed]).to.deep.equal([2n * PRICE, 2n * PRICE]);
+    const empty = await payWith(`${node.url}/articles/d`, await payer.voucherHeader(accept, 3n * PRICE));
+    expect(empty.status).to.equal(402);
+    expect(empty.paymentRequired.error).to.equal("invalid_batch_settlement_evm_cumulative_exceeds_balance");
+    expect(await node.store.getChannel(id)).to.deep.equal(drained);
+  });
+
+  it("a voucher on a channel whose withdrawal finalizes within the safety margin is refused (channel_not_found, closing), nothing stored", async () => {
+    // A node of its own whose safety margin (1 h) is longer than the channel's withdraw delay (15 min):
+    // any pending withdrawal is "about to finalize" for it.
+    const wary = await startPayee(ctx, routes as never, install, { withdrawalSafetyMarginS: 3_600 });
+    try {
+      const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-closing"))));
+      expect((await payWith(`${wary.url}/articles/a`, await payer.depositHeader(accept, 1_000_000n, PRICE))).status).to.equal(200);
+      const watcher = new ChainWatcher(wary.payee, new ClaimEngine(wary.payee, { onShutdown: false }), { logger: require("pino")({ level: "silent" }) });
+      await watcher.poll(); // checkpoint
+      expect((await payWith(`${wary.url}/articles/b`, await payer.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
+      const id = payer.channelId(accept);
+      const { walletClient, publicClient } = clientsFor(ctx.chain.url, payer.account);
+      // A partial withdrawal: the next voucher stays within balance - withdrawal, only the timing refuses it.
+      const hash = await walletClient.writeContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "initiateWithdraw", args: [payer.config(accept), 500_000n] });
+      await publicClient.waitForTransactionReceipt({ hash });
+      await watcher.poll();
+      await watcher.settled();
+      const stored = await wary.store.getChannel(id);
+      expect(stored?.withdrawRequestedAt).to.be.greaterThan(0);
+      const closing = await payWith(`${wary.url}/articles/c`, await payer.voucherHeader(accept, 3n * PRICE));
+      expect(closing.status).to.equal(402);
+      expect(closing.paymentRequired.error).to.equal("invalid_batch_settlement_evm_channel_not_found");
+      expect(closing.paymentRequired.message).to.match(/channel is closing: its withdrawal finalizes too soon/);
+      expect(await wary.store.getChannel(id)).to.deep.equal(stored);
+    } finally {
+      await wary.stop();
+    }
   });
 
   it("watcher: with a withdrawal pending, vouchers the withdrawal could leave unbacked are refused; a failed claim is retried from stored state, also by a new watcher after a restart", async () => {
