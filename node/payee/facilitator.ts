@@ -9,7 +9,7 @@ import { encodeFunctionData, type Hex } from "viem";
 import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
-import { ChainError, ErrorCodes, PaymentError, TollwayError, errorSummary } from "../protocol/errors";
+import { ChainError, ErrorCodes, PaymentError, TollwayError, errorSummary, type ErrorCode } from "../protocol/errors";
 import { BATCH_SETTLEMENT_SCHEME, type ChannelConfig, type VoucherClaim } from "../protocol/typedData";
 import {
   addressSchema,
@@ -249,7 +249,7 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
 
   const parse = (body: unknown) => {
     const r = requestSchema.safeParse(body);
-    if (!r.success) throw new PaymentError(ErrorCodes.invalidPayment, "request must be {paymentPayload, paymentRequirements}", { status: 400 });
+    if (!r.success) throw new PaymentError(ErrorCodes.invalidPayload, "request must be {paymentPayload, paymentRequirements}", { status: 400 });
     // The terms the client accepted must be the ones verified against (the spec's network_mismatch).
     const accepted = r.data.paymentPayload.accepted as { scheme?: unknown; network?: unknown } | null | undefined;
     const required = r.data.paymentRequirements as { scheme?: unknown; network?: unknown } | null | undefined;
@@ -268,11 +268,11 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
   router.post("/verify", async (req, res) => {
     try {
       const { payload, req: requirements } = parse(req.body);
-      if (requirements === undefined) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are required", { status: 400 });
+      if (requirements === undefined) throw new PaymentError(ErrorCodes.invalidPaymentRequirements, "paymentRequirements are required", { status: 400 });
       const v = await facilitator.verify(parseSchemePayload(payload), paymentRequirements(requirements));
       res.json({ isValid: true, payer: v.payer, extra: v.extra });
     } catch (err) {
-      const e = toPaymentError(err);
+      const e = toPaymentError(err, ErrorCodes.unexpectedVerifyError);
       res.status(e.status === 400 ? 400 : 200).json({ isValid: false, invalidReason: e.code, invalidMessage: e.shortMessage, ...payerOf(req.body) });
     }
   });
@@ -282,7 +282,7 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
       const { payload, req: requirements } = parse(req.body);
       res.json(await facilitator.settle(payload, requirements));
     } catch (err) {
-      const e = toPaymentError(err);
+      const e = toPaymentError(err, ErrorCodes.unexpectedSettleError);
       res.status(e.status === 400 ? 400 : 200).json({ success: false, errorReason: e.code, errorMessage: e.shortMessage, transaction: "", network: facilitator.payee.network, ...payerOf(req.body) });
     }
   });
@@ -292,7 +292,7 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
 /** A payment's requirements (verify, deposit). */
 function paymentRequirements(raw: unknown): PaymentRequirements {
   const pr = paymentRequirementsSchema.safeParse(raw);
-  if (!pr.success) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are malformed", { status: 400 });
+  if (!pr.success) throw new PaymentError(ErrorCodes.invalidPaymentRequirements, "paymentRequirements are malformed", { status: 400 });
   return pr.data;
 }
 
@@ -303,14 +303,15 @@ function paymentRequirements(raw: unknown): PaymentRequirements {
  */
 function managementRequirements(raw: unknown, c: ChannelConfig): PaymentRequirements {
   const pr = managementRequirementsSchema.safeParse(raw);
-  if (!pr.success) throw new PaymentError(ErrorCodes.invalidPayment, "paymentRequirements are malformed", { status: 400 });
+  if (!pr.success) throw new PaymentError(ErrorCodes.invalidPaymentRequirements, "paymentRequirements are malformed", { status: 400 });
   const { extra } = pr.data;
   return { ...pr.data, extra: { ...extra, receiverAuthorizer: extra.receiverAuthorizer ?? c.receiverAuthorizer, withdrawDelay: extra.withdrawDelay ?? c.withdrawDelay } };
 }
 
-function toPaymentError(err: unknown): PaymentError {
+/** An error as the facilitator answers it: a payment's own, a chain's, a malformed payload, or `unexpected` (the spec's unexpected_verify_error / unexpected_settle_error). */
+function toPaymentError(err: unknown, unexpected: ErrorCode): PaymentError {
   if (err instanceof PaymentError) return err;
   if (err instanceof ChainError) return new PaymentError(err.code, err.shortMessage, { cause: err });
-  if (err instanceof TollwayError) return new PaymentError(ErrorCodes.invalidPayment, err.shortMessage, { cause: err });
-  return new PaymentError(ErrorCodes.rpcReadFailed, errorSummary(err) || "internal error", { cause: err });
+  if (err instanceof TollwayError) return new PaymentError(ErrorCodes.invalidPayload, err.shortMessage, { cause: err });
+  return new PaymentError(unexpected, errorSummary(err) || "internal error", { cause: err });
 }

@@ -357,7 +357,7 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
       }
       options.onError?.(route!.key, err);
       if (err instanceof TollwayError) {
-        return sendPaymentRequired(res, resourceUrl(), route!, required, ErrorCodes.invalidPayment, undefined, 503, err.shortMessage);
+        return sendPaymentRequired(res, resourceUrl(), route!, required, ErrorCodes.unexpectedVerifyError, undefined, 503, err.shortMessage);
       }
       return next(err);
     }
@@ -706,7 +706,7 @@ function begin(res: Response, st: Interception) {
         restore(res, st);
         st.phase = DONE;
         st.pending = [];
-        const code = err instanceof PaymentError ? err.code : ErrorCodes.invalidPayment;
+        const code = err instanceof PaymentError ? err.code : ErrorCodes.unexpectedSettleError;
         res.statusCode = 503;
         res.statusMessage = "Service Unavailable";
         // None of the handler's headers describe this answer (Content-Encoding would break its decoding,

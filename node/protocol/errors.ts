@@ -50,11 +50,17 @@ export const ErrorCodes = {
   waitForReceiptFailed: "invalid_batch_settlement_evm_wait_for_receipt_failed",
   withdrawDelayMismatch: "invalid_batch_settlement_evm_withdraw_delay_mismatch",
   withdrawDelayOutOfRange: "invalid_batch_settlement_evm_withdraw_delay_out_of_range",
-  // Transport level (x402 core): not scheme specific.
-  invalidPayment: "invalid_payment",
+  // Transport and facilitator level (x402 core): not scheme specific.
+  /** A PAYMENT-SIGNATURE (or facilitator request) that is not a well-formed payment payload: base64, JSON, shape, size. */
+  invalidPayload: "invalid_payload",
+  /** Payment requirements that are malformed or missing (the payload's `accepted`, a facilitator request's). */
+  invalidPaymentRequirements: "invalid_payment_requirements",
   invalidX402Version: "invalid_x402_version",
   paymentRequired: "payment_required",
-  headerTooLarge: "invalid_payment_header_too_large",
+  /** The server failed while verifying a payment (not the payment's fault); nothing was charged. */
+  unexpectedVerifyError: "unexpected_verify_error",
+  /** The server failed while settling (committing) a payment; nothing was charged. */
+  unexpectedSettleError: "unexpected_settle_error",
   /** Not a payment error: the node's limit on the unpaid deposits and refunds it sends (its gas) per hour. */
   relayRateLimited: "relay_rate_limited",
 } as const;

@@ -176,13 +176,13 @@ function describe(err: z.ZodError): string[] {
 export function decodeBase64Json(value: string, what: string): unknown {
   const compact = value.trim();
   if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(compact) || compact.length === 0) {
-    throw new WireFormatError(ErrorCodes.invalidPayment, `${what} is not valid base64`);
+    throw new WireFormatError(ErrorCodes.invalidPayload, `${what} is not valid base64`);
   }
   const text = base64ToUtf8(compact);
   try {
     return JSON.parse(text);
   } catch (cause) {
-    throw new WireFormatError(ErrorCodes.invalidPayment, `${what} is not valid JSON`, { cause });
+    throw new WireFormatError(ErrorCodes.invalidPayload, `${what} is not valid JSON`, { cause });
   }
 }
 
@@ -217,7 +217,7 @@ function base64ToUtf8(b64: string): string {
 export function decodePaymentSignature(header: string): PaymentPayload {
   const bytes = NodeBuffer ? NodeBuffer.byteLength(header, "utf8") : new TextEncoder().encode(header).length;
   if (bytes > MAX_HEADER_BYTES) {
-    throw new WireFormatError(ErrorCodes.headerTooLarge, `PAYMENT-SIGNATURE is larger than ${MAX_HEADER_BYTES} bytes`);
+    throw new WireFormatError(ErrorCodes.invalidPayload, `PAYMENT-SIGNATURE is larger than ${MAX_HEADER_BYTES} bytes`);
   }
   const raw = decodeBase64Json(header, "PAYMENT-SIGNATURE");
   return fastVoucherEnvelope(raw) ?? parsePaymentPayload(raw);
@@ -227,7 +227,7 @@ export function decodePaymentSignature(header: string): PaymentPayload {
 export function parsePaymentPayload(raw: unknown): PaymentPayload {
   const env = envelopeSchema.safeParse(raw);
   if (!env.success) {
-    throw new WireFormatError(ErrorCodes.invalidPayment, "PAYMENT-SIGNATURE is not an x402 payment payload", {
+    throw new WireFormatError(ErrorCodes.invalidPayload, "PAYMENT-SIGNATURE is not an x402 payment payload", {
       metaMessages: describe(env.error),
     });
   }
@@ -239,7 +239,7 @@ export function parsePaymentPayload(raw: unknown): PaymentPayload {
   }
   const accepted = paymentRequirementsSchema.safeParse(env.data.accepted);
   if (!accepted.success) {
-    throw new WireFormatError(ErrorCodes.invalidPayment, "accepted payment requirements are malformed", {
+    throw new WireFormatError(ErrorCodes.invalidPaymentRequirements, "accepted payment requirements are malformed", {
       metaMessages: describe(accepted.error),
     });
   }

@@ -259,48 +259,48 @@ describe("payee node: hostile requests are refused with the spec code and leave 
   const E = ErrorCodes;
   const cases: Case[] = [
     // --- transport: base64 / JSON / envelope -------------------------------------------------------
-    { name: "malformed base64 (punctuation)", build: rawHeader("!!!not-base64!!!"), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "base64 with three padding chars", build: rawHeader("eyJ4IjoxfQ==="), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "base64 with an inner space", build: rawHeader("eyJ4 NDAy"), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "base64 of non-JSON text", build: rawHeader(b64text("hello, world")), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "base64 of truncated JSON", build: async () => ({ headers: { [PS]: b64text(JSON.stringify(await goodEnv()).slice(0, 120)) } }), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "base64 of random binary", build: rawHeader(Buffer.from(Array.from({ length: 96 }, (_, i) => (i * 73 + 11) % 256)).toString("base64")), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "JSON array", build: rawHeader(b64([])), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "JSON array holding a valid envelope", build: envHeader(async () => [await goodEnv()]), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "JSON null", build: rawHeader(b64(null)), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "JSON number", build: rawHeader(b64(42)), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "JSON string", build: rawHeader(b64("voucher")), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "JSON true", build: rawHeader(b64(true)), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "empty object", build: rawHeader(b64({})), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "deeply nested arrays", build: rawHeader(b64text("[".repeat(3000) + "]".repeat(3000))), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "duplicated PAYMENT-SIGNATURE headers (joined with a comma)", build: async () => { const h = b64(await goodEnv()); return { headers: [[PS, h], [PS, h]] }; }, expectStatus: 400, expectError: E.invalidPayment },
+    { name: "malformed base64 (punctuation)", build: rawHeader("!!!not-base64!!!"), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "base64 with three padding chars", build: rawHeader("eyJ4IjoxfQ==="), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "base64 with an inner space", build: rawHeader("eyJ4 NDAy"), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "base64 of non-JSON text", build: rawHeader(b64text("hello, world")), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "base64 of truncated JSON", build: async () => ({ headers: { [PS]: b64text(JSON.stringify(await goodEnv()).slice(0, 120)) } }), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "base64 of random binary", build: rawHeader(Buffer.from(Array.from({ length: 96 }, (_, i) => (i * 73 + 11) % 256)).toString("base64")), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "JSON array", build: rawHeader(b64([])), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "JSON array holding a valid envelope", build: envHeader(async () => [await goodEnv()]), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "JSON null", build: rawHeader(b64(null)), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "JSON number", build: rawHeader(b64(42)), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "JSON string", build: rawHeader(b64("voucher")), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "JSON true", build: rawHeader(b64(true)), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "empty object", build: rawHeader(b64({})), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "deeply nested arrays", build: rawHeader(b64text("[".repeat(3000) + "]".repeat(3000))), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "duplicated PAYMENT-SIGNATURE headers (joined with a comma)", build: async () => { const h = b64(await goodEnv()); return { headers: [[PS, h], [PS, h]] }; }, expectStatus: 400, expectError: E.invalidPayload },
     { name: "x402 v1 X-PAYMENT header only", build: async () => ({ headers: { "X-PAYMENT": b64(await goodEnv()) } }), expectStatus: 400, expectError: E.invalidX402Version },
-    { name: "missing x402Version", build: mut((e) => void delete e.x402Version), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "x402Version as string \"2\"", build: mut((e) => void (e.x402Version = "2")), expectStatus: 400, expectError: E.invalidPayment },
+    { name: "missing x402Version", build: mut((e) => void delete e.x402Version), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "x402Version as string \"2\"", build: mut((e) => void (e.x402Version = "2")), expectStatus: 400, expectError: E.invalidPayload },
     { name: "x402Version 1", build: mut((e) => void (e.x402Version = 1)), expectStatus: 400, expectError: E.invalidX402Version },
     { name: "x402Version 3", build: mut((e) => void (e.x402Version = 3)), expectStatus: 400, expectError: E.invalidX402Version },
     { name: "x402Version 0", build: mut((e) => void (e.x402Version = 0)), expectStatus: 400, expectError: E.invalidX402Version },
     { name: "x402Version 2.5", build: mut((e) => void (e.x402Version = 2.5)), expectStatus: 400, expectError: E.invalidX402Version },
     { name: "x402Version 1 in a url-safe base64 header", build: async () => { const e = await goodEnv(); e.x402Version = 1; return { headers: { [PS]: Buffer.from(JSON.stringify(e)).toString("base64url") } }; }, expectStatus: 400, expectError: E.invalidX402Version },
-    { name: "resource is a number", build: mut((e) => void (e.resource = 5)), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "extensions is an array", build: mut((e) => void (e.extensions = [1, 2])), expectStatus: 400, expectError: E.invalidPayment },
+    { name: "resource is a number", build: mut((e) => void (e.resource = 5)), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "extensions is an array", build: mut((e) => void (e.extensions = [1, 2])), expectStatus: 400, expectError: E.invalidPayload },
     { name: "__proto__ keys in envelope and payload", build: async () => { const e = await goodEnv(); e.x402Version = 1; const t = JSON.stringify(e).replace('{"x402Version"', '{"__proto__":{"x402Version":2,"polluted":true},"x402Version"'); return { headers: { [PS]: b64text(t) } }; }, expectStatus: 400, expectError: E.invalidX402Version },
     // --- header size (second server with maxHeaderSize 64 KiB, so the middleware's own check is reached) ---
-    { name: "header of MAX_HEADER_BYTES + 1 (big server) -> header_too_large", build: async () => ({ headers: { [PS]: "A".repeat(MAX_HEADER_BYTES + 1) }, base: "big" }), expectStatus: 400, expectError: E.headerTooLarge },
-    { name: "valid voucher padded above 16 KiB via extensions (big server): refused, not charged", build: mut((e) => void (e.extensions = { pad: "x".repeat(MAX_HEADER_BYTES) }), { base: "big" }), expectStatus: 400, expectError: E.headerTooLarge },
-    { name: "header of exactly MAX_HEADER_BYTES of junk base64 (big server) -> parsed, invalid_payment", build: async () => ({ headers: { [PS]: "A".repeat(MAX_HEADER_BYTES) }, base: "big" }), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "15 KiB JSON junk on the default server -> invalid_payment", build: rawHeader(b64({ x402Version: 2, junk: "y".repeat(11_000) })), expectStatus: 400, expectError: E.invalidPayment },
+    { name: "header of MAX_HEADER_BYTES + 1 (big server) -> invalid_payload", build: async () => ({ headers: { [PS]: "A".repeat(MAX_HEADER_BYTES + 1) }, base: "big" }), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "valid voucher padded above 16 KiB via extensions (big server): refused, not charged", build: mut((e) => void (e.extensions = { pad: "x".repeat(MAX_HEADER_BYTES) }), { base: "big" }), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "header of exactly MAX_HEADER_BYTES of junk base64 (big server) -> parsed, invalid_payload", build: async () => ({ headers: { [PS]: "A".repeat(MAX_HEADER_BYTES) }, base: "big" }), expectStatus: 400, expectError: E.invalidPayload },
+    { name: "15 KiB JSON junk on the default server -> invalid_payment_requirements (it has no accepted)", build: rawHeader(b64({ x402Version: 2, junk: "y".repeat(11_000) })), expectStatus: 400, expectError: E.invalidPaymentRequirements },
 
     // --- accepted (the requirements the client claims to accept) -----------------------------------
-    { name: "missing accepted", build: mut((e) => void delete e.accepted), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "accepted is the 402's accepts array", build: mut((e) => void (e.accepted = [e.accepted])), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "accepted.extra missing", build: mut((e) => void delete e.accepted.extra), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "accepted.network not CAIP-2", build: mut((e) => void (e.accepted.network = "EIP155-31337")), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "accepted.amount as a number", build: mut((e) => void (e.accepted.amount = 10000)), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "accepted.maxTimeoutSeconds 0", build: mut((e) => void (e.accepted.maxTimeoutSeconds = 0)), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "accepted.scheme empty", build: mut((e) => void (e.accepted.scheme = "")), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "accepted.asset short address", build: mut((e) => void (e.accepted.asset = "0x1234")), expectStatus: 400, expectError: E.invalidPayment },
-    { name: "accepted.extra.withdrawDelay 900.5", build: mut((e) => void (e.accepted.extra.withdrawDelay = 900.5)), expectStatus: 400, expectError: E.invalidPayment },
+    { name: "missing accepted", build: mut((e) => void delete e.accepted), expectStatus: 400, expectError: E.invalidPaymentRequirements },
+    { name: "accepted is the 402's accepts array", build: mut((e) => void (e.accepted = [e.accepted])), expectStatus: 400, expectError: E.invalidPaymentRequirements },
+    { name: "accepted.extra missing", build: mut((e) => void delete e.accepted.extra), expectStatus: 400, expectError: E.invalidPaymentRequirements },
+    { name: "accepted.network not CAIP-2", build: mut((e) => void (e.accepted.network = "EIP155-31337")), expectStatus: 400, expectError: E.invalidPaymentRequirements },
+    { name: "accepted.amount as a number", build: mut((e) => void (e.accepted.amount = 10000)), expectStatus: 400, expectError: E.invalidPaymentRequirements },
+    { name: "accepted.maxTimeoutSeconds 0", build: mut((e) => void (e.accepted.maxTimeoutSeconds = 0)), expectStatus: 400, expectError: E.invalidPaymentRequirements },
+    { name: "accepted.scheme empty", build: mut((e) => void (e.accepted.scheme = "")), expectStatus: 400, expectError: E.invalidPaymentRequirements },
+    { name: "accepted.asset short address", build: mut((e) => void (e.accepted.asset = "0x1234")), expectStatus: 400, expectError: E.invalidPaymentRequirements },
+    { name: "accepted.extra.withdrawDelay 900.5", build: mut((e) => void (e.accepted.extra.withdrawDelay = 900.5)), expectStatus: 400, expectError: E.invalidPaymentRequirements },
     { name: "accepted.scheme exact", build: mut((e) => void (e.accepted.scheme = "exact")), expectStatus: 402, expectError: E.scheme },
     { name: "accepted.network eip155:1", build: mut((e) => void (e.accepted.network = "eip155:1")), expectStatus: 402, expectError: E.networkMismatch },
     { name: "accepted.network eip155:8453", build: mut((e) => void (e.accepted.network = "eip155:8453")), expectStatus: 402, expectError: E.networkMismatch },
@@ -587,7 +587,7 @@ describe("payee node: hostile requests are refused with the spec code and leave 
 
   it("431: a PAYMENT-SIGNATURE above 16 KiB on the default server is refused by Node itself (store unchanged)", async () => {
     // Node's default http.maxHeaderSize (16 KiB for all headers) is hit before the middleware's own
-    // MAX_HEADER_BYTES check, so on a default server invalid_payment_header_too_large is unreachable over
+    // MAX_HEADER_BYTES check, so on a default server the codec's own size refusal (invalid_payload) is unreachable over
     // HTTP; Node answers 431 without a JSON body. The middleware's check is covered on the 64 KiB server.
     const before = await snapshot();
     const r = await send({ headers: { [PS]: "A".repeat(MAX_HEADER_BYTES + 1) } });
@@ -604,7 +604,7 @@ describe("payee node: hostile requests are refused with the spec code and leave 
       err = e;
     }
     expect(err).to.be.instanceOf(WireFormatError);
-    expect((err as WireFormatError).code).to.equal(ErrorCodes.headerTooLarge);
+    expect((err as WireFormatError).code).to.equal(ErrorCodes.invalidPayload);
     expect((err as WireFormatError).status).to.equal(400);
   });
 

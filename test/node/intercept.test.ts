@@ -426,7 +426,7 @@ describe("paid answers through paymentMiddleware (a payee whose commit takes an 
       expect(r.headers.get("cache-control"), path).to.equal("no-store");
       expect(r.headers.get("access-control-expose-headers"), path).to.match(/PAYMENT-RESPONSE/i);
       if (path === "/x") expect(r.headers.get("access-control-allow-origin"), "CORS headers stay").to.equal("*");
-      expect(((await r.json()) as { error: string }).error, path).to.equal("invalid_payment");
+      expect(((await r.json()) as { error: string }).error, path).to.equal("unexpected_settle_error");
     }
     await s.close();
   });

@@ -216,7 +216,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const before = await rows();
     const res = await fetch(`${node.url}/paid/1`, { headers: { [HEADERS.paymentSignature]: "A".repeat(MAX_HEADER_BYTES + 1) } });
     expect(res.status).to.equal(400);
-    expect((decodeBase64Json(res.headers.get(HEADERS.paymentRequired)!, "PAYMENT-REQUIRED") as { error: string }).error).to.equal(ErrorCodes.headerTooLarge);
+    expect((decodeBase64Json(res.headers.get(HEADERS.paymentRequired)!, "PAYMENT-REQUIRED") as { error: string }).error).to.equal(ErrorCodes.invalidPayload);
     expect(await rows()).to.equal(before);
     // Beyond node's own limit (4 x the codec's) the connection still gets node's 431.
     expect((await fetch(`${node.url}/paid/1`, { headers: { [HEADERS.paymentSignature]: "A".repeat(MAX_HEADER_BYTES * 4 + 1) } })).status).to.equal(431);
