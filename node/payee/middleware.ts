@@ -48,8 +48,13 @@ export type MiddlewareOptions = {
    * is closed, nothing is charged and the channel is free again. Default 60,000.
    */
   handlerTimeoutMs?: number;
-  /** Called for every committed charge (metrics). */
+  /** Called for every committed charge (metrics): latency from the middleware to the charge on disk. */
   onPaid?: (route: string, amount: bigint, latencyUs: number) => void;
+  /**
+   * Called once a payment is verified and its channel reserved (metrics): latency from the middleware.
+   * For a deposit it includes the deposit's transaction and confirmations.
+   */
+  onVerified?: (route: string, kind: "voucher" | "deposit", latencyUs: number) => void;
   onError?: (route: string, err: unknown) => void;
 };
 
@@ -304,6 +309,7 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
     } catch (err) {
       return refuse(err, payment);
     }
+    options.onVerified?.(route.key, payment.payload.type === "deposit" ? "deposit" : "voucher", Number(process.hrtime.bigint() - started) / 1000);
 
     const ctx = new PaidContext(reservation, route.key);
     res.locals.tollway = ctx;

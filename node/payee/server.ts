@@ -86,9 +86,16 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   const paid = new client.Counter({ name: "tollway_paid_requests_total", help: "Paid requests committed", labelNames: ["route"], registers: [registry] });
   const revenue = new client.Counter({ name: "tollway_revenue_atomic_total", help: "Revenue in atomic token units", labelNames: ["route"], registers: [registry] });
   const refused = new client.Counter({ name: "tollway_refused_payments_total", help: "Refused payments by error code", labelNames: ["code"], registers: [registry] });
+  const verification = new client.Histogram({
+    name: "tollway_verification_seconds",
+    help: "Time from the request reaching the payment middleware to its payment verified and its channel reserved (a deposit includes its transaction)",
+    labelNames: ["kind"],
+    buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1, 10],
+    registers: [registry],
+  });
   const latency = new client.Histogram({
     name: "tollway_payment_latency_seconds",
-    help: "Time from request to committed charge",
+    help: "Time from the request reaching the payment middleware to its charge on disk (verification, the handler's first byte, the commit)",
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1],
     registers: [registry],
   });
@@ -263,6 +270,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
         revenue.inc({ route }, Number(amount));
         latency.observe(us / 1e6);
       },
+      onVerified: (_route, kind, us) => verification.observe({ kind }, us / 1e6),
       onError: (_route, err) => refused.inc({ code: (err as { code?: string }).code ?? "internal" }),
     }),
   );

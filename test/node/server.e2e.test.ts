@@ -598,6 +598,12 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect((await payWith(`${node.url}/paid/2`, await payer.voucherHeader(accept, 20_000n))).status).to.equal(200);
     const again = await (await fetch(`${node.url}/metrics`, { headers: { Authorization: `Bearer ${TOKEN}` } })).text();
     expect(again).to.match(/tollway_paid_requests_total\{route="GET \/paid\/:id"\} 2/);
+    // Revenue by route and verification alone, by kind, moved by the one voucher between the scrapes.
+    const metric = (text: string, series: string) => Number(text.split("\n").find((l) => l.startsWith(`${series} `))?.slice(series.length + 1) ?? NaN);
+    expect(metric(again, 'tollway_revenue_atomic_total{route="GET /paid/:id"}') - metric(m, 'tollway_revenue_atomic_total{route="GET /paid/:id"}')).to.equal(10_000);
+    expect(metric(again, 'tollway_verification_seconds_count{kind="voucher"}') - (metric(m, 'tollway_verification_seconds_count{kind="voucher"}') || 0)).to.equal(1);
+    expect(metric(again, 'tollway_verification_seconds_count{kind="deposit"}')).to.equal(metric(m, 'tollway_verification_seconds_count{kind="deposit"}'));
+    expect(metric(m, 'tollway_verification_seconds_count{kind="deposit"}')).to.be.at.least(1);
     expect(Number(/tollway_unclaimed_exposure_atomic (\d+)/.exec(again)?.[1])).to.equal(exposure);
     expect(Number(/tollway_chain_view_age_seconds ([\d.e-]+)/.exec(again)?.[1])).to.be.within(0, 60);
     expect(again).to.match(/tollway_watcher_failed_polls 0/);
