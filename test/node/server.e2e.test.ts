@@ -10,18 +10,18 @@ import { Writable } from "node:stream";
 import type { Server } from "node:http";
 import net, { type AddressInfo } from "node:net";
 import pino from "pino";
-import { keccak256, toHex, type LocalAccount } from "viem";
+import { erc20Abi, keccak256, toHex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { parseNodeConfig } from "../../node/payee/config";
 import { routePattern } from "../../node/payee/middleware";
 import { ChannelStore, type LedgerRow } from "../../node/store/channelStore";
 import { readChannel } from "../../node/chain/escrow";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
-import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
+import { CANONICAL_ADDRESSES, claimBatchDigest, escrowDomain, refundDigest } from "../../node/protocol/typedData";
 import { ErrorCodes } from "../../node/protocol/errors";
 import { HEADERS, MAX_HEADER_BYTES, decodeBase64Json } from "../../node/protocol/wire";
 import { localNodeConfig, startChain } from "../helpers/payeeHarness";
-import { WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
+import { WirePayer, depositOnChain, fetchRequirements, payWith } from "../helpers/wirePayer";
 
 // Hardhat's well-known test account #1 (public test key, local chains only), derived from the test mnemonic.
 import { hardhatTestAccount } from "../helpers/chainNode";
@@ -632,6 +632,39 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const events: Array<{ kind: string; txHash: string }> = [];
     for await (const h of node.store.history()) events.push(h);
     expect(events.some((h) => h.kind === "refund" && h.txHash === answer.transaction)).to.equal(true);
+  });
+
+  it("facilitator, signed paths: for a resource server holding its own receiverAuthorizer key the node claims (claimWithSignature) and refunds (refundWithSignature); unsigned, it does not act for that key", async () => {
+    const serverKey = privateKeyToAccount(keccak256(toHex("resource-server-authorizer")));
+    const base = (await fetchRequirements(`${node.url}/paid/1`)).accept;
+    const accept = { ...base, payTo: serverKey.address, extra: { ...base.extra, receiverAuthorizer: serverKey.address } };
+    const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-signed-paths"))));
+    await depositOnChain(ctx.chain.url, payer, accept, 100_000n);
+    const id = payer.channelId(accept);
+    const domain = escrowDomain(31337, CANONICAL_ADDRESSES.batchSettlement);
+    const read = () => readChannel(node.payee.opts.publicClient, node.payee.opts.escrow, id);
+    const config = payer.config(accept);
+    const { signature } = await payer.voucher(accept, 30_000n);
+    const claims = [{ voucher: { channel: config, maxClaimableAmount: "30000" }, signature, totalClaimed: "30000" }];
+    const network = { network: "eip155:31337" };
+    const unsigned = await facilitatorSettle(node.url, { type: "claim", claims }, network);
+    expect(unsigned.success, JSON.stringify(unsigned)).to.equal(false);
+    expect((await read()).totalClaimed).to.equal(0n);
+    const claimAuthorizerSignature = await serverKey.sign({ hash: claimBatchDigest(domain, [{ voucher: { channel: config, maxClaimableAmount: 30_000n }, signature, totalClaimed: 30_000n }]) });
+    const claimed = await facilitatorSettle(node.url, { type: "claim", claims, claimAuthorizerSignature }, network);
+    expect(claimed, JSON.stringify(claimed)).to.deep.include({ success: true });
+    expect((await read()).totalClaimed).to.equal(30_000n);
+    // The rest goes back to the payer, the refund signed by the server's key for the channel's nonce and the amount.
+    const { refundNonce } = await read();
+    const refundAuthorizerSignature = await serverKey.sign({ hash: refundDigest(domain, id, refundNonce, 70_000n) });
+    const balanceOf = () => ctx.publicClient.readContract({ address: ctx.deployment.token!, abi: erc20Abi, functionName: "balanceOf", args: [payer.account.address] });
+    const before = await balanceOf();
+    const refund = { type: "refund", channelConfig: config, voucher: await payer.voucher(accept, 30_000n), refundNonce: refundNonce.toString(), amount: "70000", refundAuthorizerSignature };
+    const minimal = { scheme: "batch-settlement", network: "eip155:31337", asset: accept.asset, amount: "0", payTo: accept.payTo, maxTimeoutSeconds: 0, extra: {} };
+    const refunded = await facilitatorSettle(node.url, refund, minimal);
+    expect(refunded, JSON.stringify(refunded)).to.deep.include({ success: true });
+    expect((await balanceOf()) - before).to.equal(70_000n);
+    expect((await read()).balance).to.equal(30_000n); // what was claimed stays for the server's settle
   });
 
   it("facilitator: a deposit and refund past the payer's relay limit (relay.perPayerPerHour) are refused, and nothing is sent", async () => {
