@@ -10,6 +10,7 @@ import { ChainError } from "../../node/protocol/errors";
 import { batchSettlementAbi } from "../../node/chain/abi";
 import { readChannel, readReceiver } from "../../node/chain/escrow";
 import { ClaimEngine } from "../../node/payee/claims";
+import { TxSender } from "../../node/chain/sender";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
 import { clientsFor } from "../helpers/chainNode";
@@ -206,6 +207,73 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     let ledger = 0n;
     for await (const row of node.store.ledger()) if (row.channelId === id) ledger += row.amount;
     expect(ledger).to.equal(charged);
+  });
+
+  it("a partial cooperative refund through a paid route returns what was asked; the channel stays open and pays on", async () => {
+    const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("partial-refund"))));
+    expect((await payWith(`${node.url}/articles/p1`, await payer.depositHeader(accept, 500_000n, PRICE))).status).to.equal(200);
+    const id = payer.channelId(accept);
+    const before = await balanceOf(payer.account.address);
+    const refund = await payWith(`${node.url}/articles/p2`, await payer.refundHeader(accept, PRICE, 200_000n));
+    expect(refund.status, refund.text).to.equal(200);
+    expect(refund.paymentResponse.amount).to.equal("200000");
+    expect((await balanceOf(payer.account.address)) - before).to.equal(200_000n);
+    const onchain = await readChannel(ctx.publicClient as never, CANONICAL_ADDRESSES.batchSettlement, id);
+    expect([onchain.balance, onchain.totalClaimed, onchain.refundNonce]).to.deep.equal([300_000n, PRICE, 1n]); // the charge claimed first
+    const rec = await node.store.getChannel(id);
+    expect([rec?.balance, rec?.chargedCumulative]).to.deep.equal([300_000n, PRICE]);
+    // Still open: the next voucher is served and charged.
+    const next = await payWith(`${node.url}/articles/p3`, await payer.voucherHeader(accept, 2n * PRICE));
+    expect(next.status, next.text).to.equal(200);
+    expect((await node.store.getChannel(id))?.chargedCumulative).to.equal(2n * PRICE);
+  });
+
+  it("a request that waits longer than lockTimeoutMs behind another on its channel gets channel_busy (402) and is not charged; the holder is charged once", async () => {
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let entered!: () => void;
+    const holding = new Promise<void>((r) => (entered = r));
+    const busy = await startPayee(ctx, { "GET /hold": "$0.01", "GET /articles/:id": "$0.01" } as never, (app) => {
+      app.get("/hold", async (_req, res) => {
+        entered();
+        await released;
+        res.send("held");
+      });
+      app.get("/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
+    }, { lockTimeoutMs: 300 });
+    try {
+      const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("lock-timeout"))));
+      const id = payer.channelId(accept);
+      expect((await payWith(`${busy.url}/articles/1`, await payer.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
+      const holder = payWith(`${busy.url}/hold`, await payer.voucherHeader(accept, 2n * PRICE));
+      await holding;
+      const waiter = await payWith(`${busy.url}/articles/2`, await payer.voucherHeader(accept, 2n * PRICE));
+      expect(waiter.status).to.equal(402);
+      expect(waiter.paymentRequired.error).to.equal("invalid_batch_settlement_evm_channel_busy");
+      release();
+      expect((await holder).status).to.equal(200);
+      expect((await busy.store.getChannel(id))?.chargedCumulative).to.equal(2n * PRICE);
+    } finally {
+      release();
+      await busy.stop();
+    }
+  });
+
+  it("with confirmations, a relayed deposit is served only once its transaction has that many blocks on top", async () => {
+    const { publicClient, walletClient } = clientsFor(ctx.chain.url, node.payeeAccount);
+    const confirming = await startPayee(ctx, routes as never, install, { sender: new TxSender(publicClient as never, walletClient as never, 2) });
+    try {
+      const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("confirmations"))));
+      const answer = payWith(`${confirming.url}/articles/1`, await payer.depositHeader(accept, 100_000n, PRICE));
+      const early = await Promise.race([answer.then(() => "answered"), new Promise((r) => setTimeout(() => r("waiting"), 1_500))]);
+      expect(early).to.equal("waiting");
+      expect((await readChannel(ctx.publicClient as never, CANONICAL_ADDRESSES.batchSettlement, payer.channelId(accept))).balance).to.equal(100_000n); // on chain, not yet served
+      await ctx.testClient.mine({ blocks: 2 });
+      const served = await answer;
+      expect(served.status, served.text).to.equal(200);
+    } finally {
+      await confirming.stop();
+    }
   });
 
   it("deposits and refunds the node sends for one payer are limited per hour (relay.perPayerPerHour): beyond, a 429 with Retry-After and nothing sent; deposits the token refuses do not count", async () => {
