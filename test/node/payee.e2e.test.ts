@@ -858,7 +858,7 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
       await ctx.testClient.setCode({ address: payer.account.address, bytecode: "0x" });
     }
   });
-  it("payerAuthorizer = 0 and ERC-1271: the whole answer word must be the magic value, zero-padded, as the escrow requires", async () => {
+  it("payerAuthorizer = 0 and ERC-1271: the whole answer word must be the magic value, zero-padded, as the escrow requires; an accepted voucher is cached (its retry asks the wallet nothing)", async () => {
     const payer = new PayerSigns(ctx.payers[3] as LocalAccount, ctx.payers[3] as LocalAccount, pad("0x1271", { size: 32 }));
     await depositOnChain(ctx.chain.url, payer, accept, 1_000_000n);
     // Code that answers every call with one 32-byte word: PUSH32 word, PUSH1 0, MSTORE, PUSH1 32, PUSH1 0, RETURN.
@@ -875,6 +875,17 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
       await ctx.testClient.setCode({ address: payer.account.address, bytecode: answering("1626ba7e" + "00".repeat(28)) });
       const ok = await payWith(`${node.url}/articles/3`, await payer.voucherHeader(accept, PRICE));
       expect(ok.status, ok.text).to.equal(200);
+      // Cached per voucher: the next voucher is checked once (its handler fails, nothing is charged), and
+      // its retry is served from the cache, though the wallet now refuses everything.
+      const next = await payer.voucherHeader(accept, 2n * PRICE);
+      expect((await payWith(`${node.url}/fail`, next)).status).to.equal(500);
+      await ctx.testClient.setCode({ address: payer.account.address, bytecode: answering("00".repeat(32)) });
+      const retried = await payWith(`${node.url}/articles/4`, next);
+      expect(retried.status, retried.text).to.equal(200);
+      // A voucher never checked before goes to the wallet, which refuses it.
+      const fresh = await payWith(`${node.url}/articles/5`, await payer.voucherHeader(accept, 3n * PRICE));
+      expect(fresh.paymentRequired?.error).to.equal("invalid_batch_settlement_evm_voucher_signature");
+      expect((await node.store.getChannel(channelId))?.chargedCumulative).to.equal(2n * PRICE);
     } finally {
       await ctx.testClient.setCode({ address: payer.account.address, bytecode: "0x" });
     }
