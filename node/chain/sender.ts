@@ -174,6 +174,8 @@ export class TxSender {
   repriced = 0;
   /** A send was queued: `restore` must come before. */
   private started = false;
+  /** `restore` ran (once is all). */
+  private restored = false;
 
   constructor(
     readonly publicClient: PublicClient<Transport, Chain>,
@@ -328,9 +330,9 @@ export class TxSender {
       }
       if (usedByOther >= 2) {
         this.nonce = undefined;
-        const forgotten = await this.forget(tx.request.nonce);
-        throw new ChainError(forgotten ? (p.transactionError ?? ErrorCodes.transactionReverted) : ErrorCodes.waitForReceiptFailed, `${String(p.functionName)} failed: its nonce ${tx.request.nonce} was used by a transaction that is not this call's`, {
-          metaMessages: [...hashes(), ...(forgotten ? [] : [JOURNAL_KEPT])],
+        await this.forget(tx.request.nonce); // kept or not, a restart drops it: its nonce is used
+        throw new ChainError(p.transactionError ?? ErrorCodes.transactionReverted, `${String(p.functionName)} failed: its nonce ${tx.request.nonce} was used by a transaction that is not this call's`, {
+          metaMessages: hashes(),
         });
       }
       if (gap || Date.now() >= deadline) {
@@ -409,7 +411,10 @@ export class TxSender {
     try {
       await this.walletClient.sendRawTransaction({ serializedTransaction: next.raw });
     } catch (err) {
-      if (!(await firstFound([keccak256(next.raw)], (hash) => this.publicClient.getTransaction({ hash })))) throw err;
+      if (!(await firstFound([keccak256(next.raw)], (hash) => this.publicClient.getTransaction({ hash })))) {
+        await this.record(tx).catch(() => undefined); // the candidate was refused: a restart re-prices from what the node has
+        throw err;
+      }
     }
     Object.assign(tx, { request: next.request, raw: next.raw, reprices: tx.reprices + 1, notRepriced: undefined });
     await this.record(tx);
@@ -424,10 +429,11 @@ export class TxSender {
    * exactly as in the process that signed them. An entry above a hole is forgotten and reported (nothing
    * of ours could fill the hole: new calls sign from the node's pending count). The callers are gone; what
    * a transaction does once mined (a claim, a refund) is seen on chain like anyone's. Entries that do not
-   * parse, or are for another chain, are left as they are and counted. Call once, before the first send.
+   * parse, or are for another chain, are left as they are and counted. Call once, before the first send;
+   * it throws, taking nothing back, when the chain's transaction count cannot be read.
    */
   async restore(): Promise<RestoreResult> {
-    if (this.started) throw new Error("TxSender.restore must run before the first send");
+    if (this.started || this.restored) throw new Error("TxSender.restore must run once, before the first send");
     const result: RestoreResult = { restored: [], dropped: [], unreadable: 0 };
     const journal = this.options.journal;
     if (!journal) return result;
@@ -437,12 +443,14 @@ export class TxSender {
       if (tx) taken.set(tx.request.nonce, tx);
       else result.unreadable++;
     }
-    // Without the count every entry is taken back: those whose nonce is used go at the first confirmation.
-    const latest = await this.publicClient.getTransactionCount({ address: this.address }).catch(() => undefined);
+    // Without the count nothing can be judged (an entry above a hole would jam every later call): the
+    // error goes to the caller, the journal stays for the next start.
+    const latest = await this.publicClient.getTransactionCount({ address: this.address });
+    this.restored = true;
     for (const nonce of [...taken.keys()].sort((a, b) => a - b)) {
-      if (latest !== undefined && nonce < latest) {
+      if (nonce < latest) {
         await this.forget(nonce);
-      } else if (latest === undefined || nonce === latest + result.restored.length) {
+      } else if (nonce === latest + result.restored.length) {
         this.stuck.push(taken.get(nonce)!);
         result.restored.push(nonce);
       } else {
@@ -468,7 +476,9 @@ export class TxSender {
       if (request.type === "eip1559") Object.assign(request, { maxFeePerGas: request.maxFeePerGas ?? 0n, maxPriorityFeePerGas: request.maxPriorityFeePerGas ?? 0n });
       const signed = Array.isArray(entry.signed) && entry.signed.length > 0 ? entry.signed : [keccak256(raw)];
       const repriceAt = Math.min(typeof entry.repriceAt === "number" ? entry.repriceAt : 0, Date.now() + this.options.repriceAfterMs);
-      return { request: { ...request, nonce: request.nonce ?? 0 } as Request, raw, signed, reprices: typeof entry.reprices === "number" ? entry.reprices : 0, repriceAt };
+      // A candidate may have reached the node: it counts as a re-pricing spent.
+      const reprices = (typeof entry.reprices === "number" ? entry.reprices : 0) + (entry.candidate ? 1 : 0);
+      return { request: { ...request, nonce: request.nonce ?? 0 } as Request, raw, signed, reprices, repriceAt };
     } catch {
       return undefined;
     }

@@ -185,7 +185,7 @@ export function routePattern(key: string): { method: string | undefined; regex: 
   const params: string[] = [];
   const pattern = m[2]!
     .split(/(:[A-Za-z0-9_]+|\*)/)
-    .map((part) => (part === "*" ? ".*" : part.startsWith(":") ? (params.push(part.slice(1)), "([^/]+)") : part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")))
+    .map((part) => (part === "*" ? ".*" : part.startsWith(":") ? (params.push(part.slice(1)), "([^/]+?)") : part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")))
     .join("");
   return { method: m[1], regex: new RegExp(`^${pattern}/?$`, "i"), params };
 }
@@ -309,7 +309,11 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
     } catch (err) {
       return refuse(err, payment);
     }
-    options.onVerified?.(route.key, payment.payload.type === "deposit" ? "deposit" : "voucher", Number(process.hrtime.bigint() - started) / 1000);
+    try {
+      options.onVerified?.(route.key, payment.payload.type === "deposit" ? "deposit" : "voucher", Number(process.hrtime.bigint() - started) / 1000);
+    } catch {
+      // A metrics hook must not leave the channel reserved or fail the payment.
+    }
 
     const ctx = new PaidContext(reservation, route.key);
     res.locals.tollway = ctx;

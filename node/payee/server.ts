@@ -77,7 +77,9 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     journal: store.journal(`sender:${config.chainId}:${account.address.toLowerCase()}`),
   });
   // What an earlier run of this key signed and the chain has not mined: waited behind and re-priced as before.
-  const journal = await sender.restore();
+  const journal = await sender.restore().catch((cause: unknown) => {
+    throw new ConfigError(`could not read the relayer's transaction count to take back its pending transactions: ${errorSummary(cause)}`);
+  });
   if (journal.restored.length > 0) logger.warn({ nonces: journal.restored, relayer: account.address }, "transactions of an earlier run still pending: the next sends wait behind them and re-price them");
   if (journal.dropped.length > 0) logger.warn({ nonces: journal.dropped, relayer: account.address }, "journaled transactions above a nonce nothing of ours holds: no longer tracked (they may still be mined once the hole is filled)");
   if (journal.unreadable > 0) logger.warn({ entries: journal.unreadable }, "transaction journal entries that do not parse or are for another chain: left in the store, not sent");

@@ -221,16 +221,16 @@ const sameAddress = (a: string, b: string) => a.toLowerCase() === b.toLowerCase(
  * deposit) and `refund` closes them cooperatively: after the site's data was cleared, or on another
  * device. The backup's session key becomes the wallet's key in this browser (a key it replaces is kept
  * in the store, retired, never deleted). A channel the browser already knows is merged: the higher
- * charges and ceilings, the higher balance, and a halt stays. Connect again afterwards: a connected
+ * charges and ceilings, its own balance, and a halt stays. Connect again afterwards: a connected
  * payer keeps signing with the key it loaded; do not restore while a payment is running.
  *
  * Refused with nothing written when the backup is for another wallet, chain or escrow; has no channel,
  * the same channel twice, or a channel whose config does not hash to its id or is not the wallet's and
- * the backup key's; when this browser holds a channel with money left or a payment in flight under
- * another session key (refund or withdraw it first); and, where the chain can be read (a `publicClient`,
- * or the wallet answering eth_call), when none of the backup's channels was ever funded on chain (a
- * crafted backup would otherwise plant a key someone else knows). The wallet is asked for its address
- * only: nothing is signed or sent.
+ * the backup key's; when this browser holds a channel with money left under another session key (refund
+ * or withdraw it first); and, where the chain can be read (a `publicClient`, or the wallet answering
+ * eth_call on this page's chain), when none of the backup's channels was ever funded on chain (a crafted
+ * backup would otherwise plant a key someone else knows). The wallet is asked for its address only:
+ * nothing is signed or sent.
  */
 export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "account" | "chainId" | "dbName" | "publicClient">, backup: ChannelBackup): Promise<{ channels: number; keyReplaced: boolean }> {
   // `channels`: records written or merged.
@@ -279,15 +279,15 @@ export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "acco
       keyReplaced = current !== undefined && current.toLowerCase() !== sessionKey;
       if (keyReplaced) {
         const currentAddress = privateKeyToAccount(current as Hex).address;
-        const open = held.find((c) => sameAddress(c.config.payerAuthorizer, currentAddress) && (c.balance > c.charged || c.signedMax > c.charged));
-        if (open) return `this browser holds channel ${open.channelId} with money left or a payment in flight under another session key: refund or withdraw it first`;
+        const open = held.find((c) => sameAddress(c.config.payerAuthorizer, currentAddress) && c.balance > c.charged);
+        if (open) return `this browser holds channel ${open.channelId} with money left under another session key: refund or withdraw it first`;
       }
       const known = new Map(held.map((c) => [c.channelId, c]));
       return [...restored.values()].map((c) => {
         const k = known.get(c.channelId);
         if (!k) return c;
         const most = (a: bigint, b: bigint) => (a > b ? a : b);
-        return { ...k, charged: most(k.charged, c.charged), signedMax: most(k.signedMax, c.signedMax), spent: most(k.spent, c.spent), balance: most(k.balance, c.balance), updatedAt: now };
+        return { ...k, charged: most(k.charged, c.charged), signedMax: most(k.signedMax, c.signedMax), spent: most(k.spent, c.spent), updatedAt: now }; // the local balance is the newer
       });
     });
   } catch (cause) {
@@ -308,6 +308,8 @@ async function checkFundedOnChain(opts: Pick<BrowserPayerOptions, "provider" | "
   if (!reader) return;
   let funded = false;
   try {
+    // A wallet on another chain would read another chain's escrow: nothing to check against there.
+    if ((await reader.getChainId()) !== opts.chainId) return;
     for (const id of channelIds) {
       const [balance, totalClaimed] = await reader.readContract({ address: CANONICAL_ADDRESSES.batchSettlement, abi: batchSettlementAbi, functionName: "channels", args: [id] });
       if (balance > 0n || totalClaimed > 0n) funded = true;

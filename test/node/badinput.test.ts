@@ -289,7 +289,7 @@ describe("payee node: hostile requests are refused with the spec code and leave 
     { name: "header of MAX_HEADER_BYTES + 1 (big server) -> invalid_payload", build: async () => ({ headers: { [PS]: "A".repeat(MAX_HEADER_BYTES + 1) }, base: "big" }), expectStatus: 400, expectError: E.invalidPayload },
     { name: "valid voucher padded above 16 KiB via extensions (big server): refused, not charged", build: mut((e) => void (e.extensions = { pad: "x".repeat(MAX_HEADER_BYTES) }), { base: "big" }), expectStatus: 400, expectError: E.invalidPayload },
     { name: "header of exactly MAX_HEADER_BYTES of junk base64 (big server) -> parsed, invalid_payload", build: async () => ({ headers: { [PS]: "A".repeat(MAX_HEADER_BYTES) }, base: "big" }), expectStatus: 400, expectError: E.invalidPayload },
-    { name: "15 KiB JSON junk on the default server -> invalid_payment_requirements (it has no accepted)", build: rawHeader(b64({ x402Version: 2, junk: "y".repeat(11_000) })), expectStatus: 400, expectError: E.invalidPaymentRequirements },
+    { name: "15 KiB JSON junk on the default server -> invalid_payment_requirements (checked before the payload)", build: rawHeader(b64({ x402Version: 2, junk: "y".repeat(11_000) })), expectStatus: 400, expectError: E.invalidPaymentRequirements },
 
     // --- accepted (the requirements the client claims to accept) -----------------------------------
     { name: "missing accepted", build: mut((e) => void delete e.accepted), expectStatus: 400, expectError: E.invalidPaymentRequirements },

@@ -466,7 +466,7 @@ describe("transaction sender (hardhat node)", function () {
       await entry(latest + 2, 1); // another chain's
       await journal.save(latest + 5, "not json");
       // A restarted sender on the same journal (this one has sent already: restore must come first).
-      expect(await sender.restore().then(() => "restored", (e: Error) => e.message)).to.equal("TxSender.restore must run before the first send");
+      expect(await sender.restore().then(() => "restored", (e: Error) => e.message)).to.equal("TxSender.restore must run once, before the first send");
       const restarted = senderFor(19, { receiptTimeoutMs: 20_000, repriceAfterMs: 100, journal });
       expect(await restarted.sender.restore()).to.deep.equal({ restored: [latest, latest + 1], dropped: [latest + 3], unreadable: 2 });
       expect((await journal.load()).length).to.equal(4); // the two taken back and the two unreadable

@@ -191,7 +191,7 @@ describe("browser payer: one session key per browser, and a way back to the depo
         const t = await (window as any).connectTollway();
         return { errors, key: t.payer.payerAuthorizer as string, channels: (await t.channels()).map((c: any) => c.channelId as string) };
       }, first.backup);
-      expect(refused.errors[0]).to.match(/holds channel 0x[0-9a-f]{64} with money left or a payment in flight under another session key: refund or withdraw it first/);
+      expect(refused.errors[0]).to.match(/holds channel 0x[0-9a-f]{64} with money left under another session key: refund or withdraw it first/);
       expect(refused.errors[1]).to.match(/the backup is for the wallet 0x000000000000000000000000000000000000dEaD/);
       expect(refused.errors[2]).to.match(/the backup is for chain 1/);
       expect(refused.key).to.equal(second.key); // nothing written

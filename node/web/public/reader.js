@@ -59,6 +59,7 @@
     },
   };
   let paying = 0; // payments and refunds running (a restore waits for them)
+  let restoring; // a restore running: payments and refunds wait for it
   const connectOptions = { provider, chainId: catalog.chainId, policy: { maxPerRequest: 100000n, maxDeposit: 2000000n, depositMultiplier: 20, allowedAssets: [catalog.token] } };
   try {
     t = await Tollway.connect(connectOptions);
@@ -78,6 +79,7 @@
   async function pay(url) {
     status("Paying…");
     try {
+      if (restoring) await restoring; // pay with the key the restore brings back
       paying++;
       const res = await t.fetch(url).finally(() => paying--);
       if (!res.ok) throw new Error(res.status === 402 ? "the payment was not accepted (HTTP 402)." : "the server answered HTTP " + res.status + ".");
@@ -173,6 +175,7 @@
   $("close").addEventListener("click", async () => {
     $("close").disabled = true;
     try {
+      if (restoring) await restoring;
       paying++;
       const refunded = await t.refund(catalog.articles[0].url).finally(() => paying--);
       status(`Channel closed: ${(Number(refunded) / 1e6).toFixed(2)} USDC returned to your wallet.`);
@@ -207,13 +210,18 @@
     $("restore-file").value = "";
     if (!file) return;
     // The connected payer keeps its key until it is replaced below: not while it is paying.
-    if (paying > 0) return status("Wait for the payment to finish, then restore the backup.", true);
+    if (paying > 0 || restoring) return status("Wait for the payment to finish, then restore the backup.", true);
+    let done;
+    restoring = new Promise((r) => (done = r)); // payments clicked meanwhile wait for it
     try {
       const r = await Tollway.restore({ provider, chainId: catalog.chainId }, JSON.parse(await file.text()));
       t = await Tollway.connect(connectOptions);
       status(`Backup restored: ${r.channels} channel${r.channels === 1 ? "" : "s"} back in this browser.`);
     } catch (e) {
       status("Restore failed: " + describe(e), true);
+    } finally {
+      restoring = undefined;
+      done();
     }
     await refreshBalance().catch(() => undefined);
   });
