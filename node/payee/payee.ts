@@ -457,6 +457,7 @@ export class Payee {
     await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount: refunded, gasUsed: receipt.gasUsed });
     if (chain.balance === chain.totalClaimed) await this.store.deleteChannel(rec.channelId);
     else await this.store.putChannel(next);
+    this.noteApplied(hash, rec.channelId);
     // A refund claims the node's charges first, in the same transaction: the chain took this channel's vouchers.
     this.clearUnclaimable(rec.channelId);
     return { next, refunded, chain };
@@ -466,7 +467,7 @@ export class Payee {
    * Records claimed totals taken from a claim receipt's `Claimed` events (no RPC round trip), under
    * each channel's lock, writing all records in one group commit.
    */
-  async applyClaimed(totals: ReadonlyMap<Hex, bigint>): Promise<void> {
+  async applyClaimed(totals: ReadonlyMap<Hex, bigint>, txHash?: Hex): Promise<void> {
     await Promise.all(
       [...totals].map(([channelId, total]) =>
         this.locks
@@ -475,6 +476,7 @@ export class Payee {
             this.clearUnclaimable(channelId); // a claim of it landed, whoever sent it
             if (!rec || rec.totalClaimed >= total) return;
             await this.store.putChannel({ ...rec, totalClaimed: total, syncedAt: this.now() });
+            if (txHash) this.noteApplied(txHash, channelId);
           })
           .catch((err: Error) => {
             // The claim is on chain either way (a channel busy with a long request, say): the watcher
@@ -491,6 +493,17 @@ export class Payee {
    * refused. Kept by the watcher.
    */
   readonly unsynced = new Map<Hex, bigint>();
+  /**
+   * `<txHash>:<channelId>` of this node's own transactions whose effect on the channel is in the store
+   * already (read back, or taken from the receipt, after it was mined): the mirror skips their events,
+   * so an RPC that fails right after a deposit, claim or refund does not leave the channel refused.
+   */
+  readonly applied = new Set<string>();
+
+  private noteApplied(txHash: Hex, channelId: Hex) {
+    if (this.applied.size >= 10_000) this.applied.clear();
+    this.applied.add(`${txHash.toLowerCase()}:${channelId.toLowerCase()}`);
+  }
   /** When a request's resync of a channel last failed (ms): the next ones are refused at once for a while. */
   private readonly resyncFailedAt = new Map<Hex, number>();
 
@@ -866,6 +879,7 @@ export class Payee {
     const chain = await this.readBack(channelId, `the deposit (${result.hash})`, "pay with a voucher shortly (not this deposit again)");
     const record = this.withChain(rec, chain);
     await this.store.putChannel(record);
+    this.noteApplied(result.hash, channelId);
     await this.store.appendHistory({
       at: this.now(),
       kind: "deposit",

@@ -173,6 +173,12 @@ export class ChainWatcher {
         // Mirrored already; one in an unconfirmed block is mirrored once more when it is confirmed.
         const known = key === undefined ? undefined : this.seen.get(key);
         if (known && (known.confirmed || !confirmed)) continue;
+        // This node's own transaction, its effect stored from its receipt: nothing to read back.
+        const own = `${log.transactionHash?.toLowerCase()}:${args.channelId.toLowerCase()}`;
+        if (confirmed && key !== undefined && this.payee.applied.has(own)) {
+          this.seen.set(key, { at: block, confirmed });
+          continue;
+        }
         let t = touched.get(args.channelId);
         if (!t) {
           // Not ours, unless a request is meeting it right now (its record is written at the commit). A

@@ -751,11 +751,13 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("session-unsynced"))));
     expect((await payWith(`${node.url}/articles/a`, await payer.depositHeader(accept, 100_000n, PRICE))).status).to.equal(200);
     const id = payer.channelId(accept);
+    // The payer tops the channel up itself: an event the node did not cause and must mirror.
+    await depositOnChain(ctx.chain.url, payer, accept, 50_000n);
     const client = node.payee.opts.publicClient;
     const readContract = client.readContract.bind(client);
     (client as { readContract: unknown }).readContract = (a: { args?: unknown[] }) => (a.args?.[0] === id ? Promise.reject(new Error("rpc unreachable")) : readContract(a as never));
     try {
-      await watcher.poll(); // sees the deposit event, cannot read the channel
+      await watcher.poll(); // sees the top-up event, cannot read the channel
       expect(watcher.failures).to.equal(0);
       const refused = await payWith(`${node.url}/articles/b`, await payer.voucherHeader(accept, 2n * PRICE));
       expect(refused.status).to.equal(503);

@@ -416,4 +416,27 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       await fresh.stop();
     }
   });
+
+  it("watcher: the node's own deposit and claim are not read back again (stored from their receipts): chain reads failing right after them leave the channel served", async () => {
+    const watcher = new ChainWatcher(node.payee, new ClaimEngine(node.payee, { onShutdown: false }), { logger: silent });
+    await watcher.poll(); // checkpoint before the deposit
+    const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("own-events"))));
+    const id = await depositThroughNode(payer);
+    await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: [id] });
+    expect(await claimedOnChain(id)).to.equal(PRICE);
+    // Now every read of a channel's state fails (an RPC that answers logs and not eth_call, a blip).
+    const client = node.payee.opts.publicClient as unknown as { readContract: (a: { functionName: string }) => Promise<unknown> };
+    const readContract = client.readContract;
+    let channelReads = 0;
+    client.readContract = (a) => (a.functionName === "channels" ? (channelReads++, Promise.reject(new Error("eth_call failed"))) : readContract.call(client, a as never));
+    try {
+      await watcher.poll();
+      expect(channelReads, "the mirror read the channel back").to.equal(0);
+      expect(node.payee.unsynced.has(id)).to.equal(false);
+      const r = await payWith(`${node.url}/a/own`, await payer.voucherHeader(accept, 2n * PRICE));
+      expect(r.status, r.text).to.equal(200);
+    } finally {
+      client.readContract = readContract;
+    }
+  });
 });

@@ -5,7 +5,7 @@ import { privateKeyToAccount } from "viem/accounts";
 import { ClaimEngine } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { startChain, startPayee } from "../helpers/payeeHarness";
-import { WirePayer, depositThroughNode as depositThrough, fetchRequirements, initiateWithdraw as initiateWithdrawOnChain, payWith, type Accept } from "../helpers/wirePayer";
+import { WirePayer, depositOnChain, fetchRequirements, initiateWithdraw as initiateWithdrawOnChain, payWith, type Accept } from "../helpers/wirePayer";
 
 const PRICE = 10_000n;
 const silent = pino({ level: "silent" });
@@ -26,7 +26,16 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     await ctx?.chain.stop();
   });
 
-  const depositThroughNode = (payer: WirePayer) => depositThrough(`${node.url}/a/1`, payer, accept);
+  /**
+   * A channel the node serves whose deposit the payer sent itself: its Deposited event is the mirror's to
+   * apply (the node's own deposits are stored from their receipts and their events skipped).
+   */
+  const depositThroughNode = async (payer: WirePayer): Promise<Hex> => {
+    await depositOnChain(ctx.chain.url, payer, accept, 1_000_000n);
+    const r = await payWith(`${node.url}/a/1`, await payer.voucherHeader(accept, PRICE));
+    if (r.status !== 200) throw new Error(`first voucher answered ${r.status}: ${r.text}`);
+    return payer.channelId(accept);
+  };
   const initiateWithdraw = (payer: WirePayer, amount: bigint) => initiateWithdrawOnChain(ctx.chain.url, payer, accept, amount);
 
   /** Counts the watcher's syncs of one channel; `fail` makes the next ones throw (an RPC error, say). */

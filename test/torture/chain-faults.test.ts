@@ -17,7 +17,7 @@ import { parseNodeConfig } from "../../node/payee/config";
 import { startPayeeNode, type PayeeNode } from "../../node/payee/server";
 import { clientsFor } from "../helpers/chainNode";
 import { localNodeConfig, startChain } from "../helpers/payeeHarness";
-import { PayerSigns, WirePayer, fetchRequirements, payWith } from "../helpers/wirePayer";
+import { PayerSigns, WirePayer, depositOnChain, fetchRequirements, payWith } from "../helpers/wirePayer";
 
 /**
  * A pausable TCP proxy: paused = the RPC endpoint stops answering (connections refused); hanging = it
@@ -118,25 +118,34 @@ describe("torture: chain faults", function () {
 
   it("RPC down: known channels keep being served within the risk window, refused beyond it, served again after catching up", async () => {
     const proxy = await tcpProxy(ctx.chain.port);
-    const n = await node(proxy.url, { riskWindowMs: 1500, pollIntervalMs: 100 });
+    const n = await node(proxy.url, { riskWindowMs: 3000, pollIntervalMs: 100 });
     try {
       const accept = (await fetchRequirements(`${n.url}/a/1`)).accept;
       const payer = new WirePayer(ctx.payers[0] as LocalAccount, privateKeyToAccount(keccak256(toHex("faults-a"))));
       expect((await payWith(`${n.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, 10_000n))).status).to.equal(200);
       let charged = 10_000n;
       await proxy.pause();
-      // within the window: vouchers on a known channel need no RPC
-      const within = await payWith(`${n.url}/a/2`, await payer.voucherHeader(accept, charged + 10_000n));
-      expect(within.status).to.equal(200);
-      charged += 10_000n;
-      // beyond the window: /health says so (its head is cached for 1 s), a clear refusal, nothing charged
-      await new Promise((r) => setTimeout(r, 1800));
+      // Within the window, with the chain already failing the node's polls: vouchers on a known channel need no RPC.
+      const failing = Date.now() + 5000;
+      while (n.watcher.failures < 2 && Date.now() < failing) await new Promise((r) => setTimeout(r, 50));
+      expect(n.watcher.failures).to.be.at.least(2);
+      for (let i = 0; i < 3; i++) {
+        const within = await payWith(`${n.url}/a/w${i}`, await payer.voucherHeader(accept, charged + 10_000n));
+        expect(within.status, within.text).to.equal(200);
+        charged += 10_000n;
+      }
+      // beyond the window: /health says so, a clear refusal naming the risk window, nothing charged
+      const beyondAt = n.payee.chainSyncedAt + 3000 + 300;
+      await new Promise((r) => setTimeout(r, Math.max(0, beyondAt - Date.now())));
       expect((await fetch(`${n.url}/health`)).status).to.equal(503);
       const beyond = await payWith(`${n.url}/a/3`, await payer.voucherHeader(accept, charged + 10_000n));
       expect(beyond.status).to.equal(503);
       expect(beyond.paymentRequired.error).to.equal("invalid_batch_settlement_evm_channel_state_read_failed");
+      expect(beyond.paymentRequired.message).to.match(/beyond the risk window/);
       expect((await n.store.getChannel(payer.channelId(accept)))!.chargedCumulative).to.equal(charged);
-      // the chain returns: the watcher catches up and serving resumes
+      // Meanwhile the chain moves on without the node: the payer tops the channel up directly.
+      await depositOnChain(ctx.chain.url, payer, accept, 500_000n);
+      // the chain returns: the watcher catches up (the top-up is mirrored) and serving resumes
       await proxy.resume();
       const deadline = Date.now() + 5000;
       let after = beyond;
@@ -147,6 +156,9 @@ describe("torture: chain faults", function () {
       }
       expect(after.status).to.equal(200);
       expect(n.watcher.failures).to.equal(0);
+      const caughtUp = Date.now() + 5000;
+      while ((await n.store.getChannel(payer.channelId(accept)))!.balance !== 1_500_000n && Date.now() < caughtUp) await new Promise((r) => setTimeout(r, 100));
+      expect((await n.store.getChannel(payer.channelId(accept)))!.balance).to.equal(1_500_000n);
     } finally {
       await n.stop();
     }
