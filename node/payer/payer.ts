@@ -74,9 +74,10 @@ export type CreatePayerParameters = {
   salt?: Hex;
   policy?: PayerPolicy;
   /**
-   * Serializes the requests of one channel (a voucher is valid only for the next charge). Default: in
-   * this object only. Payers that share a store from several processes or browser tabs pass a lock that
-   * spans them (the browser build uses the Web Locks API).
+   * Serializes the requests of one channel (a voucher is valid only for the next charge). Default: one
+   * lock per store object in this process (payers built on the same store share it). Payers that share a
+   * store from several processes or browser tabs pass a lock that spans them (the browser build uses the
+   * Web Locks API).
    */
   lock?: ChannelLock;
 };
@@ -104,6 +105,8 @@ export const DEFAULT_MAX_DEPOSIT = 20_000_000n;
 /** The PAYMENT-RESPONSE (settle response) a payer checks. */
 export type SettleResponseBody = {
   success: boolean;
+  /** Why it failed, with success false. */
+  errorReason?: string;
   transaction?: string;
   amount?: string;
   extra?: { chargedAmount?: string; channelState?: { channelId: string; balance: string; totalClaimed?: string; chargedCumulativeAmount?: string } };
@@ -115,6 +118,14 @@ export type SettleResponseBody = {
  */
 function decimalAmount(v: unknown): bigint | undefined {
   return typeof v === "string" && /^(0|[1-9]\d{0,77})$/.test(v) ? BigInt(v) : undefined;
+}
+
+/** The default lock of a store: every payer in this process built on that store object shares it. */
+const storeQueues = new WeakMap<object, Queue>();
+function queueOf(store: object): Queue {
+  let q = storeQueues.get(store);
+  if (!q) storeQueues.set(store, (q = new Queue()));
+  return q;
 }
 
 class Queue implements ChannelLock {
@@ -157,7 +168,7 @@ export class Payer {
   private readonly salt: Hex;
 
   constructor(readonly params: CreatePayerParameters) {
-    this.queue = params.lock ?? new Queue();
+    this.queue = params.lock ?? queueOf(params.store);
     this.escrow = params.escrow ?? CANONICAL_ADDRESSES.batchSettlement;
     this.collector = params.erc3009Collector ?? CANONICAL_ADDRESSES.erc3009DepositCollector;
     this.domain = escrowDomain(params.chainId, this.escrow);
@@ -356,9 +367,12 @@ export class Payer {
       let balance = reported >= ch.balance ? reported : ((await this.chainBalance(channelId)) ?? ch.balance);
       const proof = extra.voucherState as { signedMaxClaimable?: string; signature?: Hex } | undefined;
       let ok = false;
+      let proven: bigint | undefined;
       if (proof?.signature && proof.signedMaxClaimable !== undefined) {
-        const signedMax = BigInt(proof.signedMaxClaimable);
+        const signedMax = decimalAmount(proof.signedMaxClaimable);
+        if (signedMax === undefined) throw new ServerMisbehaviorError(channelId, "corrective 402 with a malformed voucher proof");
         ok = claimed <= signedMax && (await this.isOwnVoucher(channelId, signedMax, proof.signature));
+        proven = signedMax;
       } else if (claimed <= ch.signedMax) {
         // No proof, but no more than this payer has already signed for: its exposure does not grow
         // (a server that lost its state going back to the on-chain baseline lands here).
@@ -375,7 +389,9 @@ export class Payer {
       }
       // What the correction adds counts against the budget like any charge.
       const spent = ch.spent + (claimed > ch.charged ? claimed - ch.charged : 0n);
-      await this.store.putChannel({ ...ch, charged: claimed, balance, spent, signedMax: claimed > ch.signedMax ? claimed : ch.signedMax, updatedAt: Date.now() });
+      // The exposure is the highest ceiling signed: the proof's, if it is above what this store knew.
+      const ceiling = [claimed, proven ?? 0n, ch.signedMax].reduce((a, b) => (a > b ? a : b));
+      await this.store.putChannel({ ...ch, charged: claimed, balance, spent, signedMax: ceiling, updatedAt: Date.now() });
       return claimed;
     } finally {
       release();
@@ -394,8 +410,9 @@ export class Payer {
 
   /** Records a completed refund (the server's post-refund channel state). */
   async refunded(channelId: Hex, body: SettleResponseBody): Promise<void> {
+    if (!body.success) throw new TollwayError(`the refund of channel ${channelId} failed${body.errorReason ? ` (${body.errorReason})` : ""}: nothing was refunded`);
     const ch = await this.store.getChannel(channelId);
-    if (!ch || !body.success) return;
+    if (!ch) return;
     const state = body.extra?.channelState;
     if (!body.transaction || (state && state.channelId.toLowerCase() !== channelId.toLowerCase())) {
       throw new ServerMisbehaviorError(channelId, "refund answer without a transaction for this channel");
@@ -404,6 +421,7 @@ export class Payer {
     let balance: bigint | undefined;
     if (this.params.publicClient) {
       const receipt = await this.params.publicClient.waitForTransactionReceipt({ hash: body.transaction as Hex, timeout: 60_000 }).catch(() => undefined);
+      if (receipt?.status === "reverted") throw new ServerMisbehaviorError(channelId, `the refund transaction ${body.transaction} reverted: nothing was refunded`);
       if (receipt?.status === "success") balance = await this.chainBalance(channelId);
     }
     balance ??= BigInt(state?.balance ?? ch.balance);

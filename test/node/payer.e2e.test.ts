@@ -119,6 +119,20 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     expect((await node.store.getChannel(ch!.channelId))!.chargedCumulative).to.equal(26n * PRICE);
   });
 
+  it("two payers built on one store share its channel lock: their parallel requests are each charged once, no channel halted", async () => {
+    const store = new MemoryPayerStore();
+    const a = makePayer(store, ctx.payers[2] as LocalAccount, "shared-store");
+    const b = makePayer(store, ctx.payers[2] as LocalAccount, "shared-store");
+    expect((await wrapFetch(fetch, a)(`${node.url}/articles/s0`)).status).to.equal(200);
+    const results = await Promise.all(Array.from({ length: 10 }, (_, i) => wrapFetch(fetch, i % 2 ? a : b)(`${node.url}/articles/s${i + 1}`)));
+    expect(results.map((r) => r.status)).to.deep.equal(Array(10).fill(200));
+    const [ch] = await store.channels();
+    expect(ch!.halted).to.equal(undefined);
+    expect(ch!.charged).to.equal(11n * PRICE);
+    expect(ch!.spent).to.equal(11n * PRICE);
+    expect((await node.store.getChannel(ch!.channelId))!.chargedCumulative).to.equal(11n * PRICE);
+  });
+
   it("after losing its state the client recovers from the chain and a verified corrective 402", async () => {
     const account = ctx.payers[2] as LocalAccount;
     const first = makePayer(new MemoryPayerStore(), account, "payer-c");
@@ -515,6 +529,35 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect(asked).to.equal(true);
     expect(err).to.be.instanceOf(ServerMisbehaviorError);
     expect((await p.store.getChannel(channelId))!.balance).to.equal(500_000n);
+  });
+
+  it("a refund answered success: false is an error (nothing refunded), not a refund of the server's amount", async () => {
+    const p = payer();
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    await p.store.putChannel({ channelId, config: p.configFor({ ...base, amount: 10_000n } as never), network: "eip155:31337", charged: 10_000n, signedMax: 10_000n, balance: 500_000n, spent: 10_000n, updatedAt: Date.now() });
+    respond = (req, res) => {
+      if (!req.headers["payment-signature"]) return send402([base])(req, res);
+      const body = { success: false, errorReason: "invalid_batch_settlement_evm_refund_simulation_failed", transaction: "", network: "eip155:31337", amount: "490000" };
+      res.status(200).set(HEADERS.paymentResponse, encodeBase64Json(body)).json({});
+    };
+    const err = await requestRefund(fetch, p, url).catch((e) => e);
+    expect(err).to.be.instanceOf(TollwayError);
+    expect((err as Error).message).to.match(/failed \(invalid_batch_settlement_evm_refund_simulation_failed\): nothing was refunded/);
+    expect((await p.store.getChannel(channelId))!.balance).to.equal(500_000n);
+  });
+
+  it("a corrective 402 whose voucher proof amount is not a decimal -> ServerMisbehaviorError (typed), nothing signed", async () => {
+    const p = payer();
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    respond = send402(
+      [{ ...base, extra: { ...base.extra, channelState: { channelId, balance: "1000000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "900000" }, voucherState: { signedMaxClaimable: "9e5", signature: `0x${"11".repeat(65)}` } } }],
+      "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+    );
+    const before = signedHeaders.length;
+    const err = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    expect((err as Error).message).to.match(/malformed voucher proof/);
+    expect(signedHeaders.length).to.equal(before);
   });
 
   it("a stored balance that is too high (the channel was drained elsewhere): the payee's cumulative_exceeds_balance makes the payer deposit, not resend the same voucher", async () => {

@@ -38,7 +38,8 @@ export async function withdraw(target: string, o: PayerCliOptions & { finalize?:
       }
       const body = decodeBase64Json(header, "PAYMENT-REQUIRED") as { accepts?: unknown[] };
       const accepts = (body.accepts ?? []).map((a) => paymentRequirementsSchema.safeParse(a)).filter((r) => r.success).map((r) => r.data!);
-      const r = ctx.payer.select(accepts);
+      // The escape hatch is not a payment: a payee's price above --max must not block it.
+      const r = ctx.payer.select(accepts, { forRefund: true });
       config = ctx.payer.configFor(r);
       id = ctx.payer.channelIdFor(r);
     }
