@@ -251,11 +251,13 @@ export class Payer {
     try {
       let ch = await this.loadChannel(channelId, config);
       if (ch.halted) throw new PolicyError("channel_halted", `channel ${channelId} is halted: ${ch.halted}`);
+      let budgetLeft: bigint | undefined;
       if (this.policy.budget !== undefined) {
         const spent = (await this.store.channels()).reduce((s, c) => s + c.spent, 0n);
         if (spent + r.amount > this.policy.budget) {
           throw new PolicyError("budget", `paying ${r.amount} would exceed the budget ${this.policy.budget} (spent ${spent})`);
         }
+        budgetLeft = this.policy.budget - spent;
       }
       const max = ch.charged + r.amount;
       let deposit: bigint | undefined = opts.deposit;
@@ -278,12 +280,20 @@ export class Payer {
         const needed = max - ch.balance;
         const target = r.amount * BigInt(this.policy.depositMultiplier ?? 50);
         deposit = target > needed ? target : needed;
+        // No more into escrow than the budget can still spend (at least what the next charge needs).
+        if (budgetLeft !== undefined && deposit > budgetLeft) deposit = budgetLeft > needed ? budgetLeft : needed;
         if (this.policy.maxDeposit !== undefined && deposit > this.policy.maxDeposit) {
           if (needed > this.policy.maxDeposit) {
             throw new PolicyError("max_deposit", `a deposit of at least ${needed} is needed; the maximum is ${this.policy.maxDeposit}`);
           }
           deposit = this.policy.maxDeposit;
         }
+      }
+      if (deposit) {
+        // A payee this payer caught breaking the rules gets no new deposit on another channel (a changed
+        // receiverAuthorizer or withdrawDelay makes a new channel id).
+        const halted = (await this.store.channels()).find((c) => c.halted && c.channelId !== channelId && getAddress(c.config.receiver) === getAddress(config.receiver) && getAddress(c.config.token) === getAddress(config.token));
+        if (halted) throw new PolicyError("payee_halted", `payee ${config.receiver} broke the rules on channel ${halted.channelId} (${halted.halted}): no new deposit to it`);
       }
       const voucher = await this.signVoucher(channelId, max);
       const payload = deposit

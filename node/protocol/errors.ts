@@ -150,7 +150,8 @@ export type PolicyViolation =
   | "budget"
   | "pay_to_not_allowed"
   | "asset_not_allowed"
-  | "channel_halted";
+  | "channel_halted"
+  | "payee_halted";
 
 /** The payer's policy forbids this payment; nothing was signed. */
 export class PolicyError extends TollwayError {

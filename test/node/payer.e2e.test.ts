@@ -326,6 +326,9 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     expect(err).to.be.instanceOf(PolicyError);
     expect(err.violation).to.equal("budget");
     expect(calls.filter((c) => c.paid).length).to.equal(paidBefore);
+    // The deposit moved no more into escrow than the budget could spend (not 50 prices).
+    const [ch] = await payer.store.channels();
+    expect(ch!.balance).to.equal(2n * PRICE);
   });
 
   it("the timed withdrawal returns the unclaimed rest when the payee does not cooperate", async () => {
@@ -455,6 +458,12 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     const again = await wrapFetch(fetch, p)(url).catch((e) => e);
     expect(again).to.be.instanceOf(PolicyError);
     expect(again.violation).to.equal("channel_halted");
+    expect(signedHeaders.length).to.equal(before);
+    // The same payee under new terms (another withdrawDelay: another channel) gets no new deposit either.
+    respond = send402([{ ...base, extra: { ...base.extra, withdrawDelay: (base.extra.withdrawDelay as number) + 60 } }]);
+    const renamed = await wrapFetch(fetch, p)(url).catch((e) => e);
+    expect(renamed).to.be.instanceOf(PolicyError);
+    expect(renamed.violation).to.equal("payee_halted");
     expect(signedHeaders.length).to.equal(before);
   });
 
