@@ -122,6 +122,13 @@ function decimalAmount(v: unknown): bigint | undefined {
 
 /** The default lock of a store: every payer in this process built on that store object shares it. */
 const storeQueues = new WeakMap<object, Queue>();
+/** Per store object: the prices of payments prepared and not yet completed or released (budget checks). */
+const storeReservations = new WeakMap<object, { amount: bigint }>();
+function reservationsOf(store: object): { amount: bigint } {
+  let r = storeReservations.get(store);
+  if (!r) storeReservations.set(store, (r = { amount: 0n }));
+  return r;
+}
 function queueOf(store: object): Queue {
   let q = storeQueues.get(store);
   if (!q) storeQueues.set(store, (q = new Queue()));
@@ -247,17 +254,32 @@ export class Payer {
     this.checkPolicy(r);
     const config = this.configFor(r);
     const channelId = computeChannelId(this.domain, config);
-    const release = await this.queue.acquire(channelId);
+    const unlock = await this.queue.acquire(channelId);
+    // The budget counts this payment's price from here until it completes or is released: payments
+    // prepared in parallel on other channels see it.
+    const reserved = reservationsOf(this.store);
+    let held = 0n;
+    const release = () => {
+      reserved.amount -= held;
+      held = 0n;
+      unlock();
+    };
     try {
       let ch = await this.loadChannel(channelId, config);
       if (ch.halted) throw new PolicyError("channel_halted", `channel ${channelId} is halted: ${ch.halted}`);
       let budgetLeft: bigint | undefined;
       if (this.policy.budget !== undefined) {
-        const spent = (await this.store.channels()).reduce((s, c) => s + c.spent, 0n);
-        if (spent + r.amount > this.policy.budget) {
-          throw new PolicyError("budget", `paying ${r.amount} would exceed the budget ${this.policy.budget} (spent ${spent})`);
+        // What payees could claim: what was charged, plus every voucher signed above it (a request that
+        // got no answer, a metered charge below its ceiling), plus payments in flight on other channels.
+        let committed = 0n;
+        for (const c of await this.store.channels()) committed += c.spent + (c.channelId !== channelId && c.signedMax > c.charged ? c.signedMax - c.charged : 0n);
+        const own = ch.signedMax > ch.charged + r.amount ? ch.signedMax - ch.charged : r.amount;
+        if (committed + reserved.amount + own > this.policy.budget) {
+          throw new PolicyError("budget", `paying ${r.amount} would exceed the budget ${this.policy.budget} (spent or signed ${committed}, in flight ${reserved.amount})`);
         }
-        budgetLeft = this.policy.budget - spent;
+        budgetLeft = this.policy.budget - committed - reserved.amount;
+        held = r.amount;
+        reserved.amount += held;
       }
       const max = ch.charged + r.amount;
       let deposit: bigint | undefined = opts.deposit;

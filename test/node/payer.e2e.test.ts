@@ -331,6 +331,20 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     expect(ch!.balance).to.equal(2n * PRICE);
   });
 
+  it("policy: the budget holds across payments prepared in parallel on two channels (a payment in flight counts)", async () => {
+    const store = new MemoryPayerStore();
+    const a = makePayer(store, ctx.payers[4] as LocalAccount, "budget-parallel-a", { budget: 2n * PRICE });
+    const b = makePayer(store, ctx.payers[4] as LocalAccount, "budget-parallel-b", { budget: 2n * PRICE });
+    expect((await wrapFetch(fetch, a)(`${node.url}/articles/q0`)).status).to.equal(200);
+    const outcomes = await Promise.all(
+      [wrapFetch(fetch, a)(`${node.url}/articles/q1`), wrapFetch(fetch, b)(`${node.url}/articles/q2`)].map((p) => p.then((r) => r.status, (e: PolicyError) => e.violation)),
+    );
+    expect([...outcomes].sort()).to.deep.equal([200, "budget"].sort());
+    const channels = await store.channels();
+    expect(channels.reduce((s, c) => s + c.spent, 0n)).to.equal(2n * PRICE);
+    expect(channels.reduce((s, c) => s + c.signedMax, 0n) <= 2n * PRICE).to.equal(true);
+  });
+
   it("the timed withdrawal returns the unclaimed rest when the payee does not cooperate", async () => {
     const account = ctx.payers[4] as LocalAccount;
     const payer = makePayer(new MemoryPayerStore(), account, "payer-e");
