@@ -225,8 +225,9 @@ export { PolicyError, TollwayError };
  * Cooperative close: asks the payee behind `url` to refund the channel's unclaimed balance (all of it,
  * or `amount`). Returns the refunded amount.
  */
-export async function requestRefund(fetchImpl: typeof fetch, payer: Payer, url: string, amount?: bigint): Promise<bigint> {
-  const challenge = await fetchImpl(url);
+export async function requestRefund(fetchImpl: typeof fetch, payer: Payer, url: string, amount?: bigint, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<bigint> {
+  // Each exchange has a deadline: a payee that never answers does not hang the caller.
+  const challenge = await fetchImpl(url, { signal: AbortSignal.timeout(timeoutMs) });
   const body = await readPaymentRequired(challenge);
   if (challenge.status !== 402 || !body) throw new TollwayError(`expected a 402 from ${url}, got ${challenge.status}`);
   const requirements = stripCorrective(payer.select(parseAccepts(body), { forRefund: true }));
@@ -234,7 +235,7 @@ export async function requestRefund(fetchImpl: typeof fetch, payer: Payer, url: 
   // resynchronises once, as for payments; the refund voucher is then signed at the corrected charges.
   for (let attempt = 0; ; attempt++) {
     const { header, channelId } = await payer.refundHeader(requirements, amount);
-    const res = await fetchImpl(url, { headers: { [HEADERS.paymentSignature]: header } });
+    const res = await fetchImpl(url, { headers: { [HEADERS.paymentSignature]: header }, signal: AbortSignal.timeout(timeoutMs) });
     const pr = res.headers.get(HEADERS.paymentResponse);
     if (res.ok && pr) {
       const settled = decodeBase64Json(pr, "PAYMENT-RESPONSE") as SettleResponseBody;

@@ -554,6 +554,25 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect((await p.store.getChannel(channelId))!.balance).to.equal(500_000n);
   });
 
+  it("a refund the payee never answers fails at its deadline instead of hanging", async () => {
+    const p = payer();
+    const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
+    await p.store.putChannel({ channelId, config: p.configFor({ ...base, amount: 10_000n } as never), network: "eip155:31337", charged: 10_000n, signedMax: 10_000n, balance: 500_000n, spent: 10_000n, updatedAt: Date.now() });
+    const hung: import("express").Response[] = [];
+    respond = (req, res) => {
+      if (!req.headers["payment-signature"]) return send402([base])(req, res);
+      hung.push(res); // never answered
+    };
+    const started = Date.now();
+    const err = await requestRefund(fetch, p, url, undefined, 400).catch((e) => e);
+    expect(err).to.be.instanceOf(Error);
+    expect((err as Error).name).to.match(/TimeoutError|AbortError/);
+    expect(Date.now() - started).to.be.below(5_000);
+    expect(hung).to.have.length(1);
+    for (const res of hung) res.destroy();
+    expect((await p.store.getChannel(channelId))!.balance).to.equal(500_000n);
+  });
+
   it("a refund answered success: false is an error (nothing refunded), not a refund of the server's amount", async () => {
     const p = payer();
     const channelId = p.channelIdFor({ ...base, amount: 10_000n } as never);
