@@ -602,6 +602,14 @@ export class Payer {
   }
 
   private async isOwnVoucher(channelId: Hex, max: bigint, signature: Hex): Promise<boolean> {
+    // A smart-wallet payer (payerAuthorizer 0) signs in its wallet's own format (a Safe's, a passkey
+    // wallet's): its voucher is whatever the wallet's ERC-1271 check accepts, as the escrow asks it.
+    if (this.payerAuthorizer === zeroAddress && this.params.publicClient) {
+      const valid = await this.params.publicClient
+        .verifyTypedData({ address: this.payer, domain: this.domain, types: voucherTypes, primaryType: "Voucher", message: { channelId, maxClaimableAmount: max }, signature })
+        .catch(() => false);
+      if (valid) return true;
+    }
     try {
       const signer = await recoverTypedDataAddress({
         domain: this.domain,

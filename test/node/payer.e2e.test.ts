@@ -6,7 +6,7 @@ import vm from "node:vm";
 import os from "node:os";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
-import { createPublicClient, getAddress, http, keccak256, toHex, type LocalAccount, type Hex } from "viem";
+import { createPublicClient, getAddress, http, keccak256, toHex, zeroAddress, type LocalAccount, type Hex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createPayer, type Payer } from "../../node/payer/payer";
 import { openPayerStore, MemoryPayerStore, type PayerStore } from "../../node/payer/store";
@@ -17,6 +17,7 @@ import { batchSettlementAbi } from "../../node/chain/abi";
 import { ClaimEngine } from "../../node/payee/claims";
 import { clientsFor } from "../helpers/chainNode";
 import { startChain, startPayee } from "../helpers/payeeHarness";
+import { fetchRequirements } from "../helpers/wirePayer";
 
 const PRICE = 10_000n;
 
@@ -343,6 +344,35 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     const channels = await store.channels();
     expect(channels.reduce((s, c) => s + c.spent, 0n)).to.equal(2n * PRICE);
     expect(channels.reduce((s, c) => s + c.signedMax, 0n) <= 2n * PRICE).to.equal(true);
+  });
+
+  it("a smart-wallet payer (payerAuthorizer = 0) takes a voucher proof in its wallet's own signature format: the wallet's ERC-1271 answer decides, as on chain", async () => {
+    // A wallet whose isValidSignature accepts its own format (here: any signature) at a fresh address.
+    const wallet = "0x00000000000000000000000000000000000a1271" as const;
+    const magic = `0x7f${"1626ba7e" + "00".repeat(28)}60005260206000f3` as const;
+    await ctx.testClient.setCode({ address: wallet, bytecode: magic });
+    const base = (await fetchRequirements(`${node.url}/articles/w`)).accept as Record<string, any>;
+    const owner = privateKeyToAccount(keccak256(toHex("smart-owner")));
+    const { publicClient } = clientsFor(ctx.chain.url, owner);
+    const p = createPayer({ account: owner, payerAddress: wallet, store: new MemoryPayerStore(), chainId: 31337, publicClient: publicClient as never });
+    expect(p.payerAuthorizer).to.equal(zeroAddress);
+    const channelId = p.channelIdFor({ ...base, amount: BigInt(base.amount) } as never);
+    const walletFormat = `0x${"ab".repeat(97)}` as const; // not an ECDSA signature of the owner
+    // A payee's corrective 402 proves the charge with a voucher in the wallet's format.
+    const corrective = { ...base, extra: { ...base.extra, channelState: { channelId, balance: "1000000", totalClaimed: "0", withdrawRequestedAt: 0, refundNonce: "0", chargedCumulativeAmount: "30000" }, voucherState: { signedMaxClaimable: "30000", signature: walletFormat } } };
+    try {
+      await p.correct({ ...base, amount: BigInt(base.amount) } as never, corrective.extra);
+      const [ch] = await p.store.channels();
+      expect(ch?.charged).to.equal(30_000n); // adopted: the wallet vouches for that signature
+      expect(ch?.halted).to.equal(undefined);
+      // The same proof for a wallet that refuses it is a ServerMisbehaviorError.
+      await ctx.testClient.setCode({ address: wallet, bytecode: `0x7f${"00".repeat(32)}60005260206000f3` });
+      const other = createPayer({ account: owner, payerAddress: wallet, store: new MemoryPayerStore(), chainId: 31337, publicClient: publicClient as never });
+      const err = await other.correct({ ...base, amount: BigInt(base.amount) } as never, corrective.extra).catch((e) => e);
+      expect(err).to.be.instanceOf(ServerMisbehaviorError);
+    } finally {
+      await ctx.testClient.setCode({ address: wallet, bytecode: "0x" });
+    }
   });
 
   it("the timed withdrawal returns the unclaimed rest when the payee does not cooperate", async () => {
