@@ -4,7 +4,7 @@
  */
 import { Command, Option } from "commander";
 import { ExitCodes, ExitError, describeError, exitCodeOf } from "./errors";
-import { batchArg, chainIdArg, channelIdArg, decimalsArg, repeatable } from "./parsers";
+import { batchArg, chainIdArg, channelIdArg, decimalsArg, repeatable, withdrawDelayArg } from "./parsers";
 
 const EXIT_HELP = `
 Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 refused by your policy, 4 the server broke the
@@ -57,6 +57,7 @@ export function buildProgram(): Command {
       .option("--max <amount>", "most to pay for this request, in token units", "1")
       .option("--budget <amount>", "most to pay in total over all channels")
       .option("--max-deposit <amount>", "largest deposit allowed, in token units", "10")
+      .option("--max-withdraw-delay <seconds>", "refuse payees whose channels lock a deposit longer than this if they stop cooperating", withdrawDelayArg)
       .option("--deposit <amount>", "top up the channel by this much with this request")
       .addHelpText("after", "\nExamples:\n  tollway pay http://127.0.0.1:4020/articles/1 --max 0.05\n  tollway pay -X POST -d '{\"q\":1}' -H 'Content-Type: application/json' http://127.0.0.1:4020/api"),
   ).action(async (url, o) => finish(await (await import("./commands/pay")).pay(url, o)));

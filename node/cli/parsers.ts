@@ -21,6 +21,8 @@ export function wholeNumber(min: number, max: number): (value: string) => number
 export const chainIdArg = wholeNumber(1, Number.MAX_SAFE_INTEGER);
 /** Token decimals, as the node config allows them. */
 export const decimalsArg = wholeNumber(0, 36);
+/** A withdraw delay in seconds (the escrow allows 15 minutes to 30 days). */
+export const withdrawDelayArg = wholeNumber(1, 30 * 24 * 3600);
 /** Channels per claim call; the admin API takes at most 10,000 ids per call. */
 export const batchArg = wholeNumber(1, 10_000);
 

@@ -23,6 +23,8 @@ export type PayerCliOptions = {
   max?: string;
   budget?: string;
   maxDeposit?: string;
+  /** Parsed by the CLI (seconds). */
+  maxWithdrawDelay?: number;
   /** Token decimals for amounts, parsed by the CLI (0-36). */
   decimals?: number;
   symbol?: string;
@@ -64,6 +66,7 @@ export async function openPayerContext(o: PayerCliOptions): Promise<PayerContext
     maxPerRequest: o.max ? parse(o.max) : undefined,
     budget: o.budget ? parse(o.budget) : undefined,
     maxDeposit: o.maxDeposit ? parse(o.maxDeposit) : undefined,
+    ...(o.maxWithdrawDelay !== undefined ? { maxWithdrawDelay: o.maxWithdrawDelay } : {}),
     ...(o.asset ? { allowedAssets: [getAddress(o.asset)] } : {}),
   };
   // The session key is derived from the wallet key: stable across runs, never stored or printed.

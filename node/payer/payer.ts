@@ -51,6 +51,11 @@ export type PayerPolicy = {
   depositMultiplier?: number;
   /** Most this payer pays in total over all channels (atomic units). */
   budget?: bigint;
+  /**
+   * Longest withdraw delay (seconds) of a channel this payer deposits into: the time its money is locked
+   * if the payee stops cooperating (the payee chooses it, 15 min to 30 days). Default: no limit.
+   */
+  maxWithdrawDelay?: number;
   allowedPayTo?: readonly Address[];
   allowedAssets?: readonly Address[];
 };
@@ -119,6 +124,9 @@ export type SettleResponseBody = {
 function decimalAmount(v: unknown): bigint | undefined {
   return typeof v === "string" && /^(0|[1-9]\d{0,77})$/.test(v) ? BigInt(v) : undefined;
 }
+
+/** Longest life of a deposit's ERC-3009 authorization (s), whatever the payee's maxTimeoutSeconds. */
+export const DEPOSIT_AUTHORIZATION_TTL_S = 600;
 
 /** The default lock of a store: every payer in this process built on that store object shares it. */
 const storeQueues = new WeakMap<object, Queue>();
@@ -243,6 +251,9 @@ export class Payer {
     }
     if (!forRefund && p.maxPerRequest !== undefined && a.amount > p.maxPerRequest) {
       throw new PolicyError("max_per_request", `price ${a.amount} exceeds the maximum per request ${p.maxPerRequest}`);
+    }
+    if (!forRefund && p.maxWithdrawDelay !== undefined && a.extra.withdrawDelay > p.maxWithdrawDelay) {
+      throw new PolicyError("withdraw_delay", `the payee's withdraw delay of ${a.extra.withdrawDelay} s exceeds the maximum ${p.maxWithdrawDelay} s`);
     }
   }
 
@@ -630,7 +641,9 @@ export class Payer {
     }
     const salt = keccak256(toHex(`${channelId}:${amount}:${Date.now()}:${Math.random()}`));
     const now = Math.floor(Date.now() / 1000);
-    const validBefore = BigInt(now + Math.max(60, Math.min(r.maxTimeoutSeconds, 3600)));
+    // Short-lived: the payee relays a deposit at once, and an authorization it kept instead (a refused or
+    // unanswered request) is anyone's to relay until it expires.
+    const validBefore = BigInt(now + Math.max(60, Math.min(r.maxTimeoutSeconds, DEPOSIT_AUTHORIZATION_TTL_S)));
     const signature = await signTyped(this.params.account, {
       domain: { name: r.extra.name, version: r.extra.version, chainId: this.params.chainId, verifyingContract: r.asset },
       types: receiveWithAuthorizationTypes,

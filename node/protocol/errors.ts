@@ -151,7 +151,8 @@ export type PolicyViolation =
   | "pay_to_not_allowed"
   | "asset_not_allowed"
   | "channel_halted"
-  | "payee_halted";
+  | "payee_halted"
+  | "withdraw_delay";
 
 /** The payer's policy forbids this payment; nothing was signed. */
 export class PolicyError extends TollwayError {

@@ -82,6 +82,10 @@ describe("tollway CLI for wallet users: pay, channels, deposit, refund, withdraw
     const other = await run(["pay", `${node.url}/articles/8`, "--asset", "0x0000000000000000000000000000000000000bad", ...common], env);
     expect(other.code).to.equal(3);
     expect(other.stderr).to.match(/^tollway: asset 0x\w+ is not in the allowed list/);
+    // --max-withdraw-delay: a payee whose channel would lock the deposit longer (900 s here) is refused.
+    const locked = await run(["pay", `${node.url}/articles/8`, "--max-withdraw-delay", "600", ...common], env);
+    expect(locked.code).to.equal(3);
+    expect(locked.stderr).to.match(/^tollway: the payee's withdraw delay of 900 s exceeds the maximum 600 s/);
   });
 
   it("reads the key from a 0600 key file, and refuses a key file others can read", async () => {

@@ -12,7 +12,7 @@ import { createPayer, type Payer } from "../../node/payer/payer";
 import { openPayerStore, MemoryPayerStore, type PayerStore } from "../../node/payer/store";
 import { wrapFetch, requestRefund } from "../../node/payer/fetch";
 import { ChainError, PolicyError, ServerMisbehaviorError, TollwayError } from "../../node/protocol/errors";
-import { HEADERS, encodeBase64Json } from "../../node/protocol/wire";
+import { HEADERS, decodeBase64Json, encodeBase64Json } from "../../node/protocol/wire";
 import { batchSettlementAbi } from "../../node/chain/abi";
 import { ClaimEngine } from "../../node/payee/claims";
 import { clientsFor } from "../helpers/chainNode";
@@ -786,6 +786,20 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect(err).to.be.instanceOf(ChainError);
     expect(err.code).to.equal("invalid_batch_settlement_evm_rpc_read_failed");
     expect(err).to.not.be.instanceOf(ServerMisbehaviorError);
+  });
+
+  it("policy: a payee whose withdraw delay is above maxWithdrawDelay gets nothing signed; a deposit's authorization lives at most 10 minutes, whatever the payee's maxTimeoutSeconds", async () => {
+    respond = send402([{ ...base, extra: { ...base.extra, withdrawDelay: 7_200 } }]);
+    const before = signedHeaders.length;
+    const err = await wrapFetch(fetch, payer({ maxWithdrawDelay: 3_600 }))(url).catch((e) => e);
+    expect(err).to.be.instanceOf(PolicyError);
+    expect(err.violation).to.equal("withdraw_delay");
+    expect(signedHeaders.length).to.equal(before);
+    // A payee asking for an hour: the deposit authorization it receives expires in 10 minutes.
+    respond = send402([{ ...base, maxTimeoutSeconds: 3_600 }]);
+    await wrapFetch(fetch, payer())(url).catch(() => undefined);
+    const deposit = (decodeBase64Json(signedHeaders[signedHeaders.length - 1]!, "PAYMENT-SIGNATURE") as any).payload.deposit.authorization.erc3009Authorization;
+    expect(Number(deposit.validBefore) - Math.floor(Date.now() / 1000)).to.be.within(590, 600);
   });
 
   it("a corrective 402 with a forged voucher proof -> ServerMisbehaviorError, no voucher for the claimed state", async () => {
