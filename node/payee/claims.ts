@@ -198,7 +198,7 @@ export class ClaimEngine {
       totals.set(ev.args.channelId, ev.args.newTotalClaimed);
       amount += ev.args.claimAmount;
     }
-    await this.payee.applyClaimed(totals, hash);
+    await this.payee.applyClaimed(totals, { hash, blockNumber: receipt.blockNumber });
     await this.payee.store.appendHistory({ at: Date.now(), kind: "claim", txHash: hash, channels: ids, amount, gasUsed: receipt.gasUsed });
     report.transactions.push({ hash, gasUsed: receipt.gasUsed, channels: ids, amount });
     report.claimedChannels += recs.length;

@@ -450,14 +450,14 @@ export class Payee {
    * gets the refund (what the receipt's events moved: the contract caps a refund at what is unclaimed),
    * and a fully refunded channel's record is dropped (its charges are in the ledger, its claims on chain).
    */
-  async recordRefund(rec: ChannelRecord, hash: Hex, receipt: { logs: Log[]; gasUsed: bigint }): Promise<{ next: ChannelRecord; refunded: bigint; chain: OnchainChannel }> {
+  async recordRefund(rec: ChannelRecord, hash: Hex, receipt: { logs: Log[]; gasUsed: bigint; blockNumber: bigint }): Promise<{ next: ChannelRecord; refunded: bigint; chain: OnchainChannel }> {
     const refunded = amountMoved(receipt.logs, "Refunded");
-    const chain = await this.readBack(rec.channelId, `the refund (${hash})`, "the node's record follows the chain shortly");
+    const chain = await this.readBack(rec.channelId, receipt.blockNumber, `the refund (${hash})`, "the node's record follows the chain shortly");
     const next = this.withChain(rec, chain);
     await this.store.appendHistory({ at: this.now(), kind: "refund", txHash: hash, channels: [rec.channelId], amount: refunded, gasUsed: receipt.gasUsed });
     if (chain.balance === chain.totalClaimed) await this.store.deleteChannel(rec.channelId);
     else await this.store.putChannel(next);
-    this.noteApplied(hash, rec.channelId);
+    this.noteApplied(hash, rec.channelId, receipt.blockNumber, true);
     // A refund claims the node's charges first, in the same transaction: the chain took this channel's vouchers.
     this.clearUnclaimable(rec.channelId);
     return { next, refunded, chain };
@@ -467,7 +467,7 @@ export class Payee {
    * Records claimed totals taken from a claim receipt's `Claimed` events (no RPC round trip), under
    * each channel's lock, writing all records in one group commit.
    */
-  async applyClaimed(totals: ReadonlyMap<Hex, bigint>, txHash?: Hex): Promise<void> {
+  async applyClaimed(totals: ReadonlyMap<Hex, bigint>, tx?: { hash: Hex; blockNumber: bigint }): Promise<void> {
     await Promise.all(
       [...totals].map(([channelId, total]) =>
         this.locks
@@ -476,7 +476,7 @@ export class Payee {
             this.clearUnclaimable(channelId); // a claim of it landed, whoever sent it
             if (!rec || rec.totalClaimed >= total) return;
             await this.store.putChannel({ ...rec, totalClaimed: total, syncedAt: this.now() });
-            if (txHash) this.noteApplied(txHash, channelId);
+            if (tx) this.noteApplied(tx.hash, channelId, tx.blockNumber, false);
           })
           .catch((err: Error) => {
             // The claim is on chain either way (a channel busy with a long request, say): the watcher
@@ -500,9 +500,16 @@ export class Payee {
    */
   readonly applied = new Set<string>();
 
-  private noteApplied(txHash: Hex, channelId: Hex) {
+  /**
+   * Notes that `txHash`'s effect on `channelId` is stored. `fullRead`: the whole channel was read at
+   * `block` (not only a claimed total from the receipt), so an event the mirror could not apply at or
+   * before that block is in the record too.
+   */
+  private noteApplied(txHash: Hex, channelId: Hex, block: bigint, fullRead: boolean) {
     if (this.applied.size >= 10_000) this.applied.clear();
     this.applied.add(`${txHash.toLowerCase()}:${channelId.toLowerCase()}`);
+    const missed = this.unsynced.get(channelId);
+    if (fullRead && missed !== undefined && missed <= block) this.unsynced.delete(channelId);
   }
   /** When a request's resync of a channel last failed (ms): the next ones are refused at once for a while. */
   private readonly resyncFailedAt = new Map<Hex, number>();
@@ -856,9 +863,14 @@ export class Payee {
    * The channel read back after this node's own transaction. An RPC failure here is a 503 the client can
    * retry, not a raw client error (its message would carry the RPC URL); the watcher mirrors the event.
    */
-  private async readBack(channelId: Hex, what: string, next: string): Promise<OnchainChannel> {
+  /**
+   * The channel as the block of this node's own transaction left it: read at that block, so an RPC
+   * backend behind it fails the read instead of answering an older state (which the mirror, skipping
+   * the transaction's events, would then keep).
+   */
+  private async readBack(channelId: Hex, block: bigint, what: string, next: string): Promise<OnchainChannel> {
     try {
-      return await readChannel(this.opts.publicClient, this.opts.escrow, channelId);
+      return await readChannel(this.opts.publicClient, this.opts.escrow, channelId, block);
     } catch (cause) {
       throw new PaymentError(ErrorCodes.channelStateReadFailed, `${what} is on chain and counts, but the channel could not be read back just now; ${next}`, { cause, status: 503 });
     }
@@ -876,10 +888,10 @@ export class Payee {
       transactionError: ErrorCodes.depositTransactionFailed,
       beforeSend: () => this.relayBudget.take(p.channelConfig.payer, "deposit"),
     });
-    const chain = await this.readBack(channelId, `the deposit (${result.hash})`, "pay with a voucher shortly (not this deposit again)");
+    const chain = await this.readBack(channelId, result.receipt.blockNumber, `the deposit (${result.hash})`, "pay with a voucher shortly (not this deposit again)");
     const record = this.withChain(rec, chain);
     await this.store.putChannel(record);
-    this.noteApplied(result.hash, channelId);
+    this.noteApplied(result.hash, channelId, result.receipt.blockNumber, true);
     await this.store.appendHistory({
       at: this.now(),
       kind: "deposit",

@@ -125,8 +125,10 @@ function decimalAmount(v: unknown): bigint | undefined {
   return typeof v === "string" && /^(0|[1-9]\d{0,77})$/.test(v) ? BigInt(v) : undefined;
 }
 
-/** Longest life of a deposit's ERC-3009 authorization (s), whatever the payee's maxTimeoutSeconds. */
+/** Longest life of a deposit's ERC-3009 authorization (s) for a payer that reads the chain's clock, whatever the payee's maxTimeoutSeconds. */
 export const DEPOSIT_AUTHORIZATION_TTL_S = 600;
+
+const ERC6492_SUFFIX = "6492".repeat(16);
 
 /** The default lock of a store: every payer in this process built on that store object shares it. */
 const storeQueues = new WeakMap<object, Queue>();
@@ -338,6 +340,9 @@ export class Payer {
           }
         : { type: "voucher", channelConfig: config, voucher };
       if (max > ch.signedMax) await this.store.putChannel({ ...ch, signedMax: max, updatedAt: Date.now() });
+      // From here the store's signedMax carries this payment for the budget: the reservation is done.
+      reserved.amount -= held;
+      held = 0n;
       const header = encodeBase64Json({ x402Version: 2, accepted: requirementsToWire(r), payload });
       return { header, channelId, requirements: r, kind: deposit ? "deposit" : "voucher", max, ceiling: ch.signedMax, deposit, release };
     } catch (e) {
@@ -615,6 +620,8 @@ export class Payer {
   private async isOwnVoucher(channelId: Hex, max: bigint, signature: Hex): Promise<boolean> {
     // A smart-wallet payer (payerAuthorizer 0) signs in its wallet's own format (a Safe's, a passkey
     // wallet's): its voucher is whatever the wallet's ERC-1271 check accepts, as the escrow asks it.
+    // ERC-6492 wraps a signature of a wallet not deployed yet; the escrow's ERC-1271 check does not unwrap it.
+    if (signature.toLowerCase().endsWith(ERC6492_SUFFIX)) return false;
     if (this.payerAuthorizer === zeroAddress && this.params.publicClient) {
       const valid = await this.params.publicClient
         .verifyTypedData({ address: this.payer, domain: this.domain, types: voucherTypes, primaryType: "Voucher", message: { channelId, maxClaimableAmount: max }, signature })
@@ -640,10 +647,13 @@ export class Payer {
       throw new PolicyError("no_matching_requirement", "the requirement lacks the token's EIP-712 name and version");
     }
     const salt = keccak256(toHex(`${channelId}:${amount}:${Date.now()}:${Math.random()}`));
-    const now = Math.floor(Date.now() / 1000);
     // Short-lived: the payee relays a deposit at once, and an authorization it kept instead (a refused or
-    // unanswered request) is anyone's to relay until it expires.
-    const validBefore = BigInt(now + Math.max(60, Math.min(r.maxTimeoutSeconds, DEPOSIT_AUTHORIZATION_TTL_S)));
+    // unanswered request) is anyone's to relay until it expires. The token checks it against the chain's
+    // clock: from the chain's time where it can be read; without a chain view, an hour allows for skew.
+    const wall = Math.floor(Date.now() / 1000);
+    const chainTime = this.params.publicClient ? await this.params.publicClient.getBlock().then((b) => Number(b.timestamp), () => undefined) : undefined;
+    const ttl = chainTime === undefined ? 3_600 : DEPOSIT_AUTHORIZATION_TTL_S;
+    const validBefore = BigInt(Math.max(wall, chainTime ?? 0) + Math.max(60, Math.min(r.maxTimeoutSeconds, ttl)));
     const signature = await signTyped(this.params.account, {
       domain: { name: r.extra.name, version: r.extra.version, chainId: this.params.chainId, verifyingContract: r.asset },
       types: receiveWithAuthorizationTypes,

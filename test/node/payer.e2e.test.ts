@@ -788,18 +788,27 @@ describe("payer: hostile 402s are refused with a typed error and nothing is sign
     expect(err).to.not.be.instanceOf(ServerMisbehaviorError);
   });
 
-  it("policy: a payee whose withdraw delay is above maxWithdrawDelay gets nothing signed; a deposit's authorization lives at most 10 minutes, whatever the payee's maxTimeoutSeconds", async () => {
+  it("policy: a payee whose withdraw delay is above maxWithdrawDelay gets nothing signed; a deposit's authorization lives at most 10 minutes of the chain's clock, whatever the payee's maxTimeoutSeconds", async () => {
     respond = send402([{ ...base, extra: { ...base.extra, withdrawDelay: 7_200 } }]);
     const before = signedHeaders.length;
     const err = await wrapFetch(fetch, payer({ maxWithdrawDelay: 3_600 }))(url).catch((e) => e);
     expect(err).to.be.instanceOf(PolicyError);
     expect(err.violation).to.equal("withdraw_delay");
     expect(signedHeaders.length).to.equal(before);
-    // A payee asking for an hour: the deposit authorization it receives expires in 10 minutes.
+    // A payee asking for an hour: the deposit authorization it receives expires 10 minutes after the
+    // chain's clock (read from the payer's chain client; here the chain runs 1,000 s ahead of this machine).
+    const chainTime = Math.floor(Date.now() / 1000) + 1_000;
+    const chainView = { getBlock: async () => ({ timestamp: BigInt(chainTime) }), readContract: async () => [0n, 0n] }; // a channel not funded yet
     respond = send402([{ ...base, maxTimeoutSeconds: 3_600 }]);
-    await wrapFetch(fetch, payer())(url).catch(() => undefined);
-    const deposit = (decodeBase64Json(signedHeaders[signedHeaders.length - 1]!, "PAYMENT-SIGNATURE") as any).payload.deposit.authorization.erc3009Authorization;
-    expect(Number(deposit.validBefore) - Math.floor(Date.now() / 1000)).to.be.within(590, 600);
+    const validBefore = async (p: Payer) => {
+      const before = signedHeaders.length;
+      const err = await wrapFetch(fetch, p)(url).then(() => undefined, (e: Error) => e);
+      expect(signedHeaders.length, String(err)).to.be.greaterThan(before);
+      return Number((decodeBase64Json(signedHeaders[signedHeaders.length - 1]!, "PAYMENT-SIGNATURE") as any).payload.deposit.authorization.erc3009Authorization.validBefore);
+    };
+    expect((await validBefore(createPayer({ ...payer().params, publicClient: chainView as never }))) - chainTime).to.equal(600);
+    // Without a chain view the payer cannot see the chain's clock: an hour, for skew.
+    expect((await validBefore(payer())) - Math.floor(Date.now() / 1000)).to.be.within(3_590, 3_600);
   });
 
   it("a corrective 402 with a forged voucher proof -> ServerMisbehaviorError, no voucher for the claimed state", async () => {

@@ -278,4 +278,12 @@ describe("watcher rescan: each log is acted on once (a reorganised block or a fa
     expect(node.payee.unsynced.has(id)).to.equal(false);
     expect((await node.store.getChannel(id))!.withdrawRequestedAt).to.be.greaterThan(0); // the request mirrored it
   });
+
+  it("the node's own deposit is read back at its receipt's block: a backend behind it cannot leave a stale balance that the mirror (skipping the node's own events) would keep", async () => {
+    const payer = new WirePayer(ctx.payers[3] as LocalAccount, privateKeyToAccount(keccak256(toHex("rescan-readback"))));
+    const stale = await ctx.publicClient.getBlockNumber(); // before the deposit: the channel does not exist there
+    const r = await lagging(stale, async () => payWith(`${node.url}/a/1`, await payer.depositHeader(accept, 1_000_000n, PRICE)));
+    expect(r.status, r.text).to.equal(200);
+    expect((await node.payee.store.getChannel(payer.channelId(accept)))!.balance).to.equal(1_000_000n);
+  });
 });
