@@ -163,7 +163,7 @@ export class ChainWatcher {
       const logs = await client.getContractEvents({ address: this.payee.opts.escrow, abi: batchSettlementAbi, fromBlock: from, toBlock: to });
       // Each touched channel with the block of its first new event in this range, and the new logs to
       // remember once it is mirrored.
-      const touched = new Map<Hex, { block: bigint; keys: Array<[string, { at: bigint; confirmed: boolean }]> }>();
+      const touched = new Map<Hex, { block: bigint; keys: Array<[string, { at: bigint; confirmed: boolean }]>; txs: string[] }>();
       for (const log of logs) {
         const args = log.args as { channelId?: Hex };
         if (!args.channelId) continue;
@@ -188,10 +188,11 @@ export class ChainWatcher {
             this.payee.unsynced.delete(args.channelId);
             continue;
           }
-          t = { block, keys: [] };
+          t = { block, keys: [], txs: [] };
           touched.set(args.channelId, t);
         }
         if (key !== undefined) t.keys.push([key, { at: block, confirmed }]);
+        t.txs.push(own);
         if (log.eventName === "WithdrawInitiated" && !this.withdrawing.has(args.channelId)) {
           this.opts.logger?.warn({ channelId: args.channelId }, "payer initiated a withdrawal; claiming now");
           this.withdrawing.add(args.channelId);
@@ -213,6 +214,9 @@ export class ChainWatcher {
                 // At least this poll's head; a newer one if a request wrote fresher state while this waited for the lock.
                 .syncChannel(id, async () => readChannelCautious(client, this.payee.opts.escrow, id, depth, max(head, await client.getBlockNumber({ cacheTime: 0 }))))
                 .catch((err: unknown) => {
+                  // Only this node's own transactions, stored from their receipts meanwhile (the sync waited
+                  // for the lock their request held): nothing is missing from the record.
+                  if (touched.get(id)!.txs.every((tx) => this.payee.applied.has(tx))) return undefined;
                   // Refused at once (a request may take the lock before this slice's others are done).
                   // With the range's last block: a re-read at it or later sees every event of this range.
                   this.payee.unsynced.set(id, max(this.payee.unsynced.get(id) ?? 0n, to));

@@ -25,6 +25,8 @@ export type WrapFetchOptions = {
 };
 
 const DEFAULT_TIMEOUT_MS = 120_000;
+/** A refund waits for the payee's transaction and its confirmations: longer than a paid request. */
+const REFUND_TIMEOUT_MS = 300_000;
 
 type PaymentRequiredBody = { x402Version?: number; error?: string; accepts?: unknown[] };
 
@@ -225,7 +227,7 @@ export { PolicyError, TollwayError };
  * Cooperative close: asks the payee behind `url` to refund the channel's unclaimed balance (all of it,
  * or `amount`). Returns the refunded amount.
  */
-export async function requestRefund(fetchImpl: typeof fetch, payer: Payer, url: string, amount?: bigint, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<bigint> {
+export async function requestRefund(fetchImpl: typeof fetch, payer: Payer, url: string, amount?: bigint, timeoutMs = REFUND_TIMEOUT_MS): Promise<bigint> {
   // Each exchange has a deadline: a payee that never answers does not hang the caller.
   const challenge = await fetchImpl(url, { signal: AbortSignal.timeout(timeoutMs) });
   const body = await readPaymentRequired(challenge);

@@ -55,6 +55,8 @@ describe(`torture: kill -9 the payee ${CRASHES} times under load`, function () {
       storePath: path.join(dir, "store"),
       adminToken: TOKEN,
       claims: { onShutdown: false },
+      // A deposit killed between its journal entry and its send is re-priced by the next deposit soon, not in 30 s.
+      transactions: { repriceAfterMs: 1_000 },
       proxy: { "GET /t/*": { upstream: `http://127.0.0.1:${(up.address() as AddressInfo).port}`, price: "$0.001" } },
       logLevel: "silent",
     }));
