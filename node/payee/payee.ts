@@ -500,6 +500,11 @@ export class Payee {
    */
   readonly applied = new Set<string>();
 
+  /** Whether this node's own transaction `txHash` is stored as applied to `channelId` (see `applied`). */
+  isApplied(txHash: Hex | null | undefined, channelId: Hex): boolean {
+    return txHash != null && this.applied.has(appliedKey(txHash, channelId));
+  }
+
   /**
    * Notes that `txHash`'s effect on `channelId` is stored. `fullRead`: the whole channel was read at
    * `block` (not only a claimed total from the receipt), so an event the mirror could not apply at or
@@ -507,7 +512,7 @@ export class Payee {
    */
   private noteApplied(txHash: Hex, channelId: Hex, block: bigint, fullRead: boolean) {
     if (this.applied.size >= 10_000) this.applied.clear();
-    this.applied.add(`${txHash.toLowerCase()}:${channelId.toLowerCase()}`);
+    this.applied.add(appliedKey(txHash, channelId));
     const missed = this.unsynced.get(channelId);
     if (fullRead && missed !== undefined && missed <= block) this.unsynced.delete(channelId);
   }
@@ -860,13 +865,10 @@ export class Payee {
   }
 
   /**
-   * The channel read back after this node's own transaction. An RPC failure here is a 503 the client can
-   * retry, not a raw client error (its message would carry the RPC URL); the watcher mirrors the event.
-   */
-  /**
    * The channel as the block of this node's own transaction left it: read at that block, so an RPC
    * backend behind it fails the read instead of answering an older state (which the mirror, skipping
-   * the transaction's events, would then keep).
+   * the transaction's events, would then keep). An RPC failure here is a 503 the client can retry, not a
+   * raw client error (its message would carry the RPC URL).
    */
   private async readBack(channelId: Hex, block: bigint, what: string, next: string): Promise<OnchainChannel> {
     try {
@@ -904,6 +906,8 @@ export class Payee {
     return { txHash: result.hash, amount: p.deposit.amount, record };
   }
 }
+
+const appliedKey = (txHash: Hex, channelId: Hex) => `${txHash.toLowerCase()}:${channelId.toLowerCase()}`;
 
 function sameConfig(a: ChannelConfig, b: ChannelConfig): boolean {
   return (

@@ -163,7 +163,7 @@ export class ChainWatcher {
       const logs = await client.getContractEvents({ address: this.payee.opts.escrow, abi: batchSettlementAbi, fromBlock: from, toBlock: to });
       // Each touched channel with the block of its first new event in this range, and the new logs to
       // remember once it is mirrored.
-      const touched = new Map<Hex, { block: bigint; keys: Array<[string, { at: bigint; confirmed: boolean }]>; txs: string[] }>();
+      const touched = new Map<Hex, { block: bigint; keys: Array<[string, { at: bigint; confirmed: boolean }]>; txs: Array<Hex | null> }>();
       for (const log of logs) {
         const args = log.args as { channelId?: Hex };
         if (!args.channelId) continue;
@@ -174,8 +174,7 @@ export class ChainWatcher {
         const known = key === undefined ? undefined : this.seen.get(key);
         if (known && (known.confirmed || !confirmed)) continue;
         // This node's own transaction, its effect stored from its receipt: nothing to read back.
-        const own = `${log.transactionHash?.toLowerCase()}:${args.channelId.toLowerCase()}`;
-        if (confirmed && key !== undefined && this.payee.applied.has(own)) {
+        if (confirmed && key !== undefined && this.payee.isApplied(log.transactionHash, args.channelId)) {
           this.seen.set(key, { at: block, confirmed });
           continue;
         }
@@ -192,7 +191,7 @@ export class ChainWatcher {
           touched.set(args.channelId, t);
         }
         if (key !== undefined) t.keys.push([key, { at: block, confirmed }]);
-        t.txs.push(own);
+        t.txs.push(log.transactionHash);
         if (log.eventName === "WithdrawInitiated" && !this.withdrawing.has(args.channelId)) {
           this.opts.logger?.warn({ channelId: args.channelId }, "payer initiated a withdrawal; claiming now");
           this.withdrawing.add(args.channelId);
@@ -216,7 +215,7 @@ export class ChainWatcher {
                 .catch((err: unknown) => {
                   // Only this node's own transactions, stored from their receipts meanwhile (the sync waited
                   // for the lock their request held): nothing is missing from the record.
-                  if (touched.get(id)!.txs.every((tx) => this.payee.applied.has(tx))) return undefined;
+                  if (touched.get(id)!.txs.every((tx) => this.payee.isApplied(tx, id))) return undefined;
                   // Refused at once (a request may take the lock before this slice's others are done).
                   // With the range's last block: a re-read at it or later sees every event of this range.
                   this.payee.unsynced.set(id, max(this.payee.unsynced.get(id) ?? 0n, to));

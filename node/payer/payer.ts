@@ -130,19 +130,15 @@ export const DEPOSIT_AUTHORIZATION_TTL_S = 600;
 
 const ERC6492_SUFFIX = "6492".repeat(16);
 
-/** The default lock of a store: every payer in this process built on that store object shares it. */
-const storeQueues = new WeakMap<object, Queue>();
-/** Per store object: the prices of payments prepared and not yet completed or released (budget checks). */
-const storeReservations = new WeakMap<object, { amount: bigint }>();
-function reservationsOf(store: object): { amount: bigint } {
-  let r = storeReservations.get(store);
-  if (!r) storeReservations.set(store, (r = { amount: 0n }));
-  return r;
-}
-function queueOf(store: object): Queue {
-  let q = storeQueues.get(store);
-  if (!q) storeQueues.set(store, (q = new Queue()));
-  return q;
+/**
+ * What every payer in this process built on one store object shares: the default channel lock, and the
+ * prices of payments being prepared (the budget check sees them before their signedMax is stored).
+ */
+const perStore = new WeakMap<object, { queue: Queue; reserved: { amount: bigint } }>();
+function sharedOf(store: object): { queue: Queue; reserved: { amount: bigint } } {
+  let s = perStore.get(store);
+  if (!s) perStore.set(store, (s = { queue: new Queue(), reserved: { amount: 0n } }));
+  return s;
 }
 
 class Queue implements ChannelLock {
@@ -185,7 +181,7 @@ export class Payer {
   private readonly salt: Hex;
 
   constructor(readonly params: CreatePayerParameters) {
-    this.queue = params.lock ?? queueOf(params.store);
+    this.queue = params.lock ?? sharedOf(params.store).queue;
     this.escrow = params.escrow ?? CANONICAL_ADDRESSES.batchSettlement;
     this.collector = params.erc3009Collector ?? CANONICAL_ADDRESSES.erc3009DepositCollector;
     this.domain = escrowDomain(params.chainId, this.escrow);
@@ -270,7 +266,7 @@ export class Payer {
     const unlock = await this.queue.acquire(channelId);
     // The budget counts this payment's price from here until it completes or is released: payments
     // prepared in parallel on other channels see it.
-    const reserved = reservationsOf(this.store);
+    const { reserved } = sharedOf(this.store);
     let held = 0n;
     const release = () => {
       reserved.amount -= held;
@@ -618,10 +614,10 @@ export class Payer {
   }
 
   private async isOwnVoucher(channelId: Hex, max: bigint, signature: Hex): Promise<boolean> {
-    // A smart-wallet payer (payerAuthorizer 0) signs in its wallet's own format (a Safe's, a passkey
-    // wallet's): its voucher is whatever the wallet's ERC-1271 check accepts, as the escrow asks it.
     // ERC-6492 wraps a signature of a wallet not deployed yet; the escrow's ERC-1271 check does not unwrap it.
     if (signature.toLowerCase().endsWith(ERC6492_SUFFIX)) return false;
+    // A smart-wallet payer (payerAuthorizer 0) signs in its wallet's own format (a Safe's, a passkey
+    // wallet's): its voucher is whatever the wallet's ERC-1271 check accepts, as the escrow asks it.
     if (this.payerAuthorizer === zeroAddress && this.params.publicClient) {
       const valid = await this.params.publicClient
         .verifyTypedData({ address: this.payer, domain: this.domain, types: voucherTypes, primaryType: "Voucher", message: { channelId, maxClaimableAmount: max }, signature })

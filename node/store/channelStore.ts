@@ -231,15 +231,15 @@ export class ChannelStore {
    * each `save` is durable before it resolves, `load` returns the entries in number order.
    */
   journal(name: string): { load(): Promise<string[]>; save(n: number, entry: string): Promise<void>; remove(n: number): Promise<void> } {
-    const prefix = `m:journal:${name}:`;
+    const prefix = `journal:${name}:`;
     return {
       load: async () => {
         const out: string[] = [];
-        for await (const value of this.db.values({ gte: prefix, lt: `${prefix}\uffff` })) out.push(value);
+        for await (const value of this.db.values({ gte: `m:${prefix}`, lt: `m:${prefix}\uffff` })) out.push(value);
         return out;
       },
-      save: (n, entry) => this.enqueue([{ type: "put", key: prefix + pad(n, 16), value: entry }]),
-      remove: (n) => this.enqueue([{ type: "del", key: prefix + pad(n, 16) }]),
+      save: (n, entry) => this.putMeta(prefix + pad(n, 16), entry),
+      remove: (n) => this.deleteMeta(prefix + pad(n, 16)),
     };
   }
 
