@@ -412,11 +412,19 @@ const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "te
 const CLIENT_FORWARDING = new Set(["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"]);
 /** Not taken from the upstream: the payment middleware's own. */
 const PAYMENT_OWNED = new Set(["payment-response", "payment-required", "payment-signature"]);
+/** Not sent to the upstream: the payment is the node's business (v1's X-PAYMENT too, should a client send both). */
+const PAYMENT_INBOUND = new Set(["payment-signature", "x-payment"]);
+/**
+ * A message's framing, which its Connection header cannot drop: a body forwarded without it would reach
+ * the upstream as bytes after a bodiless request, read there as a second, unpaid request (smuggling).
+ */
+const FRAMING = new Set(["content-length", "transfer-encoding"]);
 
-/** Hop-by-hop names: the fixed ones and those the message's own Connection header lists. */
+/** Hop-by-hop names: the fixed ones and those the message's own Connection header lists (never its framing). */
 function hopByHop(connection: string | string[] | undefined): (name: string) => boolean {
   if (connection === undefined) return (k) => HOP_BY_HOP.has(k);
   const listed = new Set(String(connection).toLowerCase().split(",").map((x) => x.trim()));
+  for (const k of FRAMING) listed.delete(k);
   return (k) => HOP_BY_HOP.has(k) || listed.has(k);
 }
 const agents = { "http:": new http.Agent({ keepAlive: true, maxSockets: 256 }), "https:": new https.Agent({ keepAlive: true, maxSockets: 256 }) };
@@ -503,9 +511,12 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
     const inboundHop = hopByHop(inbound.connection);
     for (const k in inbound) {
       const v = inbound[k];
-      if (v === undefined || k === "host" || k === "payment-signature" || CLIENT_FORWARDING.has(k) || inboundHop(k)) continue;
+      if (v === undefined || k === "host" || PAYMENT_INBOUND.has(k) || CLIENT_FORWARDING.has(k) || inboundHop(k)) continue;
       headers[k] = v;
     }
+    // A chunked body goes out chunked whatever the method (node frames a GET's or DELETE's body only when
+    // told to); the client's Transfer-Encoding itself is hop-by-hop. A Content-Length was copied above.
+    if (inbound["transfer-encoding"] !== undefined) headers["transfer-encoding"] = "chunked";
     const trusted = upstream.trustProxy;
     const peer = req.socket.remoteAddress ?? "";
     headers["x-forwarded-for"] = trusted && inbound["x-forwarded-for"] ? `${String(inbound["x-forwarded-for"])}, ${peer}` : peer;

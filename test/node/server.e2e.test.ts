@@ -50,6 +50,8 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   const rawClosed = new Set<number>();
   let logText = "";
   let config: ReturnType<typeof parseNodeConfig>;
+  /** Requests the express upstream saw, as "METHOD url". */
+  const upSeen: string[] = [];
   /** Bytes the /big/* upstream has written so far. */
   let bigWritten = 0;
   const TOKEN = "test-admin-token-0123456789";
@@ -62,6 +64,16 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
   before(async () => {
     ctx = await startChain();
     const up = express();
+    up.use((req, _res, next) => {
+      upSeen.push(`${req.method} ${req.originalUrl}`);
+      next();
+    });
+    // Answers with the method, the body it read and any payment header that reached it.
+    up.all("/echo/*", (req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => void res.json({ method: req.method, body, signature: req.headers["payment-signature"] ?? null, xPayment: req.headers["x-payment"] ?? null }));
+    });
     up.get("/api/ok/:id", (req, res) => void res.set("Cache-Control", "public, max-age=3600").json({ id: req.params.id, from: "upstream" }));
     up.get("/api/broken", (_req, res) => void res.status(502).send("bad gateway"));
     up.get("/base/*", (req, res) =>
@@ -150,6 +162,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
         routes: { "GET /paid/:id": "$0.01", "GET /mixed/*": "$0.01" },
         proxy: {
           "GET /api/*": { upstream: upUrl, price: "$0.02" },
+          "GET /echo/*": { upstream: upUrl, price: "$0.02" },
           "GET /mixed/premium/*": { upstream: `${upUrl}/base`, price: "$0.05" },
           "GET /big/*": { upstream: upUrl, price: "$0.02", timeoutMs: 300 },
           "GET /pre/*": { upstream: `${upUrl}/base/`, price: "$0.02" },
@@ -437,6 +450,45 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const ok = await payWith(`${node.url}/pre/t2`, voucher);
     expect(ok.status, ok.text).to.equal(200);
     expect(ok.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("40000");
+  });
+
+  it("reverse proxy: a body on a GET goes out framed (chunked, or its Content-Length even when Connection lists it), so it cannot reach the upstream as a second, unpaid request; X-PAYMENT stays here", async () => {
+    const payer = new WirePayer(ctx.payers[4] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-smuggle"))));
+    const accept = (await fetchRequirements(`${node.url}/echo/a`)).accept;
+    const smuggled = "POST /echo/smuggled HTTP/1.1\r\nHost: upstream\r\nX-Forwarded-For: 10.0.0.1\r\nContent-Length: 0\r\n\r\n";
+    /** One request written as raw bytes on its own connection; the answer's status and body. */
+    const rawRequest = (bytes: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const u = new URL(node.url);
+        const sock = net.connect(Number(u.port), u.hostname, () => sock.write(bytes));
+        let got = "";
+        sock.on("data", (d) => {
+          got += String(d);
+          const end = got.indexOf("\r\n\r\n");
+          const length = Number(/content-length: (\d+)/i.exec(got.slice(0, end))?.[1]);
+          if (end >= 0 && got.length - end - 4 >= length) {
+            sock.destroy();
+            resolve({ status: Number(got.split(" ")[1]), body: got.slice(end + 4, end + 4 + length) });
+          }
+        });
+        sock.on("error", reject);
+      });
+    const seenBefore = upSeen.length;
+    const chunked = await rawRequest(
+      `GET /echo/a HTTP/1.1\r\nHost: node\r\n${HEADERS.paymentSignature}: ${await payer.depositHeader(accept, 1_000_000n, 20_000n)}\r\n` +
+        `X-PAYMENT: v1-envelope\r\nTransfer-Encoding: chunked\r\n\r\n${Buffer.byteLength(smuggled).toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`,
+    );
+    expect(chunked.status, chunked.body).to.equal(200);
+    expect(JSON.parse(chunked.body)).to.deep.equal({ method: "GET", body: smuggled, signature: null, xPayment: null });
+    const sized = await rawRequest(
+      `GET /echo/b HTTP/1.1\r\nHost: node\r\n${HEADERS.paymentSignature}: ${await payer.voucherHeader(accept, 40_000n)}\r\n` +
+        `Connection: keep-alive, content-length\r\nContent-Length: ${Buffer.byteLength(smuggled)}\r\n\r\n${smuggled}`,
+    );
+    expect(sized.status, sized.body).to.equal(200);
+    expect(JSON.parse(sized.body).body).to.equal(smuggled);
+    // A smuggled request would be read after the answer on the pooled connection: give it time to show.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(upSeen.slice(seenBefore)).to.deep.equal(["GET /echo/a", "GET /echo/b"]);
   });
 
   it("reverse proxy behind the operator's own proxy (listen.trustProxy): its X-Forwarded-* are passed on, extended", async () => {
