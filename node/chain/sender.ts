@@ -39,6 +39,11 @@ export type SendParameters<abi extends Abi, fn extends ContractFunctionName<abi,
   gas?: bigint;
   /** Runs once the simulation passed, just before the transaction is signed and sent; a throw sends nothing. */
   beforeSend?: () => void;
+  /**
+   * Runs with the nonce of the signed transaction before it is journaled or sent: what must be durable
+   * should the chain mine it, whatever the call then reports (a timeout, a crash). A throw sends nothing.
+   */
+  onSigned?: (nonce: number) => Promise<void>;
 };
 
 export type SendResult = { hash: Hex; receipt: TransactionReceipt };
@@ -238,7 +243,7 @@ export class TxSender {
    * never a transaction at another nonce (a second claim would cost gas for nothing, a second refund
    * would pay twice).
    */
-  private async submit(p: { address: Hex; abi: Abi; functionName: unknown; args: unknown; gas?: bigint; transactionError?: ErrorCode }): Promise<Pending> {
+  private async submit(p: { address: Hex; abi: Abi; functionName: unknown; args: unknown; gas?: bigint; transactionError?: ErrorCode; onSigned?: (nonce: number) => Promise<void> }): Promise<Pending> {
     let tx: Pending | undefined;
     for (let attempt = 0; ; attempt++) {
       try {
@@ -254,6 +259,7 @@ export class TxSender {
               gas: p.gas,
             })) as Request,
           );
+          await p.onSigned?.(signed.request.nonce);
           await this.record(signed); // before the node can have it: a restart must know what it may mine
           tx = signed;
         }

@@ -178,6 +178,7 @@ export class Facilitator {
       const channelId = verified.extra.channelId;
       // Under the channel's lock: a retried /settle waits for the first refund, then meets its nonce.
       return this.payee.locks.with(channelId, async () => {
+        this.payee.checkNoRefundPending(channelId);
         const chain = await readChannel(this.payee.opts.publicClient, escrow, channelId);
         // Rule 11: the nonce the server completed the payload with must still be the channel's. A retried
         // /settle whose refund already went through fails here instead of refunding again.
@@ -212,7 +213,8 @@ export class Facilitator {
           signed = { claim: e.claimAuthorizerSignature };
         }
         const calls = [...ownClaim, ...claimAndRefundCalls(c, rows, amount, signed)];
-        const { hash, receipt } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed, beforeSend: () => this.payee.relayBudget.take(c.payer, "refund") });
+        // Marked until mined or dropped (see Payee.sendRefund): a retried /settle meanwhile is refused, not sent again.
+        const { hash, receipt } = await this.payee.sendRefund(channelId, { address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed, beforeSend: () => this.payee.relayBudget.take(c.payer, "refund") });
         // What moved, from the receipt (the contract caps a refund at what is unclaimed); a channel this
         // node serves has its record and history updated as for its own refunds.
         const { refunded, chain: after } = own

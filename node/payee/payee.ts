@@ -125,6 +125,8 @@ const RESYNC_TIMEOUT_MS = 2_000;
 const MAX_UNCLAIMABLE = 10_000;
 /** Meta key prefix of the channels the chain refused to claim (Payee.unclaimable): one entry per channel. */
 const UNCLAIMABLE_META = "unclaimable:";
+/** m:refundpending:<channelId> -> "<relayer address>:<nonce>": a refund signed for the channel, not known to be mined or dropped. */
+const REFUND_PENDING_META = "refundpending:";
 
 /** `p`, or a rejection after `ms` (a hung RPC read becomes an error the caller can answer). */
 export function within<T>(ms: number, p: Promise<T>): Promise<T> {
@@ -375,6 +377,7 @@ export class Payee {
     return this.locks.with(
       channelId,
       async () => {
+        this.checkNoRefundPending(channelId);
         const rec = await this.loadOrCreate(channelId, p.channelConfig, false, true);
         if (p.voucher.maxClaimableAmount !== rec.chargedCumulative) {
           throw new CumulativeMismatchError(rec.chargedCumulative, p.voucher.maxClaimableAmount, this.correctiveFor(rec));
@@ -408,6 +411,7 @@ export class Payee {
   async closeChannel(id: Hex): Promise<{ hash: Hex; refunded: bigint; claimed: bigint } | undefined> {
     const channelId = id.toLowerCase() as Hex;
     return this.locks.with(channelId, async () => {
+      this.checkNoRefundPending(channelId);
       const stored = await this.store.getChannel(channelId);
       if (!stored) return undefined;
       const rec = this.withChain(stored, await readChannel(this.opts.publicClient, this.opts.escrow, channelId));
@@ -432,7 +436,7 @@ export class Payee {
         : [];
     if (claims.length === 0 && amount <= 0n) throw new PaymentError(ErrorCodes.refundNoBalance, "nothing to claim or refund");
     const calls = claimAndRefundCalls(rec.config, claims, amount);
-    const { hash, receipt } = await this.sendForPayment({
+    const { hash, receipt } = await this.sendRefund(rec.channelId, {
       address: this.opts.escrow,
       abi: batchSettlementAbi,
       functionName: "multicall",
@@ -458,6 +462,7 @@ export class Payee {
     if (chain.balance === chain.totalClaimed) await this.store.deleteChannel(rec.channelId);
     else await this.store.putChannel(next);
     this.noteApplied(hash, rec.channelId, receipt.blockNumber, true);
+    await this.clearRefundPending(rec.channelId); // the record now has the refund
     // A refund claims the node's charges first, in the same transaction: the chain took this channel's vouchers.
     this.clearUnclaimable(rec.channelId);
     return { next, refunded, chain };
@@ -499,6 +504,8 @@ export class Payee {
    * so an RPC that fails right after a deposit, claim or refund does not leave the channel refused.
    */
   readonly applied = new Set<string>();
+  /** Channels with a refund transaction signed and not known to be mined or dropped: its relayer and nonce (see sendRefund). */
+  readonly refundsPending = new Map<Hex, { from: Address; nonce: number }>();
 
   /** Whether this node's own transaction `txHash` is stored as applied to `channelId` (see `applied`). */
   isApplied(txHash: Hex | null | undefined, channelId: Hex): boolean {
@@ -707,6 +714,7 @@ export class Payee {
 
   /** A channel not mirrored yet or unclaimable, a withdrawal about to finalize, or a chain view older than the risk window: no new charges. */
   private checkChainTiming(rec: ChannelRecord) {
+    this.checkNoRefundPending(rec.channelId);
     if (this.unclaimableSet.size > 0 && this.unclaimableSet.has(rec.channelId)) {
       throw new PaymentError(ErrorCodes.voucherSignature, "the chain refused to claim this channel's vouchers (its payer's signature check); no new charges until a claim lands");
     }
@@ -796,6 +804,66 @@ export class Payee {
   }
 
   /**
+   * Sends a refund of `channelId` (a multicall that claims, then refunds, or a signed refund). The channel is
+   * marked (durably, in the store) as soon as the transaction is signed, before it can be mined: a refund
+   * whose receipt does not come in time, or that a crash interrupts, may still be mined later (the relayer
+   * re-prices it, a restart sends it again), and charges accepted meanwhile against the balance the record
+   * still shows would be left unbacked when it lands. A marked channel takes no charges and no other refund
+   * (which could pay the payer twice) until its refund is recorded, or the chain has used that nonce (see
+   * resolveRefundsPending). A simulation that fails signs nothing and marks nothing.
+   */
+  async sendRefund<const abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(channelId: Hex, p: SendParameters<abi, fn>): Promise<SendResult> {
+    this.checkNoRefundPending(channelId);
+    const from = this.opts.sender.address;
+    return this.sendForPayment({
+      ...p,
+      onSigned: async (nonce) => {
+        await this.store.putMeta(REFUND_PENDING_META + channelId, `${from}:${nonce}`);
+        this.refundsPending.set(channelId, { from, nonce });
+      },
+    });
+  }
+
+  /** Refuses a charge or a refund on a channel whose refund transaction may still be mined (see sendRefund). */
+  checkNoRefundPending(channelId: Hex): void {
+    if (this.refundsPending.size === 0) return;
+    const pending = this.refundsPending.get(channelId);
+    if (pending === undefined) return;
+    throw new PaymentError(
+      ErrorCodes.waitForReceiptFailed,
+      `a refund of this channel (relayer ${pending.from}, nonce ${pending.nonce}) is not confirmed yet: no charges or refunds until it is mined or dropped`,
+      { status: 503, retryAfterS: 5 },
+    );
+  }
+
+  /**
+   * Settles the marks of refunds whose relayer nonce the chain has used (under `confirmations`): by the
+   * refund or by another transaction, the channel's state now says which. The record is read again from
+   * the chain, then the mark is cleared. Run by the watcher each poll; a mark whose read fails stays.
+   */
+  async resolveRefundsPending(): Promise<void> {
+    if (this.refundsPending.size === 0) return;
+    const { publicClient, escrow } = this.opts;
+    const depth = BigInt(this.opts.confirmations ?? 0);
+    const head = await publicClient.getBlockNumber({ cacheTime: 0 });
+    const safe = head > depth ? head - depth : 0n;
+    for (const [channelId, { from, nonce }] of [...this.refundsPending]) {
+      const used = await publicClient.getTransactionCount({ address: from, blockNumber: safe });
+      if (used <= nonce) continue;
+      await this.syncChannel(channelId, () => readChannelCautious(publicClient, escrow, channelId, depth, head));
+      await this.clearRefundPending(channelId);
+      this.opts.logger?.info({ channelId, nonce }, "refund transaction settled on chain: the channel takes charges again");
+    }
+  }
+
+  private async clearRefundPending(channelId: Hex): Promise<void> {
+    if (!this.refundsPending.has(channelId)) return;
+    // Durably first: a mark kept only in the store refuses the channel after a restart until it is resolved again.
+    await this.store.deleteMeta(REFUND_PENDING_META + channelId);
+    this.refundsPending.delete(channelId);
+  }
+
+  /**
    * Marks a channel whose claim the chain refused (see `unclaimable`); bounded like the other per-payer sets.
    * Resolves once the mark's write is done (at once when the channel was marked already).
    */
@@ -817,8 +885,18 @@ export class Payee {
     });
   }
 
-  /** Reads the unclaimable marks a previous run left (called once at start); an entry that is no channel id is skipped, with a warning. */
-  async loadUnclaimable(): Promise<void> {
+  /**
+   * Reads the marks a previous run left (called once at start): unclaimable channels and refunds not known
+   * to be mined or dropped. An entry that is no channel id is skipped, with a warning.
+   */
+  async loadMarks(): Promise<void> {
+    for await (const name of this.store.metaNames(REFUND_PENDING_META)) {
+      const id = name.slice(REFUND_PENDING_META.length);
+      const [from, nonce] = ((await this.store.getMeta(name)) ?? "").split(":");
+      if (!/^0x[0-9a-f]{64}$/.test(id) || !/^0x[0-9a-fA-F]{40}$/.test(from ?? "") || !/^\d+$/.test(nonce ?? "")) {
+        this.opts.logger?.error({ key: `m:${name}` }, "refund mark skipped: unreadable (a refund of that channel may still be pending)");
+      } else this.refundsPending.set(id as Hex, { from: from as Address, nonce: Number(nonce) });
+    }
     for await (const name of this.store.metaNames(UNCLAIMABLE_META)) {
       const id = name.slice(UNCLAIMABLE_META.length);
       if (!/^0x[0-9a-f]{64}$/.test(id)) this.opts.logger?.warn({ key: `m:${name}` }, "unclaimable mark skipped: not a channel id");

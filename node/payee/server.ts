@@ -168,7 +168,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
     onCharge: (rec) => claims.noteCharge(rec),
     relay: config.relay,
   });
-  await payee.loadUnclaimable();
+  await payee.loadMarks();
   const claims = new ClaimEngine(payee, {
     threshold: config.claims.threshold !== undefined ? parsePrice(config.claims.threshold, config.asset.decimals) : undefined,
     payerSignedThreshold: config.claims.payerSignedThreshold !== undefined ? parsePrice(config.claims.payerSignedThreshold, config.asset.decimals) : undefined,

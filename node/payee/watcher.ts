@@ -138,6 +138,8 @@ export class ChainWatcher {
         "chain poll failed",
       );
     }
+    // Refunds that timed out or were cut by a restart: their channels take charges again once settled on chain.
+    await this.payee.resolveRefundsPending().catch((err: Error) => this.opts.logger?.warn({ err: errorSummary(err) }, "pending refunds not resolved (retried next poll)"));
     // In the background: a long claim run (receipts, confirmations) must not stop the polls that keep
     // the chain view fresh. One run at a time.
     this.claiming ??= this.claimWithdrawing()

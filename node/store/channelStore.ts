@@ -7,6 +7,7 @@
  *                                         order (one row each; the key's time is the block's earliest row)
  *   h:<ms, 13 digits>:<boot>:<seq, 8>     HistoryEvent: deposits, claims, settles, refunds with tx hashes
  *   m:<name>                              metadata (mirror checkpoint block, schema version, m:unclaimable:<channelId>,
+ *                                         m:refundpending:<channelId> refunds that may still be mined,
  *                                         m:journal:<name>:<n, 16 digits> journal entries: the relayer's signed transactions)
  *
  * Durability: every write goes through one group-commit queue; a flush is a single `batch` with

@@ -68,7 +68,7 @@ export async function startPayee(
     asset: { address: ctx.deployment.token!, name: "USDC", version: "2", decimals: 6, symbol: "USDC" },
     ...payeeOpts,
   });
-  await payee.loadUnclaimable(); // as startPayeeNode does
+  await payee.loadMarks(); // as startPayeeNode does
   const app = express();
   beforePayment?.(app);
   app.use(paymentMiddleware(routes, payee));

@@ -13,7 +13,10 @@ import { ClaimEngine } from "../../node/payee/claims";
 import { TxSender } from "../../node/chain/sender";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
-import { clientsFor } from "../helpers/chainNode";
+import { clientsFor, hardhatTestAccount } from "../helpers/chainNode";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { startChain, startPayee } from "../helpers/payeeHarness";
 import { PayerSigns, WirePayer, depositOnChain, fetchRequirements, payWith, type Accept } from "../helpers/wirePayer";
 
@@ -226,6 +229,66 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     const next = await payWith(`${node.url}/articles/p3`, await payer.voucherHeader(accept, 2n * PRICE));
     expect(next.status, next.text).to.equal(200);
     expect((await node.store.getChannel(id))?.chargedCumulative).to.equal(2n * PRICE);
+  });
+
+  it("a refund whose receipt does not come in time marks its channel: no charges and no second refund, after a restart too, until the chain has used its nonce; mined, the record follows it; dropped, the channel pays on as it was", async () => {
+    const { publicClient, walletClient } = clientsFor(ctx.chain.url, hardhatTestAccount(1)); // the node's key
+    const slowSender = () => new TxSender(publicClient as never, walletClient as never, 0, { receiptTimeoutMs: 1_000, repriceAfterMs: 600_000 });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-refund-pending-"));
+    let slow = await startPayee(ctx, routes as never, install, { dir, sender: slowSender() });
+    const silent = require("pino")({ level: "silent" });
+    const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("refund-pending"))));
+    const id = payer.channelId(accept);
+    const CODE = "invalid_batch_settlement_evm_wait_for_receipt_failed";
+    expect((await payWith(`${slow.url}/articles/rp1`, await payer.depositHeader(accept, 1_000_000n, PRICE))).status).to.equal(200);
+    await ctx.testClient.setAutomine(false);
+    try {
+      // The refund goes out and is not mined in time: the payer is told it failed, and it may still land.
+      const refund = await payWith(`${slow.url}/articles/rp2`, await payer.refundHeader(accept, PRICE, 400_000n));
+      expect(refund.paymentRequired?.error, refund.text).to.equal(CODE);
+      expect(await slow.store.getMeta(`refundpending:${id}`)).to.match(/^0x[0-9a-fA-F]{40}:\d+$/);
+      const refused = async (url: string) => {
+        for (const header of [await payer.voucherHeader(accept, 2n * PRICE), await payer.refundHeader(accept, PRICE, 100_000n)]) {
+          const r = await payWith(url, header);
+          expect([r.status, r.paymentRequired?.error], r.text).to.deep.equal([503, CODE]);
+        }
+        expect((await slow.store.getChannel(id))!.chargedCumulative).to.equal(PRICE);
+      };
+      await refused(`${slow.url}/articles/rp3`);
+      // A restart keeps the mark (the refund may be mined whatever the new process knows of it).
+      await slow.stop();
+      slow = await startPayee(ctx, routes as never, install, { dir, sender: slowSender() });
+      await refused(`${slow.url}/articles/rp3`);
+      const watcher = new ChainWatcher(slow.payee, new ClaimEngine(slow.payee, { onShutdown: false }), { logger: silent });
+      await watcher.poll();
+      expect(slow.payee.refundsPending.has(id), "not mined yet").to.equal(true);
+      // Mined: the record takes the chain's state (the refund and the claim before it), then charges go on.
+      await ctx.testClient.mine({ blocks: 1 });
+      await watcher.poll();
+      expect(slow.payee.refundsPending.has(id)).to.equal(false);
+      expect(await slow.store.getMeta(`refundpending:${id}`)).to.equal(undefined);
+      const rec = (await slow.store.getChannel(id))!;
+      expect([rec.balance, rec.totalClaimed, rec.refundNonce]).to.deep.equal([600_000n, PRICE, 1n]);
+      const next = await payWith(`${slow.url}/articles/rp4`, await payer.voucherHeader(accept, 2n * PRICE));
+      expect(next.status, next.text).to.equal(200);
+      // A second refund that times out and is then dropped (its nonce used by another transaction): the channel is as it was.
+      const again = await payWith(`${slow.url}/articles/rp5`, await payer.refundHeader(accept, 2n * PRICE, 100_000n));
+      expect(again.paymentRequired?.error, again.text).to.equal(CODE);
+      const pending = (await publicClient.getBlock({ blockTag: "pending", includeTransactions: true })).transactions;
+      expect(pending).to.have.length(1);
+      await ctx.testClient.dropTransaction({ hash: pending[0]!.hash });
+      await walletClient.sendTransaction({ to: walletClient.account!.address, value: 0n, nonce: pending[0]!.nonce, chain: null } as never);
+      await ctx.testClient.mine({ blocks: 1 });
+      await watcher.poll();
+      expect(slow.payee.refundsPending.has(id)).to.equal(false);
+      const after = (await slow.store.getChannel(id))!;
+      expect([after.balance, after.refundNonce, after.chargedCumulative]).to.deep.equal([600_000n, 1n, 2n * PRICE]);
+      expect((await payWith(`${slow.url}/articles/rp6`, await payer.voucherHeader(accept, 3n * PRICE))).status).to.equal(200);
+      await watcher.stop();
+    } finally {
+      await ctx.testClient.setAutomine(true);
+      await slow.stop();
+    }
   });
 
   it("a request that waits longer than lockTimeoutMs behind another on its channel gets channel_busy (402) and is not charged; the holder is charged once", async () => {
