@@ -37,7 +37,15 @@ export type ClaimStrategy = {
 
 export type ClaimTransaction = { hash: Hex; gasUsed: bigint; channels: Hex[]; amount: bigint };
 /** Which channels a run claims: all pending, or those listed; see ClaimEngine.claim. */
-export type ClaimSelection = { channels?: Hex[]; includeUnclaimable?: boolean };
+export type ClaimSelection = {
+  channels?: Hex[];
+  includeUnclaimable?: boolean;
+  /**
+   * Claimed ahead of everything else (a withdrawal is pending on them): a run in progress takes them
+   * between two of its transactions instead of after its last one.
+   */
+  first?: boolean;
+};
 
 export type ClaimReport = {
   transactions: ClaimTransaction[];
@@ -78,6 +86,8 @@ export class ClaimEngine {
   /** The periodic claim-and-settle in progress, if any (stop waits for it). */
   private periodic: Promise<void> | undefined;
   private running: Promise<unknown> | undefined;
+  /** Claims asked for with `first`, waiting for the next batch boundary of a run (or their own run). */
+  private readonly firstQueue: Array<{ select: ClaimSelection; resolve: (r: ClaimReport) => void; reject: (err: unknown) => void }> = [];
   /** Channels past their threshold, waiting for the next threshold run (noteCharge). */
   private readonly urgent = new Set<Hex>();
   /** The threshold run queued and not started yet: channels flagged meanwhile join it. */
@@ -104,7 +114,18 @@ export class ClaimEngine {
    * the automatic runs would otherwise pay for a reverting transaction on every run.
    */
   claim(select: ClaimSelection = {}): Promise<ClaimReport> {
-    return this.enqueue(() => this.claimSelected(select));
+    if (!select.first) return this.enqueue(() => this.claimSelected(select));
+    const done = new Promise<ClaimReport>((resolve, reject) => this.firstQueue.push({ select, resolve, reject }));
+    // Taken by the run in progress at its next batch, or else by this run of its own.
+    void this.enqueue(() => this.claimFirst());
+    return done;
+  }
+
+  /** Runs the `first` claims waiting (see ClaimSelection.first); called between a run's batches and as a run. */
+  private async claimFirst(): Promise<void> {
+    for (let job = this.firstQueue.shift(); job; job = this.firstQueue.shift()) {
+      await this.claimSelected(job.select, false).then(job.resolve, job.reject);
+    }
   }
 
   private enqueue<T>(job: () => Promise<T>): Promise<T> {
@@ -113,7 +134,7 @@ export class ClaimEngine {
     return run;
   }
 
-  private async claimSelected(select: ClaimSelection): Promise<ClaimReport> {
+  private async claimSelected(select: ClaimSelection, takeFirst = true): Promise<ClaimReport> {
     let recs: ChannelRecord[];
     if (select.channels) {
       // Listed channels are read directly, not found by a scan of the whole store.
@@ -136,6 +157,7 @@ export class ClaimEngine {
     for (const r of recs) if (alone(r)) groups.push([r]);
     let done = 0;
     for (const group of groups) {
+      if (takeFirst && this.firstQueue.length > 0) await this.claimFirst();
       await this.claimGroup(group, report);
       done += group.length;
       this.opts.onProgress?.(done, recs.length);
@@ -190,7 +212,8 @@ export class ClaimEngine {
     }
     const { hash, receipt } = sent;
     const ids = recs.map((r) => r.channelId);
-    for (const id of ids) this.payee.clearUnclaimable(id);
+    // Unclaimable marks are cleared by applyClaimed, for the rows whose claim landed (a row at or below the
+    // chain's total is a no-op without an event: it says nothing of the payer's signature check).
     let amount = 0n;
     // The receipt's Claimed events say exactly what each channel's total is now.
     const totals = new Map<Hex, bigint>();

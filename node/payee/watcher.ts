@@ -272,13 +272,18 @@ export class ChainWatcher {
     if (this.timer) await this.scanOnce();
     const now = Date.now();
     const due: Hex[] = [];
+    /** When each due channel's withdrawal can be finalized (ms), where the record shows it. */
+    const finalizeAt = new Map<Hex, number>();
     for (const id of this.withdrawing) {
       const rec = await this.payee.store.getChannel(id).catch(() => undefined);
       // Not on withdrawRequestedAt alone: a record whose sync failed does not show the withdrawal yet.
       if (!rec || !hasClaim(rec)) {
         this.withdrawing.delete(id);
         this.failing.delete(id);
-      } else if ((this.failing.get(id)?.nextAt ?? 0) <= now) due.push(id);
+      } else if ((this.failing.get(id)?.nextAt ?? 0) <= now) {
+        due.push(id);
+        if (rec.withdrawRequestedAt !== 0) finalizeAt.set(id, (rec.withdrawRequestedAt + rec.config.withdrawDelay) * 1000);
+      }
     }
     if (due.length === 0) return;
     let failed: Array<{ channelId: Hex; reason: string }>;
@@ -286,7 +291,7 @@ export class ChainWatcher {
     try {
       // Unclaimable ones too: a claim the chain refused once may land now, and what a withdrawal would take
       // is worth a retry (the backoff bounds the cost).
-      failed = (await this.claims.claim({ channels: due, includeUnclaimable: true })).failed;
+      failed = (await this.claims.claim({ channels: due, includeUnclaimable: true, first: true })).failed;
     } catch (err) {
       thrown = true;
       failed = due.map((channelId) => ({ channelId, reason: errorSummary(err) }));
@@ -307,7 +312,9 @@ export class ChainWatcher {
         this.opts.onAlert?.(f.channelId, f.reason);
         continue;
       }
-      const state = { n: prev.n + 1, nextAt: now + Math.min(REALERT_MS, 2_000 * 2 ** prev.n), alertedAt: prev.alertedAt };
+      // Backing off, but never so far that the withdrawal finalizes before the next try: at most a quarter of the time left.
+      const left = (finalizeAt.get(f.channelId) ?? Infinity) - now;
+      const state = { n: prev.n + 1, nextAt: now + Math.min(REALERT_MS, 2_000 * 2 ** prev.n, Math.max(2_000, left / 4)), alertedAt: prev.alertedAt };
       if (thrown && now - prev.alertedAt >= REALERT_MS) {
         state.alertedAt = now;
         this.opts.logger?.error({ alert: "withdrawal_claim_failed", channelId: f.channelId, reason: f.reason }, "could not claim before withdrawal; retrying");

@@ -102,15 +102,17 @@ describe("tollway CLI for operators: status, channels, report, claim, settle, re
     expect(s2.stdout).to.equal("nothing to settle\n");
   });
 
-  it("close-all claims, settles and refunds every channel; a re-run finds nothing left", async () => {
+  it("close-all claims, refunds and then settles every channel; a re-run finds nothing left", async () => {
     const pay = wrapFetch(fetch, createPayer({ account: ctx.payers[0] as LocalAccount, store: new MemoryPayerStore(), chainId: 31337, publicClient: ctx.publicClient as never }));
     expect((await pay(`${node.url}/brief/9`)).status).to.equal(200);
     const r = await run(["close-all", "--yes", "--json", ...op]);
     expect(r.code, r.stderr).to.equal(0);
-    const refunds = JSON.parse(r.stdout.trim().split("\n").pop()!).refunded;
+    const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    const refunds = lines.find((l) => l.refunded)!.refunded;
+    expect(lines.at(-1)).to.have.property("hash"); // the settle, last
     expect(refunds).to.have.length(3);
     const again = await run(["close-all", "--yes", "--json", ...op]);
-    expect(JSON.parse(again.stdout.trim().split("\n").pop()!).refunded).to.deep.equal([]);
+    expect(again.stdout.trim().split("\n").map((l) => JSON.parse(l)).find((l) => l.refunded)!.refunded).to.deep.equal([]);
   });
 
   it("deploy writes deployments/<chainId>.json; serve runs a reverse-proxy node from a config file", async () => {
@@ -272,7 +274,7 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
     );
     const c = await cli(["close-all", ...op]);
     expect(c.code).to.equal(2);
-    expect(c.stderr).to.match(/^tollway: would claim 0\.06 USDC of unclaimed charges, settle, and refund 3 channels of .* \(1\.41 USDC back to payers\)\ntollway: nothing done; run `tollway close-all --yes`/);
+    expect(c.stderr).to.match(/^tollway: would claim 0\.06 USDC of unclaimed charges, refund 3 channels of .* \(1\.41 USDC back to payers\), and settle\ntollway: nothing done; run `tollway close-all --yes`/);
     expect(calls).to.deep.equal(["GET /channels", "GET /channels"]);
     calls = [];
     const yes = await cli(["refund", "--all", "--yes", ...op]);
@@ -281,7 +283,7 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
     calls = [];
     const closed = await cli(["close-all", "--yes", "--json", ...op]);
     expect(closed.code, closed.stderr).to.equal(0);
-    expect(calls.map((c) => c.split(" ").slice(0, 2).join(" "))).to.deep.equal(["GET /channels", "POST /claim", "POST /settle", "GET /channels", "POST /refund", "POST /refund", "POST /refund"]);
+    expect(calls.map((c) => c.split(" ").slice(0, 2).join(" "))).to.deep.equal(["GET /channels", "POST /claim", "GET /channels", "POST /refund", "POST /refund", "POST /refund", "POST /settle"]);
   });
 
   it("--channel is a repeatable single-value option, checked as a channel id", async () => {

@@ -351,6 +351,30 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       undo();
     }
   });
+  it("claims: a claim asked for first (a withdrawal is pending) goes between the transactions of a run in progress, not after its last one", async () => {
+    const payers = [0, 1, 2, 3, 4].map((i) => new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`first-lane-${i}`)))));
+    const ids: Hex[] = [];
+    for (const p of payers) ids.push(await depositThroughNode(p));
+    const order: Hex[] = [];
+    const undo = interceptSend(node.payee.opts.sender, (p, send) => {
+      if (p.functionName === "claim") for (const row of p.args[0]) order.push(computeChannelId(payers[0]!.domain, row.voucher.channel));
+      return send(p);
+    });
+    try {
+      const claims = new ClaimEngine(node.payee, { batchSize: 1, onShutdown: false });
+      const run = claims.claim({ channels: ids.slice(0, 4) });
+      await new Promise((r) => setTimeout(r, 0)); // the run has started
+      const first = await claims.claim({ channels: [ids[4]!], first: true });
+      expect(first.claimedChannels, JSON.stringify(first, (_k, v) => (typeof v === "bigint" ? String(v) : v))).to.equal(1);
+      expect((await run).claimedChannels).to.equal(4);
+      expect(order).to.have.length(5);
+      expect(order.indexOf(ids[4]!), `claim order ${order.map((id) => ids.indexOf(id))}`).to.be.below(2);
+      for (const id of ids) expect(await claimedOnChain(id)).to.equal(PRICE);
+    } finally {
+      undo();
+    }
+  });
+
   it("shutdown: a claim that fails as a whole is reported by stop(), not passed over (the CLI then exits 1)", async () => {
     const payer = new WirePayer(ctx.payers[5] as LocalAccount, privateKeyToAccount(keccak256(toHex("shutdown-report"))));
     const id = await depositThroughNode(payer);

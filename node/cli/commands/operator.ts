@@ -128,8 +128,9 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
 
 export async function closeAll(o: OperatorOptions & { batch?: number }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const c = await claim({ ...o, all: true, json: o.json }, out, err);
-  await settle(o, out);
   const r = await operatorRefund({ ...o, all: true }, out, err);
+  // Last: a refund claims what the batch claim missed (charges made meanwhile, rows that failed) first.
+  await settle(o, out);
   return c !== 0 ? c : r;
 }
 
@@ -147,7 +148,7 @@ export async function confirmationNeeded(o: OperatorOptions, command: "refund --
     const back = rows.reduce((s: bigint, r: any) => s + (BigInt(r.balance) > BigInt(r.charged) ? BigInt(r.balance) - BigInt(r.charged) : 0n), 0n);
     plan =
       action === "close"
-        ? `would claim ${u(unclaimed)} of unclaimed charges, settle, and refund ${rows.length} channels of ${o.node} (${u(back)} back to payers)`
+        ? `would claim ${u(unclaimed)} of unclaimed charges, refund ${rows.length} channels of ${o.node} (${u(back)} back to payers), and settle`
         : `would claim ${u(unclaimed)} of unclaimed charges and refund ${rows.length} channels of ${o.node} (${u(back)} back to payers)`;
   } catch (e) {
     plan = `would ${action} every channel of ${o.node} (could not list them: ${(e as Error).message})`;
