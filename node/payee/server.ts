@@ -466,9 +466,8 @@ function upstreamOf(url: string, timeoutMs: number, trustProxy: boolean): Upstre
 
 /** Methods whose request carries no body here, so an attempt can be repeated as it was. */
 const IDEMPOTENT_WITHOUT_BODY = new Set(["GET", "HEAD", "OPTIONS"]);
-/** Upstream answers up to this size (with a Content-Length) are received whole before the charge. */
+/** Upstream answers up to this size (sized or not; not event streams) are received whole before the charge. */
 const BUFFER_LIMIT = 1 << 20;
-
 /**
  * Forwards one request. A kept-alive upstream connection can be closed by the upstream just as it is
  * reused (its idle timeout racing our next request): an attempt reset that way failed before any
@@ -500,9 +499,11 @@ async function proxyTo(upstream: Upstream, req: Request, res: Response, logger: 
 type ForwardFailure = { err: unknown; reused: boolean; answered: boolean };
 
 /**
- * One attempt. An answer with a Content-Length up to BUFFER_LIMIT is received whole before its first
- * byte is written, so an upstream that breaks off mid-body is answered by a cut connection, uncharged
- * (the charge commits at the first write); longer or unsized answers stream through as they come.
+ * One attempt. An answer up to BUFFER_LIMIT (with a Content-Length, or without one, chunked, until it
+ * passes the limit) is received whole before its first byte is written, so an upstream that breaks off
+ * mid-body is answered by a cut connection, uncharged (the charge commits at the first write). Longer
+ * answers and event streams (text/event-stream) stream through as they come: those are charged once
+ * their first byte goes out, and an upstream that fails after that cuts the client's answer short.
  */
 function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: boolean, fresh: boolean): Promise<"done" | ForwardFailure> {
   return new Promise((resolve) => {
@@ -559,33 +560,42 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
         res.setHeader(k, own ? `${String(own)}, ${String(v)}` : v);
       }
       const declared = Number(ur.headers["content-length"]);
+      const sized = ur.headers["content-length"] !== undefined && Number.isSafeInteger(declared);
       const hasBody = req.method !== "HEAD" && status !== 204 && status !== 304 && status >= 200;
-      const whole = hasBody && ur.headers["content-length"] !== undefined && Number.isSafeInteger(declared) && declared <= BUFFER_LIMIT;
-      const chunks: Buffer[] = [];
+      // Received whole before its first byte is written (see forwardOnce): sized up to BUFFER_LIMIT, or
+      // unsized until it passes BUFFER_LIMIT (then it streams). An event stream streams at once.
+      let buffering = hasBody && (sized ? declared <= BUFFER_LIMIT : !/^\s*text\/event-stream/i.test(String(ur.headers["content-type"] ?? "")));
+      const whole = buffering && sized;
+      let chunks: Buffer[] = [];
       let received = 0;
-      ur.on("data", (chunk: Buffer) => {
-        if (!whole) {
-          // Backpressure: a slow client must not make the node buffer the whole upstream body. The idle
-          // timer pauses with it (a slow reader is not a stalled upstream).
-          if (!res.write(chunk)) {
-            ur.pause();
-            up.setTimeout(0);
-            res.once("drain", () => {
-              up.setTimeout(upstream.timeoutMs);
-              ur.resume();
-            });
-          }
-          return;
+      const forward = (chunk: Buffer) => {
+        // Backpressure: a slow client must not make the node buffer the whole upstream body. The idle
+        // timer pauses with it (a slow reader is not a stalled upstream).
+        if (!res.write(chunk)) {
+          ur.pause();
+          up.setTimeout(0);
+          res.once("drain", () => {
+            up.setTimeout(upstream.timeoutMs);
+            ur.resume();
+          });
         }
+      };
+      ur.on("data", (chunk: Buffer) => {
+        if (!buffering) return forward(chunk);
         chunks.push(chunk);
         received += chunk.length;
+        if (whole || received <= BUFFER_LIMIT) return;
+        buffering = false; // unsized and past the limit: what came so far goes out, the rest streams
+        const head = Buffer.concat(chunks, received);
+        chunks = [];
+        forward(head);
       });
       ur.on("end", () => {
         if (settled) return;
         if (whole && received !== declared) return fail(new Error(`upstream sent ${received} of ${declared} bytes`));
         settled = true;
         res.off("close", cancel);
-        if (whole) res.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, received));
+        if (buffering) res.end(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, received));
         else res.end();
         resolve("done");
       });

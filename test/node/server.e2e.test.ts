@@ -139,6 +139,13 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
             setTimeout(() => sock.destroy(), 20);
             return;
           }
+          if (reqPath.startsWith("/chunked/")) {
+            // Chunked (no Content-Length): /chunked/cut breaks off after one chunk, the others end.
+            sock.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhalf-\r\n");
+            if (reqPath.startsWith("/chunked/cut")) setTimeout(() => sock.destroy(), 20);
+            else setTimeout(() => sock.write("4\r\nmore\r\n0\r\n\r\n"), 20);
+            return;
+          }
           if (reqPath.startsWith("/pool/")) {
             pool.push(answer);
             if (pool.length === 3) for (const a of pool.splice(0)) a();
@@ -173,6 +180,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
           "GET /pool/*": { upstream: rawUrl, price: "$0.02" },
           "GET /hang/*": { upstream: rawUrl, price: "$0.02" },
           "GET /partial/*": { upstream: rawUrl, price: "$0.02" },
+          "GET /chunked/*": { upstream: rawUrl, price: "$0.02" },
           "GET /ok/*": { upstream: rawUrl, price: "$0.02" },
           "GET /slow/*": { upstream: rawUrl, price: "$0.02", timeoutMs: 300 },
           "GET /v1/file-:id": { upstream: `${upUrl}/base`, price: "$0.02" },
@@ -365,9 +373,15 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const partial = await payWith(`${node.url}/partial/1`, await payer.voucherHeader(accept, 60_000n)).catch((e: Error) => e);
     // Nothing of the answer left the node before it was complete: the client sees a cut connection.
     expect(partial).to.be.instanceOf(Error);
-    const after = await payWith(`${node.url}/ok/2`, await payer.voucherHeader(accept, 60_000n));
+    // The same for a chunked answer without a length (received whole up to 1 MiB): cut, uncharged.
+    const chunkCut = await payWith(`${node.url}/chunked/cut`, await payer.voucherHeader(accept, 60_000n)).catch((e: Error) => e);
+    expect(chunkCut).to.be.instanceOf(Error);
+    const chunked = await payWith(`${node.url}/chunked/whole`, await payer.voucherHeader(accept, 60_000n));
+    expect([chunked.status, chunked.text, chunked.res.headers.get("content-length")]).to.deep.equal([200, "half-more", "9"]);
+    expect(chunked.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("60000");
+    const after = await payWith(`${node.url}/ok/2`, await payer.voucherHeader(accept, 80_000n));
     expect(after.status, after.text).to.equal(200);
-    expect(after.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("60000");
+    expect(after.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("80000");
   });
 
   it("route matching: the proxy forwards only what the payment middleware charges for (params and wildcards inside a segment, any letter case); an express route answering /PAID is not served unpaid", async () => {
