@@ -20,6 +20,7 @@ import {
   signatureSchema,
   uint128Schema,
   uint256Schema,
+  type DepositPayload,
   type PaymentRequirements,
   type SchemePayload,
 } from "../protocol/wire";
@@ -85,7 +86,7 @@ export class Facilitator {
   }
 
   /** Stateless verification of a deposit / voucher / refund payload against on-chain state. */
-  async verify(payload: SchemePayload, req: PaymentRequirements): Promise<{ payer: Hex; extra: Snapshot }> {
+  async verify(payload: SchemePayload, req: PaymentRequirements, o: { simulateDeposit?: boolean } = {}): Promise<{ payer: Hex; extra: Snapshot }> {
     const c = payload.channelConfig;
     if (req.scheme !== BATCH_SETTLEMENT_SCHEME) throw new PaymentError(ErrorCodes.scheme, "scheme is not batch-settlement");
     if (req.network !== this.payee.network) throw new PaymentError(ErrorCodes.networkMismatch, `network is not ${this.payee.network}`);
@@ -103,6 +104,8 @@ export class Facilitator {
       // Rule 8, and a deposit that would fail at /settle is not valid now either.
       this.payee.checkDepositAuthorization(payload);
       await this.payee.checkPayerFunds(payload);
+      // The deposit as /settle would send it (the ERC-3009 signature, a used nonce, the collector): simulated.
+      if (o.simulateDeposit !== false) await this.payee.opts.sender.simulate(depositCall(this.payee, payload));
     }
     const max = payload.voucher.maxClaimableAmount;
     const effective = chain.balance + (payload.type === "deposit" ? payload.deposit.amount : 0n);
@@ -149,16 +152,24 @@ export class Facilitator {
       const moved = amountMoved(receipt.logs, "Settled");
       return { success: true, transaction: hash, network, amount: moved.toString() };
     }
+    // A voucher is not settled by itself (its claim and the settle are); anything else is no action.
+    if (type === "voucher") throw new PaymentError(ErrorCodes.payloadType, "a voucher payload is not settled: send claim and settle payloads", { status: 400 });
+    if (type !== "deposit" && type !== "refund") throw new PaymentError(ErrorCodes.unknownSettleAction, `unknown settle action ${JSON.stringify(type)}`, { status: 400 });
+    if (type === "refund") {
+      // The spec's refund_amount_invalid: non-numeric or non-positive.
+      const amount = (raw as { amount?: unknown }).amount;
+      if (amount !== undefined && !(typeof amount === "string" && /^[1-9]\d{0,38}$/.test(amount))) {
+        throw new PaymentError(ErrorCodes.refundAmountInvalid, `refund amount ${JSON.stringify(amount)} is not a positive integer`, { status: 400 });
+      }
+    }
     const payload = parseSchemePayload(raw);
     if (rawReq === undefined) throw new PaymentError(ErrorCodes.payloadType, "paymentRequirements are required for this payload type", { status: 400 });
-    const verified = await this.verify(payload, payload.type === "refund" ? managementRequirements(rawReq, payload.channelConfig) : paymentRequirements(rawReq));
+    // A deposit is simulated by its send below, not twice.
+    const verified = await this.verify(payload, payload.type === "refund" ? managementRequirements(rawReq, payload.channelConfig) : paymentRequirements(rawReq), { simulateDeposit: false });
     const c = payload.channelConfig;
     if (payload.type === "deposit") {
-      const auth = payload.deposit.authorization.erc3009Authorization;
-      if (!auth) throw new PaymentError(ErrorCodes.erc3009AuthorizationRequired, "erc3009Authorization is required");
-      const data = encodeErc3009CollectorData(auth);
       // The facilitator cannot tell whether its server then charges the request: a deposit here always counts.
-      const { hash } = await sender.send({ address: escrow, abi: batchSettlementAbi, functionName: "deposit", args: [c, payload.deposit.amount, this.payee.opts.erc3009Collector, data], simulationError: ErrorCodes.depositSimulationFailed, transactionError: ErrorCodes.depositTransactionFailed, beforeSend: () => this.payee.relayBudget.take(c.payer, "deposit") });
+      const { hash } = await sender.send({ ...depositCall(this.payee, payload), beforeSend: () => this.payee.relayBudget.take(c.payer, "deposit") });
       const chain = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
       return { success: true, transaction: hash, network, payer: c.payer, amount: payload.deposit.amount.toString(), asset: c.token, extra: { channelState: snapshot(verified.extra.channelId, chain) } };
     }
@@ -227,6 +238,20 @@ export class Facilitator {
   }
 }
 
+/** The escrow call that makes a deposit payload's deposit (through the ERC-3009 collector). */
+function depositCall(payee: Payee, payload: DepositPayload) {
+  const auth = payload.deposit.authorization.erc3009Authorization;
+  if (!auth) throw new PaymentError(ErrorCodes.erc3009AuthorizationRequired, "erc3009Authorization is required");
+  return {
+    address: payee.opts.escrow,
+    abi: batchSettlementAbi,
+    functionName: "deposit" as const,
+    args: [payload.channelConfig, payload.deposit.amount, payee.opts.erc3009Collector, encodeErc3009CollectorData(auth)] as const,
+    simulationError: ErrorCodes.depositSimulationFailed,
+    transactionError: ErrorCodes.depositTransactionFailed,
+  };
+}
+
 function snapshot(channelId: Hex, chain: { balance: bigint; totalClaimed: bigint; withdrawRequestedAt: number; refundNonce: bigint }): Snapshot {
   return {
     channelId,
@@ -239,7 +264,7 @@ function snapshot(channelId: Hex, chain: { balance: bigint; totalClaimed: bigint
 
 const requestSchema = z.object({
   x402Version: z.number().optional(),
-  paymentPayload: z.object({ x402Version: z.literal(2), accepted: z.unknown().optional(), payload: z.unknown() }).passthrough(),
+  paymentPayload: z.object({ x402Version: z.number(), accepted: z.unknown().optional(), payload: z.unknown() }).passthrough(),
   paymentRequirements: z.unknown().optional(),
 });
 
@@ -252,6 +277,9 @@ export function facilitatorRouter(facilitator: Facilitator): Router {
   const parse = (body: unknown) => {
     const r = requestSchema.safeParse(body);
     if (!r.success) throw new PaymentError(ErrorCodes.invalidPayload, "request must be {paymentPayload, paymentRequirements}", { status: 400 });
+    if (r.data.paymentPayload.x402Version !== 2) {
+      throw new PaymentError(ErrorCodes.invalidX402Version, `x402Version ${r.data.paymentPayload.x402Version} is not supported: batch-settlement is an x402 v2 scheme`, { status: 400 });
+    }
     // The terms the client accepted must be the ones verified against (the spec's network_mismatch).
     const accepted = r.data.paymentPayload.accepted as { scheme?: unknown; network?: unknown } | null | undefined;
     const required = r.data.paymentRequirements as { scheme?: unknown; network?: unknown } | null | undefined;

@@ -627,6 +627,22 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       (await fetch(`${node.url}/facilitator${path}`, { method: "POST", headers: auth, body: JSON.stringify({ x402Version: 2, paymentPayload: { x402Version: 2, accepted: accept, payload }, paymentRequirements: accept }) })).json();
     const unfunded = payloadOf(await payer.depositHeader(accept, 10n ** 15n, 20_000n));
     expect(await post("/verify", unfunded)).to.include({ isValid: false, invalidReason: "invalid_batch_settlement_evm_insufficient_balance" });
+    // A deposit /settle could not make is not valid at /verify: its ERC-3009 signature is simulated with it.
+    const forged = payloadOf(await payer.depositHeader(accept, 100_000n, 20_000n));
+    const signature = forged.deposit.authorization.erc3009Authorization.signature as string;
+    forged.deposit.authorization.erc3009Authorization.signature = signature.slice(0, 10) + (signature[10] === "a" ? "b" : "a") + signature.slice(11);
+    expect(await post("/verify", forged)).to.include({ isValid: false, invalidReason: "invalid_batch_settlement_evm_deposit_simulation_failed" });
+    // Codes at /settle: a voucher is no settle action's payload; an unknown type is an unknown action; a refund
+    // amount must be a positive integer; a v1 payload is the wrong version.
+    const settleRaw = async (body: unknown) => (await fetch(`${node.url}/facilitator/settle`, { method: "POST", headers: auth, body: JSON.stringify(body) })).json();
+    const voucherOnly = payloadOf(await payer.voucherHeader(accept, 20_000n));
+    expect(await post("/settle", voucherOnly)).to.include({ success: false, errorReason: "invalid_batch_settlement_evm_payload_type" });
+    expect(await post("/settle", { ...voucherOnly, type: "burn" })).to.include({ success: false, errorReason: "invalid_batch_settlement_evm_unknown_settle_action" });
+    for (const amount of ["0", "-5", "1e6", 7]) {
+      const r = await post("/settle", { ...payloadOf(await payer.refundHeader(accept, 0n)), amount, refundNonce: "0" });
+      expect(r, String(amount)).to.include({ success: false, errorReason: "invalid_batch_settlement_evm_refund_amount_invalid" });
+    }
+    expect(await settleRaw({ x402Version: 1, paymentPayload: { x402Version: 1, payload: voucherOnly }, paymentRequirements: accept })).to.include({ success: false, errorReason: "invalid_x402_version" });
     expect((await payWith(`${node.url}/api/ok/1`, await payer.depositHeader(accept, 100_000n, 20_000n))).status).to.equal(200);
     const id = payer.channelId(accept);
     const voucher = await payer.voucher(accept, 20_000n);
