@@ -132,7 +132,7 @@ export function adminRouter(deps: AdminDeps): Router {
       byRoute: rows(byRoute),
       byPayer: rows(byPayer),
       byMinute: rows(byMinute),
-      channels: risks.map((c) => ({ ...c, balance: money(c.balance), charged: money(c.charged), claimed: money(c.claimed), exposure: money(c.exposure) })),
+      channels: risks.map((c) => ({ ...c, balance: money(c.balance), charged: money(c.charged), claimed: money(c.claimed), exposure: money(c.exposure), lost: money(c.lost) })),
       history: events.map((e) => ({ ...e, amount: money(e.amount), gasUsed: e.gasUsed.toString(), at: new Date(e.at).toISOString() })),
       charts: {
         overTime: timeChartSvg("Revenue per minute", byMinute, d, sym),

@@ -67,9 +67,18 @@ export function hasClaim(rec: ChannelRecord): boolean {
   return claimable(rec) > 0n && rec.signature !== "0x";
 }
 
-/** A channel's unclaimed exposure: charged but not yet claimed on chain. */
+/**
+ * A channel's unclaimed exposure: charged, not yet claimed on chain, and still backed by its balance (what
+ * a claim can collect). Charges a finalized withdrawal took are not exposure but a loss (see `lost`).
+ */
 export function exposure(rec: ChannelRecord): bigint {
-  return rec.chargedCumulative > rec.totalClaimed ? rec.chargedCumulative - rec.totalClaimed : 0n;
+  return claimable(rec);
+}
+
+/** Charges no claim can collect any more: a finalized withdrawal left the balance below them. */
+export function lost(rec: ChannelRecord): bigint {
+  const backed = rec.balance > rec.totalClaimed ? rec.balance : rec.totalClaimed;
+  return rec.chargedCumulative > backed ? rec.chargedCumulative - backed : 0n;
 }
 
 /**

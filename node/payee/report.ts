@@ -5,7 +5,7 @@
  */
 import type { Hex } from "viem";
 import type { ChannelRecord, ChannelStore, HistoryEvent } from "../store/channelStore";
-import { exposure } from "./claims";
+import { exposure, lost } from "./claims";
 
 export type GroupBy = "resource" | "route" | "payer" | "day" | "hour" | "minute";
 
@@ -61,6 +61,8 @@ export type ChannelRisk = {
   charged: bigint;
   claimed: bigint;
   exposure: bigint;
+  /** Charges a finalized withdrawal took (no claim can collect them). */
+  lost: bigint;
   /** Seconds until a pending withdrawal can be finalized (null when none). */
   secondsToFinalize: number | null;
 };
@@ -90,6 +92,7 @@ function toRisk(r: ChannelRecord, now: number): ChannelRisk {
     charged: r.chargedCumulative,
     claimed: r.totalClaimed,
     exposure: exposure(r),
+    lost: lost(r),
     secondsToFinalize: r.withdrawRequestedAt === 0 ? null : Math.max(0, r.withdrawRequestedAt + r.config.withdrawDelay - Math.floor(now / 1000)),
   };
 }

@@ -21,7 +21,7 @@ import { ConfigError, errorSummary } from "../protocol/errors";
 import { CANONICAL_ADDRESSES } from "../protocol/typedData";
 import { MAX_HEADER_BYTES } from "../protocol/wire";
 import { ChannelStore } from "../store/channelStore";
-import { ClaimEngine, exposure, type ShutdownReport } from "./claims";
+import { ClaimEngine, exposure, lost, type ShutdownReport } from "./claims";
 import type { NodeConfig } from "./config";
 import { adminRouter } from "./adminApi";
 import { closeGracefully, listenExpress } from "./httpServer";
@@ -239,10 +239,12 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
           readReceiver(publicClient, config.escrow, payee.opts.receiver, config.asset.address),
         ]);
         let exposureSum = 0n;
+        let lostSum = 0n;
         let open = 0;
         for await (const rec of store.channels()) {
           open++;
           exposureSum += exposure(rec);
+          lostSum += lost(rec);
         }
         return {
           ok: true,
@@ -250,11 +252,14 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
           chainHead: head,
           checkpoint: await watcher.checkpoint(),
           chainViewAgeMs: Date.now() - payee.chainSyncedAt,
+          riskWindowMs: config.riskWindowMs,
           watcherFailures: watcher.failures,
+          refundsPending: payee.refundsPending.size,
           signer: { address: account.address, eth },
           receiver: { address: payee.opts.receiver, claimed: receiver.totalClaimed, settled: receiver.totalSettled, unsettled: receiver.totalClaimed - receiver.totalSettled },
           channels: open,
           pendingClaims: exposureSum,
+          lostToWithdrawals: lostSum,
           recovery: recoveryBackend(),
         };
       },

@@ -213,6 +213,16 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
     app.post("/admin/api/claim", (req, res) => void res.json({ transactions: [], failed: [], claimedChannels: req.body.channels.length }));
     app.post("/admin/api/settle", (_req, res) => void res.json({}));
     app.post("/admin/api/refund", (req, res) => void res.json({ refunded: req.body.channels.map((channelId: string) => ({ channelId, refunded: "470000", claimed: "30000", hash: "0x" + "ee".repeat(32) })), failed: [] }));
+    const statusOf = (over: Record<string, unknown>) => ({ ok: true, network: "eip155:31337", recovery: "native", chainHead: "10", checkpoint: "10", chainViewAgeMs: 1_000, riskWindowMs: 300_000, watcherFailures: 0, refundsPending: 0, signer: { address: "0x" + "55".repeat(20), eth: "1000000000000000000" }, receiver: { address: "0x" + "66".repeat(20), claimed: "0", settled: "0", unsettled: "0" }, channels: 3, pendingClaims: "60000", lostToWithdrawals: "0", ...over });
+    app.get("/admin/api/status", (_req, res) => void res.json(statusOf({})));
+    app.get("/stale/admin/api/status", (_req, res) => void res.json(statusOf({ chainViewAgeMs: 400_000, watcherFailures: 7, lostToWithdrawals: "20000", refundsPending: 1 })));
+    // A claim run whose second batch fails at the node.
+    let flaky = 0;
+    app.get("/flaky/admin/api/channels", (_req, res) => void res.json(channels));
+    app.post("/flaky/admin/api/claim", (req, res) =>
+      void (flaky++ === 0
+        ? res.json({ transactions: [{ hash: "0x" + "ab".repeat(32), gasUsed: "50000", channels: req.body.channels, amount: "20000" }], failed: [], claimedChannels: req.body.channels.length })
+        : res.status(500).json({ error: "internal", message: "rpc unreachable" })));
     // A node without adminToken (server.ts) and one with a different token.
     app.get("/disabled/admin/api/status", (_req, res) => void res.status(403).json({ error: "admin endpoints are disabled: set adminToken" }));
     app.get("/wrong/admin/api/status", (_req, res) => void res.status(401).json({ error: "unauthorized", message: "a valid bearer token is required" }));
@@ -239,6 +249,21 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
     const ok = await cli(["claim", "--all", "--batch", "2", ...op]);
     expect(ok.code, ok.stderr).to.equal(0);
     expect(calls).to.deep.equal(["GET /channels", `POST /claim {"channels":["${ids[0]}","${ids[1]}"]}`, `POST /claim {"channels":["${ids[2]}"]}`]);
+  });
+
+  it("status exits 5 and says why when the node refuses charges (chain view past the risk window, failing polls); a claim run cut by a failing batch still prints what landed", async () => {
+    const ok = await cli(["status", ...op]);
+    expect(ok.code, ok.stderr).to.equal(0);
+    expect(ok.stdout).to.include("3 channels, pending claims 0.06 USDC\n").and.not.include("NOT HEALTHY");
+    const stale = await cli(["status", "--node", `${url}/stale`, "--token", TOKEN]);
+    expect(stale.code).to.equal(5);
+    expect(stale.stdout).to.include("pending claims 0.06 USDC, lost to withdrawals 0.02 USDC, 1 refunds not confirmed");
+    expect(stale.stdout).to.include("NOT HEALTHY: the chain view is older than the risk window (300 s): new charges are refused");
+    expect(stale.stdout).to.include("NOT HEALTHY: the last 7 chain polls failed");
+    const cut = await cli(["claim", "--all", "--batch", "2", "--node", `${url}/flaky`, "--token", TOKEN]);
+    expect(cut.code).to.equal(5);
+    expect(cut.stdout).to.include("ab".repeat(32));
+    expect(cut.stderr).to.include("rpc unreachable");
   });
 
   it("--decimals and --chain-id (and TOLLWAY_CHAIN_ID) take plain digits only", async () => {

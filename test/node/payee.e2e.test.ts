@@ -9,7 +9,7 @@ import { HttpRequestError, keccak256, toHex, pad } from "viem";
 import { ChainError } from "../../node/protocol/errors";
 import { batchSettlementAbi } from "../../node/chain/abi";
 import { readChannel, readReceiver } from "../../node/chain/escrow";
-import { ClaimEngine } from "../../node/payee/claims";
+import { ClaimEngine, exposure, lost } from "../../node/payee/claims";
 import { TxSender } from "../../node/chain/sender";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { CANONICAL_ADDRESSES } from "../../node/protocol/typedData";
@@ -800,11 +800,15 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     await publicClient.waitForTransactionReceipt({ hash: await walletClient.writeContract({ address: escrow, abi: batchSettlementAbi, functionName: "finalizeWithdraw", args: [config] }) });
     const rec = (await node.payee.syncChannel(id))!;
     expect(rec).to.deep.include({ balance: 10_000n, chargedCumulative: 3n * PRICE });
+    // What is still collectable is the exposure; the rest is lost, not "pending" forever.
+    expect([exposure(rec), lost(rec)]).to.deep.equal([10_000n, 20_000n]);
     const report = await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: [id] });
     expect(report.failed).to.deep.equal([]);
     expect((await readChannel(publicClient as never, escrow, id)).totalClaimed).to.equal(10_000n);
     // Nothing more to collect: the next run sends nothing.
     expect((await new ClaimEngine(node.payee, { onShutdown: false }).claim({ channels: [id] })).transactions).to.deep.equal([]);
+    const after = (await node.store.getChannel(id))!;
+    expect([exposure(after), lost(after)]).to.deep.equal([0n, 20_000n]);
   });
 
   it("watcher: a channel whose chain event cannot be mirrored takes no new charges until it is (the rest of the node serves on)", async () => {

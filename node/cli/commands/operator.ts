@@ -4,25 +4,58 @@
  * (a bar on a terminal, plain lines otherwise), are safe to re-run after an interruption (claims only
  * raise totals; closed channels are skipped) and print the transactions and gas used.
  */
+import http from "node:http";
+import https from "node:https";
 import { ExitCodes, ExitError } from "../errors";
 import { formatAmount } from "../../protocol/amounts";
 
 export type OperatorOptions = { node: string; token?: string; json?: boolean; decimals?: number; symbol?: string };
 
+/**
+ * One admin API call. Over node:http(s), not fetch: a claim run waits for its receipts (and confirmations)
+ * before the node answers, which can take longer than fetch's 300 s wait for response headers.
+ */
+function adminRequest(url: string, token: string, body?: unknown): Promise<{ status: number; text: string }> {
+  const u = new URL(url);
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = (u.protocol === "https:" ? https : http).request(
+      u,
+      {
+        method: payload === undefined ? "GET" : "POST",
+        headers: { Authorization: `Bearer ${token}`, ...(payload === undefined ? {} : { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(payload) }) },
+      },
+      (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => (text += d));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+        res.on("error", reject);
+      },
+    );
+    req.on("error", reject);
+    req.end(payload);
+  });
+}
+
 async function api(o: OperatorOptions, path: string, body?: unknown): Promise<any> {
   const token = o.token ?? process.env.TOLLWAY_ADMIN_TOKEN;
   if (!token) throw new ExitError(ExitCodes.usage, "no admin token: pass --token or set TOLLWAY_ADMIN_TOKEN");
-  let res: Response;
+  let res: { status: number; ok?: boolean; text: string };
   try {
-    res = await fetch(`${o.node.replace(/\/$/, "")}/admin/api${path}`, {
-      method: body === undefined ? "GET" : "POST",
-      headers: { Authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
+    res = await adminRequest(`${o.node.replace(/\/$/, "")}/admin/api${path}`, token, body);
   } catch (e) {
-    throw new ExitError(ExitCodes.http, `cannot reach the node at ${o.node}: ${(e as Error).message}`);
+    const sent = body !== undefined;
+    throw new ExitError(ExitCodes.http, `${sent ? `lost the node at ${o.node} during ${path} (what it did may have gone through: check \`tollway status\`)` : `cannot reach the node at ${o.node}`}: ${(e as Error).message}`);
   }
-  const json = await res.json().catch(() => ({}));
+  res.ok = res.status >= 200 && res.status < 300;
+  const json = (() => {
+    try {
+      return JSON.parse(res.text);
+    } catch {
+      return {};
+    }
+  })();
   if (res.status === 401) throw new ExitError(ExitCodes.usage, "the node refused the admin token");
   if (res.status === 403) {
     // A node without adminToken answers 403 to every admin call: the token is not the problem.
@@ -49,6 +82,9 @@ function progress(label: string, done: number, total: number, out: NodeJS.WriteS
 export async function status(o: OperatorOptions, out: NodeJS.WritableStream = process.stdout): Promise<number> {
   const s = await api(o, "/status");
   const u = units(o);
+  const problems: string[] = [];
+  if (s.riskWindowMs !== undefined && s.chainViewAgeMs > s.riskWindowMs) problems.push(`the chain view is older than the risk window (${Math.round(s.riskWindowMs / 1000)} s): new charges are refused`);
+  if (s.watcherFailures >= 5) problems.push(`the last ${s.watcherFailures} chain polls failed`);
   if (o.json) out.write(JSON.stringify(s, null, 2) + "\n");
   else
     out.write(
@@ -57,10 +93,12 @@ export async function status(o: OperatorOptions, out: NodeJS.WritableStream = pr
         `chain head ${s.chainHead}, mirror checkpoint ${s.checkpoint ?? "-"}, chain view ${Math.round(s.chainViewAgeMs / 1000)} s old, watcher failures ${s.watcherFailures}`,
         `signer ${s.signer.address}: ${formatAmount(BigInt(s.signer.eth), 18)} ETH`,
         `receiver ${s.receiver.address}: claimed ${u(s.receiver.claimed)}, settled ${u(s.receiver.settled)}, unsettled ${u(s.receiver.unsettled)}`,
-        `${s.channels} channels, pending claims ${u(s.pendingClaims)}`,
+        `${s.channels} channels, pending claims ${u(s.pendingClaims)}${BigInt(s.lostToWithdrawals ?? 0) > 0n ? `, lost to withdrawals ${u(s.lostToWithdrawals)}` : ""}${s.refundsPending ? `, ${s.refundsPending} refunds not confirmed` : ""}`,
+        ...problems.map((p) => `NOT HEALTHY: ${p}`),
       ].join("\n") + "\n",
     );
-  return 0;
+  // Scripts can use it as a check: a node refusing charges exits non-zero.
+  return problems.length > 0 ? ExitCodes.chain : 0;
 }
 
 export async function receiverChannels(o: OperatorOptions, out: NodeJS.WritableStream = process.stdout): Promise<number> {
@@ -89,7 +127,14 @@ export async function claim(o: OperatorOptions & { all?: boolean; channel?: stri
   let claimed = 0;
   progress("claiming", 0, ids.length, err);
   for (let i = 0; i < ids.length; i += size) {
-    const r = await api(o, "/claim", { channels: ids.slice(i, i + size) });
+    let r;
+    try {
+      r = await api(o, "/claim", { channels: ids.slice(i, i + size) });
+    } catch (e) {
+      // What landed before this batch is printed, not lost with it.
+      if (txs.length > 0) report(o, out, { claimedChannels: claimed, transactions: txs, failed });
+      throw e;
+    }
     txs.push(...r.transactions);
     failed.push(...r.failed);
     claimed += r.claimedChannels;
