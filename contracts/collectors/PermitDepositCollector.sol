@@ -83,7 +83,9 @@ contract PermitDepositCollector is DepositCollector, EIP712 {
         }
         authorizationUsed[payer][d.nonce] = true;
 
-        if (d.permitDeadline != 0) {
+        // The permit only when the allowance falls short: it sets the allowance to `amount`, which would
+        // overwrite a larger approval that other authorized deposits of this payer count on.
+        if (d.permitDeadline != 0 && IERC20(token).allowance(payer, address(this)) < amount) {
             // A permit can be front-run (someone submits it first); the allowance it granted is still there,
             // so a failed permit is ignored and transferFrom decides.
             try IERC20Permit(token).permit(payer, address(this), amount, d.permitDeadline, d.v, d.r, d.s) {} catch {}

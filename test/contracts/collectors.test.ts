@@ -277,6 +277,23 @@ describe("deposit collectors", () => {
       expect(await f.usdc.read.balanceOf([f.escrow.address])).to.equal(800n);
     });
 
+    it("a permit is not used when the allowance already covers the deposit: a larger approval other deposits count on is not overwritten", async () => {
+      const f = await loadEscrow();
+      const { config, id } = channel(f);
+      const payer = f.payer.account.address;
+      await f.usdc.write.approve([f.permitCollector.address, 1_000n], { account: f.payer.account });
+      const permit = await usdcPermit(f, 300n);
+      const { data } = await permitData(f, id, 300n, { permit });
+      await send(f, f.escrow.write.deposit([config, 300n, f.permitCollector.address, data], { account: f.relayer.account }));
+      // 1,000 - 300, not the permit's 300 - 300: the payer's other authorized deposits still go through.
+      expect(await f.usdc.read.allowance([payer, f.permitCollector.address])).to.equal(700n);
+      expect(await f.usdc.read.nonces([payer])).to.equal(0n); // the permit was not spent
+      const { data: second } = await permitData(f, id, 700n);
+      await send(f, f.escrow.write.deposit([config, 700n, f.permitCollector.address, second], { account: f.relayer.account }));
+      const [balance] = await f.escrow.read.channels([id]);
+      expect(balance).to.equal(1_000n);
+    });
+
     it("a plain approve then deposit spends only the deposited amount of the allowance", async () => {
       const f = await loadEscrow();
       const { config, id } = channel(f);
