@@ -29,9 +29,17 @@ export function barChartSvg(title: string, rows: RevenueRow[], decimals: number,
   return `<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="${esc(title)}" viewBox="0 0 640 ${h}" width="100%"><title>${esc(title)}</title><text x="0" y="14" font-size="14" font-weight="bold">${esc(title)}</text>${bars}</svg>`;
 }
 
-/** Revenue over time as columns (one per minute bucket). */
-export function timeChartSvg(title: string, rows: RevenueRow[], decimals: number, symbol: string): string {
-  const last = rows.slice(-30);
+/**
+ * Revenue over the last 30 minutes up to `now`, one column per minute (rows keyed by minute, as
+ * revenueReport's "minute" grouping keys them); a minute without revenue is an empty column.
+ */
+export function timeChartSvg(title: string, rows: RevenueRow[], decimals: number, symbol: string, now = Date.now()): string {
+  const byKey = new Map(rows.map((r) => [r.key, r]));
+  const last: RevenueRow[] = [];
+  for (let i = 29; i >= 0; i--) {
+    const key = new Date(now - i * 60_000).toISOString().slice(0, 16);
+    last.push(byKey.get(key) ?? { key, revenue: 0n, requests: 0, payers: 0 });
+  }
   const peak = last.reduce((m, r) => (r.revenue > m ? r.revenue : m), 1n);
   const w = 640;
   const colW = last.length ? Math.min(40, (w - 40) / last.length) : 0;
@@ -135,7 +143,7 @@ export function adminRouter(deps: AdminDeps): Router {
       channels: risks.map((c) => ({ ...c, balance: money(c.balance), charged: money(c.charged), claimed: money(c.claimed), exposure: money(c.exposure), lost: money(c.lost) })),
       history: events.map((e) => ({ ...e, amount: money(e.amount), gasUsed: e.gasUsed.toString(), at: new Date(e.at).toISOString() })),
       charts: {
-        overTime: timeChartSvg("Revenue per minute", byMinute, d, sym),
+        overTime: timeChartSvg("Revenue per minute, last 30 minutes", byMinute, d, sym),
         byRoute: barChartSvg("Revenue by route", byRoute, d, sym),
         byResource: barChartSvg("Revenue by item", byResource, d, sym),
         byPayer: barChartSvg("Revenue by payer", byPayer.map((r) => ({ ...r, key: `${r.key.slice(0, 8)}…${r.key.slice(-4)}` })), d, sym),

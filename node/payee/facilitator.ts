@@ -9,6 +9,7 @@ import { encodeFunctionData, type Hex } from "viem";
 import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
+import { isRevert } from "../chain/sender";
 import { ChainError, ErrorCodes, PaymentError, TollwayError, errorSummary, type ErrorCode } from "../protocol/errors";
 import { BATCH_SETTLEMENT_SCHEME, type ChannelConfig, type VoucherClaim } from "../protocol/typedData";
 import {
@@ -105,7 +106,13 @@ export class Facilitator {
       this.payee.checkDepositAuthorization(payload);
       await this.payee.checkPayerFunds(payload);
       // The deposit as /settle would send it (the ERC-3009 signature, a used nonce, the collector): simulated.
-      if (o.simulateDeposit !== false) await this.payee.opts.sender.simulate(depositCall(this.payee, payload));
+      if (o.simulateDeposit !== false) {
+        await this.payee.opts.sender.simulate(depositCall(this.payee, payload)).catch((err: unknown) => {
+          // A revert says the deposit is invalid; an RPC that failed says nothing about it.
+          if (!isRevert(err)) throw new Error(`the deposit could not be simulated: ${errorSummary(err)}`, { cause: err });
+          throw err;
+        });
+      }
     }
     const max = payload.voucher.maxClaimableAmount;
     const effective = chain.balance + (payload.type === "deposit" ? payload.deposit.amount : 0n);
@@ -169,9 +176,16 @@ export class Facilitator {
     const c = payload.channelConfig;
     if (payload.type === "deposit") {
       // The facilitator cannot tell whether its server then charges the request: a deposit here always counts.
-      const { hash } = await sender.send({ ...depositCall(this.payee, payload), beforeSend: () => this.payee.relayBudget.take(c.payer, "deposit") });
-      const chain = await readChannel(this.payee.opts.publicClient, escrow, verified.extra.channelId);
-      return { success: true, transaction: hash, network, payer: c.payer, amount: payload.deposit.amount.toString(), asset: c.token, extra: { channelState: snapshot(verified.extra.channelId, chain) } };
+      const { hash, receipt } = await sender.send({ ...depositCall(this.payee, payload), beforeSend: () => this.payee.relayBudget.take(c.payer, "deposit") });
+      // Mined, so the answer is a success even when the channel cannot be read back just now (a retry could
+      // not learn the hash: the authorization's nonce is used). Then the state is the verified one plus the deposit.
+      const channelId = verified.extra.channelId;
+      const chain = await readChannel(this.payee.opts.publicClient, escrow, channelId, receipt.blockNumber).catch((err: Error) => {
+        this.payee.opts.logger?.warn({ channelId, tx: hash, err: errorSummary(err) }, "deposit mined; the channel could not be read back");
+        return undefined;
+      });
+      const channelState = chain ? snapshot(channelId, chain) : { ...verified.extra, balance: (BigInt(verified.extra.balance) + payload.deposit.amount).toString() };
+      return { success: true, transaction: hash, network, payer: c.payer, amount: payload.deposit.amount.toString(), asset: c.token, extra: { channelState } };
     }
     if (payload.type === "refund") {
       const enriched = z

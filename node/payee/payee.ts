@@ -528,19 +528,22 @@ export class Payee {
 
   /** Updates a channel's mirrored chain fields under its lock (used by the mirror and claim engine). */
   async syncChannel(channelId: Hex, chain?: OnchainChannel | (() => Promise<OnchainChannel>)): Promise<ChannelRecord | undefined> {
-    return this.locks.with(channelId, async () => {
-      const rec = await this.store.getChannel(channelId);
-      if (!rec) {
-        this.clearUnclaimable(channelId);
-        return undefined;
-      }
-      // Read under the lock: a state read before it could predate a deposit or claim made meanwhile.
-      const state = typeof chain === "function" ? await chain() : (chain ?? (await readChannel(this.opts.publicClient, this.opts.escrow, channelId)));
-      if (state.totalClaimed > rec.totalClaimed) this.clearUnclaimable(channelId); // a claim of it landed, whoever sent it
-      const next = this.withChain(rec, state);
-      await this.store.putChannel(next);
-      return next;
-    });
+    return this.locks.with(channelId, () => this.syncLocked(channelId, chain));
+  }
+
+  /** syncChannel's work, for a caller holding the channel's lock. */
+  private async syncLocked(channelId: Hex, chain?: OnchainChannel | (() => Promise<OnchainChannel>)): Promise<ChannelRecord | undefined> {
+    const rec = await this.store.getChannel(channelId);
+    if (!rec) {
+      this.clearUnclaimable(channelId);
+      return undefined;
+    }
+    // Read under the lock: a state read before it could predate a deposit or claim made meanwhile.
+    const state = typeof chain === "function" ? await chain() : (chain ?? (await readChannel(this.opts.publicClient, this.opts.escrow, channelId)));
+    if (state.totalClaimed > rec.totalClaimed) this.clearUnclaimable(channelId); // a claim of it landed, whoever sent it
+    const next = this.withChain(rec, state);
+    await this.store.putChannel(next);
+    return next;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -847,12 +850,22 @@ export class Payee {
     const depth = BigInt(this.opts.confirmations ?? 0);
     const head = await publicClient.getBlockNumber({ cacheTime: 0 });
     const safe = head > depth ? head - depth : 0n;
-    for (const [channelId, { from, nonce }] of [...this.refundsPending]) {
-      const used = await publicClient.getTransactionCount({ address: from, blockNumber: safe });
-      if (used <= nonce) continue;
-      await this.syncChannel(channelId, () => readChannelCautious(publicClient, escrow, channelId, depth, head));
-      await this.clearRefundPending(channelId);
-      this.opts.logger?.info({ channelId, nonce }, "refund transaction settled on chain: the channel takes charges again");
+    for (const [channelId, mark] of [...this.refundsPending]) {
+      try {
+        const used = await publicClient.getTransactionCount({ address: mark.from, blockNumber: safe });
+        if (used <= mark.nonce) continue;
+        const resolved = await this.locks.with(channelId, async () => {
+          // Only the mark read above: one set since by a newer refund is that refund's (its nonce may be unused).
+          if (this.refundsPending.get(channelId) !== mark) return false;
+          await this.syncLocked(channelId, () => readChannelCautious(publicClient, escrow, channelId, depth, head));
+          await this.clearRefundPending(channelId);
+          return true;
+        });
+        if (resolved) this.opts.logger?.info({ channelId, nonce: mark.nonce }, "refund transaction settled on chain: the channel takes charges again");
+      } catch (err) {
+        // This one next poll (a busy channel lock, a failed read); the other marks are resolved meanwhile.
+        this.opts.logger?.warn({ channelId, err: errorSummary(err) }, "refund mark not resolved yet");
+      }
     }
   }
 

@@ -471,8 +471,12 @@ function upstreamOf(url: string, timeoutMs: number, trustProxy: boolean): Upstre
 
 /** Methods whose request carries no body here, so an attempt can be repeated as it was. */
 const IDEMPOTENT_WITHOUT_BODY = new Set(["GET", "HEAD", "OPTIONS"]);
-/** Upstream answers up to this size (sized or not; not event streams) are received whole before the charge. */
+/** Upstream answers up to this size (sized or not; not streaming media types) are received whole before the charge. */
 const BUFFER_LIMIT = 1 << 20;
+/** An unsized answer still coming after this long (ms) streams from then on (a slow export, a token stream). */
+const BUFFER_MS = 1_000;
+/** Media types that are streams by nature: passed through as they come, never held back. */
+const STREAMING_TYPE = /^\s*(text\/event-stream|application\/(x-)?ndjson|application\/jsonl|application\/x-jsonlines|application\/stream\+json|multipart\/x-mixed-replace)\b/i;
 /**
  * Forwards one request. A kept-alive upstream connection can be closed by the upstream just as it is
  * reused (its idle timeout racing our next request): an attempt reset that way failed before any
@@ -504,11 +508,12 @@ async function proxyTo(upstream: Upstream, req: Request, res: Response, logger: 
 type ForwardFailure = { err: unknown; reused: boolean; answered: boolean };
 
 /**
- * One attempt. An answer up to BUFFER_LIMIT (with a Content-Length, or without one, chunked, until it
- * passes the limit) is received whole before its first byte is written, so an upstream that breaks off
- * mid-body is answered by a cut connection, uncharged (the charge commits at the first write). Longer
- * answers and event streams (text/event-stream) stream through as they come: those are charged once
- * their first byte goes out, and an upstream that fails after that cuts the client's answer short.
+ * One attempt. An answer up to BUFFER_LIMIT (with a Content-Length; or without one, until it passes the
+ * limit or has taken BUFFER_MS) is received whole before its first byte is written, so an upstream that
+ * breaks off mid-body is answered by a cut connection, uncharged (the charge commits at the first write).
+ * Longer or slower answers and streaming media types (event streams, NDJSON) stream through as they
+ * come: those are charged once their first byte goes out, and an upstream that fails after that cuts the
+ * client's answer short.
  */
 function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: boolean, fresh: boolean): Promise<"done" | ForwardFailure> {
   return new Promise((resolve) => {
@@ -568,11 +573,22 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
       const sized = ur.headers["content-length"] !== undefined && Number.isSafeInteger(declared);
       const hasBody = req.method !== "HEAD" && status !== 204 && status !== 304 && status >= 200;
       // Received whole before its first byte is written (see forwardOnce): sized up to BUFFER_LIMIT, or
-      // unsized until it passes BUFFER_LIMIT (then it streams). An event stream streams at once.
-      let buffering = hasBody && (sized ? declared <= BUFFER_LIMIT : !/^\s*text\/event-stream/i.test(String(ur.headers["content-type"] ?? "")));
+      // unsized until it ends, passes BUFFER_LIMIT or has taken BUFFER_MS (then it streams). A streaming
+      // media type streams at once.
+      let buffering = hasBody && (sized ? declared <= BUFFER_LIMIT : !STREAMING_TYPE.test(String(ur.headers["content-type"] ?? "")));
       const whole = buffering && sized;
       let chunks: Buffer[] = [];
       let received = 0;
+      const startStreaming = () => {
+        if (!buffering || settled) return;
+        buffering = false; // what came so far goes out, the rest streams
+        const head = Buffer.concat(chunks, received);
+        chunks = [];
+        if (head.length > 0) forward(head);
+        else res.flushHeaders(); // the answer has started (the charge commits), its body follows as it comes
+      };
+      const slow = buffering && !sized ? setTimeout(startStreaming, BUFFER_MS) : undefined;
+      ur.once("close", () => clearTimeout(slow));
       const forward = (chunk: Buffer) => {
         // Backpressure: a slow client must not make the node buffer the whole upstream body. The idle
         // timer pauses with it (a slow reader is not a stalled upstream).
@@ -589,11 +605,7 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
         if (!buffering) return forward(chunk);
         chunks.push(chunk);
         received += chunk.length;
-        if (whole || received <= BUFFER_LIMIT) return;
-        buffering = false; // unsized and past the limit: what came so far goes out, the rest streams
-        const head = Buffer.concat(chunks, received);
-        chunks = [];
-        forward(head);
+        if (!whole && received > BUFFER_LIMIT) startStreaming();
       });
       ur.on("end", () => {
         if (settled) return;

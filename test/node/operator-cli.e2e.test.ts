@@ -84,7 +84,7 @@ describe("tollway CLI for operators: status, channels, report, claim, settle, re
     expect(rows).to.have.length(3);
     expect(rows[0].exposure).to.equal("100000"); // riskiest (largest exposure) first
     const rep = await run(["report", "--by", "route", "--csv", ...op]);
-    expect(rep.stdout.trim().split("\n")).to.deep.equal(["route,revenue,requests,payers", "GET /long/:id,180000,6,3", "GET /brief/:id,30000,3,3"]);
+    expect(rep.stdout.trim().split("\n")).to.deep.equal(["route,revenue_atomic,requests,payers", "GET /long/:id,180000,6,3", "GET /brief/:id,30000,3,3"]);
     const human = await run(["report", "--by", "payer", ...op]);
     expect(human.stdout).to.match(/0\.21 USDC {2}total/);
   });

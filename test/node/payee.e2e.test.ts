@@ -284,6 +284,25 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
       const after = (await slow.store.getChannel(id))!;
       expect([after.balance, after.refundNonce, after.chargedCumulative]).to.deep.equal([600_000n, 1n, 2n * PRICE]);
       expect((await payWith(`${slow.url}/articles/rp6`, await payer.voucherHeader(accept, 3n * PRICE))).status).to.equal(200);
+      // A mark replaced while the watcher resolves the one before it (a newer refund signed meanwhile) stays:
+      // only the mark whose nonce was seen used is cleared.
+      const from = walletClient.account!.address;
+      const older = { from, nonce: 0 };
+      const newer = { from, nonce: 1_000_000 };
+      slow.payee.refundsPending.set(id, older);
+      const client = slow.payee.opts.publicClient as { getTransactionCount: (a: never) => Promise<number> };
+      const count = client.getTransactionCount;
+      client.getTransactionCount = async (a: never) => {
+        slow.payee.refundsPending.set(id, newer);
+        return count.call(client, a);
+      };
+      try {
+        await slow.payee.resolveRefundsPending();
+      } finally {
+        client.getTransactionCount = count;
+      }
+      expect(slow.payee.refundsPending.get(id)).to.equal(newer);
+      slow.payee.refundsPending.delete(id);
       await watcher.stop();
     } finally {
       await ctx.testClient.setAutomine(true);

@@ -7,7 +7,7 @@ import type { AddressInfo } from "node:net";
 import type { Server } from "node:http";
 import { getAddress, keccak256, toHex, type Hex } from "viem";
 import { ChannelStore, type ChannelRecord, type LedgerRow } from "../../node/store/channelStore";
-import { adminRouter } from "../../node/payee/adminApi";
+import { adminRouter, timeChartSvg } from "../../node/payee/adminApi";
 import { formatAmount } from "../../node/protocol/amounts";
 import { history, revenueBy, revenueReport, type GroupBy, type RevenueRow } from "../../node/payee/report";
 
@@ -97,6 +97,21 @@ describe("dashboard summary: one ledger pass per summary, the same numbers as a 
     expect(await history(store, 7)).to.deep.equal([...all].reverse());
     expect(await history(store, 50)).to.deep.equal([...all].reverse());
     expect(await history(store, 0)).to.deep.equal([]);
+  });
+
+  it("the revenue-per-minute chart covers the last 30 minutes up to now (empty minutes as empty columns), not the last 30 minutes that had revenue", () => {
+    const now = Date.UTC(2026, 10, 27, 12, 0, 30);
+    const minute = (ago: number) => new Date(now - ago * 60_000).toISOString().slice(0, 16);
+    const rows = [
+      { key: minute(600), revenue: 7_000_000n, requests: 7, payers: 1 }, // ten hours ago: outside the window
+      { key: minute(29), revenue: 20_000n, requests: 2, payers: 1 },
+      { key: minute(0), revenue: 10_000n, requests: 1, payers: 1 },
+    ];
+    const svg = timeChartSvg("Revenue per minute", rows, 6, "USDC", now);
+    expect(svg.match(/<rect /g)).to.have.length(30);
+    expect(svg).to.include("(0.03 USDC)"); // the title's total: the window's two minutes only
+    expect(svg).to.include(`<title>${minute(29)}: 0.02 USDC</title>`).and.include(`<title>${minute(0)}: 0.01 USDC</title>`);
+    expect(svg).to.not.include(minute(600));
   });
 
   describe("GET /admin/api/summary", () => {

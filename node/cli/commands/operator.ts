@@ -15,6 +15,8 @@ export type OperatorOptions = { node: string; token?: string; json?: boolean; de
  * One admin API call. Over node:http(s), not fetch: a claim run waits for its receipts (and confirmations)
  * before the node answers, which can take longer than fetch's 300 s wait for response headers.
  */
+const READ_TIMEOUT_MS = 30_000;
+
 function adminRequest(url: string, token: string, body?: unknown): Promise<{ status: number; text: string }> {
   const u = new URL(url);
   const payload = body === undefined ? undefined : JSON.stringify(body);
@@ -34,6 +36,8 @@ function adminRequest(url: string, token: string, body?: unknown): Promise<{ sta
       },
     );
     req.on("error", reject);
+    // A read (status, channels, report) that hangs is a stuck node; a claim or refund may rightly take long.
+    if (payload === undefined) req.setTimeout(READ_TIMEOUT_MS, () => req.destroy(new Error(`no answer within ${READ_TIMEOUT_MS / 1000} s`)));
     req.end(payload);
   });
 }
@@ -132,7 +136,7 @@ export async function claim(o: OperatorOptions & { all?: boolean; channel?: stri
       r = await api(o, "/claim", { channels: ids.slice(i, i + size) });
     } catch (e) {
       // What landed before this batch is printed, not lost with it.
-      if (txs.length > 0) report(o, out, { claimedChannels: claimed, transactions: txs, failed });
+      if (txs.length > 0 || failed.length > 0) report(o, out, { claimedChannels: claimed, transactions: txs, failed });
       throw e;
     }
     txs.push(...r.transactions);
@@ -173,8 +177,15 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
 
 export async function closeAll(o: OperatorOptions & { batch?: number }, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const c = await claim({ ...o, all: true, json: o.json }, out, err);
-  const r = await operatorRefund({ ...o, all: true }, out, err);
-  // Last: a refund claims what the batch claim missed (charges made meanwhile, rows that failed) first.
+  // Settled last, also when the refunds failed: a refund claims what the batch claim missed (charges made
+  // meanwhile, rows that failed) first, and what was claimed is paid out.
+  let r: number;
+  try {
+    r = await operatorRefund({ ...o, all: true }, out, err);
+  } catch (e) {
+    await settle(o, out).catch(() => undefined); // the refund's failure is the one to report
+    throw e;
+  }
   await settle(o, out);
   return c !== 0 ? c : r;
 }
@@ -219,7 +230,8 @@ export async function revenueReport(o: OperatorOptions & { by?: string; csv?: bo
   if (o.json) out.write(JSON.stringify(rows, null, 2) + "\n");
   else if (o.csv) {
     const { toCsv } = await import("../../payee/report");
-    out.write(toCsv(rows.map((r: any) => ({ [o.by ?? "resource"]: r.key, revenue: r.revenue, requests: r.requests, payers: r.payers }))));
+    // Atomic units (the token's smallest), as the column says: exact, for spreadsheets and scripts.
+    out.write(toCsv(rows.map((r: any) => ({ [o.by ?? "resource"]: r.key, revenue_atomic: r.revenue, requests: r.requests, payers: r.payers }))));
   } else {
     const total = rows.reduce((s: bigint, r: any) => s + BigInt(r.revenue), 0n);
     for (const r of rows) out.write(`${u(r.revenue).padStart(14)}  ${String(r.requests).padStart(6)} req  ${String(r.payers).padStart(4)} payers  ${r.key}\n`);
