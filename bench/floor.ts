@@ -20,12 +20,14 @@ import { HEADERS, encodeBase64Json } from "../node/protocol/wire";
 import { keccak256Fast } from "../node/payee/recover";
 import { recoverSignerAsync } from "../node/payee/recoverPool";
 
+const PREALLOC = !!process.env.FLOOR_PREALLOC;
 type Pending = { record: Buffer; done: (err: Error | null) => void };
 
 /** Appends records to one file, fdatasync'd in groups (`sync` false: written, never synced). */
 class GroupAppender {
   private queue: Pending[] = [];
   private busy = false;
+  private pos = 0;
   constructor(
     private readonly fd: number,
     private readonly sync: boolean,
@@ -42,7 +44,10 @@ class GroupAppender {
     const group = this.queue;
     this.queue = [];
     this.busy = true;
-    fs.writev(this.fd, group.map((p) => p.record), (err) => {
+    const bufs = group.map((p) => p.record);
+    const at = this.pos;
+    for (const b of bufs) this.pos += b.length;
+    fs.writev(this.fd, bufs, PREALLOC ? at : null, (err) => {
       const finish = (e: Error | null) => {
         for (const p of group) p.done(e);
         this.busy = false;
@@ -60,7 +65,14 @@ export class Floor {
   private readonly log: GroupAppender;
 
   constructor(file: string, sync: boolean) {
-    this.log = new GroupAppender(fs.openSync(file, "a"), sync);
+    let fd: number;
+    if (PREALLOC) {
+      fd = fs.openSync(file, "w+");
+      const z = Buffer.alloc(1 << 20);
+      for (let i = 0; i < 256; i++) fs.writeSync(fd, z);
+      fs.fsyncSync(fd);
+    } else fd = fs.openSync(file, "a");
+    this.log = new GroupAppender(fd, sync);
   }
 
   /**
