@@ -105,8 +105,13 @@ export function adminRouter(deps: AdminDeps): Router {
     const wanted = "all" in p.data ? (await channelRisks(store)).map((c) => c.channelId) : (p.data.channels.map((c) => c.toLowerCase()) as Hex[]);
     const done = [];
     const failed = [];
+    const notHeld: Hex[] = [];
     for (const id of wanted) {
       try {
+        if (!("all" in p.data) && !(await store.getChannel(id))) {
+          notHeld.push(id);
+          continue;
+        }
         const r = await payee.closeChannel(id);
         if (r) done.push({ channelId: id, ...r });
       } catch (err) {
@@ -114,7 +119,7 @@ export function adminRouter(deps: AdminDeps): Router {
         failed.push({ channelId: id, reason: errorSummary(err) });
       }
     }
-    return { refunded: done, failed };
+    return { refunded: done, failed, ...(notHeld.length ? { notHeld } : {}) };
   }));
   const d = asset.decimals;
   const sym = asset.symbol ?? "";

@@ -52,6 +52,8 @@ export type ClaimReport = {
   /** Channels that could not be claimed, with the revert that isolated them. */
   failed: Array<{ channelId: Hex; reason: string }>;
   claimedChannels: number;
+  /** Channels asked for by id that the store does not hold (unknown, or closed and gone). */
+  notHeld?: Hex[];
 };
 
 export type ClaimEngineOptions = ClaimStrategy & {
@@ -145,18 +147,20 @@ export class ClaimEngine {
 
   private async claimSelected(select: ClaimSelection, takeFirst = true): Promise<ClaimReport> {
     let recs: ChannelRecord[];
+    let notHeld: Hex[] | undefined;
     if (select.channels) {
       // Listed channels are read directly, not found by a scan of the whole store.
       const ids = [...new Set(select.channels.map((c) => c.toLowerCase() as Hex))];
       const found = await Promise.all(ids.map((id) => this.payee.store.getChannel(id)));
       // A channel gone from the store (refunded, closed) has nothing left to refuse.
       ids.forEach((id, i) => found[i] === undefined && this.payee.clearUnclaimable(id));
+      notHeld = ids.filter((_id, i) => found[i] === undefined);
       recs = found.filter((r): r is ChannelRecord => r !== undefined && hasClaim(r));
     } else {
       recs = await this.pending();
     }
     if (!select.includeUnclaimable && this.payee.unclaimable.size > 0) recs = recs.filter((r) => !this.payee.unclaimable.has(r.channelId));
-    const report: ClaimReport = { transactions: [], failed: [], claimedChannels: 0 };
+    const report: ClaimReport = { transactions: [], failed: [], claimedChannels: 0, ...(notHeld?.length ? { notHeld } : {}) };
     const size = this.opts.batchSize ?? 100;
     // In batches; a row the chain refused before goes alone, after them.
     const alone = (r: ChannelRecord) => this.payee.unclaimable.has(r.channelId);

@@ -100,6 +100,13 @@ describe("tollway CLI for operators: status, channels, report, claim, settle, re
     expect(JSON.parse(s.stdout).amount).to.equal("210000");
     const s2 = await run(["settle", ...op]);
     expect(s2.stdout).to.equal("nothing to settle\n");
+    // A channel named by an id the node does not hold is said (a typo), not passed over in silence.
+    const unknown = `0x${"ab".repeat(32)}`;
+    for (const cmd of ["claim", "refund"]) {
+      const r = await run([cmd, "--channel", unknown, ...op]);
+      expect(r.code, `${cmd}: ${r.stderr}`).to.equal(0);
+      expect(r.stderr, cmd).to.include(`${unknown} is not a channel of this node (unknown, or closed already)`);
+    }
   });
 
   it("close-all claims, refunds and then settles every channel; a re-run finds nothing left", async () => {

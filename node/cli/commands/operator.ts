@@ -128,6 +128,7 @@ export async function claim(o: OperatorOptions & { all?: boolean; channel?: stri
     : (await api(o, "/channels")).filter((c: any) => BigInt(c.exposure) > 0n).map((c: any) => c.channelId);
   const txs: any[] = [];
   const failed: any[] = [];
+  const notHeld: string[] = [];
   let claimed = 0;
   progress("claiming", 0, ids.length, err);
   for (let i = 0; i < ids.length; i += size) {
@@ -141,10 +142,13 @@ export async function claim(o: OperatorOptions & { all?: boolean; channel?: stri
     }
     txs.push(...r.transactions);
     failed.push(...r.failed);
+    notHeld.push(...(r.notHeld ?? []));
     claimed += r.claimedChannels;
     progress("claiming", Math.min(i + size, ids.length), ids.length, err);
   }
   report(o, out, { claimedChannels: claimed, transactions: txs, failed });
+  // A channel named by id that the node does not hold: a mistyped id, or one closed already (a re-run stays safe: exit 0).
+  for (const id of notHeld) err.write(`tollway: ${id} is not a channel of this node (unknown, or closed already)\n`);
   return failed.length ? ExitCodes.chain : 0;
 }
 
@@ -160,11 +164,13 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
   const ids: string[] = o.channel?.length ? o.channel : (await api(o, "/channels")).map((c: any) => c.channelId);
   const done: any[] = [];
   const failed: any[] = [];
+  const notHeld: string[] = [];
   progress("refunding", 0, ids.length, err);
   for (let i = 0; i < ids.length; i++) {
     const r = await api(o, "/refund", { channels: [ids[i]] });
     done.push(...r.refunded);
     failed.push(...(r.failed ?? []));
+    notHeld.push(...(r.notHeld ?? []));
     progress("refunding", i + 1, ids.length, err);
   }
   if (o.json) out.write(JSON.stringify({ refunded: done, failed }) + "\n");
@@ -172,6 +178,8 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
     for (const d of done) out.write(`${d.channelId.slice(0, 12)}…  refunded ${units(o)(d.refunded)}  claimed ${units(o)(d.claimed)}  tx ${d.hash}\n`);
     for (const f of failed) out.write(`NOT REFUNDED ${f.channelId}: ${f.reason}\n`);
   }
+  // A channel named by id that the node does not hold: a mistyped id, or one closed already (a re-run stays safe: exit 0).
+  for (const id of notHeld) err.write(`tollway: ${id} is not a channel of this node (unknown, or closed already)\n`);
   return failed.length > 0 ? ExitCodes.chain : 0;
 }
 
