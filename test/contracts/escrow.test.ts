@@ -10,6 +10,7 @@ import {
   type Hex,
   concat,
   encodeFunctionData,
+  getAddress,
   pad,
   parseSignature,
   toHex,
@@ -961,6 +962,25 @@ describe("BatchSettlement", () => {
         [id, 1n, 0n],
       );
       expect((await channelState(f, id)).balance).to.equal(999n);
+    });
+
+    it("refundWithSignature accepts an ERC-1271 receiverAuthorizer's signature, and refuses one its owner did not make", async () => {
+      const f = await loadEscrow();
+      const wallet = await hre.viem.deployContract("TestERC1271Wallet", [f.receiverAuthorizer.account.address]);
+      const { config, id } = await openChannel(f, 1_000n, { receiverAuthorizer: wallet.address });
+      const notOwner = await signRefund(f.receiver, f.domain, id, 0n, 300n);
+      await expectRevert(
+        f.escrow.write.refundWithSignature([config, 300n, 0n, notOwner], { account: f.relayer.account }),
+        "BatchSettlementInvalidAuthorizerSignature",
+        [getAddress(wallet.address), refundDigest(f.domain, id, 0n, 300n)],
+      );
+      const payer = f.payer.account.address;
+      const before = await usdcOf(f, payer);
+      const sig = await signRefund(f.receiverAuthorizer, f.domain, id, 0n, 300n);
+      const r = await send(f, f.escrow.write.refundWithSignature([config, 300n, 0n, sig], { account: f.relayer.account }));
+      expectEvents(r, f.escrow, "Refunded", [{ channelId: id, sender: f.relayer.account.address, amount: 300n }]);
+      expect(await usdcOf(f, payer)).to.equal(before + 300n);
+      expect(await f.escrow.read.refundNonce([id])).to.equal(1n);
     });
 
     it("reverts BatchSettlementInvalidAuthorizerSignature for a wrong signer or another amount", async () => {
