@@ -12,10 +12,16 @@ try {
   esbuild = undefined;
 }
 
+// The project's compiler options (strict: "use strict" in every module, as tsc emits it; ES2022 class
+// fields), so a module behaves as its tsc build would. A tsconfig.json that is not plain JSON: ts-node.
+let tsconfigRaw;
+try {
+  tsconfigRaw = { compilerOptions: JSON.parse(fs.readFileSync(path.join(__dirname, "..", "tsconfig.json"), "utf8")).compilerOptions };
+} catch {
+  esbuild = undefined;
+}
+
 if (esbuild && !require.extensions[".ts"]) {
-  // The project's compiler options (strict: "use strict" in every module, as tsc emits it; ES2022 class
-  // fields), so a module behaves as its tsc build would.
-  const tsconfigRaw = { compilerOptions: JSON.parse(fs.readFileSync(path.join(__dirname, "..", "tsconfig.json"), "utf8")).compilerOptions };
   require.extensions[".ts"] = (module, filename) => {
     const { code } = esbuild.transformSync(fs.readFileSync(filename, "utf8"), {
       loader: "ts",

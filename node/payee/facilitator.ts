@@ -5,7 +5,7 @@
  */
 import express, { type Request, type Response, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
-import { encodeFunctionData, type Hex } from "viem";
+import { encodeFunctionData, parseEventLogs, type Hex } from "viem";
 import { encodeErc3009CollectorData } from "../protocol/collectorData";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, claimAndRefundCalls, readChannel, readReceiver } from "../chain/escrow";
@@ -242,9 +242,20 @@ export class Facilitator {
         const { hash, receipt } = await this.payee.sendRefund(channelId, { address: escrow, abi: batchSettlementAbi, functionName: "multicall", args: [calls], simulationError: ErrorCodes.refundSimulationFailed, transactionError: ErrorCodes.refundTransactionFailed, beforeSend: () => this.payee.relayBudget.take(c.payer, "refund") });
         // What moved, from the receipt (the contract caps a refund at what is unclaimed); a channel this
         // node serves has its record and history updated as for its own refunds.
-        const { refunded, chain: after } = own
-          ? await this.payee.recordRefund(own, hash, receipt)
-          : { refunded: amountMoved(receipt.logs, "Refunded"), chain: await readChannel(this.payee.opts.publicClient, escrow, channelId) };
+        const refunded = amountMoved(receipt.logs, "Refunded");
+        let after;
+        try {
+          after = own ? (await this.payee.recordRefund(own, hash, receipt)).chain : await readChannel(this.payee.opts.publicClient, escrow, channelId, receipt.blockNumber);
+        } catch (err) {
+          // Mined, so a success whatever the read-back (a retry could not learn the hash: the nonce moved on).
+          // The state from the receipt's events; the node's own record follows once its refund mark is resolved.
+          this.payee.opts.logger?.warn({ channelId, tx: hash, err: errorSummary(err) }, "refund mined; the channel could not be read back");
+          const claimedTo = parseEventLogs({ abi: batchSettlementAbi, logs: receipt.logs, eventName: "Claimed" }).reduce(
+            (m, ev) => (ev.args.channelId.toLowerCase() === channelId && ev.args.newTotalClaimed > m ? ev.args.newTotalClaimed : m),
+            chain.totalClaimed,
+          );
+          after = { ...chain, balance: chain.balance - refunded, totalClaimed: claimedTo, refundNonce: chain.refundNonce + 1n };
+        }
         return { success: true, transaction: hash, network, payer: c.payer, amount: refunded.toString(), extra: { channelState: snapshot(channelId, after) } };
       });
     }

@@ -581,15 +581,17 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
       let received = 0;
       const startStreaming = () => {
         if (!buffering || settled) return;
-        buffering = false; // what came so far goes out, the rest streams
+        buffering = false; // what came so far goes out, the rest streams as it comes
         const head = Buffer.concat(chunks, received);
         chunks = [];
+        // Nothing yet: the first chunk goes out when it comes (the charge commits then, not before any byte).
         if (head.length > 0) forward(head);
-        else res.flushHeaders(); // the answer has started (the charge commits), its body follows as it comes
       };
       const slow = buffering && !sized ? setTimeout(startStreaming, BUFFER_MS) : undefined;
       ur.once("close", () => clearTimeout(slow));
       const forward = (chunk: Buffer) => {
+        // The answer was ended already (a 503: the charge could not be written) or its client is gone.
+        if (res.writableEnded || res.destroyed) return;
         // Backpressure: a slow client must not make the node buffer the whole upstream body. The idle
         // timer pauses with it (a slow reader is not a stalled upstream).
         if (!res.write(chunk)) {

@@ -142,6 +142,12 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
             setTimeout(() => sock.destroy(), 20);
             return;
           }
+          if (reqPath.startsWith("/chunked/stall")) {
+            // Headers, then nothing past the proxy's 1 s hold, then the connection is cut.
+            sock.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n");
+            setTimeout(() => sock.destroy(), 1_500);
+            return;
+          }
           if (reqPath.startsWith("/chunked/gated") || reqPath.startsWith("/chunked/ndjson")) {
             // A stream: the first chunk now, the rest once the test has seen the first one arrive.
             const type = reqPath.startsWith("/chunked/ndjson") ? "application/x-ndjson" : "text/plain";
@@ -392,6 +398,10 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     const after = await payWith(`${node.url}/ok/2`, await payer.voucherHeader(accept, 80_000n));
     expect(after.status, after.text).to.equal(200);
     expect(after.paymentResponse.extra.channelState.chargedCumulativeAmount).to.equal("80000");
+
+    // An unsized answer that sends no byte of its body before the upstream goes away: nothing went out, nothing charged.
+    const stalled = await payWith(`${node.url}/chunked/stall`, await payer.voucherHeader(accept, 100_000n)).catch((e: Error) => e);
+    expect(stalled).to.be.instanceOf(Error);
 
     // A slow unsized answer streams after a while, an NDJSON one at once: the client reads the first chunk
     // while the upstream still holds the rest (both charged, once the first byte goes out).
@@ -698,28 +708,47 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(onchain.balance).to.equal(60_000n);
   });
 
-  it("facilitator: a deposit that is mined is a success even when the channel cannot be read back after it (its state is the verified one plus the deposit)", async () => {
+  it("facilitator: a deposit or refund that is mined is a success even when the channel cannot be read back after it (the state then comes from what was verified and the receipt)", async () => {
     const payer = new WirePayer(ctx.payers[2] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-fac-readback"))));
     const accept = (await fetchRequirements(`${node.url}/api/ok/1`)).accept;
     const real = node.payee.opts.publicClient;
-    // Reads of the channel at a given block (the read-back) fail; everything else goes through.
+    const realSender = node.payee.opts.sender;
+    // Once a transaction is mined, reads of the channel fail (an RPC that went away); everything else goes through.
+    let failReads = false;
     const failing = new Proxy(real, {
       get(target, key) {
         if (key === "readContract") {
-          return (args: { functionName: string; blockNumber?: bigint }) =>
-            args.functionName === "channels" && args.blockNumber !== undefined ? Promise.reject(new Error("rpc unreachable")) : target.readContract(args as never);
+          return (args: { functionName: string }) => (failReads && args.functionName === "channels" ? Promise.reject(new Error("rpc unreachable")) : target.readContract(args as never));
         }
         return Reflect.get(target, key);
       },
     });
-    const payee = Object.create(node.payee, { opts: { value: { ...node.payee.opts, publicClient: failing } } });
+    const sender = Object.create(realSender, {
+      send: {
+        value: async (p: never) => {
+          const sent = await realSender.send(p);
+          failReads = true;
+          return sent;
+        },
+      },
+    });
+    const payee = Object.create(node.payee, { opts: { value: { ...node.payee.opts, publicClient: failing, sender } } });
     const { Facilitator } = await import("../../node/payee/facilitator");
-    const payload = JSON.parse(Buffer.from(await payer.depositHeader(accept, 100_000n, 20_000n), "base64").toString("utf8")).payload;
-    const r = (await new Facilitator(payee).settle(payload, accept)) as { success: boolean; transaction: string; extra: { channelState: { balance: string } } };
-    expect(r.success).to.equal(true);
-    expect(r.transaction).to.match(/^0x[0-9a-f]{64}$/);
-    expect(r.extra.channelState.balance).to.equal("100000");
-    expect((await readChannel(real, CANONICAL_ADDRESSES.batchSettlement, payer.channelId(accept))).balance).to.equal(100_000n);
+    const facilitator = new Facilitator(payee);
+    const payloadOf = (header: string) => JSON.parse(Buffer.from(header, "base64").toString("utf8")).payload;
+    type Settled = { success: boolean; transaction: string; amount: string; extra: { channelState: Record<string, unknown> } };
+    const deposit = (await facilitator.settle(payloadOf(await payer.depositHeader(accept, 100_000n, 20_000n)), accept)) as Settled;
+    expect(deposit.success).to.equal(true);
+    expect(deposit.transaction).to.match(/^0x[0-9a-f]{64}$/);
+    expect(deposit.extra.channelState).to.include({ balance: "100000", totalClaimed: "0", refundNonce: "0" });
+    failReads = false;
+    const refundPayload = { ...payloadOf(await payer.refundHeader(accept, 0n, 30_000n)), refundNonce: "0" };
+    const refund = (await facilitator.settle(refundPayload, accept)) as Settled;
+    expect(refund.success, JSON.stringify(refund)).to.equal(true);
+    expect(refund.amount).to.equal("30000");
+    expect(refund.extra.channelState).to.include({ balance: "70000", totalClaimed: "0", refundNonce: "1" });
+    const onchain = await readChannel(real, CANONICAL_ADDRESSES.batchSettlement, payer.channelId(accept));
+    expect([onchain.balance, onchain.refundNonce]).to.deep.equal([70_000n, 1n]);
   });
 
   it("exports Prometheus metrics and never logs the node key", async () => {

@@ -11,13 +11,15 @@ import { formatAmount } from "../../protocol/amounts";
 
 export type OperatorOptions = { node: string; token?: string; json?: boolean; decimals?: number; symbol?: string };
 
+/** How long `tollway status` waits for the node: a health check must not hang on a stuck node. */
+const STATUS_TIMEOUT_MS = 30_000;
+
 /**
  * One admin API call. Over node:http(s), not fetch: a claim run waits for its receipts (and confirmations)
- * before the node answers, which can take longer than fetch's 300 s wait for response headers.
+ * before the node answers, which can take longer than fetch's 300 s wait for response headers. No time
+ * limit unless `timeoutMs` (a report scans the whole ledger before its first byte).
  */
-const READ_TIMEOUT_MS = 30_000;
-
-function adminRequest(url: string, token: string, body?: unknown): Promise<{ status: number; text: string }> {
+function adminRequest(url: string, token: string, body?: unknown, timeoutMs?: number): Promise<{ status: number; text: string }> {
   const u = new URL(url);
   const payload = body === undefined ? undefined : JSON.stringify(body);
   return new Promise((resolve, reject) => {
@@ -36,18 +38,17 @@ function adminRequest(url: string, token: string, body?: unknown): Promise<{ sta
       },
     );
     req.on("error", reject);
-    // A read (status, channels, report) that hangs is a stuck node; a claim or refund may rightly take long.
-    if (payload === undefined) req.setTimeout(READ_TIMEOUT_MS, () => req.destroy(new Error(`no answer within ${READ_TIMEOUT_MS / 1000} s`)));
+    if (timeoutMs !== undefined) req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs / 1000} s`)));
     req.end(payload);
   });
 }
 
-async function api(o: OperatorOptions, path: string, body?: unknown): Promise<any> {
+async function api(o: OperatorOptions, path: string, body?: unknown, timeoutMs?: number): Promise<any> {
   const token = o.token ?? process.env.TOLLWAY_ADMIN_TOKEN;
   if (!token) throw new ExitError(ExitCodes.usage, "no admin token: pass --token or set TOLLWAY_ADMIN_TOKEN");
   let res: { status: number; ok?: boolean; text: string };
   try {
-    res = await adminRequest(`${o.node.replace(/\/$/, "")}/admin/api${path}`, token, body);
+    res = await adminRequest(`${o.node.replace(/\/$/, "")}/admin/api${path}`, token, body, timeoutMs);
   } catch (e) {
     const sent = body !== undefined;
     throw new ExitError(ExitCodes.http, `${sent ? `lost the node at ${o.node} during ${path} (what it did may have gone through: check \`tollway status\`)` : `cannot reach the node at ${o.node}`}: ${(e as Error).message}`);
@@ -84,7 +85,7 @@ function progress(label: string, done: number, total: number, out: NodeJS.WriteS
 }
 
 export async function status(o: OperatorOptions, out: NodeJS.WritableStream = process.stdout): Promise<number> {
-  const s = await api(o, "/status");
+  const s = await api(o, "/status", undefined, STATUS_TIMEOUT_MS);
   const u = units(o);
   const problems: string[] = [];
   if (s.riskWindowMs !== undefined && s.chainViewAgeMs > s.riskWindowMs) problems.push(`the chain view is older than the risk window (${Math.round(s.riskWindowMs / 1000)} s): new charges are refused`);
@@ -166,18 +167,27 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
   const failed: any[] = [];
   const notHeld: string[] = [];
   progress("refunding", 0, ids.length, err);
+  const print = () => {
+    if (o.json) out.write(JSON.stringify({ refunded: done, failed }) + "\n");
+    else {
+      for (const d of done) out.write(`${d.channelId.slice(0, 12)}…  refunded ${units(o)(d.refunded)}  claimed ${units(o)(d.claimed)}  tx ${d.hash}\n`);
+      for (const f of failed) out.write(`NOT REFUNDED ${f.channelId}: ${f.reason}\n`);
+    }
+  };
   for (let i = 0; i < ids.length; i++) {
-    const r = await api(o, "/refund", { channels: [ids[i]] });
+    let r;
+    try {
+      r = await api(o, "/refund", { channels: [ids[i]] });
+    } catch (e) {
+      if (done.length > 0 || failed.length > 0) print(); // what landed before is not lost with the error
+      throw e;
+    }
     done.push(...r.refunded);
     failed.push(...(r.failed ?? []));
     notHeld.push(...(r.notHeld ?? []));
     progress("refunding", i + 1, ids.length, err);
   }
-  if (o.json) out.write(JSON.stringify({ refunded: done, failed }) + "\n");
-  else {
-    for (const d of done) out.write(`${d.channelId.slice(0, 12)}…  refunded ${units(o)(d.refunded)}  claimed ${units(o)(d.claimed)}  tx ${d.hash}\n`);
-    for (const f of failed) out.write(`NOT REFUNDED ${f.channelId}: ${f.reason}\n`);
-  }
+  print();
   // A channel named by id that the node does not hold: a mistyped id, or one closed already (a re-run stays safe: exit 0).
   for (const id of notHeld) err.write(`tollway: ${id} is not a channel of this node (unknown, or closed already)\n`);
   return failed.length > 0 ? ExitCodes.chain : 0;
