@@ -23,6 +23,7 @@ import {
   type PublicClient,
   type Transport,
   type WalletClient,
+  verifyTypedData,
 } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { batchSettlementAbi } from "../chain/abi";
@@ -70,14 +71,29 @@ export type BrowserChannel = {
  * session key signs vouchers on these channels, up to their balance.
  */
 export type ChannelBackup = {
-  format: "tollway-channel-backup/1";
+  format: "tollway-channel-backup/2";
   createdAt: string;
   chainId: number;
   escrow: Address;
   payer: Address;
   sessionKey: Hex;
+  /**
+   * The wallet's EIP-712 signature of `SessionKey(payer, sessionKey address, escrow)` (see sessionKeyTypedData):
+   * `restore` takes a backup's key only with it, so a file someone else made cannot plant a key they know.
+   */
+  walletSignature: Hex;
   channels: Array<{ channelId: Hex; network: string; config: ChannelConfig; balance: string; charged: string; signedMax: string }>;
 };
+
+/** What the wallet signs when it backs up its session key (one prompt per backup), and `restore` checks. */
+export function sessionKeyTypedData(chainId: number, payer: Address, sessionKey: Address, escrow: Address) {
+  return {
+    domain: { name: "Tollway session key backup", version: "1", chainId },
+    types: { SessionKey: [{ name: "payer", type: "address" }, { name: "sessionKey", type: "address" }, { name: "escrow", type: "address" }] },
+    primaryType: "SessionKey" as const,
+    message: { payer, sessionKey, escrow },
+  };
+}
 
 /** What the withdrawal helpers take: a channel id this browser knows, a config, or a backup's channel entry. */
 export type WithdrawTarget = Hex | ChannelConfig | { config: ChannelConfig; charged?: string; balance?: string };
@@ -159,15 +175,20 @@ export async function connect(opts: BrowserPayerOptions) {
         network: c.network,
       }));
     },
-    /** Everything needed to get this browser's deposits back elsewhere: the session key and every channel's config. */
+    /**
+     * Everything needed to get this browser's deposits back elsewhere: the session key and every channel's
+     * config, with the wallet's signature of the key (one wallet prompt).
+     */
     async backup(): Promise<ChannelBackup> {
+      const walletSignature = await wallet.signTypedData(sessionKeyTypedData(opts.chainId, payer.payer, privateKeyToAccount(key).address, escrow) as never);
       return {
-        format: "tollway-channel-backup/1",
+        format: "tollway-channel-backup/2",
         createdAt: new Date().toISOString(),
         chainId: opts.chainId,
         escrow,
         payer: payer.payer,
         sessionKey: key,
+        walletSignature,
         channels: (await store.channels()).map((c) => ({
           channelId: c.channelId,
           network: c.network,
@@ -235,7 +256,12 @@ const sameAddress = (a: string, b: string) => a.toLowerCase() === b.toLowerCase(
 export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "account" | "chainId" | "dbName" | "publicClient">, backup: ChannelBackup): Promise<{ channels: number; keyReplaced: boolean }> {
   // `channels`: records written or merged.
   const address = await walletAddress(opts);
-  if (backup?.format !== "tollway-channel-backup/1") throw new TollwayError("not a Tollway channel backup (format tollway-channel-backup/1)");
+  if ((backup as { format?: unknown } | undefined)?.format === "tollway-channel-backup/1") {
+    throw new TollwayError(
+      "this backup (format 1) has no wallet signature of its session key, so it cannot be restored: make a new backup where the channels are, or withdraw them with this file (withdraw takes its channel entries)",
+    );
+  }
+  if (backup?.format !== "tollway-channel-backup/2") throw new TollwayError("not a Tollway channel backup (format tollway-channel-backup/2)");
   if (backup.chainId !== opts.chainId) throw new TollwayError(`the backup is for chain ${backup.chainId}, this page pays on ${opts.chainId}`);
   const domain = escrowDomain(opts.chainId, CANONICAL_ADDRESSES.batchSettlement);
   if (!sameAddress(String(backup.escrow), domain.verifyingContract)) throw new TollwayError(`the backup is for the escrow ${backup.escrow}, this page pays through ${domain.verifyingContract}`);
@@ -249,6 +275,7 @@ export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "acco
   } catch (cause) {
     throw new TollwayError("the backup's session key is not a private key", { cause });
   }
+  await checkKeySigned(opts, address, sessionAddress, domain.verifyingContract, backup.walletSignature);
   const now = Date.now();
   const restored = new Map<Hex, PayerChannel>();
   for (const c of backup.channels) {
@@ -297,6 +324,27 @@ export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "acco
   }
   persistStorage();
   return { channels: restored.size, keyReplaced };
+}
+
+/**
+ * Refuses a session key the wallet did not sign for (sessionKeyTypedData). A smart wallet's signature is
+ * checked by the chain (ERC-1271) where the page can read it; an EOA's locally.
+ */
+async function checkKeySigned(opts: Pick<BrowserPayerOptions, "provider" | "chainId" | "publicClient">, payer: Address, sessionKey: Address, escrow: Address, signature: unknown) {
+  const refused = new TollwayError("the backup's session key is not signed by this wallet: it was not made by this wallet's backup, or it was changed");
+  if (typeof signature !== "string" || !/^0x[0-9a-fA-F]+$/.test(signature)) throw refused;
+  const typed = { address: payer, signature: signature as Hex, ...sessionKeyTypedData(opts.chainId, payer, sessionKey, escrow) };
+  let valid = false;
+  try {
+    valid = await verifyTypedData(typed);
+  } catch {
+    valid = false;
+  }
+  if (!valid) {
+    const reader = opts.publicClient ?? (opts.provider ? createPublicClient({ chain: chainFor(opts.chainId), transport: custom(opts.provider) }) : undefined);
+    valid = reader ? await reader.verifyTypedData(typed).catch(() => false) : false;
+  }
+  if (!valid) throw refused;
 }
 
 /**

@@ -117,7 +117,7 @@ describe("browser payer: one session key per browser, and a way back to the depo
       expect(paid.status).to.equal(200);
       const [listed] = paid.channels;
       const [saved] = paid.backup.channels;
-      expect(paid.backup.format).to.equal("tollway-channel-backup/1");
+      expect(paid.backup.format).to.equal("tollway-channel-backup/2");
       expect(listed.config).to.deep.equal(saved.config);
       expect(saved.config.payer).to.equal(wallet.address);
       expect(saved.config.payerAuthorizer).to.equal(privateKeyToAccount(paid.backup.sessionKey).address);
@@ -175,7 +175,8 @@ describe("browser payer: one session key per browser, and a way back to the depo
       expect(first.status).to.equal(200);
       const saved = first.backup.channels[0];
       expect([saved.balance, saved.charged]).to.deep.equal(["200000", "10000"]);
-      expect(prompts.signatures).to.equal(1); // the deposit
+      expect(prompts.signatures).to.equal(2); // the deposit, and the backup's signature of its session key
+      expect(first.backup.format).to.equal("tollway-channel-backup/2");
 
       // Cleared, then used again: a new key, a new channel with money on it.
       await clearSiteData(page);
@@ -209,10 +210,20 @@ describe("browser payer: one session key per browser, and a way back to the depo
         const errors: string[] = [];
         for (const b of backups) errors.push(await (window as any).restoreTollway(b).then(() => "restored", (e: Error) => e.message));
         return errors;
-      }, [crafted, { ...first.backup, channels: [] }, { ...first.backup, channels: [{ ...saved, config: { ...saved.config, withdrawDelay: saved.config.withdrawDelay + 1 } }] }]);
-      expect(bad[0]).to.equal("none of the backup's channels was ever funded on chain: this is not a backup of this wallet's channels");
+      }, [
+        crafted,
+        { ...first.backup, channels: [] },
+        { ...first.backup, channels: [{ ...saved, config: { ...saved.config, withdrawDelay: saved.config.withdrawDelay + 1 } }] },
+        // The wallet's own backup with its signature removed, and one of the old format (no signature at all).
+        { ...first.backup, walletSignature: "0x" },
+        { ...first.backup, format: "tollway-channel-backup/1", walletSignature: undefined },
+      ]);
+      // The planted key is not one this wallet signed (a crafted file, even for a channel with money on chain).
+      expect(bad[0]).to.equal("the backup's session key is not signed by this wallet: it was not made by this wallet's backup, or it was changed");
       expect(bad[1]).to.equal("the backup has no channel: there is nothing to restore");
       expect(bad[2]).to.match(/its config does not hash to its id/);
+      expect(bad[3]).to.equal(bad[0]);
+      expect(bad[4]).to.match(/^this backup \(format 1\) has no wallet signature of its session key/);
       expect(await keyOf(page)).to.equal(fresh);
 
       // Restored: the backup's key and channel are back; the key it replaced is kept, retired.

@@ -107,10 +107,16 @@ describe("npm start demo: reader page, operator dashboard, close and refund (hea
     expect((await summary()).requests).to.equal(after.requests);
 
     // "Back up your channel": a file with the channel's config and key, enough to withdraw without the publisher.
-    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#backup")]);
+    // The wallet signs the backup's session key (one prompt), so no one else's file can plant a key.
+    const downloading = page.waitForEvent("download");
+    await page.click("#backup");
+    await page.waitForSelector("#sign[open]");
+    expect(await page.textContent("#sign-text")).to.match(/^Sign the backup of this browser's payment key/);
+    await page.click("#approve");
+    const download = await downloading;
     const backup = JSON.parse(fs.readFileSync((await download.path())!, "utf8"));
     expect(download.suggestedFilename()).to.match(/^tollway-channel-backup-\d{4}-\d{2}-\d{2}\.json$/);
-    expect(backup.format).to.equal("tollway-channel-backup/1");
+    expect(backup.format).to.equal("tollway-channel-backup/2");
     expect(backup.sessionKey).to.match(/^0x[0-9a-f]{64}$/);
     expect(backup.channels).to.have.length(1);
     expect(backup.channels[0].config.payer).to.equal(JSON.parse(fs.readFileSync(path.join(dir, "demo.json"), "utf8")).demoWallet.address);

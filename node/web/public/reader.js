@@ -47,7 +47,9 @@
         const value = td.message.value ? (Number(td.message.value) / 1e6).toFixed(2) + " USDC" : "";
         $("sign-text").textContent = td.primaryType === "ReceiveWithAuthorization"
           ? `Deposit ${value} into a payment channel with ${catalog.publisher}? This covers many unlocks.`
-          : `Sign ${td.primaryType}?`;
+          : td.primaryType === "SessionKey"
+            ? "Sign the backup of this browser's payment key? Only a backup your wallet signed can be restored."
+            : `Sign ${td.primaryType}?`;
         const dialog = $("sign");
         dialog.showModal();
         const answer = await new Promise((r) => dialog.addEventListener("close", () => r(dialog.returnValue), { once: true }));
