@@ -190,6 +190,48 @@ export function routePattern(key: string): { method: string | undefined; regex: 
   return { method: m[1], regex: new RegExp(`^${pattern}/?$`, "i"), params };
 }
 
+/** A path a file server would read differently from its bytes: percent-escapes, "//", "/./", "/../", backslashes. */
+const NOT_CANONICAL = /%|\/\/|\/\.|\\/;
+
+/**
+ * `path` as a file server (express.static, sendFile) reads it: percent-decoded, empty and "." segments
+ * dropped, ".." applied (never above the root); a trailing slash kept. One that does not decode stays as it is.
+ */
+export function canonicalPath(path: string): string {
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(path);
+  } catch {
+    return path;
+  }
+  const out: string[] = [];
+  for (const seg of decoded.split(/[/\\]+/)) {
+    if (seg === "" || seg === ".") continue;
+    if (seg === "..") out.pop();
+    else out.push(seg);
+  }
+  return `/${out.join("/")}${out.length > 0 && /[/\\]$/.test(decoded) ? "/" : ""}`;
+}
+
+/**
+ * An exempted CORS preflight is answered by the app without a body: a handler that serves every method
+ * (app.all, app.use) must not hand a paid route's content to an unpaid OPTIONS. Its headers (the app's
+ * CORS answer) go out with Content-Length 0.
+ */
+function bodiless(res: Response) {
+  const writeHead = res.writeHead;
+  res.writeHead = function (this: Response, ...args: unknown[]) {
+    this.removeHeader("Transfer-Encoding");
+    this.setHeader("Content-Length", "0");
+    (this as unknown as { _hasBody: boolean })._hasBody = false; // node drops the body, as for HEAD
+    const headers = args.find((a, i) => i > 0 && a !== null && typeof a === "object") as Record<string, unknown> | undefined;
+    if (headers && !Array.isArray(headers)) {
+      for (const k of Object.keys(headers)) if (/^(content-length|transfer-encoding)$/i.test(k)) delete headers[k];
+    }
+    return (writeHead as (...a: unknown[]) => Response).apply(this, args);
+  } as typeof res.writeHead;
+}
+
 /** The `:param` values of `path` under `route` (percent-decoded where they decode). */
 function matchOf(route: CompiledRoute, path: string): RouteMatch {
   const groups = route.regex.exec(path) ?? [];
@@ -243,23 +285,35 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
   const decimals = payee.opts.asset.decimals;
 
   return async function tollwayPaymentMiddleware(req: Request, res: Response, next: NextFunction) {
-    const path = req.path;
+    const raw = req.path;
+    // Matched as written and as a file server reads it (decoded, "//" and "." dropped, ".." applied):
+    // "/%70remium/a.pdf" or "//premium/a.pdf" must not reach express.static or sendFile unpaid.
+    const canonical = NOT_CANONICAL.test(raw) ? canonicalPath(raw) : raw;
     const method = req.method;
+    const preflight = method === "OPTIONS" && req.headers["access-control-request-method"] !== undefined;
     let route: CompiledRoute | undefined;
+    let path = raw;
+    let exemptPreflight = false;
     for (const r of compiled) {
       // HEAD runs express's GET handlers: it pays as a GET. A key without a method charges every method
       // but a CORS preflight: a browser sends that without the payment, so charging it would shut
       // cross-origin payers out. It is answered by the app (a cors middleware, express's automatic
-      // OPTIONS), unpaid; a key that names OPTIONS still charges it.
-      if (
-        (r.method === undefined ? !(method === "OPTIONS" && req.headers["access-control-request-method"] !== undefined) : r.method === method || (method === "HEAD" && r.method === "GET")) &&
-        r.regex.test(path)
-      ) {
-        route = r;
-        break;
+      // OPTIONS), unpaid and without a body; a key that names OPTIONS still charges it.
+      if (!(r.method === undefined || r.method === method || (method === "HEAD" && r.method === "GET"))) continue;
+      const on = r.regex.test(raw) ? raw : canonical !== raw && r.regex.test(canonical) ? canonical : undefined;
+      if (on === undefined) continue;
+      if (r.method === undefined && preflight) {
+        exemptPreflight = true;
+        continue;
       }
+      route = r;
+      path = on;
+      break;
     }
-    if (!route) return next();
+    if (!route) {
+      if (exemptPreflight) bodiless(res);
+      return next();
+    }
     // Read now: express changes req.baseUrl (and req.url) while the handler's routers run.
     const mount = req.baseUrl;
     const started = process.hrtime.bigint();

@@ -310,6 +310,43 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     }
   });
 
+  it("a paid path is matched as file servers read it (percent-escapes, '//', '.', '..'), and a CORS preflight a paid route lets through gets no body: neither serves paid content unpaid", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-static-"));
+    fs.mkdirSync(path.join(dir, "premium"));
+    fs.writeFileSync(path.join(dir, "premium", "a.txt"), "premium file");
+    const site = await startPayee(ctx, { "GET /premium/*": "$0.01", "/files/*": "$0.01" } as never, (app) => {
+      app.all("/files/*", (_req, res) => void res.set("Access-Control-Allow-Origin", "*").send("secret file"));
+      app.use(express.static(dir));
+    });
+    /** One request with its path sent as written (fetch would normalise it). */
+    const raw = (method: string, target: string, headers: Record<string, string> = {}) =>
+      new Promise<{ status: number; body: string; headers: import("node:http").IncomingHttpHeaders }>((resolve, reject) => {
+        const u = new URL(site.url);
+        const req = require("node:http").request({ host: u.hostname, port: u.port, method, path: target, headers }, (res: import("node:http").IncomingMessage) => {
+          let body = "";
+          res.on("data", (d) => (body += d));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+    try {
+      for (const target of ["/premium/a.txt", "/%70remium/a.txt", "//premium/a.txt", "/./premium/a.txt", "/x/../premium/a.txt", "/premium%2Fa.txt", "/PREMIUM/a.txt"]) {
+        const r = await raw("GET", target);
+        expect([r.status, r.body.includes("premium file")], target).to.deep.equal([402, false]);
+      }
+      const files = await raw("GET", "/files/x");
+      expect(files.status).to.equal(402);
+      const preflight = await raw("OPTIONS", "/files/x", { Origin: "https://reader.example", "Access-Control-Request-Method": "GET" });
+      expect(preflight.status).to.be.below(300);
+      expect(preflight.body).to.equal("");
+      expect(preflight.headers["content-length"]).to.equal("0");
+      expect(preflight.headers["access-control-allow-origin"]).to.equal("*"); // the app's CORS answer goes out
+    } finally {
+      await site.stop();
+    }
+  });
+
   it("a request that waits longer than lockTimeoutMs behind another on its channel gets channel_busy (402) and is not charged; the holder is charged once", async () => {
     let release!: () => void;
     const released = new Promise<void>((r) => (release = r));
