@@ -604,6 +604,13 @@ const kInterception = Symbol("tollway.interception");
  */
 function holdOrPass(res: Response, method: AnyFn, args: unknown[], own: boolean): unknown {
   const st = (res as unknown as Record<symbol, Interception | undefined>)[kInterception];
+  if (st !== undefined && st.refused && method !== st.writeHead && (st.own !== undefined) === own) {
+    // After the 503: the handler's later body (a stream, or one a wrapper outside ours such as compression
+    // still flushes) neither follows the 503 nor ends in a write after end (an 'error' nothing handles).
+    const done = args.find((a) => typeof a === "function") as (() => void) | undefined;
+    if (done) process.nextTick(done);
+    return method === st.write ? true : res;
+  }
   if (st === undefined || st.phase === DONE || (st.own !== undefined) !== own) return method.apply(res, args);
   if (method === st.writeHead) {
     if (st.phase === DECIDING) return writeHeadAfterStart(res, args);
@@ -689,6 +696,8 @@ const kOpenInterceptions = Symbol("tollway.openInterceptions");
 
 type Interception = {
   phase: typeof OPEN | typeof DECIDING | typeof DONE;
+  /** The commit failed and the 503 went out: the handler's later writes and end are dropped. */
+  refused?: boolean;
   /** Held calls: method, arguments, method, arguments, ... */
   pending: unknown[];
   decide: (status: number) => Promise<void>;
@@ -776,9 +785,12 @@ function begin(res: Response, st: Interception) {
         // None of the handler's headers describe this answer (Content-Encoding would break its decoding,
         // ETag and Cache-Control would let it be kept); the CORS ones stay so a browser payer can read it.
         for (const name of res.getHeaderNames()) if (!name.startsWith("access-control-")) res.removeHeader(name);
-        res.setHeader("Cache-Control", "no-store");
+        // no-transform: a compression middleware outside ours leaves this JSON as it is.
+        res.setHeader("Cache-Control", "no-store, no-transform");
         res.setHeader("Content-Type", "application/json");
-        res.end(JSON.stringify({ error: code, message: "the payment could not be committed; nothing was charged" }));
+        st.refused = true;
+        // Past any wrapper installed outside ours (it would hand the body back to ours, now dropping).
+        st.end.call(res, JSON.stringify({ error: code, message: "the payment could not be committed; nothing was charged" }));
       },
     )
     .catch((err: unknown) => {

@@ -423,11 +423,44 @@ describe("paid answers through paymentMiddleware (a payee whose commit takes an 
       const r = await fetch(`${s.url}${path}`, paid);
       expect(r.status, path).to.equal(503);
       for (const name of ["content-encoding", "etag", "content-disposition", "payment-response"]) expect(r.headers.get(name), `${path} ${name}`).to.equal(null);
-      expect(r.headers.get("cache-control"), path).to.equal("no-store");
+      expect(r.headers.get("cache-control"), path).to.equal("no-store, no-transform");
       expect(r.headers.get("access-control-expose-headers"), path).to.match(/PAYMENT-RESPONSE/i);
       if (path === "/x") expect(r.headers.get("access-control-allow-origin"), "CORS headers stay").to.equal("*");
       expect(((await r.json()) as { error: string }).error, path).to.equal("unexpected_settle_error");
     }
+    await s.close();
+  });
+
+  it("after a commit that fails, the handler's later writes (a stream, a wrapper outside ours flushing) are dropped: the 503 alone goes out, and no write after end", async () => {
+    const events: string[] = [];
+    let wrote: unknown[] = [];
+    const s = await servePaid({ "GET /s": "10", "GET /w": "10" }, (app) => {
+      app.get("/s", (_req, res) => {
+        res.write("paid part 1;");
+        // Still streaming after the failed commit has answered 503 (30 ms).
+        setTimeout(() => {
+          wrote = [res.write("paid part 2;"), res.writableEnded];
+          res.end("paid end");
+        }, 80);
+      });
+      // A wrapper installed after the payment middleware (as compression is), whose captured write and end
+      // reach ours: its late flush must not follow the 503.
+      app.get("/w", (_req, res) => {
+        const inner = { write: res.write, end: res.end };
+        res.write = ((c: unknown) => (inner.write as (c: unknown) => boolean).call(res, c)) as typeof res.write;
+        res.end = ((c?: unknown) => (inner.end as (c?: unknown) => unknown).call(res, c)) as typeof res.end;
+        res.write("compressed paid bytes;");
+        setTimeout(() => res.end("late flush"), 80);
+      });
+    }, fakePayee(events, 30, true), events);
+    for (const path of ["/s", "/w"]) {
+      const r = await fetch(`${s.url}${path}`, paid);
+      expect(r.status, path).to.equal(503);
+      const text = await r.text();
+      expect(JSON.parse(text).error, path).to.equal("unexpected_settle_error");
+    }
+    await new Promise((r) => setTimeout(r, 150)); // the handlers' late writes have run (an uncaught error would fail the test)
+    expect(wrote).to.deep.equal([true, true]);
     await s.close();
   });
 
