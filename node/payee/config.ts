@@ -116,7 +116,7 @@ const tokenSchema = (name: string) => z.string().regex(/^\S*$/, `${name} must no
 /** Where the store goes when the config does not say; relative to the config file's folder (loadNodeConfig). */
 export const DEFAULT_STORE_PATH = ".tollway/payee";
 
-export const nodeConfigSchema = z
+const nodeConfigObject = z
   .object({
     rpcUrl: z.string().url().default("http://127.0.0.1:8545"),
     chainId: z.number().int().positive().default(31337),
@@ -158,8 +158,15 @@ export const nodeConfigSchema = z
   })
   .strict();
 
+export const nodeConfigSchema = nodeConfigObject.superRefine((c, ctx) => {
+  // One key in both would be one route with two prices and two handlers: the proxy entry silently won.
+  for (const key of Object.keys(c.proxy)) {
+    if (key in c.routes) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ["proxy", key], message: `route key "${key}" is also in routes: a path is either served here or proxied, list it once` });
+  }
+});
+
 /** Every key the config knows, at any depth: the candidates for "did you mean" hints. */
-const KNOWN_KEYS = [nodeConfigSchema, assetSchema, tlsSchema, listenSchema, claimsSchema, transactionsSchema, routeSchema, proxyRouteSchema].flatMap((s) => Object.keys(s.shape));
+const KNOWN_KEYS = [nodeConfigObject, assetSchema, tlsSchema, listenSchema, claimsSchema, transactionsSchema, routeSchema, proxyRouteSchema].flatMap((s) => Object.keys(s.shape));
 
 /** The known key a misspelt one most likely meant (case-insensitive edit distance at most 2), if any. */
 function didYouMean(key: string): string | undefined {

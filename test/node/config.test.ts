@@ -84,6 +84,13 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
     });
   });
 
+  describe("route keys are listed once", () => {
+    it("a key in both routes and proxy is refused, naming it (the proxy entry silently replaced the route)", () => {
+      const e = configError(() => parseNodeConfig({ ...base, routes: { "GET /a/*": "$0.01" }, proxy: { "GET /a/*": { upstream: "http://127.0.0.1:9", price: "$0.02" } } }, {}));
+      expect(e.metaMessages).to.deep.equal(['proxy["GET /a/*"]: route key "GET /a/*" is also in routes: a path is either served here or proxied, list it once']);
+    });
+  });
+
   describe("adminToken", () => {
     it("needs 16 characters and no whitespace: 16 spaces are refused", () => {
       expect(details(configError(() => parseNodeConfig({ ...base, adminToken: " ".repeat(16) }, {})))).to.match(/adminToken must not contain whitespace/);
