@@ -64,12 +64,21 @@ function parseAccepts(body: PaymentRequiredBody): PaymentRequirements[] {
   return out;
 }
 
+/** What one paid call may add to fetch's arguments. */
+export type PaidCallOptions = {
+  /** The most this request pays (atomic units): a 402 asking more is refused (PolicyError max_per_request), nothing signed. */
+  maxAmount?: bigint;
+};
+
+/** A fetch that pays; its third argument caps this call's price. */
+export type TollwayFetch = (input: RequestInfo | URL, init?: RequestInit, call?: PaidCallOptions) => Promise<Response>;
+
 /**
  * Wraps `fetch` so that 402 answers of batch-settlement servers are paid by `payer`, within its policy.
- * @example const pay = wrapFetch(fetch, payer); const res = await pay("http://127.0.0.1:4020/articles/1")
+ * @example const pay = wrapFetch(fetch, payer); const res = await pay("http://127.0.0.1:4020/articles/1", undefined, { maxAmount: 10_000n })
  */
-export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFetchOptions = {}): typeof fetch {
-  return async function tollwayFetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
+export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFetchOptions = {}): TollwayFetch {
+  return async function tollwayFetch(input: RequestInfo | URL, init?: RequestInit, call: PaidCallOptions = {}): Promise<Response> {
     const original = new Request(input, init);
     // The caller's own signal (the copy on `original` is linked to it only weakly by undici).
     const callerSignal = init && "signal" in init ? init.signal : input instanceof Request ? input.signal : undefined;
@@ -93,7 +102,7 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
     };
 
     const payAndSend = async (requirements: PaymentRequirements): Promise<{ res: Response; prepared: PreparedPayment }> => {
-      const prepared = await payer.prepare(requirements, { deposit: options.deposit });
+      const prepared = await payer.prepare(requirements, { deposit: options.deposit, maxAmount: call.maxAmount });
       let res: Response;
       try {
         res = await send(prepared.header);

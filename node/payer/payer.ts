@@ -259,8 +259,12 @@ export class Payer {
    * Signs the payment for one request under `r` (a voucher, or a deposit plus voucher when the channel
    * is missing or too low) and holds the channel until `complete` or `release`.
    */
-  async prepare(r: PaymentRequirements, opts: { deposit?: bigint } = {}): Promise<PreparedPayment> {
+  async prepare(r: PaymentRequirements, opts: { deposit?: bigint; maxAmount?: bigint } = {}): Promise<PreparedPayment> {
     this.checkPolicy(r);
+    // This call's own cap (a page showing "unlock for 1c" pays no more than 1c, whatever the 402 asks).
+    if (opts.maxAmount !== undefined && r.amount > opts.maxAmount) {
+      throw new PolicyError("max_per_request", `price ${r.amount} exceeds this request's maximum ${opts.maxAmount}`);
+    }
     const config = this.configFor(r);
     const channelId = computeChannelId(this.domain, config);
     const unlock = await this.queue.acquire(channelId);

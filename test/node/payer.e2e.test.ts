@@ -291,6 +291,14 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     expect(err).to.be.instanceOf(PolicyError);
     expect(err.violation).to.equal("max_deposit");
     expect(calls.every((c) => !c.paid)).to.equal(true);
+    // A call's own cap (what a page showed): a 402 asking more is refused, signing nothing; the price itself passes.
+    const capped = await pay(`${node.url}/articles/capped`, undefined, { maxAmount: PRICE - 1n }).catch((e) => e);
+    expect(capped).to.be.instanceOf(PolicyError);
+    expect(capped.violation).to.equal("max_per_request");
+    expect(capped.message).to.match(/exceeds this request's maximum 9999/);
+    expect(calls.every((c) => !c.paid)).to.equal(true);
+    expect(await payer.store.channels()).to.deep.equal([]);
+    expect((await pay(`${node.url}/articles/capped`, undefined, { maxAmount: PRICE })).status).to.equal(200);
   });
 
   it("a smart-wallet payer (ERC-1271, payerAuthorizer = 0) deposits and pays; its owner signs", async () => {

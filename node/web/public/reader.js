@@ -78,12 +78,15 @@
     $("close").disabled = !ch || Number(ch.remaining) <= 0;
     $("backup").disabled = chs.length === 0;
   }
-  async function pay(url) {
+  // `price`: what the button showed (decimal USDC). The payment is capped at it: a 402 asking more is
+  // refused, nothing signed (the page's policy cap alone would let a server charge up to 10c).
+  async function pay(url, price) {
     status("Paying…");
     try {
       if (restoring) await restoring; // pay with the key the restore brings back
       paying++;
-      const res = await t.fetch(url).finally(() => paying--);
+      const maxAmount = BigInt(Math.round(Number(price) * 1e6));
+      const res = await t.fetch(url, undefined, { maxAmount }).finally(() => paying--);
       if (!res.ok) throw new Error(res.status === 402 ? "the payment was not accepted (HTTP 402)." : "the server answered HTTP " + res.status + ".");
       status("");
       return res;
@@ -114,7 +117,7 @@
     btn.addEventListener("click", async () => {
       btn.disabled = true;
       try {
-        const body = await (await pay(a.url)).text();
+        const body = await (await pay(a.url, a.price)).text();
         try {
           localStorage.setItem(unlockedKey(a.url), body);
         } catch {
@@ -145,7 +148,7 @@
     btn.addEventListener("click", async () => {
       btn.disabled = true;
       try {
-        const blob = await (await pay(s.url)).blob();
+        const blob = await (await pay(s.url, s.price)).blob();
         const audio = el.querySelector("audio");
         audio.src = URL.createObjectURL(blob);
         audio.hidden = false;
@@ -163,7 +166,7 @@
     let n = 0;
     try {
       for (; n < 10; n++) {
-        await pay(`${catalog.stream.url}/${n}`);
+        await pay(`${catalog.stream.url}/${n}`, catalog.stream.price);
         spent += Number(catalog.stream.price);
         $("stream-progress").value = n + 1;
         $("stream-cost").textContent = `Watched ${n + 1} chunks for ${spent.toFixed(3)} USDC`;
