@@ -125,7 +125,7 @@ export async function startDemo(opts: DemoOptions = {}): Promise<Demo> {
     const node = await startPayeeNode(config, {
       key: hardhatTestKey(1),
       logger,
-      install: (app) => installDemoSite(app, webDir, deployment),
+      install: (app) => installDemoSite(app, webDir, deployment, { payTo: hardhatTestAccount(1).address, withdrawDelay: config.withdrawDelay }),
     });
     const urls = { reader: `${node.url}/`, dashboard: `${node.url}/dashboard`, payee: node.url, rpc: chain.url };
     await simulateReaders(node.url, readers.slice(1, 1 + (opts.simulatedReaders ?? 5)), chain.url);
@@ -205,7 +205,7 @@ export function demoSecurityHeaders(): express.RequestHandler {
   };
 }
 
-function installDemoSite(app: Express, webDir: string, deployment: Deployment) {
+function installDemoSite(app: Express, webDir: string, deployment: Deployment, terms: { payTo: string; withdrawDelay: number }) {
   const pub = path.join(__dirname, "public");
   app.use(demoSecurityHeaders());
   for (const a of ARTICLES) {
@@ -220,6 +220,9 @@ function installDemoSite(app: Express, webDir: string, deployment: Deployment) {
       chainId: 31337,
       publisher: "The Tollway Gazette",
       token: deployment.token,
+      // The reader's wallet pays only this receiver, on channels whose withdrawal delay is this at most.
+      payTo: terms.payTo,
+      withdrawDelay: terms.withdrawDelay,
       articles: ARTICLES.map((a) => ({ ...a, url: `/articles/${a.kind}/${a.id}` })),
       songs: SONGS.map((s) => ({ id: s.id, title: s.title, price: s.price, url: `/songs/${s.id}` })),
       stream: { id: "council", price: STREAM_PRICE, url: "/stream/council/chunk" },

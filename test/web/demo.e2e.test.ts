@@ -81,7 +81,12 @@ describe("npm start demo: reader page, operator dashboard, close and refund (hea
     await page.waitForSelector("body[data-ready=true]", { state: "attached" });
     const unlock = async (id: string, approve: boolean) => {
       await page.click(`button[data-article=${id}]`);
-      if (approve) await page.click("#approve");
+      if (approve) {
+        // The deposit prompt names who is paid and how long a withdrawal takes (the page pays no one else).
+        await page.waitForSelector("#sign[open]");
+        expect(await page.textContent("#sign-text")).to.match(/^Deposit 0\.60 USDC into a payment channel with The Tollway Gazette \(0x709979…\)\? .* 15 minutes after you ask\.$/);
+        await page.click("#approve");
+      }
       await page.waitForFunction((a) => document.querySelector(`button[data-article=${a}]`)!.textContent === "Unlocked", id);
     };
     await unlock("water-cartel", true);

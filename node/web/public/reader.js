@@ -46,7 +46,7 @@
         window.__tollwayPrompts++;
         const value = td.message.value ? (Number(td.message.value) / 1e6).toFixed(2) + " USDC" : "";
         $("sign-text").textContent = td.primaryType === "ReceiveWithAuthorization"
-          ? `Deposit ${value} into a payment channel with ${catalog.publisher}? This covers many unlocks.`
+          ? `Deposit ${value} into a payment channel with ${catalog.publisher} (${catalog.payTo.slice(0, 8)}…)? This covers many unlocks; what is left comes back when you close the channel, or by withdrawing, ${Math.round(catalog.withdrawDelay / 60)} minutes after you ask.`
           : td.primaryType === "SessionKey"
             ? "Sign the backup of this browser's payment key? Only a backup your wallet signed can be restored."
             : `Sign ${td.primaryType}?`;
@@ -62,7 +62,13 @@
   };
   let paying = 0; // payments and refunds running (a restore waits for them)
   let restoring; // a restore running: payments and refunds wait for it
-  const connectOptions = { provider, chainId: catalog.chainId, policy: { maxPerRequest: 100000n, maxDeposit: 2000000n, depositMultiplier: 20, allowedAssets: [catalog.token] } };
+  // Paying only the publisher, in its token, on channels whose money a withdrawal frees within the
+  // publisher's stated delay: a 402 naming another receiver or a longer lock-up is refused, nothing signed.
+  const connectOptions = {
+    provider,
+    chainId: catalog.chainId,
+    policy: { maxPerRequest: 100000n, maxDeposit: 2000000n, depositMultiplier: 20, allowedAssets: [catalog.token], allowedPayTo: [catalog.payTo], maxWithdrawDelay: catalog.withdrawDelay },
+  };
   try {
     t = await Tollway.connect(connectOptions);
   } catch (e) {
