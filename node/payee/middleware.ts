@@ -214,19 +214,52 @@ export function canonicalPath(path: string): string {
 }
 
 /**
+ * The first route whose key matches `method` and `path`. HEAD runs express's GET handlers: it pays as a
+ * GET. A key without a method charges every method but a CORS preflight: a browser sends that without the
+ * payment, so charging it would shut cross-origin payers out. It is answered by the app (a cors
+ * middleware, express's automatic OPTIONS), unpaid and without a body (`exempt`); a key that names
+ * OPTIONS still charges it.
+ */
+function routeFor(compiled: CompiledRoute[], path: string, method: string, preflight: boolean): { route?: CompiledRoute; exempt: boolean } {
+  let exempt = false;
+  for (const r of compiled) {
+    if (!(r.method === undefined || r.method === method || (method === "HEAD" && r.method === "GET"))) continue;
+    if (!r.regex.test(path)) continue;
+    if (r.method === undefined && preflight) {
+      exempt = true;
+      continue;
+    }
+    return { route: r, exempt };
+  }
+  return { exempt };
+}
+
+/**
  * An exempted CORS preflight is answered by the app without a body: a handler that serves every method
  * (app.all, app.use) must not hand a paid route's content to an unpaid OPTIONS. Its headers (the app's
  * CORS answer) go out with Content-Length 0.
  */
 function bodiless(res: Response) {
   const writeHead = res.writeHead;
+  const framing = /^(content-length|transfer-encoding)$/i;
   res.writeHead = function (this: Response, ...args: unknown[]) {
     this.removeHeader("Transfer-Encoding");
-    this.setHeader("Content-Length", "0");
+    this.removeHeader("Content-Length");
+    // No length on a 204 or 304 (they have no body by definition); 0 on any other status.
+    const status = Number(args[0]);
+    if (status !== 204 && status !== 304) this.setHeader("Content-Length", "0");
     (this as unknown as { _hasBody: boolean })._hasBody = false; // node drops the body, as for HEAD
-    const headers = args.find((a, i) => i > 0 && a !== null && typeof a === "object") as Record<string, unknown> | undefined;
-    if (headers && !Array.isArray(headers)) {
-      for (const k of Object.keys(headers)) if (/^(content-length|transfer-encoding)$/i.test(k)) delete headers[k];
+    // The handler's own framing headers given to writeHead go too (a copy: its object is left as it was).
+    const at = args.findIndex((a, i) => i > 0 && a !== null && typeof a === "object");
+    const given = args[at];
+    if (Array.isArray(given)) {
+      const flat = given.length > 0 && !Array.isArray(given[0]);
+      const kept: unknown[] = [];
+      if (flat) for (let i = 0; i < given.length; i += 2) !framing.test(String(given[i])) && kept.push(given[i], given[i + 1]);
+      else for (const pair of given as unknown[][]) !framing.test(String(pair[0])) && kept.push(pair);
+      args = [...args.slice(0, at), kept, ...args.slice(at + 1)];
+    } else if (given) {
+      args = [...args.slice(0, at), Object.fromEntries(Object.entries(given).filter(([k]) => !framing.test(k))), ...args.slice(at + 1)];
     }
     return (writeHead as (...a: unknown[]) => Response).apply(this, args);
   } as typeof res.writeHead;
@@ -291,27 +324,17 @@ export function paymentMiddleware(routes: RoutesConfig, payee: Payee, options: M
     const canonical = NOT_CANONICAL.test(raw) ? canonicalPath(raw) : raw;
     const method = req.method;
     const preflight = method === "OPTIONS" && req.headers["access-control-request-method"] !== undefined;
-    let route: CompiledRoute | undefined;
-    let path = raw;
-    let exemptPreflight = false;
-    for (const r of compiled) {
-      // HEAD runs express's GET handlers: it pays as a GET. A key without a method charges every method
-      // but a CORS preflight: a browser sends that without the payment, so charging it would shut
-      // cross-origin payers out. It is answered by the app (a cors middleware, express's automatic
-      // OPTIONS), unpaid and without a body; a key that names OPTIONS still charges it.
-      if (!(r.method === undefined || r.method === method || (method === "HEAD" && r.method === "GET"))) continue;
-      const on = r.regex.test(raw) ? raw : canonical !== raw && r.regex.test(canonical) ? canonical : undefined;
-      if (on === undefined) continue;
-      if (r.method === undefined && preflight) {
-        exemptPreflight = true;
-        continue;
-      }
-      route = r;
-      path = on;
-      break;
+    const written = routeFor(compiled, raw, method, preflight);
+    const read = canonical === raw ? written : routeFor(compiled, canonical, method, preflight);
+    if (written.route && read.route && written.route !== read.route) {
+      // "/articles/../premium/x.pdf": charged as one route, served by a file server as another (dearer).
+      res.status(400).json({ error: "invalid_path", message: "this path reads as two different paid routes (as written and as resolved): request the resolved path" });
+      return;
     }
+    const route = written.route ?? read.route;
+    const path = written.route ? raw : canonical;
     if (!route) {
-      if (exemptPreflight) bodiless(res);
+      if (written.exempt || read.exempt) bodiless(res);
       return next();
     }
     // Read now: express changes req.baseUrl (and req.url) while the handler's routers run.
@@ -725,6 +748,10 @@ function restore(res: Response, st: Interception) {
     if ((res.write as unknown) === own.write) res.write = st.write as unknown as Response["write"];
     if ((res.end as unknown) === own.end) res.end = st.end as unknown as Response["end"];
   }
+  untrack(res, st);
+}
+
+function untrack(res: Response, st: Interception) {
   (st.socket as (Socket & { [kOpenInterceptions]?: Map<Response, Interception> }) | undefined)?.[kOpenInterceptions]?.delete(res);
 }
 
@@ -776,7 +803,8 @@ function begin(res: Response, st: Interception) {
         }
       },
       (err: unknown) => {
-        restore(res, st);
+        // Our wrappers stay in place (own properties too): the handler's later calls reach them and are dropped.
+        untrack(res, st);
         st.phase = DONE;
         st.pending = [];
         const code = err instanceof PaymentError ? err.code : ErrorCodes.unexpectedSettleError;

@@ -145,7 +145,10 @@ export function wrapFetch(fetchImpl: typeof fetch, payer: Payer, options: WrapFe
     // 1. Known route: pay up-front (one round trip).
     let challenge: Response | undefined;
     let corrected: string | undefined; // the channel the current challenge already corrected
-    const memo = (await payer.store.getRoute(key)) ?? (await payer.store.getRoute(collection));
+    const remembered = (await payer.store.getRoute(key)) ?? (await payer.store.getRoute(collection));
+    // A remembered price above this call's cap (a dearer sibling, a price since lowered) is not paid
+    // up-front: the server is asked unpaid, and its 402 says the price (refused there if it is too high).
+    const memo = remembered && (call.maxAmount === undefined || remembered.requirements.amount <= call.maxAmount) ? remembered : undefined;
     if (memo) {
       const { res, prepared } = await payAndSend(memo.requirements);
       const done = await finish(res, prepared);

@@ -77,23 +77,32 @@ export type ChannelBackup = {
   escrow: Address;
   payer: Address;
   sessionKey: Hex;
+  /** The origin of the page that made it: it restores there only. */
+  site: string;
   /**
-   * The wallet's EIP-712 signature of `SessionKey(payer, sessionKey address, escrow)` (see sessionKeyTypedData):
+   * The wallet's EIP-712 signature of `SessionKey(payer, sessionKey address, escrow, site)` (see sessionKeyTypedData):
    * `restore` takes a backup's key only with it, so a file someone else made cannot plant a key they know.
    */
   walletSignature: Hex;
   channels: Array<{ channelId: Hex; network: string; config: ChannelConfig; balance: string; charged: string; signedMax: string }>;
 };
 
-/** What the wallet signs when it backs up its session key (one prompt per backup), and `restore` checks. */
-export function sessionKeyTypedData(chainId: number, payer: Address, sessionKey: Address, escrow: Address) {
+/**
+ * What the wallet signs when it backs up its session key (one prompt per backup), and `restore` checks.
+ * `site` is the page's origin: a backup restores only on the site that made it (a publisher cannot get a
+ * signed backup of a key its page knows restored on another site).
+ */
+export function sessionKeyTypedData(chainId: number, payer: Address, sessionKey: Address, escrow: Address, site: string) {
   return {
     domain: { name: "Tollway session key backup", version: "1", chainId },
-    types: { SessionKey: [{ name: "payer", type: "address" }, { name: "sessionKey", type: "address" }, { name: "escrow", type: "address" }] },
+    types: { SessionKey: [{ name: "payer", type: "address" }, { name: "sessionKey", type: "address" }, { name: "escrow", type: "address" }, { name: "site", type: "string" }] },
     primaryType: "SessionKey" as const,
-    message: { payer, sessionKey, escrow },
+    message: { payer, sessionKey, escrow, site },
   };
 }
+
+/** The page's origin ("" outside a browser). */
+const siteOf = () => (globalThis as { location?: { origin?: string } }).location?.origin ?? "";
 
 /** What the withdrawal helpers take: a channel id this browser knows, a config, or a backup's channel entry. */
 export type WithdrawTarget = Hex | ChannelConfig | { config: ChannelConfig; charged?: string; balance?: string };
@@ -180,7 +189,8 @@ export async function connect(opts: BrowserPayerOptions) {
      * config, with the wallet's signature of the key (one wallet prompt).
      */
     async backup(): Promise<ChannelBackup> {
-      const walletSignature = await wallet.signTypedData(sessionKeyTypedData(opts.chainId, payer.payer, privateKeyToAccount(key).address, escrow) as never);
+      const site = siteOf();
+      const walletSignature = await wallet.signTypedData(sessionKeyTypedData(opts.chainId, payer.payer, privateKeyToAccount(key).address, escrow, site) as never);
       return {
         format: "tollway-channel-backup/2",
         createdAt: new Date().toISOString(),
@@ -188,6 +198,7 @@ export async function connect(opts: BrowserPayerOptions) {
         escrow,
         payer: payer.payer,
         sessionKey: key,
+        site,
         walletSignature,
         channels: (await store.channels()).map((c) => ({
           channelId: c.channelId,
@@ -331,9 +342,9 @@ export async function restore(opts: Pick<BrowserPayerOptions, "provider" | "acco
  * checked by the chain (ERC-1271) where the page can read it; an EOA's locally.
  */
 async function checkKeySigned(opts: Pick<BrowserPayerOptions, "provider" | "chainId" | "publicClient">, payer: Address, sessionKey: Address, escrow: Address, signature: unknown) {
-  const refused = new TollwayError("the backup's session key is not signed by this wallet: it was not made by this wallet's backup, or it was changed");
+  const refused = new TollwayError("the backup's session key is not signed by this wallet for this site: it was not made by this wallet's backup here, or it was changed");
   if (typeof signature !== "string" || !/^0x[0-9a-fA-F]+$/.test(signature)) throw refused;
-  const typed = { address: payer, signature: signature as Hex, ...sessionKeyTypedData(opts.chainId, payer, sessionKey, escrow) };
+  const typed = { address: payer, signature: signature as Hex, ...sessionKeyTypedData(opts.chainId, payer, sessionKey, escrow, siteOf()) };
   let valid = false;
   try {
     valid = await verifyTypedData(typed);

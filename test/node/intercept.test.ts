@@ -180,9 +180,10 @@ function fakePayee(events: string[], commitMs = 30, fail = false) {
 }
 
 /** An express app with the payment middleware over `routes` (a fake payee) and `install`'s handlers. */
-async function servePaid(routes: Record<string, string>, install: (app: express.Express) => void, payee: ReturnType<typeof fakePayee>, events: string[]) {
+async function servePaid(routes: Record<string, string>, install: (app: express.Express) => void, payee: ReturnType<typeof fakePayee>, events: string[], before?: (app: express.Express) => void) {
   const app = express();
   app.set("env", "test"); // express's error handler logs nothing
+  before?.(app);
   app.use(paymentMiddleware(routes, payee as never, { onError: (_route, err) => events.push(`onError ${(err as Error).message}`) }));
   install(app);
   const server = await new Promise<http.Server>((resolve) => {
@@ -434,7 +435,16 @@ describe("paid answers through paymentMiddleware (a payee whose commit takes an 
   it("after a commit that fails, the handler's later writes (a stream, a wrapper outside ours flushing) are dropped: the 503 alone goes out, and no write after end", async () => {
     const events: string[] = [];
     let wrote: unknown[] = [];
-    const s = await servePaid({ "GET /s": "10", "GET /w": "10" }, (app) => {
+    let wroteOwn: unknown[] = [];
+    const s = await servePaid({ "GET /s": "10", "GET /w": "10", "GET /o": "10" }, (app) => {
+      // Held through own properties (a wrapper another middleware put on the response before ours).
+      app.get("/o", (_req, res) => {
+        res.write("paid part 1;");
+        setTimeout(() => {
+          wroteOwn = [res.write("paid part 2;"), res.writableEnded];
+          res.end("paid end");
+        }, 80);
+      });
       app.get("/s", (_req, res) => {
         res.write("paid part 1;");
         // Still streaming after the failed commit has answered 503 (30 ms).
@@ -452,8 +462,20 @@ describe("paid answers through paymentMiddleware (a payee whose commit takes an 
         res.write("compressed paid bytes;");
         setTimeout(() => res.end("late flush"), 80);
       });
-    }, fakePayee(events, 30, true), events);
-    for (const path of ["/s", "/w"]) {
+    }, fakePayee(events, 30, true), events, (app) =>
+      app.use((req, res, next) => {
+        if (req.path !== "/o") return next();
+        const { write, end } = res;
+        res.write = function (this: typeof res, ...a: unknown[]) {
+          return (write as (...x: unknown[]) => boolean).apply(this, a);
+        } as typeof res.write;
+        res.end = function (this: typeof res, ...a: unknown[]) {
+          return (end as (...x: unknown[]) => unknown).apply(this, a);
+        } as typeof res.end;
+        next();
+      }),
+    );
+    for (const path of ["/s", "/w", "/o"]) {
       const r = await fetch(`${s.url}${path}`, paid);
       expect(r.status, path).to.equal(503);
       const text = await r.text();
@@ -461,6 +483,7 @@ describe("paid answers through paymentMiddleware (a payee whose commit takes an 
     }
     await new Promise((r) => setTimeout(r, 150)); // the handlers' late writes have run (an uncaught error would fail the test)
     expect(wrote).to.deep.equal([true, true]);
+    expect(wroteOwn).to.deep.equal([true, true]);
     await s.close();
   });
 

@@ -314,8 +314,11 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tollway-static-"));
     fs.mkdirSync(path.join(dir, "premium"));
     fs.writeFileSync(path.join(dir, "premium", "a.txt"), "premium file");
-    const site = await startPayee(ctx, { "GET /premium/*": "$0.01", "/files/*": "$0.01" } as never, (app) => {
+    const site = await startPayee(ctx, { "GET /articles/*": "$0.001", "GET /premium/*": "$0.01", "/files/*": "$0.01", "/cors/*": "$0.01" } as never, (app) => {
       app.all("/files/*", (_req, res) => void res.set("Access-Control-Allow-Origin", "*").send("secret file"));
+      // Preflight answers with framing of their own: a 204 (no length allowed) and headers given as a flat list.
+      app.options("/cors/204", (_req, res) => void res.writeHead(204, { "Access-Control-Allow-Origin": "*", "Content-Length": "11" }).end("secret body"));
+      app.options("/cors/list", (_req, res) => void res.writeHead(200, ["Access-Control-Allow-Origin", "*", "Content-Length", "11"]).end("secret body"));
       app.use(express.static(dir));
     });
     /** One request with its path sent as written (fetch would normalise it). */
@@ -342,6 +345,18 @@ describe("payee node end to end (hardhat node + LevelDB + HTTP on loopback)", fu
       expect(preflight.body).to.equal("");
       expect(preflight.headers["content-length"]).to.equal("0");
       expect(preflight.headers["access-control-allow-origin"]).to.equal("*"); // the app's CORS answer goes out
+      const ask = { Origin: "https://reader.example", "Access-Control-Request-Method": "GET" };
+      const noContent = await raw("OPTIONS", "/cors/204", ask);
+      expect([noContent.status, noContent.body, noContent.headers["content-length"]]).to.deep.equal([204, "", undefined]);
+      const listed = await raw("OPTIONS", "/cors/list", ask);
+      expect([listed.status, listed.body, listed.headers["content-length"], listed.headers["access-control-allow-origin"]]).to.deep.equal([200, "", "0", "*"]);
+      // A path that reads as one paid route as written and as another once resolved is refused, uncharged:
+      // charged as a cheap article, a file server would send the premium file.
+      for (const target of ["/articles/../premium/a.txt", "/articles/..%2Fpremium%2Fa.txt"]) {
+        const r = await raw("GET", target);
+        expect([r.status, r.body.includes("premium file")], target).to.deep.equal([400, false]);
+        expect(JSON.parse(r.body).error, target).to.equal("invalid_path");
+      }
     } finally {
       await site.stop();
     }

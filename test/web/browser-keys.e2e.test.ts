@@ -3,7 +3,8 @@ import type { Browser, BrowserContext, Page } from "playwright-core";
 import { erc20Abi, type Address, type Hex, type LocalAccount } from "viem";
 import { hardhat } from "viem/chains";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
-import { computeChannelId, escrowDomain } from "../../node/protocol/typedData";
+import { CANONICAL_ADDRESSES, computeChannelId, escrowDomain } from "../../node/protocol/typedData";
+import { sessionKeyTypedData } from "../../node/web/payer-browser";
 import { clientsFor } from "../helpers/chainNode";
 import { ClaimEngine } from "../../node/payee/claims";
 import { startBrowserHarness } from "../helpers/browser";
@@ -206,6 +207,8 @@ describe("browser payer: one session key per browser, and a way back to the depo
       const planted = generatePrivateKey();
       const config = { ...saved.config, payerAuthorizer: privateKeyToAccount(planted).address };
       const crafted = { ...first.backup, sessionKey: planted, channels: [{ ...saved, config, channelId: computeChannelId(escrowDomain(31337, ctx.deployment.escrow), config) }] };
+      const otherSite = await wallet.signTypedData(sessionKeyTypedData(31337, wallet.address, privateKeyToAccount(first.backup.sessionKey).address, CANONICAL_ADDRESSES.batchSettlement, "https://other.example"));
+      expect(first.backup.site).to.equal(new URL(page.url()).origin);
       const bad = await page.evaluate(async (backups) => {
         const errors: string[] = [];
         for (const b of backups) errors.push(await (window as any).restoreTollway(b).then(() => "restored", (e: Error) => e.message));
@@ -217,13 +220,16 @@ describe("browser payer: one session key per browser, and a way back to the depo
         // The wallet's own backup with its signature removed, and one of the old format (no signature at all).
         { ...first.backup, walletSignature: "0x" },
         { ...first.backup, format: "tollway-channel-backup/1", walletSignature: undefined },
+        // The wallet's real signature of this key, made for another site: it restores only where it was made.
+        { ...first.backup, site: "https://other.example", walletSignature: otherSite },
       ]);
       // The planted key is not one this wallet signed (a crafted file, even for a channel with money on chain).
-      expect(bad[0]).to.equal("the backup's session key is not signed by this wallet: it was not made by this wallet's backup, or it was changed");
+      expect(bad[0]).to.equal("the backup's session key is not signed by this wallet for this site: it was not made by this wallet's backup here, or it was changed");
       expect(bad[1]).to.equal("the backup has no channel: there is nothing to restore");
       expect(bad[2]).to.match(/its config does not hash to its id/);
       expect(bad[3]).to.equal(bad[0]);
       expect(bad[4]).to.match(/^this backup \(format 1\) has no wallet signature of its session key/);
+      expect(bad[5]).to.equal(bad[0]);
       expect(await keyOf(page)).to.equal(fresh);
 
       // Restored: the backup's key and channel are back; the key it replaced is kept, retired.

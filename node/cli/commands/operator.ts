@@ -147,7 +147,7 @@ export async function claim(o: OperatorOptions & { all?: boolean; channel?: stri
     claimed += r.claimedChannels;
     progress("claiming", Math.min(i + size, ids.length), ids.length, err);
   }
-  report(o, out, { claimedChannels: claimed, transactions: txs, failed });
+  report(o, out, { claimedChannels: claimed, transactions: txs, failed, ...(notHeld.length ? { notHeld } : {}) });
   // A channel named by id that the node does not hold: a mistyped id, or one closed already (a re-run stays safe: exit 0).
   for (const id of notHeld) err.write(`tollway: ${id} is not a channel of this node (unknown, or closed already)\n`);
   return failed.length ? ExitCodes.chain : 0;
@@ -168,7 +168,7 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
   const notHeld: string[] = [];
   progress("refunding", 0, ids.length, err);
   const print = () => {
-    if (o.json) out.write(JSON.stringify({ refunded: done, failed }) + "\n");
+    if (o.json) out.write(JSON.stringify({ refunded: done, failed, ...(notHeld.length ? { notHeld } : {}) }) + "\n");
     else {
       for (const d of done) out.write(`${d.channelId.slice(0, 12)}…  refunded ${units(o)(d.refunded)}  claimed ${units(o)(d.claimed)}  tx ${d.hash}\n`);
       for (const f of failed) out.write(`NOT REFUNDED ${f.channelId}: ${f.reason}\n`);
@@ -232,7 +232,7 @@ export async function confirmationNeeded(o: OperatorOptions, command: "refund --
   return ExitCodes.usage;
 }
 
-function report(o: OperatorOptions, out: NodeJS.WritableStream, r: { claimedChannels: number; transactions: any[]; failed: any[] }) {
+function report(o: OperatorOptions, out: NodeJS.WritableStream, r: { claimedChannels: number; transactions: any[]; failed: any[]; notHeld?: string[] }) {
   if (o.json) {
     out.write(JSON.stringify(r) + "\n");
     return;

@@ -89,9 +89,9 @@
   async function pay(url, price) {
     status("Paying…");
     try {
+      const maxAmount = BigInt(Math.round(Number(price) * 1e6));
       if (restoring) await restoring; // pay with the key the restore brings back
       paying++;
-      const maxAmount = BigInt(Math.round(Number(price) * 1e6));
       const res = await t.fetch(url, undefined, { maxAmount }).finally(() => paying--);
       if (!res.ok) throw new Error(res.status === 402 ? "the payment was not accepted (HTTP 402)." : "the server answered HTTP " + res.status + ".");
       status("");
