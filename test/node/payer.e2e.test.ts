@@ -25,7 +25,7 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
   this.timeout(240_000);
   let ctx: Awaited<ReturnType<typeof startChain>>;
   let node: Awaited<ReturnType<typeof startPayee>>;
-  const routes = { "GET /articles/:id": "$0.01", "GET /pricey": "$2", "GET /broken": "$0.01" };
+  const routes = { "GET /articles/:id": "$0.01", "GET /pricey": "$2", "GET /broken": "$0.01", "GET /shop/dear": "$0.05", "GET /shop/cheap": "$0.01" };
 
   before(async () => {
     ctx = await startChain();
@@ -33,6 +33,7 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
       app.get("/articles/:id", (req, res) => void res.send(`article ${req.params.id}`));
       app.get("/pricey", (_req, res) => void res.send("pricey"));
       app.get("/broken", (_req, res) => void res.status(500).send("broken"));
+      app.get("/shop/:item", (req, res) => void res.send(req.params.item));
     });
   });
   after(async () => {
@@ -299,6 +300,11 @@ describe("payer: Tollway's client pays per request (real chain, real payee node,
     expect(calls.every((c) => !c.paid)).to.equal(true);
     expect(await payer.store.channels()).to.deep.equal([]);
     expect((await pay(`${node.url}/articles/capped`, undefined, { maxAmount: PRICE })).status).to.equal(200);
+    // A dearer sibling's remembered price (5c for /shop/) above the cap is not paid up-front: the cheap item
+    // is asked for unpaid and paid at its own price.
+    expect((await pay(`${node.url}/shop/dear`)).status).to.equal(200);
+    const cheap = await pay(`${node.url}/shop/cheap`, undefined, { maxAmount: PRICE });
+    expect([cheap.status, await cheap.text()]).to.deep.equal([200, "cheap"]);
   });
 
   it("a smart-wallet payer (ERC-1271, payerAuthorizer = 0) deposits and pays; its owner signs", async () => {
