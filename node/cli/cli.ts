@@ -157,7 +157,7 @@ export function buildProgram(): Command {
   operatorOptions(
     program
       .command("close-all")
-      .description("claim, settle and refund every channel (shutting a service down)")
+      .description("claim, refund, then settle every channel (shutting a service down)")
       .option("--batch <n>", "channels per claim call (1-10000)", batchArg, 100)
       .option("--yes", "really close every channel (without it: print what would happen and exit 2)"),
   )

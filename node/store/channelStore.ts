@@ -6,7 +6,7 @@
  *   l:<ms, 13 digits>:<boot>:<seq, 8>     LedgerRow[]: the charged requests of one group commit, in commit
  *                                         order (one row each; the key's time is the block's earliest row)
  *   h:<ms, 13 digits>:<boot>:<seq, 8>     HistoryEvent: deposits, claims, settles, refunds with tx hashes
- *   m:<name>                              metadata (mirror checkpoint block, schema version, m:unclaimable:<channelId>,
+ *   m:<name>                              metadata (mirror checkpoint block, m:unclaimable:<channelId>,
  *                                         m:refundpending:<channelId> refunds that may still be mined,
  *                                         m:journal:<name>:<n, 16 digits> journal entries: the relayer's signed transactions)
  *
