@@ -63,6 +63,15 @@ const listenSchema = z
      * mode passes them on to upstreams (extended with its peer) instead of replacing them with its own.
      */
     trustProxy: z.boolean().default(false),
+    /**
+     * Browser payers on these other origins (a reader page on www.example.com paying api.example.com):
+     * the paid routes and the proxy answer their CORS preflights and let them read the payment headers.
+     * "*" allows any origin. None by default: a page on the node's own origin needs none.
+     */
+    corsOrigins: z
+      .array(z.string().refine((o) => o === "*" || /^https?:\/\/[^/\s?#*]+$/.test(o), "an origin is scheme://host[:port] (no path), or *"))
+      .max(100)
+      .default([]),
   })
   .strict();
 

@@ -19,7 +19,7 @@ import { parsePrice } from "../protocol/amounts";
 import { readOwnerOnlyFile } from "../chain/keys";
 import { ConfigError, errorSummary } from "../protocol/errors";
 import { CANONICAL_ADDRESSES } from "../protocol/typedData";
-import { MAX_HEADER_BYTES } from "../protocol/wire";
+import { EXPOSED_HEADERS, HEADERS, MAX_HEADER_BYTES } from "../protocol/wire";
 import { ChannelStore } from "../store/channelStore";
 import { ClaimEngine, exposure, lost, type ShutdownReport } from "./claims";
 import type { NodeConfig } from "./config";
@@ -268,6 +268,8 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
 
   const routes: RoutesConfig = { ...(config.routes as RoutesConfig) };
   for (const [key, p] of Object.entries(config.proxy)) routes[key] = { price: p.price, description: p.description, mimeType: p.mimeType };
+  // After the node's own surfaces (they answer first and get none of it), before the paid routes.
+  if (config.listen.corsOrigins.length > 0) app.use(corsForPayers(config.listen.corsOrigins));
   app.use(
     paymentMiddleware(routes, payee, {
       // The proxy's own upstream timeout answers 504 first; the handler deadline stays the backstop.
@@ -399,6 +401,33 @@ const OWN_SURFACE_HEADERS = {
   "X-Frame-Options": "DENY",
   "Referrer-Policy": "no-referrer",
 };
+
+/**
+ * CORS for browser payers on the listed origins (listen.corsOrigins): their preflights are answered here
+ * (204, unpaid: a preflight carries no payment), and their requests may send PAYMENT-SIGNATURE and read
+ * PAYMENT-REQUIRED / PAYMENT-RESPONSE. No credentials: a payment is a header, not a cookie. Any other
+ * origin gets no CORS header (its page cannot read the answers).
+ */
+function corsForPayers(origins: string[]): express.RequestHandler {
+  const any = origins.includes("*");
+  const allowed = new Set(origins.map((o) => o.toLowerCase()));
+  return function tollwayCors(req, res, next) {
+    const origin = req.headers.origin;
+    if (typeof origin !== "string" || !(any || allowed.has(origin.toLowerCase()))) return next();
+    res.setHeader("Access-Control-Allow-Origin", any ? "*" : origin);
+    if (!any) res.append("Vary", "Origin");
+    res.setHeader("Access-Control-Expose-Headers", EXPOSED_HEADERS);
+    if (req.method === "OPTIONS" && req.headers["access-control-request-method"] !== undefined) {
+      const asked = req.headers["access-control-request-headers"];
+      res.setHeader("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+      res.setHeader("Access-Control-Allow-Headers", typeof asked === "string" && /^[\w\-, ]{1,1000}$/.test(asked) ? asked : `${HEADERS.paymentSignature}, Content-Type`);
+      res.setHeader("Access-Control-Max-Age", "600");
+      res.status(204).end();
+      return;
+    }
+    next();
+  };
+}
 
 /** How long /health waits for the chain head before answering 503. */
 const HEALTH_RPC_TIMEOUT_MS = 2_000;

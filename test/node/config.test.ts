@@ -65,7 +65,7 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
       expect(c.transactions).to.deep.equal({ repriceAfterMs: 30_000, maxReprices: 3, maxFeeGwei: 50 });
       expect(c.relay).to.deep.equal({ perPayerPerHour: 10, perHour: 1_000 });
       expect(c.proxy["POST /api/*"]!.timeoutMs).to.equal(1000);
-      expect(c.listen).to.deep.equal({ host: "127.0.0.1", port: 4020, headersTimeoutMs: 10_000, trustProxy: false });
+      expect(c.listen).to.deep.equal({ host: "127.0.0.1", port: 4020, headersTimeoutMs: 10_000, trustProxy: false, corsOrigins: [] });
     });
   });
 
@@ -81,6 +81,16 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
       expect(details(configError(() => parseNodeConfig({ ...base, routes: { "articles/1": "$0.01" } }, {})))).to.match(/must look like "GET \/path\/:param"/);
       const routes = Object.fromEntries(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].map((m) => [`${m} /${m.toLowerCase()}`, "$0.01"]));
       expect(Object.keys(parseNodeConfig({ ...base, routes: { ...routes, "/any": "$0.01" } }, {}).routes)).to.have.length(8);
+    });
+  });
+
+  describe("listen.corsOrigins", () => {
+    it("takes origins (scheme://host[:port]) or *; a path, a bare host or a wildcard host is refused", () => {
+      expect(parseNodeConfig({ ...base, listen: { corsOrigins: ["https://reader.example", "http://127.0.0.1:3000", "*"] } }, {}).listen.corsOrigins).to.have.length(3);
+      for (const bad of ["https://reader.example/", "reader.example", "https://*.example", "ftp://x"]) {
+        const e = configError(() => parseNodeConfig({ ...base, listen: { corsOrigins: [bad] } }, {}));
+        expect(e.metaMessages, bad).to.deep.equal(["listen.corsOrigins[0]: an origin is scheme://host[:port] (no path), or *"]);
+      }
     });
   });
 
@@ -125,7 +135,7 @@ describe("node config (parseNodeConfig, loadNodeConfig, loadNodeKey)", () => {
 
     it("digits override the file (and keep the rest of listen); the range checks still apply", () => {
       const c = parseNodeConfig({ ...base, chainId: 1, listen: { host: "0.0.0.0", port: 1 } }, { TOLLWAY_PORT: "8080", TOLLWAY_CHAIN_ID: "8453", TOLLWAY_RECOVERY_THREADS: "0" });
-      expect(c.listen).to.deep.equal({ host: "0.0.0.0", port: 8080, headersTimeoutMs: 10_000, trustProxy: false });
+      expect(c.listen).to.deep.equal({ host: "0.0.0.0", port: 8080, headersTimeoutMs: 10_000, trustProxy: false, corsOrigins: [] });
       expect(c.chainId).to.equal(8453);
       expect(c.recoveryThreads).to.equal(0);
       expect(details(configError(() => parseNodeConfig(base, { TOLLWAY_PORT: "70000" })))).to.match(/^listen\.port: /);

@@ -180,7 +180,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
       {
         ...localNodeConfig(ctx),
         storePath,
-        listen: { port: 0, headersTimeoutMs: 1_000 },
+        listen: { port: 0, headersTimeoutMs: 1_000, corsOrigins: ["https://reader.example"] },
         adminToken: TOKEN,
         routes: { "GET /paid/:id": "$0.01", "GET /mixed/*": "$0.01" },
         proxy: {
@@ -542,6 +542,31 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     // A smuggled request would be read after the answer on the pooled connection: give it time to show.
     await new Promise((r) => setTimeout(r, 300));
     expect(upSeen.slice(seenBefore)).to.deep.equal(["GET /echo/a", "GET /echo/b"]);
+  });
+
+  it("listen.corsOrigins: a browser payer on a listed origin gets its preflight answered (unpaid) and reads the payment headers; another origin and the admin API get no CORS", async () => {
+    const reader = "https://reader.example";
+    const preflight = await fetch(`${node.url}/api/ok/1`, { method: "OPTIONS", headers: { Origin: reader, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "payment-signature" } });
+    expect(preflight.status).to.equal(204);
+    expect(preflight.headers.get("access-control-allow-origin")).to.equal(reader);
+    expect(preflight.headers.get("access-control-allow-headers")).to.equal("payment-signature");
+    expect(preflight.headers.get(HEADERS.paymentRequired)).to.equal(null); // not a payment answer
+    const unpaid = await fetch(`${node.url}/api/ok/1`, { headers: { Origin: reader } });
+    expect(unpaid.status).to.equal(402);
+    expect(unpaid.headers.get("access-control-allow-origin")).to.equal(reader);
+    expect(unpaid.headers.get("access-control-expose-headers")).to.include(HEADERS.paymentRequired).and.include(HEADERS.paymentResponse);
+    expect(unpaid.headers.get("vary")).to.match(/Origin/);
+    const elsewhere = await fetch(`${node.url}/api/ok/1`, { headers: { Origin: "https://evil.example" } });
+    expect(elsewhere.headers.get("access-control-allow-origin")).to.equal(null);
+    const admin = await fetch(`${node.url}/admin/api/status`, { headers: { Origin: reader, Authorization: `Bearer ${TOKEN}` } });
+    expect(admin.headers.get("access-control-allow-origin")).to.equal(null);
+    // A paid answer to the listed origin is readable too.
+    const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-cors"))));
+    const accept = (await fetchRequirements(`${node.url}/api/ok/1`)).accept;
+    const paid = await fetch(`${node.url}/api/ok/9`, { headers: { Origin: reader, [HEADERS.paymentSignature]: await payer.depositHeader(accept, 100_000n, 20_000n) } });
+    expect(paid.status).to.equal(200);
+    expect(paid.headers.get("access-control-allow-origin")).to.equal(reader);
+    expect(paid.headers.get(HEADERS.paymentResponse)).to.be.a("string");
   });
 
   it("reverse proxy behind the operator's own proxy (listen.trustProxy): its X-Forwarded-* are passed on, extended", async () => {
