@@ -8,7 +8,7 @@ import { errorSummary } from "../protocol/errors";
 import type { ChannelStore } from "../store/channelStore";
 import { z } from "zod";
 import type { Hex } from "viem";
-import type { ClaimEngine } from "./claims";
+import { ClaimRunError, type ClaimEngine } from "./claims";
 import type { Payee } from "./payee";
 import { channelRisks, history, revenueBy, revenueReport, type GroupBy, type RevenueRow } from "./report";
 
@@ -97,7 +97,18 @@ export function adminRouter(deps: AdminDeps): Router {
   }));
   router.get("/history", wrap(() => history(store, 1000)));
   // An operator's request: channels the chain refused to claim are tried too.
-  router.post("/claim", wrap(async (req) => claims.claim({ channels: ids(req.body), includeUnclaimable: true })));
+  router.post(
+    "/claim",
+    wrap(async (req) => {
+      try {
+        return await claims.claim({ channels: ids(req.body), includeUnclaimable: true });
+      } catch (err) {
+        // A run stopped part-way: what landed is reported with the rows left and the cause (not a bare 500).
+        if (err instanceof ClaimRunError) return { ...err.report, error: err.message };
+        throw err;
+      }
+    }),
+  );
   router.post("/settle", wrap(() => claims.settle()));
   router.post("/refund", wrap(async (req) => {
     const p = refundSchema.safeParse(req.body ?? {});

@@ -169,9 +169,17 @@ export class ClaimEngine {
     for (let i = 0; i < batched.length; i += size) groups.push(batched.slice(i, i + size));
     for (const r of recs) if (alone(r)) groups.push([r]);
     let done = 0;
-    for (const group of groups) {
+    for (const [i, group] of groups.entries()) {
       if (takeFirst && this.firstQueue.length > 0) await this.claimFirst();
-      await this.claimGroup(group, report);
+      try {
+        await this.claimGroup(group, report);
+      } catch (err) {
+        // The run stops (an RPC failure says nothing about the rows: no one is blamed), and what it did
+        // so far goes with the error: the transactions that landed, and the rows not claimed.
+        const reason = errorSummary(err);
+        const left = groups.slice(i).flat().map((r) => ({ channelId: r.channelId, reason }));
+        throw new ClaimRunError(err, { ...report, failed: [...report.failed, ...left] });
+      }
       done += group.length;
       this.opts.onProgress?.(done, recs.length);
     }
@@ -356,6 +364,17 @@ export class ClaimEngine {
       this.opts.logger?.error({ alert: "settle_failed", err: errorSummary(err) }, "shutdown settle failed");
     }
     return out;
+  }
+}
+
+/** A claim run stopped by a failure that says nothing about its rows (the RPC); `report` is what it did before. */
+export class ClaimRunError extends Error {
+  override name = "ClaimRunError";
+  constructor(
+    cause: unknown,
+    readonly report: ClaimReport,
+  ) {
+    super(errorSummary(cause), { cause });
   }
 }
 

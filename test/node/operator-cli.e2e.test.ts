@@ -230,6 +230,14 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
       void (flaky++ === 0
         ? res.json({ transactions: [{ hash: "0x" + "ab".repeat(32), gasUsed: "50000", channels: req.body.channels, amount: "20000" }], failed: [], claimedChannels: req.body.channels.length })
         : res.status(500).json({ error: "internal", message: "rpc unreachable" })));
+    // A claim run the node stopped part-way (its RPC failed): what landed, the rows left, the cause.
+    let stoppedCalls = 0;
+    app.get("/stopped/admin/api/channels", (_req, res) => void res.json(channels));
+    app.post("/stopped/admin/api/claim", (req, res) => {
+      stoppedCalls++;
+      res.json({ transactions: [{ hash: "0x" + "cd".repeat(32), gasUsed: "50000", channels: [req.body.channels[0]], amount: "20000" }], failed: [], claimedChannels: 1, error: "rpc unreachable" });
+    });
+    app.get("/stopped/calls", (_req, res) => void res.json(stoppedCalls));
     // A node without adminToken (server.ts) and one with a different token.
     app.get("/disabled/admin/api/status", (_req, res) => void res.status(403).json({ error: "admin endpoints are disabled: set adminToken" }));
     app.get("/wrong/admin/api/status", (_req, res) => void res.status(401).json({ error: "unauthorized", message: "a valid bearer token is required" }));
@@ -267,6 +275,11 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
     expect(stale.stdout).to.include("pending claims 0.06 USDC, lost to withdrawals 0.02 USDC, 1 refunds not confirmed");
     expect(stale.stdout).to.include("NOT HEALTHY: the chain view is older than the risk window (300 s): new charges are refused");
     expect(stale.stdout).to.include("NOT HEALTHY: the last 7 chain polls failed");
+    const stopped = await cli(["claim", "--all", "--batch", "1", "--node", `${url}/stopped`, "--token", TOKEN]);
+    expect(stopped.code).to.equal(5);
+    expect(stopped.stdout).to.include("cd".repeat(32)).and.include(`NOT CLAIMED ${ids[1]}: rpc unreachable`).and.include(`NOT CLAIMED ${ids[2]}: rpc unreachable`);
+    expect(stopped.stderr).to.include("tollway: the claim run stopped: rpc unreachable");
+    expect(await (await fetch(`${url}/stopped/calls`)).json()).to.equal(1); // no further batch sent
     const cut = await cli(["claim", "--all", "--batch", "2", "--node", `${url}/flaky`, "--token", TOKEN]);
     expect(cut.code).to.equal(5);
     expect(cut.stdout).to.include("ab".repeat(32));

@@ -6,7 +6,7 @@ import { keccak256, pad, toHex, type Hex, type LocalAccount } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { batchSettlementAbi } from "../../node/chain/abi";
 import { readChannel, readReceiver } from "../../node/chain/escrow";
-import { ClaimEngine, toClaimRow } from "../../node/payee/claims";
+import { ClaimEngine, ClaimRunError, toClaimRow } from "../../node/payee/claims";
 import { ChainWatcher } from "../../node/payee/watcher";
 import { ChainError, ErrorCodes } from "../../node/protocol/errors";
 import { RevertedOnChainError, type SendResult, type TxSender } from "../../node/chain/sender";
@@ -328,6 +328,34 @@ describe("watcher and claims: withdrawals in flight, missed logs, rows that reve
       expect((await payWith(`${node.url}/a/3`, await payers[0]!.voucherHeader(accept, 2n * PRICE))).status).to.equal(200);
     } finally {
       undo();
+    }
+  });
+
+  it("claims: a run stopped by an RPC failure part-way carries what it did (the transactions that landed, the rows left, nobody blamed)", async () => {
+    const payers = [0, 1, 2].map((i) => new WirePayer(ctx.payers[i] as LocalAccount, privateKeyToAccount(keccak256(toHex(`run-stopped-${i}`)))));
+    const ids: Hex[] = [];
+    for (const p of payers) ids.push(await depositThroughNode(p));
+    const sender = node.payee.opts.sender;
+    const simulate = sender.simulate;
+    let simulations = 0;
+    sender.simulate = (async (p: { functionName: string }) => {
+      // Each group is simulated once to isolate bad rows and once more by its send: the 3rd is group 2's first.
+      if (p.functionName === "claim" && ++simulations === 3) throw new Error("HTTP request failed: rpc unreachable");
+      return (simulate as (q: unknown) => Promise<void>).call(sender, p);
+    }) as typeof sender.simulate;
+    try {
+      const err = await new ClaimEngine(node.payee, { batchSize: 1, onShutdown: false }).claim({ channels: ids }).catch((e) => e);
+      expect(err).to.be.instanceOf(ClaimRunError);
+      expect(err.message).to.match(/rpc unreachable/);
+      const report = (err as ClaimRunError).report;
+      expect(report.transactions).to.have.length(1);
+      expect(report.claimedChannels).to.equal(1);
+      const claimedId = report.transactions[0]!.channels[0]!;
+      expect(await claimedOnChain(claimedId)).to.equal(PRICE);
+      expect(report.failed.map((f) => f.channelId)).to.have.members(ids.filter((id) => id !== claimedId));
+      for (const id of ids) expect(node.payee.unclaimable.has(id)).to.equal(false);
+    } finally {
+      sender.simulate = simulate;
     }
   });
 

@@ -146,6 +146,13 @@ export async function claim(o: OperatorOptions & { all?: boolean; channel?: stri
     notHeld.push(...(r.notHeld ?? []));
     claimed += r.claimedChannels;
     progress("claiming", Math.min(i + size, ids.length), ids.length, err);
+    if (r.error) {
+      // The node's run stopped part-way (the RPC): what landed is printed, the rest is reported failed.
+      const rest = ids.slice(i + size).map((channelId) => ({ channelId, reason: r.error }));
+      failed.push(...rest);
+      err.write(`tollway: the claim run stopped: ${r.error}\n`);
+      break;
+    }
   }
   report(o, out, { claimedChannels: claimed, transactions: txs, failed, ...(notHeld.length ? { notHeld } : {}) });
   // A channel named by id that the node does not hold: a mistyped id, or one closed already (a re-run stays safe: exit 0).
