@@ -199,6 +199,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
   // framed, sniffed as another type or sent with a referrer. The paid routes are the app's to dress.
   app.use(["/health", "/metrics", "/facilitator", "/admin/api"], (_req: Request, res: Response, next: express.NextFunction) => {
     res.set(OWN_SURFACE_HEADERS);
+    res.locals[OWN_SURFACE] = true; // no CORS for these, not even a preflight (corsForPayers)
     next();
   });
   app.get("/health", async (_req, res) => {
@@ -268,7 +269,7 @@ export async function startPayeeNode(config: NodeConfig, opts: StartOptions): Pr
 
   const routes: RoutesConfig = { ...(config.routes as RoutesConfig) };
   for (const [key, p] of Object.entries(config.proxy)) routes[key] = { price: p.price, description: p.description, mimeType: p.mimeType };
-  // After the node's own surfaces (they answer first and get none of it), before the paid routes.
+  // After the node's own surfaces (marked: they get no CORS, not even a preflight answer), before the paid routes.
   if (config.listen.corsOrigins.length > 0) app.use(corsForPayers(config.listen.corsOrigins));
   app.use(
     paymentMiddleware(routes, payee, {
@@ -412,10 +413,12 @@ function corsForPayers(origins: string[]): express.RequestHandler {
   const any = origins.includes("*");
   const allowed = new Set(origins.map((o) => o.toLowerCase()));
   return function tollwayCors(req, res, next) {
+    if (res.locals[OWN_SURFACE]) return next();
+    // The answer depends on the Origin (a cache must not give one origin's answer to another).
+    if (!any) res.append("Vary", "Origin");
     const origin = req.headers.origin;
     if (typeof origin !== "string" || !(any || allowed.has(origin.toLowerCase()))) return next();
     res.setHeader("Access-Control-Allow-Origin", any ? "*" : origin);
-    if (!any) res.append("Vary", "Origin");
     res.setHeader("Access-Control-Expose-Headers", EXPOSED_HEADERS);
     if (req.method === "OPTIONS" && req.headers["access-control-request-method"] !== undefined) {
       const asked = req.headers["access-control-request-headers"];
@@ -428,6 +431,9 @@ function corsForPayers(origins: string[]): express.RequestHandler {
     next();
   };
 }
+
+/** res.locals key marking a request to the node's own surfaces (health, metrics, facilitator, admin API). */
+const OWN_SURFACE = "tollwayOwnSurface";
 
 /** How long /health waits for the chain head before answering 503. */
 const HEALTH_RPC_TIMEOUT_MS = 2_000;
@@ -594,8 +600,11 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
       for (const k in outbound) {
         const v = outbound[k];
         if (v === undefined || outboundHop(k) || PAYMENT_OWNED.has(k)) continue;
-        // The middleware's expose list (PAYMENT-RESPONSE for browsers) and the upstream's, both.
-        const own = k === "access-control-expose-headers" ? res.getHeader(k) : undefined;
+        // The node's CORS answer for a listed origin (listen.corsOrigins) stands: an upstream's own would
+        // leave a payer charged for an answer its page cannot read.
+        if (k.startsWith("access-control-") && k !== "access-control-expose-headers" && res.hasHeader(k)) continue;
+        // The middleware's expose list (PAYMENT-RESPONSE for browsers) and the upstream's, both; Vary too.
+        const own = k === "access-control-expose-headers" || k === "vary" ? res.getHeader(k) : undefined;
         res.setHeader(k, own ? `${String(own)}, ${String(v)}` : v);
       }
       const declared = Number(ur.headers["content-length"]);

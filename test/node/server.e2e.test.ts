@@ -79,6 +79,7 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     });
     up.get("/api/ok/:id", (req, res) => void res.set("Cache-Control", "public, max-age=3600").json({ id: req.params.id, from: "upstream" }));
     up.get("/api/broken", (_req, res) => void res.status(502).send("bad gateway"));
+    up.get("/api/cors", (_req, res) => void res.set({ "Access-Control-Allow-Origin": "https://upstream-own.example", Vary: "Accept-Encoding" }).send("cors upstream"));
     up.get("/base/*", (req, res) =>
       void res
         .set({ "X-Upstream": "base", "Access-Control-Expose-Headers": "X-Upstream" })
@@ -560,6 +561,12 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(elsewhere.headers.get("access-control-allow-origin")).to.equal(null);
     const admin = await fetch(`${node.url}/admin/api/status`, { headers: { Origin: reader, Authorization: `Bearer ${TOKEN}` } });
     expect(admin.headers.get("access-control-allow-origin")).to.equal(null);
+    // The node's own surfaces answer no preflight either (a page could not even send to them).
+    for (const own of ["/health", "/metrics", "/admin/api/status", "/facilitator/supported"]) {
+      const p = await fetch(`${node.url}${own}`, { method: "OPTIONS", headers: { Origin: reader, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization" } });
+      expect(p.headers.get("access-control-allow-origin"), own).to.equal(null);
+      expect(p.headers.get("access-control-allow-headers"), own).to.equal(null);
+    }
     // A paid answer to the listed origin is readable too.
     const payer = new WirePayer(ctx.payers[1] as LocalAccount, privateKeyToAccount(keccak256(toHex("srv-session-cors"))));
     const accept = (await fetchRequirements(`${node.url}/api/ok/1`)).accept;
@@ -567,6 +574,12 @@ describe("payee node server: config, proxy, facilitator, metrics, access", funct
     expect(paid.status).to.equal(200);
     expect(paid.headers.get("access-control-allow-origin")).to.equal(reader);
     expect(paid.headers.get(HEADERS.paymentResponse)).to.be.a("string");
+    // An upstream's own CORS answer does not replace the node's for a listed origin (the payer could not
+    // read what it paid for); Vary keeps both.
+    const proxied = await fetch(`${node.url}/api/cors`, { headers: { Origin: reader, [HEADERS.paymentSignature]: await payer.voucherHeader(accept, 40_000n) } });
+    expect(proxied.status).to.equal(200);
+    expect(proxied.headers.get("access-control-allow-origin")).to.equal(reader);
+    expect(proxied.headers.get("vary")).to.match(/Origin/).and.match(/Accept-Encoding/);
   });
 
   it("reverse proxy behind the operator's own proxy (listen.trustProxy): its X-Forwarded-* are passed on, extended", async () => {
