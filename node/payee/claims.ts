@@ -177,7 +177,9 @@ export class ClaimEngine {
         // The run stops (an RPC failure says nothing about the rows: no one is blamed), and what it did
         // so far goes with the error: the transactions that landed, and the rows not claimed.
         const reason = errorSummary(err);
-        const left = groups.slice(i).flat().map((r) => ({ channelId: r.channelId, reason }));
+        // Rows this run already claimed or failed (a split batch's first half) are not "left".
+        const handled = new Set<Hex>([...report.failed.map((f) => f.channelId), ...report.transactions.flatMap((t) => t.channels)]);
+        const left = groups.slice(i).flat().filter((r) => !handled.has(r.channelId)).map((r) => ({ channelId: r.channelId, reason }));
         throw new ClaimRunError(err, { ...report, failed: [...report.failed, ...left] });
       }
       done += group.length;

@@ -602,7 +602,7 @@ function forwardOnce(upstream: Upstream, req: Request, res: Response, bodiless: 
         if (v === undefined || outboundHop(k) || PAYMENT_OWNED.has(k)) continue;
         // The node's CORS answer for a listed origin (listen.corsOrigins) stands: an upstream's own would
         // leave a payer charged for an answer its page cannot read.
-        if (k.startsWith("access-control-") && k !== "access-control-expose-headers" && res.hasHeader(k)) continue;
+        if (k.startsWith("access-control-") && k !== "access-control-expose-headers" && res.hasHeader("access-control-allow-origin")) continue;
         // The middleware's expose list (PAYMENT-RESPONSE for browsers) and the upstream's, both; Vary too.
         const own = k === "access-control-expose-headers" || k === "vary" ? res.getHeader(k) : undefined;
         res.setHeader(k, own ? `${String(own)}, ${String(v)}` : v);

@@ -37,7 +37,7 @@ import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { readChannelCautious } from "../chain/escrow";
 import { errorSummary } from "../protocol/errors";
-import { hasClaim, type ClaimEngine } from "./claims";
+import { ClaimRunError, hasClaim, type ClaimEngine } from "./claims";
 import type { Payee } from "./payee";
 
 export type WatcherOptions = {
@@ -294,7 +294,8 @@ export class ChainWatcher {
       failed = (await this.claims.claim({ channels: due, includeUnclaimable: true, first: true })).failed;
     } catch (err) {
       thrown = true;
-      failed = due.map((channelId) => ({ channelId, reason: errorSummary(err) }));
+      // A run stopped part-way: what it claimed before is claimed (no alert, no retry for those).
+      failed = err instanceof ClaimRunError ? err.report.failed.filter((f) => due.includes(f.channelId)) : due.map((channelId) => ({ channelId, reason: errorSummary(err) }));
     }
     const failedIds = new Set(failed.map((f) => f.channelId));
     for (const id of due) {

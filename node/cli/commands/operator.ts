@@ -131,6 +131,7 @@ export async function claim(o: OperatorOptions & { all?: boolean; channel?: stri
   const failed: any[] = [];
   const notHeld: string[] = [];
   let claimed = 0;
+  let stoppedBy: string | undefined;
   progress("claiming", 0, ids.length, err);
   for (let i = 0; i < ids.length; i += size) {
     let r;
@@ -150,14 +151,15 @@ export async function claim(o: OperatorOptions & { all?: boolean; channel?: stri
       // The node's run stopped part-way (the RPC): what landed is printed, the rest is reported failed.
       const rest = ids.slice(i + size).map((channelId) => ({ channelId, reason: r.error }));
       failed.push(...rest);
+      stoppedBy = String(r.error);
       err.write(`tollway: the claim run stopped: ${r.error}\n`);
       break;
     }
   }
-  report(o, out, { claimedChannels: claimed, transactions: txs, failed, ...(notHeld.length ? { notHeld } : {}) });
+  report(o, out, { claimedChannels: claimed, transactions: txs, failed, ...(notHeld.length ? { notHeld } : {}), ...(stoppedBy ? { error: stoppedBy } : {}) });
   // A channel named by id that the node does not hold: a mistyped id, or one closed already (a re-run stays safe: exit 0).
   for (const id of notHeld) err.write(`tollway: ${id} is not a channel of this node (unknown, or closed already)\n`);
-  return failed.length ? ExitCodes.chain : 0;
+  return failed.length || stoppedBy ? ExitCodes.chain : 0;
 }
 
 export async function settle(o: OperatorOptions, out: NodeJS.WritableStream = process.stdout): Promise<number> {
@@ -239,7 +241,7 @@ export async function confirmationNeeded(o: OperatorOptions, command: "refund --
   return ExitCodes.usage;
 }
 
-function report(o: OperatorOptions, out: NodeJS.WritableStream, r: { claimedChannels: number; transactions: any[]; failed: any[]; notHeld?: string[] }) {
+function report(o: OperatorOptions, out: NodeJS.WritableStream, r: { claimedChannels: number; transactions: any[]; failed: any[]; notHeld?: string[]; error?: string }) {
   if (o.json) {
     out.write(JSON.stringify(r) + "\n");
     return;
