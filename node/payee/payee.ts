@@ -809,8 +809,8 @@ export class Payee {
   /**
    * Sends a refund of `channelId` (a multicall that claims, then refunds, or a signed refund). The channel is
    * marked (durably, in the store) as soon as the transaction is signed, before it can be mined: a refund
-   * whose receipt does not come in time, or that a crash interrupts, may still be mined later (the relayer
-   * re-prices it, a restart sends it again), and charges accepted meanwhile against the balance the record
+   * whose receipt does not come in time, or that a crash interrupts, may still be mined later (the node's
+   * next transaction re-prices it, a restart sends it again), and charges accepted meanwhile against the balance the record
    * still shows would be left unbacked when it lands. A marked channel takes no charges and no other refund
    * (which could pay the payer twice) until its refund is recorded, or the chain has used that nonce (see
    * resolveRefundsPending). A simulation that fails signs nothing and marks nothing.
