@@ -238,6 +238,13 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
       res.json({ transactions: [{ hash: "0x" + "cd".repeat(32), gasUsed: "50000", channels: [req.body.channels[0]], amount: "20000" }], failed: [], claimedChannels: 1, error: "rpc unreachable" });
     });
     app.get("/stopped/calls", (_req, res) => void res.json(stoppedCalls));
+    // A node whose refunds fail at the node (500): close-all still settles what its claims claimed.
+    const refundFailCalls: string[] = [];
+    app.get("/refundfail/admin/api/channels", (_req, res) => void res.json(channels));
+    app.post("/refundfail/admin/api/claim", (req, res) => void (refundFailCalls.push("claim"), res.json({ transactions: [], failed: [], claimedChannels: req.body.channels.length })));
+    app.post("/refundfail/admin/api/refund", (_req, res) => void (refundFailCalls.push("refund"), res.status(500).json({ error: "internal", message: "rpc unreachable" })));
+    app.post("/refundfail/admin/api/settle", (_req, res) => void (refundFailCalls.push("settle"), res.json({ hash: "0x" + "ef".repeat(32), amount: "60000", gasUsed: "46000" })));
+    app.get("/refundfail/calls", (_req, res) => void res.json(refundFailCalls));
     // A node without adminToken (server.ts) and one with a different token.
     app.get("/disabled/admin/api/status", (_req, res) => void res.status(403).json({ error: "admin endpoints are disabled: set adminToken" }));
     app.get("/wrong/admin/api/status", (_req, res) => void res.status(401).json({ error: "unauthorized", message: "a valid bearer token is required" }));
@@ -266,7 +273,7 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
     expect(calls).to.deep.equal(["GET /channels", `POST /claim {"channels":["${ids[0]}","${ids[1]}"]}`, `POST /claim {"channels":["${ids[2]}"]}`]);
   });
 
-  it("status exits 5 and says why when the node refuses charges (chain view past the risk window, failing polls); a claim run cut by a failing batch still prints what landed", async () => {
+  it("status exits 5 and says why when the node refuses charges (chain view past the risk window, failing polls); a claim run cut by a failing batch or stopped by the node still prints what landed; close-all settles even when its refunds fail", async () => {
     const ok = await cli(["status", ...op]);
     expect(ok.code, ok.stderr).to.equal(0);
     expect(ok.stdout).to.include("3 channels, pending claims 0.06 USDC\n").and.not.include("NOT HEALTHY");
@@ -280,6 +287,11 @@ describe("tollway CLI for operators: input checks against a mock admin API", fun
     expect(stopped.stdout).to.include("cd".repeat(32)).and.include(`NOT CLAIMED ${ids[1]}: rpc unreachable`).and.include(`NOT CLAIMED ${ids[2]}: rpc unreachable`);
     expect(stopped.stderr).to.include("tollway: the claim run stopped: rpc unreachable");
     expect(await (await fetch(`${url}/stopped/calls`)).json()).to.equal(1); // no further batch sent
+    const closing = await cli(["close-all", "--yes", "--node", `${url}/refundfail`, "--token", TOKEN]);
+    expect(closing.code).to.equal(5);
+    expect(closing.stderr).to.include("rpc unreachable");
+    expect(closing.stdout).to.include("settled 0.06 USDC"); // settled although the refunds failed
+    expect(await (await fetch(`${url}/refundfail/calls`)).json()).to.deep.equal(["claim", "refund", "settle"]);
     const cut = await cli(["claim", "--all", "--batch", "2", "--node", `${url}/flaky`, "--token", TOKEN]);
     expect(cut.code).to.equal(5);
     expect(cut.stdout).to.include("ab".repeat(32));
