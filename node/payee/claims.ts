@@ -77,6 +77,11 @@ export function exposure(rec: ChannelRecord): bigint {
   return claimable(rec);
 }
 
+/** When the channel's pending withdrawal can be finalized (ms since epoch); undefined when none is pending. */
+export function finalizeAtMs(rec: ChannelRecord): number | undefined {
+  return rec.withdrawRequestedAt === 0 ? undefined : (rec.withdrawRequestedAt + rec.config.withdrawDelay) * 1000;
+}
+
 /** Charges no claim can collect any more: a finalized withdrawal left the balance below them. */
 export function lost(rec: ChannelRecord): bigint {
   const backed = rec.balance > rec.totalClaimed ? rec.balance : rec.totalClaimed;

@@ -21,7 +21,7 @@ import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { amountMoved, claimAndRefundCalls, readChannel, readChannelCautious, type OnchainChannel } from "../chain/escrow";
 import type { SendParameters, SendResult, TxSender } from "../chain/sender";
-import { claimable } from "./claims";
+import { claimable, finalizeAtMs } from "./claims";
 import { ChainError, CumulativeMismatchError, ErrorCodes, PaymentError, errorSummary } from "../protocol/errors";
 import { ERC1271_MAGIC_VALUE, encodeErc3009CollectorData, erc1271Abi } from "../protocol/collectorData";
 import { createDigester, type Digester } from "../protocol/fastDigest";
@@ -724,8 +724,8 @@ export class Payee {
     if (this.unsynced.size > 0 && this.unsynced.has(rec.channelId)) {
       throw new PaymentError(ErrorCodes.channelStateReadFailed, "this channel has chain events not mirrored yet; retry shortly", { status: 503 });
     }
-    if (rec.withdrawRequestedAt !== 0) {
-      const finalizeAt = (rec.withdrawRequestedAt + rec.config.withdrawDelay) * 1000;
+    const finalizeAt = finalizeAtMs(rec);
+    if (finalizeAt !== undefined) {
       const margin = (this.opts.withdrawalSafetyMarginS ?? 300) * 1000;
       if (this.now() > finalizeAt - margin) {
         throw new PaymentError(ErrorCodes.channelNotFound, "channel is closing: its withdrawal finalizes too soon to accept vouchers");

@@ -5,7 +5,7 @@
  */
 import type { Hex } from "viem";
 import type { ChannelRecord, ChannelStore, HistoryEvent } from "../store/channelStore";
-import { exposure, lost } from "./claims";
+import { exposure, finalizeAtMs, lost } from "./claims";
 
 export type GroupBy = "resource" | "route" | "payer" | "day" | "hour" | "minute";
 
@@ -85,6 +85,7 @@ export async function channelRisks(store: ChannelStore, now = Date.now()): Promi
 }
 
 function toRisk(r: ChannelRecord, now: number): ChannelRisk {
+  const finalize = finalizeAtMs(r);
   return {
     channelId: r.channelId,
     payer: r.config.payer,
@@ -93,7 +94,7 @@ function toRisk(r: ChannelRecord, now: number): ChannelRisk {
     claimed: r.totalClaimed,
     exposure: exposure(r),
     lost: lost(r),
-    secondsToFinalize: r.withdrawRequestedAt === 0 ? null : Math.max(0, r.withdrawRequestedAt + r.config.withdrawDelay - Math.floor(now / 1000)),
+    secondsToFinalize: finalize === undefined ? null : Math.max(0, finalize / 1000 - Math.floor(now / 1000)),
   };
 }
 

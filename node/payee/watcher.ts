@@ -37,7 +37,7 @@ import type { Logger } from "pino";
 import { batchSettlementAbi } from "../chain/abi";
 import { readChannelCautious } from "../chain/escrow";
 import { errorSummary } from "../protocol/errors";
-import { ClaimRunError, hasClaim, type ClaimEngine } from "./claims";
+import { ClaimRunError, finalizeAtMs, hasClaim, type ClaimEngine } from "./claims";
 import type { Payee } from "./payee";
 
 export type WatcherOptions = {
@@ -282,7 +282,8 @@ export class ChainWatcher {
         this.failing.delete(id);
       } else if ((this.failing.get(id)?.nextAt ?? 0) <= now) {
         due.push(id);
-        if (rec.withdrawRequestedAt !== 0) finalizeAt.set(id, (rec.withdrawRequestedAt + rec.config.withdrawDelay) * 1000);
+        const at = finalizeAtMs(rec);
+        if (at !== undefined) finalizeAt.set(id, at);
       }
     }
     if (due.length === 0) return;

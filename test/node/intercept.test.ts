@@ -436,23 +436,18 @@ describe("paid answers through paymentMiddleware (a payee whose commit takes an 
     const events: string[] = [];
     let wrote: unknown[] = [];
     let wroteOwn: unknown[] = [];
+    /** Writes, then streams on after the failed commit has answered 503 (30 ms); `seen` gets what its late write returned and whether the answer had ended. */
+    const lateStream = (seen: (r: unknown[]) => void) => (_req: express.Request, res: express.Response) => {
+      res.write("paid part 1;");
+      setTimeout(() => {
+        seen([res.write("paid part 2;"), res.writableEnded]);
+        res.end("paid end");
+      }, 80);
+    };
     const s = await servePaid({ "GET /s": "10", "GET /w": "10", "GET /o": "10" }, (app) => {
       // Held through own properties (a wrapper another middleware put on the response before ours).
-      app.get("/o", (_req, res) => {
-        res.write("paid part 1;");
-        setTimeout(() => {
-          wroteOwn = [res.write("paid part 2;"), res.writableEnded];
-          res.end("paid end");
-        }, 80);
-      });
-      app.get("/s", (_req, res) => {
-        res.write("paid part 1;");
-        // Still streaming after the failed commit has answered 503 (30 ms).
-        setTimeout(() => {
-          wrote = [res.write("paid part 2;"), res.writableEnded];
-          res.end("paid end");
-        }, 80);
-      });
+      app.get("/o", lateStream((r) => (wroteOwn = r)));
+      app.get("/s", lateStream((r) => (wrote = r)));
       // A wrapper installed after the payment middleware (as compression is), whose captured write and end
       // reach ours: its late flush must not follow the 503.
       app.get("/w", (_req, res) => {

@@ -157,8 +157,7 @@ export async function claim(o: OperatorOptions & { all?: boolean; channel?: stri
     }
   }
   report(o, out, { claimedChannels: claimed, transactions: txs, failed, ...(notHeld.length ? { notHeld } : {}), ...(stoppedBy ? { error: stoppedBy } : {}) });
-  // A channel named by id that the node does not hold: a mistyped id, or one closed already (a re-run stays safe: exit 0).
-  for (const id of notHeld) err.write(`tollway: ${id} is not a channel of this node (unknown, or closed already)\n`);
+  sayNotHeld(notHeld, err);
   return failed.length || stoppedBy ? ExitCodes.chain : 0;
 }
 
@@ -197,8 +196,7 @@ export async function operatorRefund(o: OperatorOptions & { all?: boolean; chann
     progress("refunding", i + 1, ids.length, err);
   }
   print();
-  // A channel named by id that the node does not hold: a mistyped id, or one closed already (a re-run stays safe: exit 0).
-  for (const id of notHeld) err.write(`tollway: ${id} is not a channel of this node (unknown, or closed already)\n`);
+  sayNotHeld(notHeld, err);
   return failed.length > 0 ? ExitCodes.chain : 0;
 }
 
@@ -239,6 +237,11 @@ export async function confirmationNeeded(o: OperatorOptions, command: "refund --
   err.write(`tollway: ${plan}\n`);
   err.write(`tollway: nothing done; run \`tollway ${command} --yes\` to do it\n`);
   return ExitCodes.usage;
+}
+
+/** Channels named by id that the node does not hold: a mistyped id, or one closed already (said; a re-run stays safe: exit 0). */
+function sayNotHeld(ids: string[], err: NodeJS.WritableStream) {
+  for (const id of ids) err.write(`tollway: ${id} is not a channel of this node (unknown, or closed already)\n`);
 }
 
 function report(o: OperatorOptions, out: NodeJS.WritableStream, r: { claimedChannels: number; transactions: any[]; failed: any[]; notHeld?: string[]; error?: string }) {
